@@ -1,0 +1,82 @@
+"""Parity statistics and the error budgets they are judged against (../design.md, measured).
+
+The rule: an implementation's error against the float64 reference may be at most ``MARGIN``
+(4x) the error a trusted peer (torchvision or keras.applications in float32) shows on the same
+weights and input. Where no peer runs, the measured table below stands in for the peer, per
+depth, precision and device, with the same margin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MARGIN = 4.0
+
+# Relative L2 error of the logits against float64, measured with random weights and calibrated
+# BatchNorm (design.md, "Measured error budgets"). Keys: (depth name, device, precision).
+# CPU fp32 uses the 96x96 row: the error of an fp32 forward grows with depth, not with size, and
+# 96 px is the larger of the two measured CPU rows.
+MEASURED = {
+    ("resnet50", "cpu", "fp32"): 3.0e-5,
+    ("resnet101", "cpu", "fp32"): 1.3e-4,
+    ("resnet152", "cpu", "fp32"): 4.7e-4,
+    ("resnet50", "cpu", "bf16"): 2.6e-1,
+    ("resnet50", "gpu", "fp32"): 1.7e-5,
+    ("resnet101", "gpu", "fp32"): 8.3e-5,
+    ("resnet152", "gpu", "fp32"): 3.3e-4,
+    ("resnet50", "gpu", "tf32"): 1.9e-2,
+    ("resnet101", "gpu", "tf32"): 7.5e-2,
+    ("resnet152", "gpu", "tf32"): 1.5e-1,
+    ("resnet50", "gpu", "bf16"): 1.2e-1,
+    ("resnet101", "gpu", "bf16"): 1.8e-1,
+    ("resnet152", "gpu", "bf16"): 2.1e-1,
+}
+
+
+def rel_error(out: np.ndarray, ref: np.ndarray) -> float:
+    """||out - ref||_2 / ||ref||_2, computed in float64."""
+    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+    if out.shape != ref.shape:
+        raise ValueError(f"rel_error: shapes differ, got {out.shape} against reference {ref.shape}")
+    denom = np.linalg.norm(ref)
+    return float(np.linalg.norm(out - ref) / denom) if denom else float(np.linalg.norm(out - ref))
+
+
+def max_abs(out: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.max(np.abs(np.asarray(out, np.float64) - np.asarray(ref, np.float64))))
+
+
+def top1_agreement(out: np.ndarray, ref: np.ndarray) -> tuple[int, int]:
+    """(how many rows share the arg-max, rows)."""
+    out, ref = np.asarray(out), np.asarray(ref)
+    return int((out.argmax(-1) == ref.argmax(-1)).sum()), int(out.shape[0])
+
+
+def depth_name(depths: tuple[int, ...]) -> str | None:
+    """'resnet50' for (3, 4, 6, 3) etc., None for a custom depth."""
+    return {(3, 4, 6, 3): "resnet50", (3, 4, 23, 3): "resnet101", (3, 8, 36, 3): "resnet152"}.get(tuple(depths))
+
+
+def budget(peer_error: float | None = None, *, depth: str | None = None, device: str = "cpu",
+           precision: str = "fp32") -> float:
+    """Tolerance on rel_error: MARGIN x the peer's error measured in the same run, else
+    MARGIN x the measured table entry."""
+    if peer_error is not None:
+        return MARGIN * peer_error
+    key = (depth or "resnet50", device, precision)
+    if key not in MEASURED:
+        raise KeyError(f"no measured budget for {key}; measure a peer in the same run")
+    return MARGIN * MEASURED[key]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    rel: float
+    max_abs: float
+    top1: tuple[int, int]
+
+    @classmethod
+    def of(cls, out: np.ndarray, ref: np.ndarray) -> "Comparison":
+        return cls(rel_error(out, ref), max_abs(out, ref), top1_agreement(out, ref))

@@ -1,0 +1,157 @@
+"""The float64 numpy reference forward pass: the oracle every framework is compared against.
+
+Eval-mode BatchNorm, NHWC images, convolution as im2col + one BLAS matmul per layer. It reads
+the same spec as the frameworks, but shares no code with them.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import numpy as np
+
+from shared.spec import BatchNorm, Conv, Dense, GlobalPool, MaxPool, ReLU, ResNetSpec
+from shared.weights import DTYPE, init, randomize_batchnorm, validate
+
+
+def check_images(spec: ResNetSpec, images: np.ndarray) -> None:
+    """ValueError naming rank, channels or size when an NHWC batch does not fit the spec."""
+    shape = getattr(images, "shape", None)
+    if shape is None or len(shape) != 4:
+        raise ValueError(
+            f"images: expected a 4-D NHWC batch (N, H, W, {spec.image_channels}), got "
+            f"{'shape ' + str(tuple(shape)) if shape is not None else type(images).__name__}"
+        )
+    if shape[-1] != spec.image_channels:
+        raise ValueError(
+            f"images: expected {spec.image_channels} channels on the last axis (NHWC), got shape {tuple(shape)}"
+        )
+    spec.check_input_size(shape[1], shape[2])
+
+
+def _pad(x: np.ndarray, padding, value: float = 0.0) -> np.ndarray:
+    t, b, l, r = padding
+    if not any(padding):
+        return x
+    return np.pad(x, ((0, 0), (t, b), (l, r), (0, 0)), constant_values=value)
+
+
+def _windows(x: np.ndarray, k: int, stride: int) -> np.ndarray:
+    """(N, H, W, C) -> view (N, Ho, Wo, C, k, k) of every k x k window at the stride."""
+    win = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(1, 2))
+    return win[:, ::stride, ::stride]
+
+
+def conv(x: np.ndarray, kernel: np.ndarray, stride: int, padding, bias=None) -> np.ndarray:
+    k, _, cin, cout = kernel.shape
+    x = _pad(x, padding)
+    if k == 1:
+        cols = x[:, ::stride, ::stride, :]
+        y = cols.reshape(-1, cin) @ kernel.reshape(cin, cout)
+        y = y.reshape(*cols.shape[:3], cout)
+    else:
+        win = _windows(x, k, stride)  # (N, Ho, Wo, C, kh, kw)
+        n, ho, wo = win.shape[:3]
+        cols = np.ascontiguousarray(win.transpose(0, 1, 2, 4, 5, 3)).reshape(n * ho * wo, k * k * cin)
+        y = (cols @ kernel.reshape(k * k * cin, cout)).reshape(n, ho, wo, cout)
+    if bias is not None:
+        y += bias
+    return y
+
+
+def batchnorm(x, gamma, beta, mean, var, epsilon):
+    scale = gamma / np.sqrt(var + epsilon)
+    return x * scale + (beta - mean * scale)
+
+
+def maxpool(x: np.ndarray, size: int, stride: int, padding) -> np.ndarray:
+    return _windows(_pad(x, padding, -np.inf), size, stride).max(axis=(4, 5))
+
+
+Hook = Callable[[str, np.ndarray], None]
+
+
+def _apply(layer, x, w: Mapping[str, np.ndarray], calibrate: dict | None):
+    if isinstance(layer, Conv):
+        bias = w[f"{layer.name}.bias"] if layer.bias else None
+        return conv(x, w[f"{layer.name}.kernel"], layer.stride, layer.padding, bias)
+    if isinstance(layer, BatchNorm):
+        p = {k: w[f"{layer.name}.{k}"] for k in ("gamma", "beta", "mean", "var")}
+        if calibrate is not None:
+            # Statistics of this batch, so the normalised activation has mean 0 and variance 1.
+            p["mean"] = x.mean(axis=(0, 1, 2))
+            p["var"] = x.var(axis=(0, 1, 2))
+            calibrate[f"{layer.name}.mean"] = p["mean"]
+            calibrate[f"{layer.name}.var"] = p["var"]
+        return batchnorm(x, p["gamma"], p["beta"], p["mean"], p["var"], layer.epsilon)
+    if isinstance(layer, ReLU):
+        return np.maximum(x, 0.0)
+    if isinstance(layer, MaxPool):
+        return maxpool(x, layer.size, layer.stride, layer.padding)
+    if isinstance(layer, GlobalPool):
+        return x.mean(axis=(1, 2)) if layer.mode == "avg" else x.max(axis=(1, 2))
+    if isinstance(layer, Dense):
+        return x @ w[f"{layer.name}.kernel"] + w[f"{layer.name}.bias"]
+    raise TypeError(f"reference: no rule for layer {layer!r}")
+
+
+def _run(spec: ResNetSpec, weights, images, hook: Hook | None, calibrate: dict | None,
+         dtype=np.float64) -> np.ndarray:
+    validate(spec, weights)
+    check_images(spec, images)
+    w = {k: np.asarray(v, dtype=dtype) for k, v in weights.items()}
+    x = np.asarray(images, dtype=dtype)
+    for layer in spec.stem():
+        x = _apply(layer, x, w, calibrate)
+    if hook:
+        hook("stem", x)
+    for block in spec.blocks():
+        h = x
+        for layer in block.main:
+            h = _apply(layer, h, w, calibrate)
+        s = x
+        for layer in block.shortcut:
+            s = _apply(layer, s, w, calibrate)
+        x = np.maximum(h + s, 0.0)
+        if hook:
+            hook(block.name, x)
+    for layer in spec.head():
+        x = _apply(layer, x, w, calibrate)
+    if hook and spec.head():
+        hook("head", x)
+    return x
+
+
+def forward(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images_nhwc: np.ndarray,
+            hook: Hook | None = None, dtype=np.float64) -> np.ndarray:
+    """Eval-mode float64 forward pass: logits (or features without the top).
+
+    ``hook(name, activation)`` is called after the stem, after every block (``conv3_block2``)
+    and after the head, for layer-by-layer comparisons. ``dtype=np.float32`` runs the same
+    arithmetic in float32: the rounding-error scale of any fp32 implementation, a peer for
+    specs no framework's own model covers.
+    """
+    return _run(spec, weights, images_nhwc, hook, None, dtype)
+
+
+def calibrate(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images_nhwc: np.ndarray,
+              ) -> dict[str, np.ndarray]:
+    """Weights whose BatchNorm mean/var are the statistics each BN sees on ``images``, so
+    activations stay O(1) through any depth (random He-init weights alone blow up or vanish)."""
+    stats: dict[str, np.ndarray] = {}
+    _run(spec, weights, images_nhwc, None, stats)
+    return {**weights, **{k: v.astype(DTYPE) for k, v in stats.items()}}
+
+
+def random_images(spec: ResNetSpec, batch: int = 2, size: int = 64, seed: int = 0) -> np.ndarray:
+    """Seeded standard-normal NHWC float32 images (never zeros: zeros hide layout bugs)."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    return rng.standard_normal((batch, size, size, spec.image_channels)).astype(DTYPE)
+
+
+def calibrated_weights(spec: ResNetSpec, seed: int = 0, size: int | None = None) -> dict[str, np.ndarray]:
+    """Seeded random weights with randomised BatchNorm parameters and statistics calibrated on
+    seeded images, so logits are O(1): what the parity suite and ``resnet-parity check`` use."""
+    size = size or max(spec.min_input_size, 64)
+    weights = randomize_batchnorm(spec, init(spec, seed), seed)
+    return calibrate(spec, weights, random_images(spec, 4, size, seed + 1000))
