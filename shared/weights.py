@@ -98,11 +98,11 @@ def problems(spec: ResNetSpec, weights: Mapping[str, object]) -> list[str]:
     return found
 
 
-def validate(spec: ResNetSpec, weights: Mapping[str, object]) -> None:
+def validate(spec: ResNetSpec, weights: Mapping[str, object], source: str = "weights") -> None:
     """Raise WeightsError naming every bad entry; return None when the weights fit the spec."""
     found = problems(spec, weights)
     if found:
-        raise WeightsError(f"weights do not match the spec ({len(found)} problem(s)):\n  " + "\n  ".join(found))
+        raise WeightsError(f"{source}: {len(found)} problem(s) against the spec:\n  " + "\n  ".join(found))
 
 
 def save(weights: Mapping[str, np.ndarray], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
@@ -136,7 +136,5 @@ def load(path: str | os.PathLike, spec: ResNetSpec | None = None) -> dict[str, n
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
     if spec is not None:
-        found = problems(spec, weights)
-        if found:
-            raise WeightsError(f"{path} does not match the spec ({len(found)} problem(s)):\n  " + "\n  ".join(found))
+        validate(spec, weights, source=str(path))
     return weights

@@ -1,0 +1,87 @@
+"""The float64 reference against torchvision run in float64 on the same weights, and against a
+direct (loop) convolution; its input checks."""
+
+import numpy as np
+import pytest
+
+from shared import parity, reference
+from shared.spec import ResNetSpec
+
+
+@pytest.mark.parametrize("arch, size", [("resnet50", 224), ("resnet101", 96), ("resnet152", 64)])
+def test_reference_equals_torchvision_float64(arch, size, torchvision_model):
+    torch = pytest.importorskip("torch")
+    model, spec, weights = torchvision_model(arch)
+    images = reference.random_images(spec, 2, size, seed=7)
+    with torch.no_grad():
+        theirs = model.double()(torch.from_numpy(images).double().permute(0, 3, 1, 2)).numpy()
+    ours = reference.forward(spec, weights, images)
+    assert parity.rel_error(ours, theirs) <= 1e-10
+    assert np.abs(theirs).std() > 0.1  # calibrated BatchNorm: logits are O(1), not vanishing
+
+
+def test_reference_features_equal_torchvision_trunk(torchvision_model):
+    torch = pytest.importorskip("torch")
+    model, spec, weights = torchvision_model("resnet50")
+    trunk = torch.nn.Sequential(*list(model.children())[:-2]).double()
+    images = reference.random_images(spec, 1, 67, seed=1)
+    with torch.no_grad():
+        theirs = trunk(torch.from_numpy(images).double().permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+    head_less = spec.replace(include_top=False, pooling=None)
+    weights = {k: v for k, v in weights.items() if not k.startswith("predictions.")}
+    ours = reference.forward(head_less, weights, images)
+    assert ours.shape == theirs.shape == (1, 3, 3, 2048)
+    assert parity.rel_error(ours, theirs) <= 1e-10
+    pooled = reference.forward(head_less.replace(pooling="max"), weights, images)
+    assert parity.rel_error(pooled, theirs.max(axis=(1, 2))) <= 1e-12
+
+
+def _direct_conv(x, k, stride, padding):
+    t, b, l, r = padding
+    x = np.pad(x, ((0, 0), (t, b), (l, r), (0, 0)))
+    kh, kw, _, cout = k.shape
+    ho, wo = (x.shape[1] - kh) // stride + 1, (x.shape[2] - kw) // stride + 1
+    out = np.zeros((x.shape[0], ho, wo, cout))
+    for i in range(ho):
+        for j in range(wo):
+            patch = x[:, i * stride:i * stride + kh, j * stride:j * stride + kw, :]
+            out[:, i, j] = np.tensordot(patch, k, axes=([1, 2, 3], [0, 1, 2]))
+    return out
+
+
+@pytest.mark.parametrize("ksize, stride, padding", [(3, 1, (1, 1, 1, 1)), (3, 2, (0, 1, 0, 1)), (7, 2, (3, 3, 3, 3)),
+                                                     (1, 2, (0, 0, 0, 0))])
+def test_conv_equals_direct_loop(ksize, stride, padding):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 11, 9, 3))
+    k = rng.standard_normal((ksize, ksize, 3, 5))
+    assert np.allclose(reference.conv(x, k, stride, padding), _direct_conv(x, k, stride, padding), rtol=0, atol=1e-12)
+
+
+def test_maxpool_pads_with_minus_infinity():
+    x = -np.ones((1, 4, 4, 1))  # all negative: zero padding would leak zeros into the border
+    out = reference.maxpool(x, 3, 2, (1, 1, 1, 1))
+    assert (out == -1).all()
+
+
+def test_float32_mode_is_an_fp32_peer():
+    spec = ResNetSpec(depths=(2, 2), width=16, num_classes=10)
+    w = reference.calibrated_weights(spec)
+    x = reference.random_images(spec, 2, 48)
+    err = parity.rel_error(reference.forward(spec, w, x, dtype=np.float32), reference.forward(spec, w, x))
+    assert 1e-9 < err < 1e-5  # rounding at float32's eps (1.2e-7) scale, not zero, not a bug
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ((64, 64, 3), r"images: expected a 4-D NHWC batch \(N, H, W, 3\), got shape \(64, 64, 3\)"),
+        ((1, 3, 64, 64), r"images: expected 3 channels on the last axis \(NHWC\), got shape \(1, 3, 64, 64\)"),
+        ((1, 16, 64, 3), r"needs images of at least 32x32 pixels, got 16x64"),
+    ],
+)
+def test_bad_images_are_refused(shape, message):
+    spec = ResNetSpec(depths=(1, 1, 1, 1), width=8)  # total stride 32, like ResNet-50
+    weights = reference.calibrated_weights(spec)
+    with pytest.raises(ValueError, match=message):
+        reference.forward(spec, weights, np.ones(shape, np.float32))
