@@ -71,18 +71,17 @@ def maxpool(x: np.ndarray, size: int, stride: int, padding) -> np.ndarray:
 Hook = Callable[[str, np.ndarray], None]
 
 
-def _apply(layer, x, w: Mapping[str, np.ndarray], calibrate: dict | None):
+def _apply(layer, x, w: Mapping[str, np.ndarray], batch_stats: dict | None):
     if isinstance(layer, Conv):
         bias = w[f"{layer.name}.bias"] if layer.bias else None
         return conv(x, w[f"{layer.name}.kernel"], layer.stride, layer.padding, bias)
     if isinstance(layer, BatchNorm):
         p = {k: w[f"{layer.name}.{k}"] for k in ("gamma", "beta", "mean", "var")}
-        if calibrate is not None:
-            # Statistics of this batch, so the normalised activation has mean 0 and variance 1.
+        if batch_stats is not None:
+            # Train mode: normalise with this batch's mean and biased variance, and record them.
             p["mean"] = x.mean(axis=(0, 1, 2))
             p["var"] = x.var(axis=(0, 1, 2))
-            calibrate[f"{layer.name}.mean"] = p["mean"]
-            calibrate[f"{layer.name}.var"] = p["var"]
+            batch_stats[layer.name] = (p["mean"], p["var"], x.size // x.shape[-1])
         return batchnorm(x, p["gamma"], p["beta"], p["mean"], p["var"], layer.epsilon)
     if isinstance(layer, ReLU):
         return np.maximum(x, 0.0)
@@ -95,28 +94,28 @@ def _apply(layer, x, w: Mapping[str, np.ndarray], calibrate: dict | None):
     raise TypeError(f"reference: no rule for layer {layer!r}")
 
 
-def _run(spec: ResNetSpec, weights, images, hook: Hook | None, calibrate: dict | None,
+def _run(spec: ResNetSpec, weights, images, hook: Hook | None, batch_stats: dict | None,
          dtype=np.float64) -> np.ndarray:
     validate(spec, weights)
     check_images(spec, images)
     w = {k: np.asarray(v, dtype=dtype) for k, v in weights.items()}
     x = np.asarray(images, dtype=dtype)
     for layer in spec.stem():
-        x = _apply(layer, x, w, calibrate)
+        x = _apply(layer, x, w, batch_stats)
     if hook:
         hook("stem", x)
     for block in spec.blocks():
         h = x
         for layer in block.main:
-            h = _apply(layer, h, w, calibrate)
+            h = _apply(layer, h, w, batch_stats)
         s = x
         for layer in block.shortcut:
-            s = _apply(layer, s, w, calibrate)
+            s = _apply(layer, s, w, batch_stats)
         x = np.maximum(h + s, 0.0)
         if hook:
             hook(block.name, x)
     for layer in spec.head():
-        x = _apply(layer, x, w, calibrate)
+        x = _apply(layer, x, w, batch_stats)
     if hook and spec.head():
         hook("head", x)
     return x
@@ -138,9 +137,34 @@ def calibrate(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images_nhwc: 
               ) -> dict[str, np.ndarray]:
     """Weights whose BatchNorm mean/var are the statistics each BN sees on ``images``, so
     activations stay O(1) through any depth (random He-init weights alone blow up or vanish)."""
-    stats: dict[str, np.ndarray] = {}
+    stats: dict[str, tuple] = {}
     _run(spec, weights, images_nhwc, None, stats)
-    return {**weights, **{k: v.astype(DTYPE) for k, v in stats.items()}}
+    calibrated = dict(weights)
+    for name, (mean, var, _) in stats.items():
+        calibrated[f"{name}.mean"] = mean.astype(DTYPE)
+        calibrated[f"{name}.var"] = var.astype(DTYPE)
+    return calibrated
+
+
+def forward_train(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images_nhwc: np.ndarray,
+                  variance: str = "unbiased") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Train-mode float64 forward: BatchNorm normalises with batch statistics. Returns the
+    logits and the running statistics after one update, ``running = (1 - m) * running + m * batch``
+    with ``m = spec.bn_momentum``. ``variance`` is the batch variance that update uses:
+    PyTorch ``"unbiased"`` (n / (n - 1) times the biased one it normalises with), Keras and Flax
+    ``"biased"``."""
+    if variance not in ("unbiased", "biased"):
+        raise ValueError(f"variance: expected 'unbiased' or 'biased', got {variance!r}")
+    stats: dict[str, tuple] = {}
+    logits = _run(spec, weights, images_nhwc, None, stats)
+    m = spec.bn_momentum
+    updated = {}
+    for name, (mean, var, n) in stats.items():
+        if variance == "unbiased":
+            var = var * n / max(n - 1, 1)
+        updated[f"{name}.mean"] = (1 - m) * np.asarray(weights[f"{name}.mean"], np.float64) + m * mean
+        updated[f"{name}.var"] = (1 - m) * np.asarray(weights[f"{name}.var"], np.float64) + m * var
+    return logits, updated
 
 
 def random_images(spec: ResNetSpec, batch: int = 2, size: int = 64, seed: int = 0) -> np.ndarray:

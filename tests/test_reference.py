@@ -85,3 +85,27 @@ def test_bad_images_are_refused(shape, message):
     weights = reference.calibrated_weights(spec)
     with pytest.raises(ValueError, match=message):
         reference.forward(spec, weights, np.ones(shape, np.float32))
+
+
+def test_train_mode_equals_torchvision_float64(torchvision_model):
+    """Batch-statistics forward and torch's running-stat update (unbiased variance, momentum 0.1)."""
+    torch = pytest.importorskip("torch")
+    from shared import interop
+
+    model, spec, weights = torchvision_model("resnet50")
+    model = model.double().train()
+    images = reference.random_images(spec, 3, 64, seed=5)
+    with torch.no_grad():
+        theirs = model(torch.from_numpy(images).double().permute(0, 3, 1, 2)).numpy()
+    logits, stats = reference.forward_train(spec, weights, images, variance="unbiased")
+    assert parity.rel_error(logits, theirs) <= 1e-10
+    _, updated = interop.from_torchvision({k: v.float() for k, v in model.state_dict().items()}, spec=spec)
+    # torch's updated statistics went through float32 on the way out: compare at that precision.
+    for key, value in stats.items():
+        assert np.allclose(updated[key], value, rtol=1e-6, atol=1e-7), key
+    _, biased = reference.forward_train(spec, weights, images, variance="biased")
+    # The biased update differs by exactly m * var_biased / (n - 1); at 64 px the last stage is
+    # 2 x 2, so n = 3 images x 4 pixels = 12 values per channel.
+    key, m, n = "conv5_block1_2_bn.var", spec.bn_momentum, 12
+    batch_var_biased = (biased[key] - (1 - m) * weights[key]) / m
+    assert np.allclose(stats[key] - biased[key], m * batch_var_biased / (n - 1), rtol=1e-9)
