@@ -12,7 +12,7 @@ from typing import Mapping
 
 import numpy as np
 
-from shared.spec import BatchNorm, Conv, ResNetSpec
+from shared.spec import BatchNorm, Conv, ResNetSpec, preset_spec
 from shared.weights import DTYPE, WeightsError, validate
 
 _BLOCK = re.compile(r"conv(\d+)_block(\d+)_(\d)_(conv|bn)$")
@@ -76,6 +76,25 @@ def spec_from_torchvision(state_dict: Mapping[str, object]) -> ResNetSpec:
         include_top=include_top,
         pooling="avg",
     )
+
+
+def spec_from_canonical(weights: Mapping[str, np.ndarray], style: str | None = None) -> ResNetSpec:
+    """The spec a canonical weight dict was made for, read off its names and shapes. Conventions
+    the shapes cannot show (stride placement, epsilon, momentum) come from ``style``; without it,
+    biased convs mean Keras Applications, unbiased torchvision."""
+    if "conv1_conv.kernel" not in weights:
+        raise WeightsError("canonical weights: missing key conv1_conv.kernel")
+    blocks = [m for m in (_BLOCK.match(k.split(".")[0]) for k in weights) if m]
+    depths = []
+    while any(int(m[1]) == len(depths) + 2 for m in blocks):
+        depths.append(max(int(m[2]) for m in blocks if int(m[1]) == len(depths) + 2))
+    stem = np.shape(weights["conv1_conv.kernel"])
+    conv_bias = "conv1_conv.bias" in weights
+    style = style or ("keras" if conv_bias else "torchvision")
+    top = "predictions.kernel" in weights
+    return preset_spec(style, depths=tuple(depths), width=stem[3], image_channels=stem[2], conv_bias=conv_bias,
+                       expansion=np.shape(weights["conv2_block1_3_conv.kernel"])[3] // stem[3],
+                       include_top=top, num_classes=np.shape(weights["predictions.kernel"])[1] if top else 1000)
 
 
 def from_torchvision(state_dict: Mapping[str, object], spec: ResNetSpec | None = None,

@@ -147,7 +147,7 @@ def calibrate(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images_nhwc: 
 
 
 def forward_train(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images_nhwc: np.ndarray,
-                  variance: str = "unbiased") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                  variance: str = "unbiased", dtype=np.float64) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Train-mode float64 forward: BatchNorm normalises with batch statistics. Returns the
     logits and the running statistics after one update, ``running = (1 - m) * running + m * batch``
     with ``m = spec.bn_momentum``. ``variance`` is the batch variance that update uses:
@@ -156,7 +156,7 @@ def forward_train(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images_nh
     if variance not in ("unbiased", "biased"):
         raise ValueError(f"variance: expected 'unbiased' or 'biased', got {variance!r}")
     stats: dict[str, tuple] = {}
-    logits = _run(spec, weights, images_nhwc, None, stats)
+    logits = _run(spec, weights, images_nhwc, None, stats, dtype)
     m = spec.bn_momentum
     updated = {}
     for name, (mean, var, n) in stats.items():

@@ -356,6 +356,14 @@ class ResNetSpec:
     def replace(self, **changes) -> "ResNetSpec":
         return dataclasses.replace(self, **changes)
 
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> "ResNetSpec":
+        """Inverse of ``to_dict`` (JSON turns the depths tuple into a list)."""
+        return cls(**{**fields, "depths": tuple(fields["depths"])})
+
 
 def _out_size(h: int, w: int, layer: Conv | MaxPool) -> tuple[int, int]:
     k = layer.kernel_size if isinstance(layer, Conv) else layer.size
@@ -373,17 +381,22 @@ _STYLE_CONVENTIONS = {
 _DEPTHS = {"resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3), "resnet152": (3, 8, 36, 3)}
 
 
+def preset_spec(style: str = "torchvision", **fields) -> ResNetSpec:
+    """A spec with one style's conventions (stride placement, bias, epsilon, momentum) and
+    ``fields`` on top."""
+    if style not in STYLES:
+        raise ValueError(f"style: unknown style {style!r}, expected one of {STYLES}")
+    unknown = set(fields) - {f.name for f in dataclasses.fields(ResNetSpec)}
+    if unknown:
+        raise ValueError(f"overrides: unknown ResNetSpec field(s) {sorted(unknown)}")
+    return ResNetSpec(**{**_STYLE_CONVENTIONS[style], **fields})
+
+
 def preset(arch: str, style: str = "torchvision", **overrides) -> ResNetSpec:
     """``preset("resnet50", style="keras", num_classes=10)``."""
     if arch not in _DEPTHS:
         raise ValueError(f"arch: unknown architecture {arch!r}, expected one of {tuple(_DEPTHS)}")
-    if style not in STYLES:
-        raise ValueError(f"style: unknown style {style!r}, expected one of {STYLES}")
-    fields = {"depths": _DEPTHS[arch], **_STYLE_CONVENTIONS[style], **overrides}
-    unknown = set(overrides) - {f.name for f in dataclasses.fields(ResNetSpec)}
-    if unknown:
-        raise ValueError(f"overrides: unknown ResNetSpec field(s) {sorted(unknown)}")
-    return ResNetSpec(**fields)
+    return preset_spec(style, **{"depths": _DEPTHS[arch], **overrides})
 
 
 def resnet50(style: str = "torchvision", **overrides) -> ResNetSpec:

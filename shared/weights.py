@@ -8,11 +8,13 @@ leaves a half-written file or touches an existing one.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 
@@ -105,18 +107,29 @@ def validate(spec: ResNetSpec, weights: Mapping[str, object], source: str = "wei
         raise WeightsError(f"{source}: {len(found)} problem(s) against the spec:\n  " + "\n  ".join(found))
 
 
-def save(weights: Mapping[str, np.ndarray], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
-    """Write safetensors atomically: a temporary file in the same folder, then rename."""
+def save(weights: Mapping[str, np.ndarray], path: str | os.PathLike, spec: ResNetSpec | None = None) -> None:
+    """Write safetensors atomically: a temporary file in the same folder, then rename. With
+    ``spec``, the spec travels in the file's metadata (``read_spec`` gives it back)."""
     from safetensors.numpy import save_file
 
     path = Path(path)
+    metadata = {"resnet_parity.spec": json.dumps(spec.to_dict())} if spec else None
     for key, value in weights.items():
         if not isinstance(value, np.ndarray):
             raise WeightsError(f"{key}: expected a numpy array, got {type(value).__name__}")
+    with atomic_path(path) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(tmp), metadata=metadata)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it over ``path``, on failure
+    delete it. A reader never sees a half-written file, and a failed write leaves the old one."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, tmp, metadata=metadata)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -138,3 +151,14 @@ def load(path: str | os.PathLike, spec: ResNetSpec | None = None) -> dict[str, n
     if spec is not None:
         validate(spec, weights, source=str(path))
     return weights
+
+
+def read_spec(path: str | os.PathLike) -> ResNetSpec | None:
+    """The spec stored in a safetensors file by ``save(..., spec=...)``, or None."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "np") as f:
+        text = (f.metadata() or {}).get("resnet_parity.spec")
+    if text is None:
+        return None
+    return ResNetSpec.from_dict(json.loads(text))

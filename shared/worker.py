@@ -1,0 +1,72 @@
+"""One framework's side of a parity check, run in its own process.
+
+``python -m shared.worker JOB.json`` builds the framework's model from the job's spec, loads the
+canonical weights, runs it at the job's device, precision and mode, and writes an ``.npz`` of
+named arrays (``logits``; ``trace/<block>``; in train mode ``loss``, ``grad/<weight>``,
+``stats/<bn>.mean|var``). One process per framework (and per Keras backend, which Keras fixes at
+import) keeps TensorFlow, JAX and PyTorch out of each other's way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from shared.spec import ResNetSpec
+
+RUNNERS = {"torch": "resnet_torch.runner", "keras": "resnet_keras.runner", "flax": "resnet_flax.runner"}
+
+
+@dataclasses.dataclass
+class Job:
+    framework: str
+    device: str
+    precision: str
+    mode: str
+    spec: dict
+    weights: str
+    images: str
+    labels: str | None
+    trace: bool
+    out: str
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def read(cls, path: str) -> "Job":
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    job = Job.read(argv[0])
+    from shared import weights as W
+
+    try:
+        runner = importlib.import_module(RUNNERS[job.framework])
+        spec = ResNetSpec.from_dict(job.spec)
+        weights = W.load(job.weights, spec)
+        images = np.load(job.images)
+        labels = np.load(job.labels) if job.labels else None
+        result = runner.run(spec, weights, images, labels=labels, device=job.device,
+                            precision=job.precision, mode=job.mode, trace=job.trace)
+        result["versions"] = np.array(json.dumps(runner.versions()))
+    except Exception as e:  # reported back to the parent as one line plus the traceback
+        result = {"error": np.array(f"{type(e).__name__}: {e}"), "traceback": np.array(traceback.format_exc())}
+    out = Path(job.out)
+    with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".npz", delete=False) as f:
+        np.savez(f, **{k: np.asarray(v) for k, v in result.items()})
+    Path(f.name).replace(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
