@@ -121,7 +121,7 @@ def cmd_check(args) -> int:
 
     from shared import check, reference
 
-    console = Console(stderr=False)
+    console = Console(width=None if sys.stdout.isatty() else 150)
     if args.weights:
         spec, weights = read_weights(args.weights, args.style)
         if args.arch_given or args.style_given:
@@ -135,7 +135,7 @@ def cmd_check(args) -> int:
         field, _, value = assignment.partition("=")
         if fw not in check.FRAMEWORKS or not field:
             raise CliError(f"--override: expected FRAMEWORK:FIELD=VALUE, got {item!r}")
-        overrides.setdefault(fw, {})[field] = json.loads(value) if value[:1] in "0123456789-[{tfn\"" else value
+        overrides.setdefault(fw, {})[field] = _literal(value)
         S.ResNetSpec.from_dict({**spec.to_dict(), **overrides[fw]})  # a bad override fails here, not in a worker
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
                   transient=True) as progress:
@@ -157,6 +157,14 @@ def cmd_check(args) -> int:
     if args.json:
         _write_json(args.json, report.to_json())
     return 0 if report.ok else 1
+
+
+def _literal(text: str):
+    """A JSON value (``1e-3``, ``true``, ``[1, 2]``), else the text itself (``1x1``)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def _write_json(path: str, data: dict) -> None:
