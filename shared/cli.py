@@ -19,6 +19,13 @@ class CliError(Exception):
     """A one-line error for the user (exit code 2, no traceback)."""
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage errors in one line (``--help`` has the usage), exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _csv(choices):
     def parse(text: str) -> list[str]:
         items = [t.strip() for t in text.split(",") if t.strip()]
@@ -225,7 +232,7 @@ def cmd_convert(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from shared.check import FRAMEWORKS, KERAS_BACKENDS
 
-    parser = argparse.ArgumentParser(prog="resnet-parity", description=__doc__.splitlines()[0])
+    parser = Parser(prog="resnet-parity", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     check = sub.add_parser("check", help="prove the frameworks compute the same function (default job)")
