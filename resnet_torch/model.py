@@ -1,0 +1,101 @@
+"""The ResNet as a torch.nn.Module, built by walking a ``shared.spec.ResNetSpec``.
+
+Modules sit where torchvision puts them (``conv1``, ``bn1``, ``layer1.0.conv1``,
+``layer1.0.downsample.0``, ``fc``), named by ``shared.interop.torchvision_module``, so a
+torchvision state_dict loads as is. Forward takes NCHW tensors, like any torch model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from shared import spec as S
+from shared.interop import torchvision_module
+from shared.spec import Block, GlobalPool, Layer, MaxPool, ReLU, ResNetSpec
+
+from resnet_torch import layers
+
+
+def _child_name(layer: Layer) -> str:
+    """Last component of the layer's torchvision path; parameter-free layers by kind."""
+    if isinstance(layer, ReLU):
+        return "relu"
+    if isinstance(layer, MaxPool):
+        return "maxpool"
+    if isinstance(layer, GlobalPool):
+        return "avgpool" if layer.mode == "avg" else "globalmaxpool"
+    return torchvision_module(layer.name).rsplit(".", 1)[-1]
+
+
+def _register(parent: nn.Module, layer: Layer) -> str:
+    name = _child_name(layer)
+    if not hasattr(parent, name):  # one ReLU module serves every ReLU of a block, as in torchvision
+        parent.add_module(name, layers.module(layer))
+    return name
+
+
+class Bottleneck(nn.Module):
+    """One spec ``Block``: ``relu(main(x) + downsample(x))``, downsample an nn.Sequential or None."""
+
+    def __init__(self, block: Block):
+        super().__init__()
+        self.block_name = block.name
+        self.main_path = tuple(_register(self, layer) for layer in block.main)
+        self.downsample = nn.Sequential(*map(layers.module, block.shortcut)) if block.shortcut else None
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x
+        for name in self.main_path:
+            out = getattr(self, name)(out)
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+    def extra_repr(self) -> str:
+        return self.block_name
+
+
+class ResNet(nn.Module):
+    """Stem, stages ``layer1..layerN`` of Bottlenecks, head; all read off ``spec``.
+
+    Output: logits (include_top), pooled features (N, C), or the NCHW feature map (pooling None).
+    """
+
+    def __init__(self, spec: ResNetSpec):
+        super().__init__()
+        if not isinstance(spec, ResNetSpec):
+            raise TypeError(f"spec: expected a shared.spec.ResNetSpec, got {type(spec).__name__}")
+        self.spec = spec
+        self.stem_path = tuple(_register(self, layer) for layer in spec.stem())
+        stages: dict[str, nn.Sequential] = {}
+        for block in spec.blocks():
+            stage, index = torchvision_module(block.main[0].name).split(".")[:2]  # "layer1", "0"
+            stages.setdefault(stage, nn.Sequential()).add_module(index, Bottleneck(block))
+        for name, stage in stages.items():
+            self.add_module(name, stage)
+        self.stage_names = tuple(stages)
+        self.head_path = tuple(_register(self, layer) for layer in spec.head())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for name in self.stem_path + self.stage_names + self.head_path:
+            x = getattr(self, name)(x)
+        return x
+
+
+def build(spec: ResNetSpec) -> ResNet:
+    """A ResNet for ``spec`` with torchvision's random init, in eval mode."""
+    return ResNet(spec).eval()
+
+
+def ResNet50(img_channel: int = 3, num_classes: int = 1000) -> ResNet:
+    """The seed article's constructor: torchvision-style ResNet-50 (eval mode, like ``build``)."""
+    return build(S.resnet50(image_channels=img_channel, num_classes=num_classes))
+
+
+def ResNet101(img_channel: int = 3, num_classes: int = 1000) -> ResNet:
+    return build(S.resnet101(image_channels=img_channel, num_classes=num_classes))
+
+
+def ResNet152(img_channel: int = 3, num_classes: int = 1000) -> ResNet:
+    return build(S.resnet152(image_channels=img_channel, num_classes=num_classes))

@@ -1,0 +1,85 @@
+"""Canonical weights <-> the torch module, and checkpoint files.
+
+The name and layout mapping is ``shared.interop``'s torchvision mapping (the module's
+state_dict *is* a torchvision-style state_dict); nothing here knows a layer name.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from shared import interop
+from shared import weights as canonical
+from shared.spec import ResNetSpec
+from shared.weights import WeightsError
+
+
+def _spec_of(model: nn.Module) -> ResNetSpec:
+    spec = getattr(model, "spec", None)
+    if not isinstance(spec, ResNetSpec):
+        raise TypeError(f"model: expected a resnet_torch model (with a .spec), got {type(model).__name__}")
+    return spec
+
+
+def _check_fits(model: nn.Module, state: Mapping[str, np.ndarray]) -> None:
+    """The model's own state_dict must take ``state`` whole (a user may have swapped a module)."""
+    current = model.state_dict()
+    found = [f"{k}: missing in the model (expected shape {tuple(v.shape)})" for k, v in state.items() if k not in current]
+    found += [f"{k}: unexpected in the model (not in its spec)" for k in current if k not in state]
+    found += [
+        f"{k}: the model holds shape {tuple(current[k].shape)}, the weights give {tuple(v.shape)}"
+        for k, v in state.items() if k in current and tuple(current[k].shape) != v.shape
+    ]
+    if found:
+        raise WeightsError(f"model: {len(found)} module(s) differ from its spec:\n  " + "\n  ".join(found))
+
+
+def load_weights(model: nn.Module, weights: Mapping[str, np.ndarray]) -> nn.Module:
+    """Copy canonical weights into ``model`` (in place, keeping its device, dtype and memory
+    format) and return it. Everything is checked before any tensor is touched, so a bad dict
+    raises a WeightsError (a ValueError) naming each key and leaves the model as it was."""
+    spec = _spec_of(model)
+    canonical.validate(spec, weights)
+    state = interop.to_torchvision(spec, weights)
+    _check_fits(model, state)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+    return model
+
+
+def export_weights(model: nn.Module) -> dict[str, np.ndarray]:
+    """The model's parameters and BatchNorm statistics as canonical float32 weights (copies)."""
+    spec = _spec_of(model)
+    state = {
+        k: v.detach().cpu().float().numpy().copy()
+        for k, v in model.state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
+    return interop.from_torchvision(state, spec=spec)[1]
+
+
+def load_checkpoint(path: str | os.PathLike, spec: ResNetSpec | None = None) -> dict[str, np.ndarray]:
+    """Canonical weights from a file: ``.safetensors`` in the canonical format, or a
+    torchvision-style state_dict saved with ``torch.save`` (``.pth``/``.pt``), read with
+    ``torch.load(weights_only=True)`` only. With ``spec``, a file that does not fit it is refused
+    naming the key; without, a ``.pth`` file's spec is read off its keys and shapes."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return canonical.load(path, spec)
+    if path.suffix not in (".pth", ".pt"):
+        raise ValueError(f"{path}: unknown checkpoint type {path.suffix!r}, expected .safetensors, .pth or .pt")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        raise WeightsError(f"{path}: not a weights-only torch checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path}: expected a state_dict (a mapping of names to tensors), got {type(state).__name__}")
+    return interop.from_torchvision(state, spec=spec)[1]

@@ -1,0 +1,372 @@
+"""resnet_torch: same function as torchvision and as the float64 reference, torchvision's
+state_dict layout, bit-exact canonical weights, clear errors, native torch use (NCHW,
+channels_last, train mode, torch.compile), and GPU precisions (marked ``gpu``)."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from shared import interop, reference, spec as S
+from shared import weights as W
+from shared.interop import torchvision_module
+from shared.parity import budget, rel_error
+
+torch = pytest.importorskip("torch")
+torchvision = pytest.importorskip("torchvision")
+
+import resnet_torch as rt  # noqa: E402
+from resnet_torch import layers  # noqa: E402
+
+
+def nchw(images: np.ndarray) -> "torch.Tensor":
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+
+def f32_peer_budget(spec, weights, images, ref) -> float:
+    """4x the error of the reference's own arithmetic in float32 (the peer for specs no
+    framework's model covers)."""
+    peer = rel_error(reference.forward(spec, weights, images, dtype=np.float32), ref)
+    return budget(peer) if peer > 0 else 1e-6  # a floor only where the peer error is exactly 0
+
+
+def assert_bit_exact(got: dict, expected: dict) -> None:
+    assert set(got) == set(expected)
+    for key, value in expected.items():
+        assert got[key].dtype == value.dtype and np.array_equal(got[key], value), key
+
+
+_TORCH_PARAM = {"kernel": "weight", "bias": "bias", "gamma": "weight", "beta": "bias",
+                "mean": "running_mean", "var": "running_var"}
+
+
+def _expected_state_shapes(spec) -> dict:
+    """The spec enumeration under the name rule, shapes in torch layout (OIHW, (out, in))."""
+    out = {}
+    for name, shape in spec.param_shapes().items():
+        layer, param = name.rsplit(".", 1)
+        if param == "kernel":
+            shape = (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else shape[::-1]
+        out[f"{torchvision_module(layer)}.{_TORCH_PARAM[param]}"] = shape
+        if param == "var":
+            out[f"{torchvision_module(layer)}.num_batches_tracked"] = ()
+    return out
+
+
+# --------------------------------------------------------------------- torchvision: same function
+
+@pytest.mark.parametrize("arch", S.ARCHS)
+def test_same_function_and_layout_as_torchvision(arch, torchvision_model):
+    tv, spec, w = torchvision_model(arch)
+    model = rt.build(spec)
+    theirs_sd, ours_sd = tv.state_dict(), model.state_dict()
+    assert list(ours_sd) == list(theirs_sd)
+    assert all(ours_sd[k].shape == v.shape and ours_sd[k].dtype == v.dtype for k, v in theirs_sd.items())
+    assert sum(p.numel() for p in model.parameters()) == spec.num_params()
+
+    model.load_state_dict(theirs_sd)  # torchvision's state_dict, as is
+    assert_bit_exact(rt.export_weights(model), w)
+    images = reference.random_images(spec, 2, 64, seed=7)
+    ours = rt.predict(model, images)
+    with torch.no_grad():
+        theirs = tv(nchw(images)).numpy()
+    assert rel_error(ours, theirs) <= 1e-6
+
+    ref = reference.forward(spec, w, images)
+    peer, err = rel_error(theirs, ref), rel_error(ours, ref)
+    assert err <= budget(peer), f"{arch}: rel {err:.2e} vs float64, torchvision fp32 {peer:.2e}"
+
+
+def test_train_mode_matches_torchvision():
+    """Batch statistics, running-stat updates and gradients: the same as torchvision's."""
+    tv = torchvision.models.resnet50().train()
+    spec, _ = interop.from_torchvision(tv.state_dict())
+    w = W.randomize_batchnorm(spec, W.init(spec, 3), 3)
+    tv.load_state_dict({k: torch.from_numpy(v) for k, v in interop.to_torchvision(spec, w).items()})
+    model = rt.load_weights(rt.build(spec), w).train()
+    x = nchw(reference.random_images(spec, 2, 64, seed=8))
+    ours, theirs = model(x), tv(x)
+    assert rel_error(ours.detach().numpy(), theirs.detach().numpy()) <= 1e-6
+    ours.square().mean().backward()
+    theirs.square().mean().backward()
+    grads = dict(tv.named_parameters())
+    for name, p in model.named_parameters():
+        assert rel_error(p.grad.numpy(), grads[name].grad.numpy()) <= 1e-6, name
+    theirs_sd = tv.state_dict()
+    for name, buf in model.named_buffers():
+        assert rel_error(buf.numpy(), theirs_sd[name].numpy()) <= 1e-6, name
+
+
+# --------------------------------------------------------------------- float64 reference
+
+def test_keras_style_resnet50_against_reference():
+    spec = S.resnet50(style="keras")
+    w = reference.calibrated_weights(spec, seed=2)
+    model = rt.load_weights(rt.build(spec), w)
+    assert all(m.eps == 1.001e-5 and m.momentum == 0.01 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert model.layer2[0].conv1.stride == (2, 2) and model.layer2[0].conv2.stride == (1, 1)
+    assert model.conv1.bias is not None
+    images = reference.random_images(spec, 2, 64, seed=9)
+    ref = reference.forward(spec, w, images)
+    err, tol = rel_error(rt.predict(model, images), ref), f32_peer_budget(spec, w, images, ref)
+    assert err <= tol, f"keras-style resnet50: rel {err:.2e} vs float64, budget {tol:.2e}"
+    assert_bit_exact(rt.export_weights(model), w)
+
+
+@st.composite
+def small_specs(draw):
+    pooling = draw(st.sampled_from(["avg", "max", None]))
+    return S.resnet50(style=draw(st.sampled_from(S.STYLES))).replace(
+        depths=tuple(draw(st.lists(st.integers(1, 3), min_size=1, max_size=4))),
+        width=draw(st.integers(8, 32)),
+        image_channels=draw(st.integers(1, 4)),
+        num_classes=draw(st.integers(1, 20)),
+        pooling=pooling,
+        include_top=pooling is not None and draw(st.booleans()),
+        zero_init_residual=draw(st.booleans()),
+    )
+
+
+@settings(max_examples=10, deadline=None)
+@given(spec=small_specs(), size=st.integers(32, 96), seed=st.integers(0, 2**16))
+def test_small_specs_against_reference(tmp_path_factory, spec, size, seed):
+    w = reference.calibrated_weights(spec, seed=seed)
+    model = rt.load_weights(rt.build(spec), w)
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == _expected_state_shapes(spec)
+    assert_bit_exact(rt.export_weights(model), w)
+    images = reference.random_images(spec, 2, size, seed=seed + 1)
+    ref = reference.forward(spec, w, images)
+    ours = rt.predict(model, images)
+    assert ours.shape == (2, *spec.output_shape(size))
+    err, tol = rel_error(ours, ref), f32_peer_budget(spec, w, images, ref)
+    assert err <= tol, f"{spec}: rel {err:.2e} vs float64, budget {tol:.2e}"
+
+    path = tmp_path_factory.mktemp("w") / "w.safetensors"
+    W.save(w, path)
+    again = rt.load_weights(rt.build(spec), rt.load_checkpoint(path, spec))
+    assert np.array_equal(rt.predict(again, images), ours)
+
+
+def test_train_mode_against_reference():
+    """Batch statistics, unbiased running variance and the momentum convention of both styles."""
+    for style in S.STYLES:
+        spec = S.resnet50(style=style).replace(depths=(1, 2), width=8, num_classes=10)
+        w = reference.calibrated_weights(spec, seed=1)
+        model = rt.load_weights(rt.build(spec), w).train()
+        images = reference.random_images(spec, 4, 32, seed=2)
+        with torch.no_grad():
+            ours = model(nchw(images)).numpy()
+        ref, running = reference.forward_train(spec, w, images, variance="unbiased")
+        # On this batch, train mode is eval mode with the batch's statistics: that function
+        # in float32 is the peer for logits and for the statistics that feed them.
+        batch_w = reference.calibrate(spec, w, images)
+        tol = f32_peer_budget(spec, batch_w, images, reference.forward(spec, batch_w, images))
+        assert rel_error(ours, ref) <= tol, style
+        exported = rt.export_weights(model)
+        for key, value in running.items():
+            assert rel_error(exported[key], value) <= tol, f"{style} {key}"
+
+
+def test_asymmetric_padding_pads_like_the_reference():
+    x = np.random.default_rng(0).standard_normal((2, 9, 8, 3))
+    conv = S.Conv("c", 3, 5, 3, 2, (1, 0, 2, 1), bias=True)
+    module = layers.module(conv).double()
+    assert isinstance(module, layers.PaddedConv2d)
+    with torch.no_grad():
+        got = module(nchw(x)).permute(0, 2, 3, 1).numpy()
+    kernel = module.weight.detach().numpy().transpose(2, 3, 1, 0)
+    expected = reference.conv(x, kernel, 2, conv.padding, module.bias.detach().numpy())
+    assert rel_error(got, expected) <= 1e-12
+
+    pool = layers.module(S.MaxPool("p", 3, 2, (0, 1, 1, 0)))
+    assert isinstance(pool, layers.PaddedMaxPool2d)
+    got = pool(nchw(-np.abs(x))).permute(0, 2, 3, 1).numpy()  # all negative: -inf padding shows
+    assert np.array_equal(got, reference.maxpool(-np.abs(x), 3, 2, (0, 1, 1, 0)))
+
+
+# --------------------------------------------------------------------- layout and names
+
+@pytest.mark.parametrize("style", S.STYLES)
+@pytest.mark.parametrize("arch", S.ARCHS)
+def test_names_and_shapes_follow_the_spec(arch, style):
+    spec = S.preset(arch, style)
+    model = rt.build(spec)
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == _expected_state_shapes(spec)
+    params = {k for k, v in _expected_state_shapes(spec).items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    assert {k for k, _ in model.named_parameters()} == params
+    assert sum(p.numel() for p in model.parameters()) == spec.num_params()
+    assert model.spec is spec and not model.training
+
+
+def test_seed_constructors():
+    for make, arch in ((rt.ResNet50, "resnet50"), (rt.ResNet101, "resnet101"), (rt.ResNet152, "resnet152")):
+        model = make(img_channel=1, num_classes=10)
+        assert model.spec == S.preset(arch, image_channels=1, num_classes=10)
+        assert model.conv1.weight.shape == (64, 1, 7, 7) and model.fc.out_features == 10
+    assert rt.ResNet50().spec == S.resnet50()
+
+
+# --------------------------------------------------------------------- init
+
+def test_torchvision_init_and_zero_init_residual():
+    spec = S.resnet50(zero_init_residual=True)
+    model, tv = rt.build(spec), torchvision.models.resnet50(zero_init_residual=True)
+    zero = lambda m: {k for k, v in m.state_dict().items() if k.endswith("weight") and v.ndim == 1 and not v.any()}
+    assert zero(model) == zero(tv) and len(zero(model)) == sum(spec.depths)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):  # kaiming_normal_, fan_out, relu
+            w, fan_out = m.weight.detach(), m.out_channels * m.kernel_size[0] * m.kernel_size[1]
+            tol = 6 / np.sqrt(2 * w.numel())
+            assert abs(w.std().item() / np.sqrt(2 / fan_out) - 1) < tol and abs(w.mean().item()) < 6 * w.std().item() / np.sqrt(w.numel())
+        if isinstance(m, torch.nn.BatchNorm2d):
+            assert not m.bias.any() and not m.running_mean.any() and (m.running_var == 1).all()
+    assert model.fc.weight.abs().max() <= 1 / np.sqrt(2048)
+    # Every residual branch starts at zero: an identity block passes its (post-ReLU) input through.
+    x = torch.rand(2, 256, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model.layer1[1](x), x)
+    assert all(not m.bias.any() for m in rt.build(S.resnet50(style="keras")).modules() if isinstance(m, torch.nn.Conv2d))
+
+
+# --------------------------------------------------------------------- native torch use
+
+def test_channels_last_feature_map():
+    spec = S.ResNetSpec(depths=(1, 1, 1), width=16, include_top=False, pooling=None)
+    w = reference.calibrated_weights(spec, seed=4)
+    model = rt.load_weights(rt.build(spec).to(memory_format=torch.channels_last), w)
+    assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)  # load kept the format
+    images = reference.random_images(spec, 2, 48, seed=5)
+    with torch.no_grad():
+        out = model(nchw(images).to(memory_format=torch.channels_last))
+    assert out.shape == (2, spec.feature_channels, 3, 3) and out.is_contiguous(memory_format=torch.channels_last)
+    ref = reference.forward(spec, w, images)
+    err, tol = rel_error(out.permute(0, 2, 3, 1).numpy(), ref), f32_peer_budget(spec, w, images, ref)
+    assert err <= tol
+
+
+def test_torch_compile_fullgraph():
+    """fullgraph=True raises on any graph break. The aot_eager backend traces what inductor
+    would (dynamo + AOTAutograd) without inductor's ~60 s of CPU code generation."""
+    torch._dynamo.reset()
+    model = rt.build(S.ResNetSpec(depths=(1, 1), width=8, num_classes=10))
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert rel_error(compiled(x).numpy(), model(x).numpy()) <= 1e-6
+    model.train()  # recompiles for train mode: batch statistics, running-stat updates, backward
+    compiled(x).square().mean().backward()
+    compiled_grad = model.conv1.weight.grad.clone()
+    model.zero_grad()
+    model(x).square().mean().backward()
+    assert rel_error(compiled_grad.numpy(), model.conv1.weight.grad.numpy()) <= 1e-6
+
+
+def test_import_pulls_in_no_other_framework():
+    code = ("import sys, resnet_torch; print(sorted({m.split('.')[0] for m in sys.modules} "
+            "& {'tensorflow', 'keras', 'jax', 'flax'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------- files and errors
+
+TINY = S.ResNetSpec(depths=(1, 1), width=8, num_classes=5)
+
+
+def test_checkpoint_files(tmp_path):
+    w = reference.calibrated_weights(TINY, seed=6)
+    model = rt.load_weights(rt.build(TINY), w)
+    torch.save(model.state_dict(), tmp_path / "m.pth")
+    assert_bit_exact(rt.load_checkpoint(tmp_path / "m.pth", TINY), w)
+    assert_bit_exact(rt.load_checkpoint(tmp_path / "m.pth"), w)  # spec read off the keys
+    W.save(w, tmp_path / "m.safetensors")
+    assert_bit_exact(rt.load_checkpoint(tmp_path / "m.safetensors", TINY), w)
+
+    torch.save({"conv1.weight": torch.zeros(1), "why": _NotATensor()}, tmp_path / "pickle.pth")
+    with pytest.raises(W.WeightsError, match="not a weights-only torch checkpoint"):
+        rt.load_checkpoint(tmp_path / "pickle.pth")
+    with pytest.raises(W.WeightsError, match=r"predictions.kernel: expected shape \(64, 7\), got \(64, 5\)"):
+        rt.load_checkpoint(tmp_path / "m.pth", TINY.replace(num_classes=7))
+    with pytest.raises(ValueError, match="unknown checkpoint type '.npz'"):
+        rt.load_checkpoint(tmp_path / "m.npz")
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        rt.load_checkpoint(tmp_path / "nope.pt")
+
+
+class _NotATensor:
+    pass
+
+
+def test_load_weights_errors_name_the_key_and_touch_nothing():
+    w = W.init(TINY, 0)
+    model = rt.load_weights(rt.build(TINY), w)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    bad_shape = {**W.init(TINY, 1), "conv2_block1_3_conv.kernel": np.zeros((1, 1, 8, 16), np.float32)}
+    cases = [
+        ({k: v for k, v in W.init(TINY, 1).items() if k != "conv3_block1_0_bn.var"}, r"conv3_block1_0_bn.var: missing"),
+        ({**W.init(TINY, 1), "extra.kernel": np.zeros(1, np.float32)}, r"extra.kernel: unexpected key"),
+        (bad_shape, r"conv2_block1_3_conv.kernel: expected shape \(1, 1, 8, 32\), got \(1, 1, 8, 16\)"),
+        ({**W.init(TINY, 1), "predictions.bias": np.zeros(5)}, r"predictions.bias: expected dtype float32, got float64"),
+    ]
+    for weights, message in cases:
+        with pytest.raises(ValueError, match=message):
+            rt.load_weights(model, weights)
+    model.fc = torch.nn.Linear(64, 3)  # a module swapped by hand no longer fits the spec
+    with pytest.raises(ValueError, match=r"fc.weight: the model holds shape \(3, 64\), the weights give \(5, 64\)"):
+        rt.load_weights(model, W.init(TINY, 1))
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items() if not k.startswith("fc."))
+
+
+def test_predict_checks_images_and_restores_mode():
+    model = rt.build(TINY).train()
+    images = reference.random_images(TINY, 2, 32)
+    with pytest.raises(ValueError, match="4-D NHWC"):
+        rt.predict(model, images[0])
+    with pytest.raises(ValueError, match="3 channels on the last axis"):
+        rt.predict(model, images.transpose(0, 3, 1, 2))
+    with pytest.raises(ValueError, match="at least 8x8 pixels, got 4x4"):
+        rt.predict(model, images[:, :4, :4])
+    with pytest.raises(ValueError, match="expected float32 .* got dtype uint8"):
+        rt.predict(model, images.astype(np.uint8))
+    running = model.bn1.running_mean.clone()
+    out = rt.predict(model, images)
+    assert out.dtype == np.float32 and out.shape == (2, 5)
+    assert model.training and torch.equal(model.bn1.running_mean, running)  # ran in eval mode
+    with torch.no_grad():
+        assert np.array_equal(out, model.eval()(nchw(images)).numpy())
+
+
+# --------------------------------------------------------------------- GPU precisions
+
+@pytest.fixture(scope="module")
+def gpu_case():
+    """ResNet-50, 224x224, batch 16, calibrated weights; float64 reference logits."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    spec = S.resnet50()
+    w = reference.calibrated_weights(spec, seed=0, size=224)
+    images = reference.random_images(spec, 16, 224, seed=11)
+    return rt.load_weights(rt.build(spec).cuda(), w), images, reference.forward(spec, w, images)
+
+
+@pytest.fixture
+def tf32_flags():
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+def test_gpu_precision_against_reference(precision, gpu_case, tf32_flags):
+    model, images, ref = gpu_case
+    tf32 = precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        out = rt.predict(model, images)
+    err, tol = rel_error(out, ref), budget(depth="resnet50", device="gpu", precision=precision)
+    print(f"resnet50 224x224 batch 16 {precision} on {torch.cuda.get_device_name()}: rel {err:.2e}, budget {tol:.2e}")
+    assert err <= tol
