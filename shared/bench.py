@@ -1,5 +1,189 @@
-"""``resnet-parity bench``: placeholder until the benchmark lands."""
+"""``resnet-parity bench``: images per second and peak memory of our three implementations, each
+beside its framework's own reference measured in the same run with the same settings.
+
+Every measurement (one model, one mode, one precision) runs in a fresh process
+(``shared.bench_worker``) so TensorFlow, JAX and PyTorch never share one, Keras gets its backend,
+and peak memory belongs to that model alone; this parent only plans, collects the JSON each
+worker writes, and reports. Missing frameworks are reported as not installed, not as failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from shared import spec as S
+from shared.bench_plan import MODES, PRECISIONS, Pair, Run, plan, unique_runs
+from shared.bench_worker import Job
+
+
+def _csv(choices):
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [t for t in items if t not in choices]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"unknown {', '.join(map(repr, bad)) or 'empty list'}; "
+                                             f"expected some of {', '.join(choices)}")
+        return list(dict.fromkeys(items))
+
+    return parse
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def add_parser(sub) -> None:
-    pass
+    from shared.check import FRAMEWORKS, KERAS_BACKENDS
+
+    p = sub.add_parser("bench", help="images/s and peak memory, ours beside each framework's reference")
+    p.add_argument("--arch", choices=S.ARCHS, default="resnet50")
+    p.add_argument("--frameworks", type=_csv(FRAMEWORKS), default=list(FRAMEWORKS))
+    p.add_argument("--keras-backends", type=_csv(KERAS_BACKENDS), default=list(KERAS_BACKENDS))
+    p.add_argument("--mode", type=_csv(MODES), default=list(MODES),
+                   help="infer (eval-mode forward) and/or train (forward, backward, SGD momentum 0.9)")
+    p.add_argument("--precision", type=_csv(PRECISIONS), default=["fp32"],
+                   help="fp32 (TF32 off on a GPU), tf32 (the frameworks' GPU defaults), bf16 (autocast / mixed)")
+    p.add_argument("--batch", type=_positive, default=32)
+    p.add_argument("--size", type=_positive, default=224)
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile for torch; jit_compile=True for Keras (Flax is always jitted)")
+    p.add_argument("--channels-last", action="store_true", help="torch: channels_last model and inputs")
+    p.add_argument("--iters", type=_positive, default=10, help="timed iterations")
+    p.add_argument("--warmup", type=_positive, default=2, help="untimed iterations first (compilation)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds per measurement")
+    p.add_argument("--json", help="write every figure to this file")
+    p.add_argument("--plot", help="draw a bar chart to this .png (needs matplotlib)")
+    p.set_defaults(func=cmd_bench)
+
+
+def command_line(args) -> str:
+    """The command with every option spelt out: what reproduces this run."""
+    words = ["resnet-parity", "bench", "--arch", args.arch, "--frameworks", ",".join(args.frameworks),
+             "--keras-backends", ",".join(args.keras_backends), "--mode", ",".join(args.mode),
+             "--precision", ",".join(args.precision), "--batch", str(args.batch), "--size", str(args.size),
+             "--device", args.device, "--iters", str(args.iters), "--warmup", str(args.warmup),
+             "--seed", str(args.seed)]
+    words += ["--compile"] * args.compile + ["--channels-last"] * args.channels_last
+    for opt in ("json", "plot"):
+        if getattr(args, opt):
+            words += [f"--{opt}", getattr(args, opt)]
+    return shlex.join(words)
+
+
+def _env(run: Run, device: str) -> dict:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", XLA_PYTHON_CLIENT_PREALLOCATE="false", TF_CPP_MIN_LOG_LEVEL="3")
+    if run.backend:
+        env["KERAS_BACKEND"] = run.backend
+    if device == "cpu":  # keep every framework off any GPU the machine may have
+        env.update(CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
+    return env
+
+
+def measure(run: Run, args, workdir: Path, timeout: float) -> dict:
+    """One run in its own process: the worker's figures, or its error."""
+    name = f"{run.label}-{run.mode}-{run.precision}".replace("[", "-").replace("]", "")
+    out = workdir / f"{name}.json"
+    job = Job(run.runner, run.impl, run.backend, run.mode, run.precision, run.style, args.arch, args.device,
+              args.batch, args.size, args.iters, args.warmup, args.compile, args.channels_last, args.seed, str(out))
+    job.write(workdir / f"{name}.job.json")
+    head = {"label": run.label, "style": run.style}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "shared.bench_worker", str(workdir / f"{name}.job.json")],
+                              env=_env(run, args.device), timeout=timeout, capture_output=True, text=True)
+    except subprocess.TimeoutExpired:
+        return {**head, "status": "timed out", "error": f"after {timeout:.0f} s"}
+    if not out.exists():
+        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+        return {**head, "status": "error", "error": f"worker exited {proc.returncode}: {tail}"}
+    result = json.loads(out.read_text())
+    return {**head, "status": "error" if "error" in result else "ok", **result}
+
+
+def _row(pair: Pair, results: dict) -> dict:
+    row = {"target": pair.target, "mode": pair.mode, "precision": pair.precision, "status": pair.skipped or "ok",
+           "ours": None, "reference": None, "ratio": None}
+    for side in ("ours", "reference"):
+        run = getattr(pair, side)
+        if run is None or pair.skipped:
+            continue
+        missing = run.missing()
+        row[side] = results.get(run) or {"label": run.label, "style": run.style,
+                                         "status": f"not installed: {', '.join(missing)}"}
+    if not pair.skipped and row["ours"]["status"] != "ok":
+        row["status"] = row["ours"]["status"]
+    ours, ref = row["ours"], row["reference"]
+    if ours and ref and ours["status"] == ref["status"] == "ok":
+        row["ratio"] = ours["images_per_s"]["median"] / ref["images_per_s"]["median"]
+    return row
+
+
+def run_bench(args, progress=None) -> dict:
+    """Plan, run every measurement once, pair them up. ``progress(label)`` before each run."""
+    from shared.bench_report import machine
+
+    pairs = plan(args.frameworks, args.keras_backends, args.mode, args.precision, args.device)
+    runs = unique_runs(pairs)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="resnet-parity-bench-") as tmp:
+        for run in runs:
+            if progress:
+                progress(f"{run.label} {run.mode} {run.precision}")
+            results[run] = measure(run, args, Path(tmp), args.timeout)
+    rows = [_row(p, results) for p in pairs]
+    versions = {r["label"]: r["versions"] for r in results.values() if r.get("versions")}
+    config = {k: getattr(args, k) for k in ("arch", "frameworks", "keras_backends", "mode", "precision", "batch",
+                                            "size", "device", "compile", "channels_last", "iters", "warmup", "seed")}
+    return {"command": command_line(args), "argv": sys.argv,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine(), "versions": versions, "config": config, "rows": rows}
+
+
+def cmd_bench(args) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from shared import bench_report
+    from shared.cli import CliError, _write_json
+
+    if args.plot:
+        try:
+            bench_report.check_plot_available()
+        except bench_report.PlotUnavailable as e:
+            raise CliError(str(e)) from None
+    total = len(unique_runs(plan(args.frameworks, args.keras_backends, args.mode, args.precision, args.device)))
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("bench", total=total)
+        started = []
+
+        def step(label):
+            if started:
+                progress.advance(task)
+            started.append(label)
+            progress.update(task, description=f"timing {label}")
+
+        report = run_bench(args, step)
+    console = Console()
+    bench_report.print_table(report, console)
+    console.print(f"[dim]{report['command']}  ({report['date']})[/]")
+    if args.json:
+        _write_json(args.json, report)
+    if args.plot:
+        bench_report.plot(report, args.plot)
+    failed = [run for r in report["rows"] for run in (r["ours"], r["reference"])
+              if run and run["status"] in ("error", "timed out")]
+    return 1 if failed else 0

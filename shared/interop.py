@@ -114,7 +114,7 @@ def from_torchvision(state_dict: Mapping[str, object], spec: ResNetSpec | None =
             unused.discard(tv)
             if param == "kernel":
                 value = value.transpose(2, 3, 1, 0) if isinstance(layer, Conv) else value.T
-            weights[f"{layer.name}.{param}"] = np.ascontiguousarray(value, dtype=DTYPE)
+            weights[f"{layer.name}.{param}"] = np.array(value, dtype=DTYPE, order="C", copy=True)  # never a view of the caller's tensor
     if unused:
         raise WeightsError(f"torchvision state_dict: unexpected key(s) {sorted(unused)}")
     validate(spec, weights)
@@ -141,3 +141,5 @@ def to_torchvision(spec: ResNetSpec, weights: Mapping[str, np.ndarray]) -> dict[
             out[f"{module}.num_batches_tracked"] = np.zeros((), dtype=np.int64)
     return out
 
+
+from shared.keras_h5 import from_keras_applications, to_keras_applications_h5  # noqa: E402
