@@ -1,0 +1,146 @@
+"""The ResNet as a ``flax.nnx.Module``, built by walking a ``shared.spec.ResNetSpec``.
+
+Every layer with parameters is an attribute named after its spec layer (``model.conv1_conv``,
+``model.conv2_block1_1_bn``, ``model.predictions``), so a canonical weight ``{layer}.{param}``
+is ``getattr(model, layer).{native param}`` by one rule (``NATIVE_PARAM``). Layers without
+parameters (ReLU, pools, the residual add) are computed from the spec in ``__call__``.
+
+NHWC throughout. Padding is always the spec's explicit symmetric padding, never 'SAME': for a
+strided layer XLA's 'SAME' puts the odd pixel at the bottom/right and no longer computes
+torchvision's function.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from shared.spec import BatchNorm, Conv, Dense, ResNetSpec
+
+# Canonical param -> attribute of the nnx layer, per layer kind.
+NATIVE_PARAM = {
+    "conv": {"kernel": "kernel", "bias": "bias"},
+    "dense": {"kernel": "kernel", "bias": "bias"},
+    "bn": {"gamma": "scale", "beta": "bias", "mean": "mean", "var": "var"},
+}
+
+# torchvision's initialisation: He normal over fan_out for convs, torch.nn.Linear's uniform for
+# the classifier (kernel and bias within 1/sqrt(fan_in)).
+_conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+_dense_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def _dense_bias_init(fan_in: int):
+    bound = fan_in**-0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def _placeholder(key, shape, dtype=jnp.float32):
+    """Zeros made in numpy: no RNG and no XLA program per shape (those cost seconds per model
+    on a CPU); the shell that ``load_weights`` fills."""
+    return jnp.asarray(np.zeros(shape, dtype))
+
+
+def _native_layer(layer, rngs: nnx.Rngs, draw: bool, dtype, param_dtype) -> nnx.Module:
+    def init(initializer):
+        return initializer if draw else _placeholder
+
+    common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    if isinstance(layer, Conv):
+        t, b, l, r = layer.padding
+        return nnx.Conv(
+            layer.in_channels, layer.out_channels, (layer.kernel_size, layer.kernel_size),
+            strides=layer.stride, padding=((t, b), (l, r)), use_bias=layer.bias,
+            kernel_init=init(_conv_init), bias_init=init(nnx.initializers.zeros_init()), **common,
+        )
+    if isinstance(layer, BatchNorm):
+        return nnx.BatchNorm(
+            layer.channels,
+            use_running_average=True,
+            momentum=1.0 - layer.momentum,  # Flax weighs the old running value (spec module doc)
+            epsilon=layer.epsilon,
+            # Two-pass variance, E[(x - E[x])^2]: E[x^2] - E[x]^2 cancels digits in train mode.
+            use_fast_variance=False,
+            scale_init=init(nnx.initializers.zeros_init() if layer.zero_init else nnx.initializers.ones_init()),
+            bias_init=init(nnx.initializers.zeros_init()), **common,
+        )
+    if isinstance(layer, Dense):
+        return nnx.Linear(
+            layer.in_features, layer.out_features,
+            kernel_init=init(_dense_init), bias_init=init(_dense_bias_init(layer.in_features)), **common,
+        )
+    raise TypeError(f"resnet_flax: no parameterised layer for {layer!r}")
+
+
+def _max_pool(x, layer):
+    """Pads with -inf (PyTorch's and Flax's rule), so the padding never wins the max."""
+    t, b, l, r = layer.padding
+    return jax.lax.reduce_window(
+        x, jnp.array(-jnp.inf, x.dtype), jax.lax.max,
+        (1, layer.size, layer.size, 1), (1, layer.stride, layer.stride, 1),
+        ((0, 0), (t, b), (l, r), (0, 0)),
+    )
+
+
+class ResNet(nnx.Module):
+    """A bottleneck ResNet for NHWC images, every number taken from ``spec``.
+
+    ``dtype`` is the compute dtype (``jnp.bfloat16`` for mixed precision), ``param_dtype`` the
+    storage dtype of the parameters; BatchNorm running statistics stay float32.
+
+    Modes: ``model.eval()`` normalises with the running averages (the state after
+    ``resnet_flax.build``); ``model.train()`` normalises with the batch statistics and updates
+    the running averages, ``running = (1 - m) * running + m * batch`` with the spec's momentum
+    ``m`` (Flax's ``momentum=1 - m``). Unlike PyTorch, Flax's running *variance* update uses the
+    biased batch variance (divided by N, not N - 1); the normalisation itself uses the biased
+    variance in both frameworks.
+    """
+
+    def __init__(self, spec: ResNetSpec, *, rngs: nnx.Rngs | None = None, dtype=None,
+                 param_dtype=jnp.float32):
+        """``rngs``: draw every parameter with torchvision's initialisation (He normal over
+        fan_out for convs, torch.nn.Linear's uniform for the classifier, BatchNorm at identity,
+        gamma 0 where the spec says zero_init). ``None``: every parameter starts at zero, a shell
+        for ``resnet_flax.load_weights`` (``resnet_flax.build`` fills it with the canonical
+        init)."""
+        self.spec = spec
+        self.dtype = dtype
+        draw = rngs is not None
+        rngs = rngs if draw else nnx.Rngs(0)
+        for layer in spec.layers():
+            if layer.params:
+                setattr(self, layer.name, _native_layer(layer, rngs, draw, dtype, param_dtype))
+
+    def _apply(self, layer, x):
+        if layer.params:
+            return getattr(self, layer.name)(x)
+        if layer.kind == "relu":
+            return nnx.relu(x)
+        if layer.kind == "maxpool":
+            return _max_pool(x, layer)
+        if layer.kind == "globalpool":
+            return x.mean(axis=(1, 2)) if layer.mode == "avg" else x.max(axis=(1, 2))
+        raise TypeError(f"resnet_flax: no rule for layer {layer!r}")
+
+    def __call__(self, images):
+        """NHWC images -> logits (or pooled features, or the last feature map, per the spec)."""
+        x = images if self.dtype is None else images.astype(self.dtype)
+        for layer in self.spec.stem():
+            x = self._apply(layer, x)
+        for block in self.spec.blocks():
+            h = x
+            for layer in block.main:
+                h = self._apply(layer, h)
+            s = x
+            for layer in block.shortcut:
+                s = self._apply(layer, s)
+            x = self._apply(block.out, h + s)
+        for layer in self.spec.head():
+            x = self._apply(layer, x)
+        return x

@@ -1,0 +1,360 @@
+"""resnet_flax against torchvision, the float64 reference and its own contract (build, load,
+export, predict, train mode, nnx transforms). Tolerances: 4x a peer's error against float64,
+measured here on the same weights and input (shared.parity.budget)."""
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+jax = pytest.importorskip("jax")
+pytest.importorskip("flax")
+import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
+
+import resnet_flax as rf  # noqa: E402
+from resnet_flax.model import ResNet, _max_pool  # noqa: E402
+from shared import interop, parity, reference, spec as S, weights as W  # noqa: E402
+
+BN_NAMES = {"scale": "gamma", "bias": "beta", "mean": "mean", "var": "var"}
+
+
+def _has_gpu() -> bool:
+    try:
+        return bool(jax.devices("gpu"))
+    except RuntimeError:
+        return False
+
+
+needs_gpu = pytest.mark.skipif(not _has_gpu(), reason="needs a jax GPU device")
+
+
+def _fp32_budget(spec, weights, images):
+    """4x the error of the same arithmetic in float32 (shared.reference) against float64."""
+    ref = reference.forward(spec, weights, images)
+    peer = parity.rel_error(reference.forward(spec, weights, images, dtype=np.float32), ref)
+    # A peer error of exactly 0 would leave no budget at all: floor it at 1e-6 then.
+    return ref, parity.budget(peer if peer > 0 else 1e-6)
+
+
+def _small(style="torchvision", **overrides):
+    return S.resnet50(style, **{"depths": (1, 2), "width": 8, "num_classes": 10, **overrides})
+
+
+def _loaded(spec, weights, **build_kwargs):
+    model = rf.build(spec, **build_kwargs)
+    rf.load_weights(model, weights)
+    return model
+
+
+# ----------------------------------------------------------------- against torchvision
+
+TORCHVISION_SIZES = {"resnet50": 96, "resnet101": 64, "resnet152": 64}  # 101/152: compile and reference cost
+CONSTRUCTORS = {"resnet50": rf.ResNet50, "resnet101": rf.ResNet101, "resnet152": rf.ResNet152}
+
+
+@pytest.fixture(scope="module")
+def torchvision_case(torchvision_model):
+    """``case(arch)``: torchvision (calibrated, randomised BatchNorm) and the seed constructor's
+    Flax model loaded through shared.interop.from_torchvision, on the same batch of 2 images."""
+    torch = pytest.importorskip("torch")
+    cache = {}
+
+    def case(arch):
+        if arch not in cache:
+            tv, _, _ = torchvision_model(arch)
+            spec, weights = interop.from_torchvision(tv.state_dict())
+            images = reference.random_images(spec, 2, TORCHVISION_SIZES[arch], seed=7)
+            with torch.no_grad():
+                peer = tv(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
+            model = CONSTRUCTORS[arch]()
+            rf.load_weights(model, weights)
+            cache[arch] = SimpleNamespace(
+                tv=tv, spec=spec, weights=weights, images=images, peer=peer, model=model,
+                ref=reference.forward(spec, weights, images), ours=rf.predict(model, images),
+            )
+        return cache[arch]
+
+    return case
+
+
+@pytest.mark.parametrize("arch", list(TORCHVISION_SIZES))
+def test_matches_torchvision_fp32_cpu(arch, torchvision_case):
+    c = torchvision_case(arch)
+    assert c.model.spec == c.spec == S.preset(arch)
+    peer, ours = parity.rel_error(c.peer, c.ref), parity.rel_error(c.ours, c.ref)
+    print(f"{arch} {c.images.shape}: torchvision fp32 rel {peer:.3g}, flax {ours:.3g}, budget {parity.budget(peer):.3g}")
+    assert 0 < peer and ours <= parity.budget(peer)
+    assert parity.top1_agreement(c.ours, c.ref) == (2, 2)
+
+
+def test_bf16_compute_matches_torchvision_bf16_cpu(torchvision_case):
+    torch = pytest.importorskip("torch")
+    c = torchvision_case("resnet50")
+    with torch.no_grad():
+        tv16 = copy.deepcopy(c.tv).bfloat16()
+        peer16 = tv16(torch.from_numpy(c.images).permute(0, 3, 1, 2).bfloat16()).float().numpy()
+    model = _loaded(c.spec, c.weights, dtype=jnp.bfloat16)
+    out = rf.predict(model, c.images)
+    peer, ours = parity.rel_error(peer16, c.ref), parity.rel_error(out, c.ref)
+    print(f"resnet50 bf16 {c.images.shape}: torchvision rel {peer:.3g}, flax {ours:.3g}")
+    assert ours <= parity.budget(peer)
+    assert ours > 10 * parity.rel_error(c.ours, c.ref)  # bf16 arithmetic really ran
+    # Mixed precision: bf16 activations, float32 parameters and statistics, exported bit-exact.
+    assert nnx.eval_shape(lambda m, x: m(x), model, c.images).dtype == jnp.bfloat16
+    assert all(v.get_value().dtype == jnp.float32 for _, v in nnx.to_flat_state(nnx.state(model)))
+    assert all(np.array_equal(v, c.weights[k]) for k, v in rf.export_weights(model).items())
+
+
+# ----------------------------------------------------------------- against the reference
+
+
+@st.composite
+def small_specs(draw, style):
+    stages = draw(st.integers(1, 4))
+    pooling = draw(st.sampled_from(["avg", "max", None]))
+    spec = S.resnet50(
+        style,
+        depths=tuple(draw(st.lists(st.integers(1, 3), min_size=stages, max_size=stages))),
+        width=draw(st.integers(8, 32)),
+        image_channels=draw(st.integers(1, 4)),
+        num_classes=draw(st.integers(2, 20)),
+        pooling=pooling,
+        include_top=pooling is not None and draw(st.booleans()),
+    )
+    return spec, draw(st.integers(max(32, spec.min_input_size), 96))
+
+
+@pytest.mark.parametrize("style", S.STYLES)
+@settings(max_examples=5, deadline=None)
+@given(data=st.data())
+def test_small_specs_match_reference(style, data):
+    spec, size = data.draw(small_specs(style))
+    weights = reference.calibrated_weights(spec, seed=size)
+    images = reference.random_images(spec, 2, size, seed=1)
+    ref, budget = _fp32_budget(spec, weights, images)
+    out = rf.predict(_loaded(spec, weights), images)
+    assert out.shape == (2, *spec.output_shape(size))
+    assert parity.rel_error(out, ref) <= budget
+
+
+def test_max_pool_pads_with_minus_infinity():
+    pool = S.resnet50().stem()[3]
+    assert (np.asarray(_max_pool(-jnp.ones((1, 4, 4, 1)), pool)) == -1).all()
+    x = reference.random_images(S.resnet50(), 2, 9)
+    assert np.array_equal(np.asarray(_max_pool(jnp.asarray(x), pool)), reference.maxpool(x, 3, 2, pool.padding))
+
+
+# ----------------------------------------------------------------- weights
+
+
+def _native_names(model):
+    """Canonical name -> (shape, variable type) read off the nnx state by the naming rule."""
+    out = {}
+    for path, variable in nnx.to_flat_state(nnx.state(model)):
+        layer, param = path
+        if isinstance(getattr(model, layer), nnx.BatchNorm):
+            param = BN_NAMES[param]
+        out[f"{layer}.{param}"] = (variable.get_value().shape, type(variable))
+    return out
+
+
+@pytest.mark.parametrize("spec", [S.resnet50(), _small("keras"), _small(pooling=None, include_top=False)],
+                         ids=["resnet50", "keras-small", "headless-small"])
+def test_param_names_and_shapes_equal_spec(spec):
+    names = _native_names(rf.build(spec))
+    assert {k: shape for k, (shape, _) in names.items()} == spec.param_shapes()
+    for key, (_, kind) in names.items():
+        assert kind is (nnx.BatchStat if key.endswith((".mean", ".var")) else nnx.Param), key
+
+
+def test_export_of_load_is_bit_exact(torchvision_case):
+    c = torchvision_case("resnet50")
+    keras = _small("keras")
+    for spec, weights in [(c.spec, c.weights), (keras, reference.calibrated_weights(keras))]:
+        mine = {k: v.copy() for k, v in weights.items()}
+        model = _loaded(spec, mine)
+        for v in mine.values():
+            v[...] = 0  # the model holds its own copy
+        out = rf.export_weights(model)
+        assert list(out) == list(spec.param_shapes())
+        for key, value in out.items():
+            assert value.dtype == np.float32 and value.tobytes() == weights[key].tobytes(), key
+            value[...] = 0  # and export hands out copies
+        assert all(v.tobytes() == weights[k].tobytes() for k, v in rf.export_weights(model).items())
+
+
+def test_safetensors_file_gives_identical_outputs(torchvision_case, tmp_path):
+    c = torchvision_case("resnet50")
+    path = tmp_path / "resnet50.safetensors"
+    W.save(c.weights, path)
+    model = rf.ResNet50()
+    rf.load_weights(model, W.load(path, c.spec))
+    assert np.array_equal(rf.predict(model, c.images), c.ours)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda w: w.update({"predictions.kernel": np.zeros((64, 9), np.float32)}),
+         r"predictions.kernel: expected shape \(64, 10\), got \(64, 9\)"),
+        (lambda w: w.update({"predictions.bias": w["predictions.bias"].astype(np.float64)}),
+         r"predictions.bias: expected dtype float32, got float64"),
+        (lambda w: w.pop("conv3_block2_3_bn.var"), r"conv3_block2_3_bn.var: missing \(expected float32 \(64,\)\)"),
+        (lambda w: w.update({"conv9_conv.kernel": np.zeros(1, np.float32)}), r"conv9_conv.kernel: unexpected key"),
+    ],
+    ids=["shape", "dtype", "missing", "unexpected"],
+)
+def test_load_weights_rejects_bad_weights_and_touches_nothing(change, message):
+    spec = _small()
+    model = rf.build(spec)
+    before = rf.export_weights(model)
+    bad = reference.calibrated_weights(spec)  # every other entry differs from the model's
+    change(bad)
+    with pytest.raises(ValueError, match=message):
+        rf.load_weights(model, bad)
+    assert all(np.array_equal(v, before[k]) for k, v in rf.export_weights(model).items())
+
+
+def test_build_starts_from_canonical_init_in_eval_mode():
+    spec = _small(zero_init_residual=True)
+    for seed in (None, 3):
+        model = rf.build(spec, rngs=seed)
+        expected = W.init(spec, 0 if seed is None else seed)
+        assert all(v.tobytes() == expected[k].tobytes() for k, v in rf.export_weights(model).items())
+        assert all(m.use_running_average for _, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm))
+
+
+def test_native_init_draws_torchvision_distributions():
+    spec = S.resnet50(depths=(1,), width=16, num_classes=10, zero_init_residual=True)
+    w = rf.export_weights(rf.build(spec, rngs=nnx.Rngs(0)))
+    assert not np.array_equal(w["conv2_block1_3_conv.kernel"], w["conv2_block1_0_conv.kernel"])  # one key each
+    for key in ("conv1_conv.kernel", "conv2_block1_2_conv.kernel", "conv2_block1_3_conv.kernel"):
+        k = w[key]
+        assert k.std() == pytest.approx(np.sqrt(2.0 / (k.shape[0] * k.shape[1] * k.shape[3])), rel=0.1), key
+    bound = 1 / np.sqrt(64)
+    for key in ("predictions.kernel", "predictions.bias"):
+        assert np.abs(w[key]).max() <= bound and np.abs(w[key]).max() > 0.8 * bound, key
+    assert (w["conv2_block1_3_bn.gamma"] == 0).all() and (w["conv2_block1_2_bn.gamma"] == 1).all()
+    assert (w["conv1_bn.mean"] == 0).all() and (w["conv1_bn.var"] == 1).all() and (w["conv1_bn.beta"] == 0).all()
+
+
+def test_seed_constructors_take_channels_and_classes():
+    model = rf.ResNet50(img_channel=1, num_classes=7)
+    assert model.spec == S.resnet50(image_channels=1, num_classes=7)
+    assert model.conv1_conv.kernel.get_value().shape == (7, 7, 1, 64)
+    assert model.predictions.kernel.get_value().shape == (2048, 7)
+
+
+# ----------------------------------------------------------------- predict and nnx transforms
+
+
+def test_predict_checks_images():
+    model = rf.build(_small())
+    with pytest.raises(ValueError, match=r"4-D NHWC batch"):
+        rf.predict(model, np.zeros((32, 32, 3), np.float32))
+    with pytest.raises(ValueError, match=r"3 channels on the last axis"):
+        rf.predict(model, np.zeros((1, 3, 32, 32), np.float32))
+    with pytest.raises(ValueError, match=r"at least 8x8 pixels, got 4x8"):
+        rf.predict(model, np.zeros((1, 4, 8, 3), np.float32))
+
+
+def test_predict_traces_once_per_shape(monkeypatch):
+    spec = _small(width=12, num_classes=3, image_channels=2)  # compiled by no other test
+    traces = []
+    call = ResNet.__call__
+    monkeypatch.setattr(ResNet, "__call__", lambda self, x: traces.append(x.shape) or call(self, x))
+    model, other = rf.build(spec), rf.build(spec, rngs=1)
+    small, large = (reference.random_images(spec, 2, s) for s in (32, 40))
+    first = rf.predict(model, small)
+    rf.predict(model, small)
+    rf.predict(model, large)
+    assert np.array_equal(rf.predict(model, small), first)
+    assert not np.array_equal(rf.predict(other, small), first)  # same program, the other's weights
+    assert traces == [small.shape, large.shape]
+
+
+def test_nnx_jit_and_split_merge_compute_the_same_function():
+    spec = _small("keras")
+    weights = reference.calibrated_weights(spec)
+    images = reference.random_images(spec, 2, 48)
+    ref, budget = _fp32_budget(spec, weights, images)
+    model = _loaded(spec, weights)
+    graphdef, state = nnx.split(model)
+    outs = {
+        "predict": rf.predict(model, images),
+        "nnx.jit": nnx.jit(lambda m, x: m(x))(model, images),
+        "split/merge": jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))(state, images),
+    }
+    for name, out in outs.items():
+        assert parity.rel_error(out, ref) <= budget, name
+
+
+def test_train_mode_uses_batch_statistics_and_updates_running_averages():
+    spec = S.resnet50(depths=(1, 1, 1, 1), width=8, num_classes=10)  # last stage 1x1: N = 2 per BN
+    weights = reference.calibrated_weights(spec)  # running statistics of other images
+    images = reference.random_images(spec, 2, 32, seed=3)
+    batch = reference.calibrate(spec, weights, images)  # numpy float64 batch statistics (biased var)
+    expected, budget = _fp32_budget(spec, batch, images)
+    model = _loaded(spec, weights)
+    eval_out = rf.predict(model, images)
+
+    model.train()
+    out = nnx.jit(lambda m, x: m(x))(model, images)
+    assert parity.rel_error(out, expected) <= budget
+    assert parity.rel_error(eval_out, expected) > 100 * budget  # the two modes really differ
+
+    after = rf.export_weights(model)
+    for layer in spec.layers():
+        if layer.kind != "bn":
+            continue
+        m = layer.momentum  # spec's meaning: weight of the new batch statistic
+        for stat in ("mean", "var"):
+            key = f"{layer.name}.{stat}"
+            running = (1 - m) * weights[key].astype(np.float64) + m * batch[key].astype(np.float64)
+            assert parity.rel_error(after[key], running) <= budget, key
+        for param in ("gamma", "beta"):
+            assert np.array_equal(after[f"{layer.name}.{param}"], weights[f"{layer.name}.{param}"])
+
+    # predict is eval mode whatever the model's mode: the updated running averages.
+    ref, budget = _fp32_budget(spec, after, images)
+    assert parity.rel_error(rf.predict(model, images), ref) <= budget
+    model.eval()
+    assert all(m.use_running_average for _, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm))
+
+
+def test_import_pulls_in_no_other_framework():
+    code = "import sys, resnet_flax; print(sorted(m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.stdout.strip() == "[]"
+
+
+# ----------------------------------------------------------------- GPU
+
+
+@pytest.fixture(scope="module")
+def gpu_case():
+    spec = S.resnet50()
+    weights = reference.calibrated_weights(spec)
+    images = reference.random_images(spec, 16, 224, seed=11)
+    return spec, weights, images, reference.forward(spec, weights, images)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+def test_gpu_resnet50_224_against_float64(precision, gpu_case):
+    spec, weights, images, ref = gpu_case
+    model = _loaded(spec, weights, dtype=jnp.bfloat16 if precision == "bf16" else None)
+    with jax.default_matmul_precision("highest" if precision == "fp32" else "default"):
+        out = rf.predict(model, images)
+    err = parity.rel_error(out, ref)
+    budget = parity.budget(depth="resnet50", device="gpu", precision=precision)
+    print(f"resnet50 gpu {precision}: rel {err:.3g}, top-1 {parity.top1_agreement(out, ref)}, budget {budget:.3g}")
+    assert err <= budget
