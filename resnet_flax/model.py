@@ -128,11 +128,16 @@ class ResNet(nnx.Module):
             return x.mean(axis=(1, 2)) if layer.mode == "avg" else x.max(axis=(1, 2))
         raise TypeError(f"resnet_flax: no rule for layer {layer!r}")
 
-    def __call__(self, images):
-        """NHWC images -> logits (or pooled features, or the last feature map, per the spec)."""
+    def __call__(self, images, hook=None):
+        """NHWC images -> logits (or pooled features, or the last feature map, per the spec).
+
+        ``hook(name, activation)``, outside jit, sees the output of the stem, of every block
+        (``conv3_block2``) and of the head: the names ``shared.reference.forward`` uses."""
+        hook = hook or (lambda name, x: None)
         x = images if self.dtype is None else images.astype(self.dtype)
         for layer in self.spec.stem():
             x = self._apply(layer, x)
+        hook("stem", x)
         for block in self.spec.blocks():
             h = x
             for layer in block.main:
@@ -141,6 +146,9 @@ class ResNet(nnx.Module):
             for layer in block.shortcut:
                 s = self._apply(layer, s)
             x = self._apply(block.out, h + s)
+            hook(block.name, x)
         for layer in self.spec.head():
             x = self._apply(layer, x)
+        if self.spec.head():
+            hook("head", x)
         return x
