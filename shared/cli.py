@@ -94,7 +94,10 @@ def print_check(report, console) -> None:
     title = (f"resnet-parity check: {'x'.join(map(str, spec.depths))} ({spec.style}), {cfg['device']}, "
              f"{cfg['precision']}, {cfg['mode']} mode, batch {cfg['batch']} x {cfg['size']}px, seed {cfg['seed']}")
     table = Table(title=title)
-    for col in ("framework", "device", "precision", "rel vs float64", "max abs", "top-1", "budget", "result"):
+    train = cfg["mode"] == "train"
+    columns = ["framework", "device", "precision", "rel vs float64", "max abs", "top-1", "budget"]
+    columns += ["running stats rel", "variance rule", "loss"] if train else []
+    for col in columns + ["result"]:
         table.add_column(col, justify="right" if col not in ("framework", "result") else "left")
     for r in report.rows:
         result = {"pass": "[green]pass[/]", "FAIL": "[bold red]FAIL[/]", "error": "[red]error[/]",
@@ -104,8 +107,11 @@ def print_check(report, console) -> None:
         if r.detail:
             result += f" {r.detail}"
         top1 = f"{r.top1[0]}/{r.top1[1]}" if r.top1 else "-"
-        table.add_row(r.target, cfg["device"], cfg["precision"], _fmt(r.rel), _fmt(r.max_abs), top1,
-                      _fmt(r.budget), result)
+        cells = [r.target, cfg["device"], cfg["precision"], _fmt(r.rel), _fmt(r.max_abs), top1, _fmt(r.budget)]
+        if train:
+            cells += [_fmt(r.extra.get("running_stats_rel")), r.extra.get("variance_convention", "-"),
+                      _fmt(r.extra.get("loss"), ".6f")]
+        table.add_row(*cells, result)
     console.print(table)
     if report.pairwise:
         pairs = Table(title="pairwise")
