@@ -44,6 +44,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _depths(text: str) -> tuple[int, ...]:
+    try:
+        depths = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected stage depths like 1,1,1,1, got {text!r}") from None
+    if not depths or min(depths) < 1:
+        raise argparse.ArgumentTypeError(f"every stage needs at least 1 block, got {text!r}")
+    return depths
+
+
 def add_parser(sub) -> None:
     from shared.check import FRAMEWORKS, KERAS_BACKENDS
 
@@ -64,9 +74,11 @@ def add_parser(sub) -> None:
     p.add_argument("--iters", type=_positive, default=10, help="timed iterations")
     p.add_argument("--warmup", type=_positive, default=2, help="untimed iterations first (compilation)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--depths", type=_depths, default=None, help=argparse.SUPPRESS)  # tiny specs for tests
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per measurement")
     p.add_argument("--json", help="write every figure to this file")
     p.add_argument("--plot", help="draw a bar chart to this .png (needs matplotlib)")
+    p.add_argument("--markdown", help="write the table, command, machine and versions as markdown")
     p.set_defaults(func=cmd_bench)
 
 
@@ -78,7 +90,9 @@ def command_line(args) -> str:
              "--device", args.device, "--iters", str(args.iters), "--warmup", str(args.warmup),
              "--seed", str(args.seed)]
     words += ["--compile"] * args.compile + ["--channels-last"] * args.channels_last
-    for opt in ("json", "plot"):
+    if args.depths:
+        words += ["--depths", ",".join(map(str, args.depths))]
+    for opt in ("json", "plot", "markdown"):
         if getattr(args, opt):
             words += [f"--{opt}", getattr(args, opt)]
     return shlex.join(words)
@@ -98,7 +112,8 @@ def measure(run: Run, args, workdir: Path, timeout: float) -> dict:
     name = f"{run.label}-{run.mode}-{run.precision}".replace("[", "-").replace("]", "")
     out = workdir / f"{name}.json"
     job = Job(run.runner, run.impl, run.backend, run.mode, run.precision, run.style, args.arch, args.device,
-              args.batch, args.size, args.iters, args.warmup, args.compile, args.channels_last, args.seed, str(out))
+              args.batch, args.size, args.iters, args.warmup, args.compile, args.channels_last, args.seed, str(out),
+              args.depths)
     job.write(workdir / f"{name}.job.json")
     head = {"label": run.label, "style": run.style}
     try:
@@ -121,8 +136,8 @@ def _row(pair: Pair, results: dict) -> dict:
         if run is None or pair.skipped:
             continue
         missing = run.missing()
-        row[side] = results.get(run) or {"label": run.label, "style": run.style,
-                                         "status": f"not installed: {', '.join(missing)}"}
+        status = f"not installed: {', '.join(missing)}" if missing else "not run"
+        row[side] = results.get(run) or {"label": run.label, "style": run.style, "status": status}
     if not pair.skipped and row["ours"]["status"] != "ok":
         row["status"] = row["ours"]["status"]
     ours, ref = row["ours"], row["reference"]
@@ -131,25 +146,32 @@ def _row(pair: Pair, results: dict) -> dict:
     return row
 
 
-def run_bench(args, progress=None) -> dict:
-    """Plan, run every measurement once, pair them up. ``progress(label)`` before each run."""
+def run_bench(args, progress=None, partial=None) -> dict:
+    """Plan, run every measurement once, pair them up. ``progress(label)`` before each run;
+    ``partial(report)`` after each, with the runs still to come marked "not run"."""
     from shared.bench_report import machine
 
     pairs = plan(args.frameworks, args.keras_backends, args.mode, args.precision, args.device)
-    runs = unique_runs(pairs)
+    config = {k: getattr(args, k) for k in ("arch", "frameworks", "keras_backends", "mode", "precision", "batch",
+                                            "size", "device", "compile", "channels_last", "iters", "warmup", "seed",
+                                            "depths")}
+    head = {"command": command_line(args), "argv": sys.argv,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine(), "config": config}
+
+    def report(results: dict) -> dict:
+        versions = {r["label"]: r["versions"] for r in results.values() if r.get("versions")}
+        return {**head, "versions": versions, "rows": [_row(p, results) for p in pairs]}
+
     results = {}
     with tempfile.TemporaryDirectory(prefix="resnet-parity-bench-") as tmp:
-        for run in runs:
+        for run in unique_runs(pairs):
             if progress:
                 progress(f"{run.label} {run.mode} {run.precision}")
             results[run] = measure(run, args, Path(tmp), args.timeout)
-    rows = [_row(p, results) for p in pairs]
-    versions = {r["label"]: r["versions"] for r in results.values() if r.get("versions")}
-    config = {k: getattr(args, k) for k in ("arch", "frameworks", "keras_backends", "mode", "precision", "batch",
-                                            "size", "device", "compile", "channels_last", "iters", "warmup", "seed")}
-    return {"command": command_line(args), "argv": sys.argv,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine(), "versions": versions, "config": config, "rows": rows}
+            if partial:
+                partial(report(results))
+    return report(results)
 
 
 def cmd_bench(args) -> int:
@@ -176,14 +198,22 @@ def cmd_bench(args) -> int:
             started.append(label)
             progress.update(task, description=f"timing {label}")
 
-        report = run_bench(args, step)
+        # With --json, the file holds every figure so far after each run: a killed run keeps them.
+        report = run_bench(args, step, (lambda r: _write_json(args.json, r)) if args.json else None)
     console = Console()
+    if not console.is_terminal:  # a pipe or a log file: don't squeeze the table to 80 columns
+        console = Console(width=200)
     bench_report.print_table(report, console)
     console.print(f"[dim]{report['command']}  ({report['date']})[/]")
     if args.json:
         _write_json(args.json, report)
     if args.plot:
         bench_report.plot(report, args.plot)
+    if args.markdown:
+        from shared.weights import atomic_path
+
+        with atomic_path(args.markdown) as tmp:
+            tmp.write_text(bench_report.markdown(report))
     failed = [run for r in report["rows"] for run in (r["ours"], r["reference"])
               if run and run["status"] in ("error", "timed out")]
     return 1 if failed else 0

@@ -1,0 +1,111 @@
+"""What ``resnet-parity bench`` measures: pairs of (ours, the framework's own reference) per
+target, mode and precision, and the single runs (one model, one process each) they need.
+
+Each pair compares like with like: ours is built from the spec of the reference's own style
+(torchvision v1.5 beside torchvision, Keras Applications v1 beside keras.applications), and
+both sides run with the same settings. resnet_flax has no Flax reference that ships as a
+package, so its reference is keras.applications on the jax backend: the same run as
+keras[jax]'s reference, measured once when both are asked for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+
+from shared.check import FRAMEWORKS, KERAS_BACKENDS
+
+MODES = ("infer", "train")
+PRECISIONS = ("fp32", "tf32", "bf16")
+ARCH_CLASS = {"resnet50": "ResNet50", "resnet101": "ResNet101", "resnet152": "ResNet152"}
+
+
+def installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One model measured in one mode and precision, in a process of its own."""
+
+    runner: str  # which shared.bench_<runner> module drives it: "torch", "keras", "flax"
+    impl: str  # "ours" or "reference"
+    backend: str  # Keras backend; "" for the others
+    mode: str
+    precision: str
+    style: str  # spec style: the reference's own
+
+    @property
+    def label(self) -> str:
+        name = {("torch", "ours"): "resnet_torch", ("torch", "reference"): "torchvision",
+                ("keras", "ours"): "resnet_keras", ("keras", "reference"): "keras.applications",
+                ("flax", "ours"): "resnet_flax"}[(self.runner, self.impl)]
+        return f"{name}[{self.backend}]" if self.backend else name
+
+    @property
+    def requires(self) -> tuple[str, ...]:
+        """Import names this run needs."""
+        needs = {"torch": ("torch",), "keras": ("keras",), "flax": ("jax", "flax", "optax")}[self.runner]
+        if self.runner == "torch" and self.impl == "reference":
+            needs += ("torchvision",)
+        if self.backend:
+            needs += (self.backend,)
+        return needs
+
+    def missing(self) -> list[str]:
+        return [m for m in self.requires if not installed(m)]
+
+
+@dataclasses.dataclass
+class Pair:
+    """One row of the table: ours beside its reference (None: no reference to run)."""
+
+    target: str  # "torch", "keras[jax]", "flax"
+    mode: str
+    precision: str
+    ours: Run
+    reference: Run | None
+    skipped: str = ""  # why nothing runs ("not installed: ...", "tf32 is a GPU mode")
+
+    def runs(self) -> list[Run]:
+        if self.skipped:
+            return []
+        return [r for r in (self.ours, self.reference) if r is not None and not r.missing()]
+
+
+def _pair(target: str, mode: str, precision: str) -> Pair:
+    framework, _, backend = target.partition("[")
+    backend = backend.rstrip("]")
+    if framework == "torch":
+        ours, ref = (Run("torch", impl, "", mode, precision, "torchvision") for impl in ("ours", "reference"))
+    elif framework == "keras":
+        ours, ref = (Run("keras", impl, backend, mode, precision, "keras") for impl in ("ours", "reference"))
+    else:
+        ours = Run("flax", "ours", "", mode, precision, "keras")
+        ref = Run("keras", "reference", "jax", mode, precision, "keras")
+    return Pair(target, mode, precision, ours, ref)
+
+
+def plan(frameworks=FRAMEWORKS, keras_backends=KERAS_BACKENDS, modes=MODES, precisions=("fp32",),
+         device: str = "cpu") -> list[Pair]:
+    """Every row, in table order; rows that cannot run say why in ``skipped``."""
+    targets = []
+    for fw in frameworks:
+        targets += [f"keras[{b}]" for b in keras_backends] if fw == "keras" else [fw]
+    pairs = []
+    for target in targets:
+        for mode in modes:
+            for precision in precisions:
+                pair = _pair(target, mode, precision)
+                missing = pair.ours.missing()
+                if missing:
+                    pair.skipped = f"not installed: {', '.join(missing)}"
+                elif precision == "tf32" and device == "cpu":
+                    pair.skipped = "skipped: tf32 is a GPU mode"
+                pairs.append(pair)
+    return pairs
+
+
+def unique_runs(pairs: list[Pair]) -> list[Run]:
+    """The runs the pairs need, each once, in table order."""
+    return list(dict.fromkeys(r for p in pairs for r in p.runs()))

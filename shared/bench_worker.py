@@ -1,0 +1,105 @@
+"""One run of ``resnet-parity bench`` in its own process: ``python -m shared.bench_worker JOB.json``.
+
+Builds one model (ours or the framework's reference) through ``shared.bench_<runner>``, times
+it with ``shared.bench_timing.measure`` and writes every figure as JSON to ``job.out``. A fresh
+process per run keeps TensorFlow, JAX and PyTorch apart (Keras fixes its backend at import),
+and gives each model its own peak-memory reading.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from shared import spec as S
+from shared import weights as W
+from shared.bench_timing import measure, peak_rss_bytes, rss_bytes
+
+LEARNING_RATE = 0.01
+MOMENTUM = 0.9
+
+
+@dataclasses.dataclass
+class Job:
+    runner: str
+    impl: str
+    backend: str
+    mode: str
+    precision: str
+    style: str
+    arch: str
+    device: str
+    batch: int
+    size: int
+    iters: int
+    warmup: int
+    compile: bool
+    channels_last: bool
+    seed: int
+    out: str
+    depths: tuple[int, ...] | None = None  # a custom depth instead of the preset's (tests)
+
+    def spec(self) -> S.ResNetSpec:
+        return S.preset(self.arch, self.style, **({"depths": tuple(self.depths)} if self.depths else {}))
+
+    def inputs(self, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+        """Seeded standard-normal NHWC float32 images (never zeros) and int32 labels."""
+        rng = np.random.Generator(np.random.PCG64(self.seed))
+        images = rng.standard_normal((self.batch, self.size, self.size, 3)).astype(np.float32)
+        return images, rng.integers(0, num_classes, self.batch).astype(np.int32)
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def read(cls, path: str) -> "Job":
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def run(job: Job) -> dict:
+    module = importlib.import_module(f"shared.bench_{job.runner}")
+    spec = job.spec()
+    baseline = rss_bytes()
+    prepared = module.prepare(job, spec, W.init(spec, job.seed))
+    load_before = os.getloadavg()[0]
+    timing = measure(prepared.step, prepared.sync, warmup=job.warmup, iters=job.iters)
+    device_peak = prepared.peak_memory()
+    return {
+        "times_s": timing.times_s,
+        "first_call_s": timing.first_call_s,
+        "images_per_s": timing.images_per_s(job.batch),
+        "peak_memory_bytes": device_peak if device_peak is not None else peak_rss_bytes(),
+        "memory_kind": "device max allocated" if device_peak is not None else "peak RSS",
+        "baseline_rss_bytes": baseline,
+        "device_name": prepared.device_name,
+        "settings": prepared.settings,
+        "versions": module.versions(),
+        # Other processes competing for the cores show here (a quiet machine: about 1 per busy core).
+        "loadavg_1m": [load_before, os.getloadavg()[0]],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    job = Job.read(argv[0])
+    try:
+        result = run(job)
+    except Exception as e:  # reported to the parent as one line plus the traceback
+        result = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                  "traceback": traceback.format_exc()}
+    out = Path(job.out)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
