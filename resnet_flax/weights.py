@@ -30,8 +30,11 @@ def load_weights(model: ResNet, weights: Mapping[str, np.ndarray]) -> None:
     """
     validate(model.spec, weights)
     for key, variable in _variables(model):
-        # A whole new value (also fills a model made by nnx.eval_shape), copied off the caller's array.
-        variable.set_value(jnp.array(weights[key], dtype=variable.get_value().dtype))
+        # A whole new value (also fills a model made by nnx.eval_shape). The numpy copy is ours:
+        # on the CPU, XLA may alias a suitably aligned numpy buffer instead of copying it, and
+        # the caller's array must not be able to change the model afterwards.
+        private = np.array(weights[key], dtype=variable.get_value().dtype, copy=True)
+        variable.set_value(jnp.asarray(private))
 
 
 def export_weights(model: ResNet) -> dict[str, np.ndarray]:
