@@ -13,7 +13,6 @@ Kernels are HWIO / (in, out) in Keras as in the canonical format: nothing is tra
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -23,7 +22,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from shared.spec import BatchNorm, Block, Conv, Dense, MaxPool, ResNetSpec, preset
+from shared.spec import Block, Conv, MaxPool, ResNetSpec, preset_spec
 from shared.weights import DTYPE, WeightsError, validate
 
 # canonical param -> Keras variable name
@@ -130,7 +129,7 @@ def to_keras_applications_h5(spec: ResNetSpec, weights: Mapping[str, np.ndarray]
     try:
         with h5py.File(tmp, "w") as f:
             _string_attr(f, "layer_names", names)
-            f.attrs[SPEC_ATTR] = json.dumps(dataclasses.asdict(spec))
+            f.attrs[SPEC_ATTR] = json.dumps(spec.to_dict())
             for name in sorted(names):  # as Keras: groups in name order
                 _write_layer(f, name, layers.get(name), weights)
         os.replace(tmp, path)
@@ -190,7 +189,10 @@ def _read_h5(path: Path) -> tuple[list[str], dict[str, dict[str, np.ndarray]], R
         stored = f.attrs.get(SPEC_ATTR, root.attrs.get(SPEC_ATTR))
     spec = None
     if stored is not None:
-        spec = ResNetSpec(**json.loads(stored.decode("utf8") if isinstance(stored, bytes) else stored))
+        try:
+            spec = ResNetSpec.from_dict(json.loads(stored.decode("utf8") if isinstance(stored, bytes) else stored))
+        except (TypeError, ValueError, KeyError) as e:
+            raise WeightsError(f"{path}: attribute {SPEC_ATTR} is not a valid ResNetSpec ({e})") from None
     return layer_names, arrays, spec
 
 
@@ -225,7 +227,8 @@ def spec_from_keras_layers(layer_names: list[str], arrays: Mapping[str, Mapping[
         raise WeightsError(f"{source}: no conv{{stage}}_block{{n}}_* layers found")
     stages = sorted(blocks)
     if stages != list(range(2, 2 + len(stages))):
-        raise WeightsError(f"{source}: stages must be conv2, conv3, ... without gaps, got {['conv%d' % s for s in stages]}")
+        found = [f"conv{s}" for s in stages]
+        raise WeightsError(f"{source}: stages must be conv2, conv3, ... without gaps, got {found}")
     stem = arrays["conv1_conv"]["kernel"]
     width = stem.shape[-1]
     last_conv = arrays.get("conv2_block1_3_conv", {}).get("kernel")
@@ -236,8 +239,8 @@ def spec_from_keras_layers(layer_names: list[str], arrays: Mapping[str, Mapping[
         pooling = "max" if "max_pool" in layer_names else "avg"
     else:
         pooling = "avg" if "avg_pool" in layer_names else "max" if "max_pool" in layer_names else None
-    return preset(
-        "resnet50", "keras",
+    return preset_spec(
+        "keras",
         depths=tuple(blocks[s] for s in stages),
         width=width,
         expansion=last_conv.shape[-1] // width,
@@ -288,6 +291,7 @@ def from_keras_applications(model_or_h5_path, spec: ResNetSpec | None = None,
         layer_names, arrays = _read_model(model_or_h5_path)
         stored, source = getattr(model_or_h5_path, "spec", None), f"keras model {model_or_h5_path.name!r}"
     else:
-        raise TypeError(f"from_keras_applications: expected a .h5 path or a keras.Model, got {type(model_or_h5_path).__name__}")
+        raise TypeError("from_keras_applications: expected a .h5 path or a keras.Model, "
+                        f"got {type(model_or_h5_path).__name__}")
     spec = spec or stored or spec_from_keras_layers(layer_names, arrays, source)
     return spec, canonical_from_keras_layers(spec, arrays, source)

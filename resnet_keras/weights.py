@@ -1,0 +1,50 @@
+"""Canonical weights <-> the Keras model, by name: ``{layer}.{param}`` is
+``model.get_layer(layer)``'s ``KERAS_PARAM[param]`` variable (``kernel``, ``bias``, ``gamma``,
+``beta``, ``moving_mean``, ``moving_variance``). Keras kernels are HWIO and (in, out) like the
+canonical ones, so no array is transposed."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import keras
+import numpy as np
+
+from shared.keras_h5 import KERAS_PARAM
+from shared.weights import DTYPE, WeightsError, validate
+from resnet_keras.model import spec_of
+
+
+def _variables(model: keras.Model):
+    """(canonical key, Keras variable) for every weight, in the spec's order."""
+    by_name = {layer.name: layer for layer in model.layers}
+    for layer in spec_of(model).layers():
+        if not layer.params:
+            continue
+        native = by_name.get(layer.name)
+        if native is None:
+            raise WeightsError(f"{layer.name}: the model has no layer of this name (was it built from its .spec?)")
+        for param in layer.params:
+            yield f"{layer.name}.{param}", getattr(native, KERAS_PARAM[param])
+
+
+def load_weights(model: keras.Model, weights: Mapping[str, np.ndarray]) -> None:
+    """Copy canonical float32 weights into ``model`` (cast to its variables' dtype).
+
+    Raises ``shared.weights.WeightsError`` (a ValueError) naming every missing, unexpected,
+    mis-shaped or wrongly typed key, and any model variable whose shape differs from the
+    spec's, before any variable is touched.
+    """
+    validate(spec_of(model), weights)
+    pairs = list(_variables(model))
+    wrong = [f"{key}: model variable {v.path} has shape {tuple(v.shape)}, the weights {weights[key].shape}"
+             for key, v in pairs if tuple(v.shape) != weights[key].shape]
+    if wrong:
+        raise WeightsError("model does not match its spec:\n  " + "\n  ".join(wrong))
+    for key, variable in pairs:
+        variable.assign(weights[key])
+
+
+def export_weights(model: keras.Model) -> dict[str, np.ndarray]:
+    """The model's weights as a canonical dict of float32 numpy arrays (fresh copies)."""
+    return {key: np.array(keras.ops.convert_to_numpy(v), dtype=DTYPE) for key, v in _variables(model)}

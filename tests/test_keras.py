@@ -1,0 +1,380 @@
+"""resnet_keras against keras.applications (same layers, names, order, weights, logits), the
+float64 reference (both styles, generated small specs), torchvision, and the contract (round
+trips, errors). CI runs this file once per backend: KERAS_BACKEND=tensorflow|jax|torch pytest -m keras."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from shared import keras_h5, parity, reference, spec as S
+from shared.weights import WeightsError, init
+
+try:  # the torchvision peer; first, as importing it after TensorFlow segfaults (torch._dynamo)
+    import torchvision  # noqa: F401
+except ImportError:
+    pass
+
+pytestmark = pytest.mark.keras
+keras = pytest.importorskip("keras")
+import resnet_keras as rk  # noqa: E402
+from resnet_keras import runner  # noqa: E402
+
+BACKEND = keras.backend.backend()
+APPS = {"resnet50": keras.applications.ResNet50, "resnet101": keras.applications.ResNet101,
+        "resnet152": keras.applications.ResNet152}
+OURS = {"resnet50": rk.ResNet50, "resnet101": rk.ResNet101, "resnet152": rk.ResNet152}
+PUBLISHED_PARAMS = {"resnet50": 25_636_712, "resnet101": 44_707_176, "resnet152": 60_419_944}
+SIZE = 64  # keras.applications needs >= 32 px; 64 keeps ResNet-152 cheap on two cores
+# One tiny spec (and batch 4 at 40 px) for the small tests: on the jax backend every new shape
+# costs an XLA compile, of the initializers too.
+TINY = dict(depths=(1, 1), width=8, num_classes=5)
+
+
+def _same(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].dtype == b[key].dtype and a[key].tobytes() == b[key].tobytes(), key
+
+
+def _numpy(x):
+    return np.asarray(keras.ops.convert_to_numpy(x), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """``pair(arch)``: keras.applications' model and ours (keras style, 64 px, random init),
+    calibrated canonical weights, images and their float64 logits; built once per arch."""
+    cache = {}
+
+    def make(arch):
+        if arch not in cache:
+            spec = S.preset(arch, "keras")
+            images = reference.random_images(spec, batch=2, size=SIZE, seed=1)
+            weights = reference.calibrated_weights(spec, seed=0, size=SIZE)
+            cache[arch] = SimpleNamespace(
+                spec=spec, weights=weights, images=images,
+                expected=reference.forward(spec, weights, images),
+                app=APPS[arch](weights=None, input_shape=(SIZE, SIZE, 3), classifier_activation=None),
+                ours=OURS[arch](style="keras", input_shape=(SIZE, SIZE, 3)),
+            )
+        return cache[arch]
+
+    return make
+
+
+# ----------------------------------------------------------------------------- keras.applications
+
+@pytest.mark.parametrize("arch", S.ARCHS)
+def test_same_layers_as_keras_applications(pair, arch):
+    p = pair(arch)
+    app, ours = p.app, p.ours
+    assert ours.spec == p.spec
+    assert [layer.name for layer in ours.layers][1:] == [layer.name for layer in app.layers][1:]  # [0]: input
+    assert [layer.name for layer in ours.layers] == keras_h5.keras_layer_names(p.spec)
+    for a, b in zip(app.layers[1:], ours.layers[1:], strict=True):
+        assert type(a) is type(b), a.name
+        theirs, mine = a.get_config(), b.get_config()
+        if type(a).__name__ == "BatchNormalization":  # 3 there, -1 here: the same last axis of NHWC
+            assert (theirs.pop("axis"), mine.pop("axis")) == (3, -1)
+        assert theirs == mine, a.name
+    assert [(w.path, tuple(w.shape)) for w in ours.weights] == [(w.path, tuple(w.shape)) for w in app.weights]
+    assert ours.count_params() == app.count_params() == PUBLISHED_PARAMS[arch] == p.spec.num_params(True)
+
+
+@pytest.mark.parametrize("arch", S.ARCHS)
+def test_logits_equal_keras_applications(pair, arch, tmp_path):
+    """keras.applications gets the calibrated weights through our .h5 writer and Keras' own
+    loader, ours through Keras' positional set_weights; both must compute the same logits."""
+    p = pair(arch)
+    keras_h5.to_keras_applications_h5(p.spec, p.weights, tmp_path / "w.h5")
+    p.app.load_weights(tmp_path / "w.h5")
+    p.ours.set_weights(p.app.get_weights())
+    _same(rk.export_weights(p.ours), p.weights)
+
+    theirs = _numpy(p.app(p.images, training=False))
+    mine = rk.predict(p.ours, p.images)
+    peer = parity.rel_error(theirs, p.expected)
+    error = parity.rel_error(mine, p.expected)
+    print(f"{BACKEND} {arch}: ours vs keras.applications {parity.rel_error(mine, theirs):.1e}, "
+          f"vs float64 {error:.2e} (keras.applications {peer:.2e})")
+    assert parity.rel_error(mine, theirs) <= 1e-6
+    assert peer <= parity.budget(depth=arch), f"keras.applications itself is off: {peer:.2e}"
+    assert error <= parity.budget(peer)
+
+
+def test_keras_weight_files_load_unchanged(pair, tmp_path):
+    """Files Keras writes (as its ImageNet files, with and without top) load through
+    ``model.load_weights``, Keras' own method, by position."""
+    from keras.src.legacy.saving import legacy_h5_format
+    import h5py
+
+    p = pair("resnet50")
+    keras_h5.to_keras_applications_h5(p.spec, p.weights, tmp_path / "ours.h5")
+    p.app.load_weights(tmp_path / "ours.h5")
+    with h5py.File(tmp_path / "top.h5", "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, p.app)
+    rk.load_weights(p.ours, init(p.spec))
+    p.ours.load_weights(tmp_path / "top.h5")
+    _same(rk.export_weights(p.ours), p.weights)
+
+    app = keras.applications.ResNet50(weights=None, include_top=False, input_shape=(SIZE, SIZE, 3))
+    ours = rk.ResNet50(style="keras", include_top=False, input_shape=(SIZE, SIZE, 3))
+    assert ours.spec.pooling is None and ours.output_shape == app.output_shape == (None, 2, 2, 2048)
+    app.save(tmp_path / "notop.h5")  # the legacy full-model layout: weights under model_weights
+    ours.load_weights(tmp_path / "notop.h5")
+    for mine, theirs in zip(ours.get_weights(), app.get_weights(), strict=True):
+        assert mine.tobytes() == theirs.tobytes()
+    features = rk.predict(ours, p.images)
+    assert parity.rel_error(features, _numpy(app(p.images, training=False))) <= 1e-6
+
+
+# ----------------------------------------------------------------------------- float64 reference
+
+def test_torchvision_style_against_reference_and_torchvision(torchvision_model):
+    import torch
+
+    tv, spec, weights = torchvision_model("resnet50")
+    images = reference.random_images(spec, batch=2, size=SIZE, seed=2)
+    expected = reference.forward(spec, weights, images)
+    with torch.no_grad():
+        peer = parity.rel_error(tv(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy(), expected)
+    model = rk.ResNet50()
+    assert model.spec == spec
+    rk.load_weights(model, weights)
+    error = parity.rel_error(rk.predict(model, images), expected)
+    print(f"{BACKEND} torchvision-style resnet50 vs float64 {error:.2e} (torchvision {peer:.2e})")
+    assert error <= parity.budget(peer)
+    for layer in model.layers:  # never 'same' on a strided layer (TF/XLA pad bottom/right there)
+        if hasattr(layer, "strides") and max(layer.strides) > 1:
+            assert layer.padding == "valid", layer.name
+    assert model.get_layer("conv3_block1_2_pad").padding == ((1, 1), (1, 1))
+
+
+def _small_spec(style, depths, width, channels, classes, head):
+    include_top, pooling = head
+    return S.preset("resnet50", style, depths=depths, width=width, image_channels=channels,
+                    num_classes=classes, include_top=include_top, pooling=pooling)
+
+
+small_specs = st.builds(
+    _small_spec,
+    st.sampled_from(S.STYLES),
+    st.lists(st.integers(1, 3), min_size=1, max_size=4).map(tuple),
+    st.sampled_from([8, 16, 24, 32]),
+    st.integers(1, 3),
+    st.integers(8, 16),  # with batch 4, >= 32 logits: fewer make rel_error a coin toss of a few ulps
+    st.sampled_from([(True, "avg"), (True, "max"), (False, "max"), (False, None)]),
+)
+
+
+@settings(max_examples=6, deadline=None)
+@given(spec=small_specs, size=st.integers(32, 96), seed=st.integers(0, 2**16))
+def test_small_specs_against_reference(spec, size, seed):
+    """Odd sizes included: explicit padding must put the odd pixel where PyTorch does."""
+    weights = reference.calibrated_weights(spec, seed=seed, size=size)
+    images = reference.random_images(spec, batch=4, size=size, seed=seed + 1)
+    model = rk.build(spec)
+    rk.load_weights(model, weights)
+    _same(rk.export_weights(model), weights)
+    out = rk.predict(model, images)
+    assert out.shape == (4, *spec.output_shape(size))
+    expected = reference.forward(spec, weights, images)
+    peer = parity.rel_error(reference.forward(spec, weights, images, dtype=np.float32), expected)
+    tolerance = parity.budget(peer) if peer > 0 else 1e-6  # an exact float32 peer: fp32 noise floor
+    assert parity.rel_error(out, expected) <= tolerance
+
+
+@pytest.mark.parametrize("style", S.STYLES)
+def test_batchnorm_momentum_in_training(style):
+    """One training step moves each running statistic by the spec's momentum (PyTorch's
+    meaning; Keras gets 1 - momentum), with the biased batch variance Keras uses."""
+    spec = S.preset("resnet50", style, **TINY)
+    weights = reference.calibrated_weights(spec, seed=5, size=40)
+    images = reference.random_images(spec, batch=4, size=40, seed=6) * 2 + 0.5  # stats far from the calibrated ones
+    model = rk.build(spec)
+    rk.load_weights(model, weights)
+    model(images, training=True)
+    _, expected = reference.forward_train(spec, weights, images, variance="biased")
+    updated = rk.export_weights(model)
+    for key, value in expected.items():
+        # fp32 batch statistics of O(1) activations are good to ~1e-6; the swapped convention
+        # (0.99 for 0.01) is off by O(1)
+        assert parity.rel_error(updated[key], value) <= 1e-4, key
+
+
+def test_classifier_activation_and_heads():
+    spec = S.preset("resnet50", "keras", **TINY)
+    weights = reference.calibrated_weights(spec, seed=7, size=40)
+    images = reference.random_images(spec, batch=4, size=40, seed=8)
+    logits_model, softmax_model = rk.build(spec), rk.build(spec, classifier_activation="softmax")
+    rk.load_weights(logits_model, weights)
+    rk.load_weights(softmax_model, weights)
+    logits = rk.predict(logits_model, images).astype(np.float64)
+    softmax = np.exp(logits - logits.max(-1, keepdims=True))
+    softmax /= softmax.sum(-1, keepdims=True)
+    assert parity.rel_error(rk.predict(softmax_model, images), softmax) <= 1e-6
+
+    model = rk.ResNet50(img_channel=1, num_classes=10, include_top=False, pooling="max")
+    assert model.spec == S.resnet50(image_channels=1, num_classes=10, include_top=False, pooling="max")
+    assert model.output_shape == (None, 2048) and model.input_shape == (None, None, None, 1)
+    assert model.layers[-1].name == "max_pool"
+
+
+# ----------------------------------------------------------------------------- contract and errors
+
+def test_inputs_are_checked():
+    spec = S.preset("resnet50", "keras", **TINY)
+    with pytest.raises(ValueError, match=r"needs images of at least 8x8 pixels, got 7x30"):
+        rk.build(spec, input_shape=(7, 30, 3))
+    with pytest.raises(ValueError, match=r"input_shape: expected \(height, width, 3\) \(channels last\), got \(3, 32, 32\)"):
+        rk.build(spec, input_shape=(3, 32, 32))
+    fixed = rk.build(spec, input_shape=(32, None, 3))
+    assert rk.predict(fixed, np.ones((1, 32, 17, 3), np.float32)).shape == (1, 5)
+    with pytest.raises(ValueError, match=r"built for 32xNone inputs, got 40x40"):
+        rk.predict(fixed, np.ones((1, 40, 40, 3), np.float32))
+    with pytest.raises(ValueError, match=r"expected 3 channels on the last axis \(NHWC\), got shape \(1, 3, 32, 32\)"):
+        rk.predict(fixed, np.ones((1, 3, 32, 32), np.float32))
+    with pytest.raises(ValueError, match="needs images of at least 8x8 pixels"):
+        rk.predict(rk.build(spec), np.ones((1, 4, 4, 3), np.float32))
+
+
+def test_weight_errors_name_the_key(pair):
+    spec = S.preset("resnet50", "keras", **TINY)
+    model = rk.build(spec)
+    weights = init(spec, 1)
+    rk.load_weights(model, weights)
+    before = rk.export_weights(model)
+    bad = {**weights, "conv3_block1_2_conv.kernel": np.zeros((3, 3, 16, 8), np.float32)}
+    del bad["conv2_block1_0_bn.var"]
+    with pytest.raises(ValueError, match=r"conv2_block1_0_bn.var: missing[\s\S]*conv3_block1_2_conv.kernel: expected shape \(3, 3, 16, 16\), got \(3, 3, 16, 8\)"):
+        rk.load_weights(model, bad)
+    with pytest.raises(ValueError, match="predictions.bias: expected dtype float32, got float64"):
+        rk.load_weights(model, {**weights, "predictions.bias": weights["predictions.bias"].astype(np.float64)})
+    _same(rk.export_weights(model), before)  # nothing touched
+
+    model.spec = spec.replace(num_classes=7)  # a model whose layers disagree with its spec
+    with pytest.raises(WeightsError, match=r"predictions.kernel: model variable predictions/kernel has shape \(64, 5\), the weights \(64, 7\)"):
+        rk.load_weights(model, init(model.spec))
+    with pytest.raises(ValueError, match="has no ResNetSpec in .spec.*from_keras_applications"):
+        rk.export_weights(pair("resnet50").app)
+
+
+def test_preprocess_input():
+    from keras.applications import imagenet_utils, resnet
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (2, 5, 4, 3)).astype(np.uint8)
+    for x in (pixels, pixels.astype(np.float32), pixels.astype(np.float64)):
+        kept = x.copy()
+        caffe = rk.preprocess_input(x, style="keras")
+        assert np.array_equal(x, kept)  # keras.applications' modifies float input in place; ours does not
+        expected = resnet.preprocess_input(x.copy())
+        assert caffe.dtype == expected.dtype and np.array_equal(caffe, expected)
+    tensor = rk.preprocess_input(keras.ops.convert_to_tensor(pixels), style=S.resnet50("keras"))
+    assert np.array_equal(keras.ops.convert_to_numpy(tensor), resnet.preprocess_input(pixels))
+
+    by_hand = (pixels / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    ours = rk.preprocess_input(pixels, style="torchvision")
+    assert ours.dtype == np.float32 and np.abs(ours - by_hand).max() <= 1e-6
+    assert np.array_equal(ours, imagenet_utils.preprocess_input(pixels.astype(np.float32), mode="torch"))
+    tensor = rk.preprocess_input(keras.ops.convert_to_tensor(pixels), style="torchvision")
+    assert np.abs(keras.ops.convert_to_numpy(tensor) - by_hand).max() <= 1e-6
+    with pytest.raises(ValueError, match="style: expected 'keras' or 'torchvision'"):
+        rk.preprocess_input(pixels, style="caffe")
+
+
+# ----------------------------------------------------------------------------- imports
+
+_FRAMEWORKS = ("torch", "tensorflow", "jax", "flax")
+
+
+def _modules_after(code, env):
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                         env={**os.environ, **env})
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.split()
+
+
+def test_import_loads_no_framework_beyond_keras():
+    """On this run's backend: importing and using resnet_keras loads no framework that
+    ``import keras`` alone does not."""
+    before, after = _modules_after(f"""
+        import sys
+        def loaded():
+            return ",".join(sorted(m for m in {_FRAMEWORKS} if sys.modules.get(m))) or "-"
+        import keras
+        print(loaded())
+        import numpy as np, resnet_keras
+        from shared import spec
+        resnet_keras.predict(resnet_keras.build(spec.resnet50(depths=(1,), width=8)), np.ones((1, 8, 8, 3), np.float32))
+        print(loaded())""", {})
+    assert after == before
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the tensorflow pass checks it once")
+def test_tensorflow_backend_needs_no_jax_torch_flax():
+    """``import tensorflow`` itself imports jax when installed (tensorflow/lite/python/util.py);
+    with jax, torch and flax made unimportable, resnet_keras still imports, builds and predicts."""
+    modules = _modules_after(f"""
+        import sys
+        for name in ("jax", "torch", "flax"):
+            sys.modules[name] = None
+        import numpy as np, resnet_keras
+        from shared import spec
+        resnet_keras.predict(resnet_keras.build(spec.resnet50(depths=(1,), width=8)), np.ones((1, 8, 8, 3), np.float32))
+        print(*sorted(m for m in {_FRAMEWORKS} if sys.modules.get(m)))""", {"KERAS_BACKEND": "tensorflow"})
+    assert modules == ["tensorflow"]
+
+
+# ----------------------------------------------------------------------------- runner, precisions, GPU
+
+def test_runner_trace_names_every_block():
+    """``resnet-parity check --trace`` names the first diverging block: the runner's activations
+    carry the reference hook's names and values."""
+    spec = S.preset("resnet50", "torchvision", **TINY)
+    weights = reference.calibrated_weights(spec, seed=11, size=40)
+    images = reference.random_images(spec, batch=4, size=40, seed=12)
+    hooked, peer = {}, {}
+    reference.forward(spec, weights, images, hook=hooked.__setitem__)
+    reference.forward(spec, weights, images, hook=peer.__setitem__, dtype=np.float32)
+    out = runner.run(spec, weights, images, trace=True)
+    assert sorted(out) == sorted(["logits", *(f"trace/{name}" for name in hooked)])
+    for name, expected in hooked.items():
+        peer_error = parity.rel_error(peer[name], expected)
+        tolerance = parity.budget(peer_error) if peer_error > 0 else 1e-6  # an exact float32 peer: fp32 noise floor
+        assert parity.rel_error(out[f"trace/{name}"], expected) <= tolerance, name
+    assert np.array_equal(out["trace/head"], out["logits"])
+
+
+@pytest.fixture(scope="module")
+def gpu_case():
+    """ResNet-50 at the measured table's GPU conditions: 224 px, batch 16."""
+    if not runner.has_gpu():
+        pytest.skip(f"the {BACKEND} backend sees no GPU")
+    spec = S.resnet50("keras")
+    weights = reference.calibrated_weights(spec, seed=9, size=224)
+    images = reference.random_images(spec, batch=16, size=224, seed=10)
+    return spec, weights, images, reference.forward(spec, weights, images)
+
+
+# CPU bf16 is tests/test_parity.py's (every framework, the measured 64 px row).
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+def test_gpu_precision_against_measured_budget(gpu_case, precision):
+    """fp32 with TF32 off, TF32, and Keras' mixed_bfloat16, each within 4x its measured error."""
+    spec, weights, images, expected = gpu_case
+    out = runner.run(spec, weights, images, device="gpu", precision=precision)["logits"]
+    assert keras.config.dtype_policy().name == "float32"  # restored
+    error = parity.rel_error(out, expected)
+    tolerance = parity.budget(depth="resnet50", device="gpu", precision=precision)
+    top1 = parity.top1_agreement(out, expected)
+    print(f"{BACKEND} gpu {precision}: rel {error:.2e} (budget {tolerance:.2e}), top-1 {top1[0]}/{top1[1]}")
+    assert error <= tolerance
+    if precision != "fp32":  # it really ran at the lower precision: well above fp32's error
+        assert error > parity.budget(depth="resnet50", device="gpu", precision="fp32")
