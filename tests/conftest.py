@@ -1,9 +1,16 @@
 """Shared test helpers: peers' models with every BatchNorm randomised, so no test can pass by
 ignoring a BatchNorm parameter or statistic."""
 
+import importlib.util
+
 import pytest
 
 from shared import interop, reference
+
+if importlib.util.find_spec("torchvision") is not None:
+    # torchvision imported after TensorFlow segfaults inside torch._dynamo (torch 2.14,
+    # tensorflow 2.21); imported first, both work. Any test file may load either first.
+    import torchvision  # noqa: F401
 
 
 @pytest.fixture(scope="session")
