@@ -87,6 +87,7 @@ def _fmt(x, spec=".2e"):
 
 
 def print_check(report, console) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     cfg = report.config
@@ -95,19 +96,21 @@ def print_check(report, console) -> None:
              f"{cfg['precision']}, {cfg['mode']} mode, batch {cfg['batch']} x {cfg['size']}px, seed {cfg['seed']}")
     table = Table(title=title)
     train = cfg["mode"] == "train"
-    columns = ["framework", "device", "precision", "rel vs float64", "max abs", "top-1", "budget"]
+    columns = ["framework", "backend", "device", "precision", "rel vs float64", "max abs", "top-1", "budget"]
     columns += ["running stats rel", "variance rule", "loss"] if train else []
     for col in columns + ["result"]:
-        table.add_column(col, justify="right" if col not in ("framework", "result") else "left")
+        table.add_column(col, justify="left" if col in ("framework", "backend", "result") else "right")
     for r in report.rows:
         result = {"pass": "[green]pass[/]", "FAIL": "[bold red]FAIL[/]", "error": "[red]error[/]",
                   "not installed": "[dim]not installed[/]"}[r.status]
         if r.first_diverging:
             result += f" (first diverging: {r.first_diverging})"
         if r.detail:
-            result += f" {r.detail}"
+            result += f" {escape(r.detail)}"
         top1 = f"{r.top1[0]}/{r.top1[1]}" if r.top1 else "-"
-        cells = [r.target, cfg["device"], cfg["precision"], _fmt(r.rel), _fmt(r.max_abs), top1, _fmt(r.budget)]
+        framework, _, backend = r.target.rstrip("]").partition("[")
+        cells = [framework, backend or "-", cfg["device"], cfg["precision"], _fmt(r.rel), _fmt(r.max_abs), top1,
+                 _fmt(r.budget)]
         if train:
             cells += [_fmt(r.extra.get("running_stats_rel")), r.extra.get("variance_convention", "-"),
                       _fmt(r.extra.get("loss"), ".6f")]
@@ -120,7 +123,7 @@ def print_check(report, console) -> None:
         for name, p in report.pairwise.items():
             top1 = f"{p['top1'][0]}/{p['top1'][1]}" if p.get("top1") else "-"
             verdict = p.get("note") or ("[green]pass[/]" if p["pass"] else "[bold red]FAIL[/]")
-            pairs.add_row(name, _fmt(p["rel"]), top1, _fmt(p["budget"]), verdict)
+            pairs.add_row(escape(name), _fmt(p["rel"]), top1, _fmt(p["budget"]), verdict)
         console.print(pairs)
     if cfg["mode"] == "train":
         console.print("running statistics: torch updates running_var with the unbiased batch variance, "

@@ -104,3 +104,28 @@ def test_convert_round_trip(tmp_path):
     back = W.load(tmp_path / "c.safetensors", spec)
     assert W.read_spec(tmp_path / "c.safetensors") == spec
     assert all(np.array_equal(back[k], weights[k]) for k in weights)
+
+
+def test_default_check_passes(tmp_path):
+    """The README's main job exactly as written: every installed framework and Keras backend,
+    ResNet-50, CPU, fp32, within budget, pairwise too; absent ones reported, not failed."""
+    out = tmp_path / "default.json"
+    proc = cli("check", "--json", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    ran = [r for r in report["rows"] if r["status"] != "not installed"]
+    assert ran and all(r["status"] == "pass" and r["rel"] <= r["budget"] for r in ran)
+    assert all(p["pass"] and p["top1"] == [4, 4] for p in report["pairwise"].values())
+    assert len(report["pairwise"]) == len(ran) * (len(ran) - 1) // 2
+    assert "all checks passed" in proc.stdout
+
+
+@torch_only
+def test_train_mode_check_reports_conventions(tmp_path):
+    out = tmp_path / "train.json"
+    proc = cli("check", "--frameworks", "torch", "--mode", "train", "--size", "64", "--batch", "4", "--json", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["extra"]["variance_convention"] == "unbiased"
+    assert row["extra"]["running_stats_rel"] <= row["budget"]
+    assert "unbiased batch variance" in proc.stdout
