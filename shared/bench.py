@@ -75,6 +75,9 @@ def add_parser(sub) -> None:
     p.add_argument("--warmup", type=_positive, default=2, help="untimed iterations first (compilation)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--depths", type=_depths, default=None, help=argparse.SUPPRESS)  # tiny specs for tests
+    p.add_argument("--interleave", action="store_true",
+                   help="ours and its reference in one process, timed iterations in turn: a fair ratio on a "
+                        "busy machine (peak memory is then not separable)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per measurement")
     p.add_argument("--json", help="write every figure to this file")
     p.add_argument("--plot", help="draw a bar chart to this .png (needs matplotlib)")
@@ -89,7 +92,7 @@ def command_line(args) -> str:
              "--precision", ",".join(args.precision), "--batch", str(args.batch), "--size", str(args.size),
              "--device", args.device, "--iters", str(args.iters), "--warmup", str(args.warmup),
              "--seed", str(args.seed)]
-    words += ["--compile"] * args.compile + ["--channels-last"] * args.channels_last
+    words += ["--compile"] * args.compile + ["--channels-last"] * args.channels_last + ["--interleave"] * args.interleave
     if args.depths:
         words += ["--depths", ",".join(map(str, args.depths))]
     for opt in ("json", "plot", "markdown"):
@@ -98,34 +101,51 @@ def command_line(args) -> str:
     return shlex.join(words)
 
 
-def _env(run: Run, device: str) -> dict:
+def _env(runs: list[Run], device: str) -> dict:
     env = dict(os.environ, PYTHONUNBUFFERED="1", XLA_PYTHON_CLIENT_PREALLOCATE="false", TF_CPP_MIN_LOG_LEVEL="3")
-    if run.backend:
-        env["KERAS_BACKEND"] = run.backend
+    for run in runs:
+        if run.backend:  # a process holds one Keras backend; plan() pairs at most one
+            env["KERAS_BACKEND"] = run.backend
     if device == "cpu":  # keep every framework off any GPU the machine may have
         env.update(CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
     return env
 
 
-def measure(run: Run, args, workdir: Path, timeout: float) -> dict:
-    """One run in its own process: the worker's figures, or its error."""
+def measure(run: Run, args, workdir: Path, timeout: float, partner: Run | None = None) -> dict:
+    """One run in its own process: the worker's figures, or its error. With ``partner``, both
+    models share the process and are timed in turn; the partner's figures come under "partner"."""
     name = f"{run.label}-{run.mode}-{run.precision}".replace("[", "-").replace("]", "")
+    name += f"-with-{partner.label}".replace("[", "-").replace("]", "") if partner else ""
     out = workdir / f"{name}.json"
+    with_partner = {k: getattr(partner, k) for k in ("runner", "impl", "backend", "style")} if partner else None
     job = Job(run.runner, run.impl, run.backend, run.mode, run.precision, run.style, args.arch, args.device,
               args.batch, args.size, args.iters, args.warmup, args.compile, args.channels_last, args.seed, str(out),
-              args.depths)
+              args.depths, with_partner)
     job.write(workdir / f"{name}.job.json")
-    head = {"label": run.label, "style": run.style}
+    heads = [{"label": r.label, "style": r.style} for r in (run, partner) if r]
     try:
         proc = subprocess.run([sys.executable, "-m", "shared.bench_worker", str(workdir / f"{name}.job.json")],
-                              env=_env(run, args.device), timeout=timeout, capture_output=True, text=True)
+                              env=_env([r for r in (run, partner) if r], args.device), timeout=timeout,
+                              capture_output=True, text=True)
+        result = json.loads(out.read_text()) if out.exists() else None
     except subprocess.TimeoutExpired:
-        return {**head, "status": "timed out", "error": f"after {timeout:.0f} s"}
-    if not out.exists():
+        result = {"status": "timed out", "error": f"after {timeout:.0f} s"}
+    if result is None:
         tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
-        return {**head, "status": "error", "error": f"worker exited {proc.returncode}: {tail}"}
-    result = json.loads(out.read_text())
-    return {**head, "status": "error" if "error" in result else "ok", **result}
+        result = {"error": f"worker exited {proc.returncode}: {tail}"}
+    results = [result, result.pop("partner", result)] if partner else [result]
+    merged = [{**head, "status": "error" if "error" in r else "ok", **r} for head, r in zip(heads, results)]
+    if partner:
+        merged[0]["partner"] = merged[1]
+    return merged[0]
+
+
+def _result(pair: Pair, side: str, results: dict) -> dict | None:
+    """A side's figures: measured alone (key: the run) or with its partner (key: the pair's runs)."""
+    runs = tuple(pair.runs())
+    if len(runs) == 2 and runs in results:
+        return results[runs] if side == "ours" else results[runs].get("partner")
+    return results.get((getattr(pair, side),))
 
 
 def _row(pair: Pair, results: dict) -> dict:
@@ -137,7 +157,7 @@ def _row(pair: Pair, results: dict) -> dict:
             continue
         missing = run.missing()
         status = f"not installed: {', '.join(missing)}" if missing else "not run"
-        row[side] = results.get(run) or {"label": run.label, "style": run.style, "status": status}
+        row[side] = _result(pair, side, results) or {"label": run.label, "style": run.style, "status": status}
     if not pair.skipped and row["ours"]["status"] != "ok":
         row["status"] = row["ours"]["status"]
     ours, ref = row["ours"], row["reference"]
@@ -154,24 +174,33 @@ def run_bench(args, progress=None, partial=None) -> dict:
     pairs = plan(args.frameworks, args.keras_backends, args.mode, args.precision, args.device)
     config = {k: getattr(args, k) for k in ("arch", "frameworks", "keras_backends", "mode", "precision", "batch",
                                             "size", "device", "compile", "channels_last", "iters", "warmup", "seed",
-                                            "depths")}
+                                            "depths", "interleave")}
     head = {"command": command_line(args), "argv": sys.argv,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": machine(), "config": config}
 
     def report(results: dict) -> dict:
-        versions = {r["label"]: r["versions"] for r in results.values() if r.get("versions")}
+        found = [*results.values(), *(r["partner"] for r in results.values() if r.get("partner"))]
+        versions = {r["label"]: r["versions"] for r in found if r.get("versions")}
         return {**head, "versions": versions, "rows": [_row(p, results) for p in pairs]}
 
     results = {}
     with tempfile.TemporaryDirectory(prefix="resnet-parity-bench-") as tmp:
-        for run in unique_runs(pairs):
+        for runs in _batches(pairs, args.interleave):
             if progress:
-                progress(f"{run.label} {run.mode} {run.precision}")
-            results[run] = measure(run, args, Path(tmp), args.timeout)
+                progress(" beside ".join(r.label for r in runs) + f" {runs[0].mode} {runs[0].precision}")
+            run, partner = runs[0], (runs[1] if len(runs) > 1 else None)
+            results[runs] = measure(run, args, Path(tmp), args.timeout, partner)
             if partial:
                 partial(report(results))
     return report(results)
+
+
+def _batches(pairs: list[Pair], interleave: bool) -> list[tuple[Run, ...]]:
+    """What each process measures: one run, or (interleaved) a pair's ours and reference."""
+    if not interleave:
+        return [(run,) for run in unique_runs(pairs)]
+    return list(dict.fromkeys(tuple(p.runs()) for p in pairs if p.runs()))
 
 
 def cmd_bench(args) -> int:
@@ -186,7 +215,8 @@ def cmd_bench(args) -> int:
             bench_report.check_plot_available()
         except bench_report.PlotUnavailable as e:
             raise CliError(str(e)) from None
-    total = len(unique_runs(plan(args.frameworks, args.keras_backends, args.mode, args.precision, args.device)))
+    total = len(_batches(plan(args.frameworks, args.keras_backends, args.mode, args.precision, args.device),
+                         args.interleave))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("bench", total=total)

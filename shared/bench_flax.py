@@ -43,7 +43,8 @@ def prepare(job: Job, spec, weights) -> Step:
     gpu = job.device == "gpu"
     if gpu and jax.default_backend() != "gpu":
         raise RuntimeError(f"jax sees no GPU (default backend {jax.default_backend()!r})")
-    if gpu and job.precision == "fp32":
+    highest = gpu and job.precision == "fp32"
+    if highest:
         jax.config.update("jax_default_matmul_precision", "highest")
     model = resnet_flax.build(spec, dtype=jnp.bfloat16 if job.precision == "bf16" else None)
     resnet_flax.load_weights(model, weights)
@@ -70,7 +71,7 @@ def prepare(job: Job, spec, weights) -> Step:
 
     device = jax.local_devices()[0]
     settings = {"jit": True, "compute_dtype": "bfloat16" if job.precision == "bf16" else "float32",
-                "default_matmul_precision": jax.config.jax_default_matmul_precision, "tf32": gpu and job.precision != "fp32"}
+                "default_matmul_precision": "highest" if highest else "default", "tf32": gpu and job.precision != "fp32"}
 
     def peak():
         return (device.memory_stats() or {}).get("peak_bytes_in_use") if gpu else None

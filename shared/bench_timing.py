@@ -42,20 +42,31 @@ class Timing:
 def measure(step: Callable[[], object], sync: Callable[[object], object], *, warmup: int, iters: int,
             clock: Callable[[], float] = time.perf_counter) -> Timing:
     """``warmup`` untimed calls, then ``iters`` timed ones; each call waits for its device work."""
+    return measure_in_turn([(step, sync)], warmup=warmup, iters=iters, clock=clock)[0]
+
+
+def measure_in_turn(steps: list[tuple[Callable[[], object], Callable[[object], object]]], *, warmup: int,
+                    iters: int, clock: Callable[[], float] = time.perf_counter) -> list[Timing]:
+    """Every step's warm-up first, then the timed iterations taken in turn (A, B, A, B...), so
+    models sharing a busy machine see the same background load."""
     if warmup < 1 or iters < 1:
         raise ValueError(f"warmup and iters: need at least 1 each, got warmup={warmup}, iters={iters}")
-    first = None
-    for _ in range(warmup):
+
+    def timed(step, sync) -> float:
         start = clock()
         sync(step())
-        if first is None:
-            first = clock() - start
-    times = []
+        return clock() - start
+
+    firsts = []
+    for step, sync in steps:
+        firsts.append(timed(step, sync))
+        for _ in range(warmup - 1):
+            timed(step, sync)
+    times = [[] for _ in steps]
     for _ in range(iters):
-        start = clock()
-        sync(step())
-        times.append(clock() - start)
-    return Timing(times, first)
+        for k, (step, sync) in enumerate(steps):
+            times[k].append(timed(step, sync))
+    return [Timing(t, first) for t, first in zip(times, firsts)]
 
 
 def rss_bytes(field: str = "VmRSS") -> int | None:

@@ -20,7 +20,7 @@ import numpy as np
 
 from shared import spec as S
 from shared import weights as W
-from shared.bench_timing import measure, peak_rss_bytes, rss_bytes
+from shared.bench_timing import measure_in_turn, peak_rss_bytes, rss_bytes
 
 LEARNING_RATE = 0.01
 MOMENTUM = 0.9
@@ -45,6 +45,7 @@ class Job:
     seed: int
     out: str
     depths: tuple[int, ...] | None = None  # a custom depth instead of the preset's (tests)
+    partner: dict | None = None  # runner, impl, backend, style of a second model timed in turn
 
     def spec(self) -> S.ResNetSpec:
         return S.preset(self.arch, self.style, **({"depths": tuple(self.depths)} if self.depths else {}))
@@ -64,26 +65,37 @@ class Job:
 
 
 def run(job: Job) -> dict:
-    module = importlib.import_module(f"shared.bench_{job.runner}")
-    spec = job.spec()
+    """The job's figures; with ``job.partner``, the partner's too (under "partner"), the two
+    models built in this one process and timed in turn."""
+    jobs = [job] + ([dataclasses.replace(job, partner=None, **job.partner)] if job.partner else [])
+    modules = [importlib.import_module(f"shared.bench_{j.runner}") for j in jobs]
     baseline = rss_bytes()
-    prepared = module.prepare(job, spec, W.init(spec, job.seed))
+    prepared = [m.prepare(j, j.spec(), W.init(j.spec(), j.seed)) for m, j in zip(modules, jobs)]
     load_before = os.getloadavg()[0]
-    timing = measure(prepared.step, prepared.sync, warmup=job.warmup, iters=job.iters)
-    device_peak = prepared.peak_memory()
-    return {
-        "times_s": timing.times_s,
-        "first_call_s": timing.first_call_s,
-        "images_per_s": timing.images_per_s(job.batch),
-        "peak_memory_bytes": device_peak if device_peak is not None else peak_rss_bytes(),
-        "memory_kind": "device max allocated" if device_peak is not None else "peak RSS",
-        "baseline_rss_bytes": baseline,
-        "device_name": prepared.device_name,
-        "settings": prepared.settings,
-        "versions": module.versions(),
-        # Other processes competing for the cores show here (a quiet machine: about 1 per busy core).
-        "loadavg_1m": [load_before, os.getloadavg()[0]],
-    }
+    timings = measure_in_turn([(p.step, p.sync) for p in prepared], warmup=job.warmup, iters=job.iters)
+    load = [load_before, os.getloadavg()[0]]
+    results = []
+    for module, p, timing in zip(modules, prepared, timings):
+        device_peak = p.peak_memory()
+        peak, kind = (device_peak, "device max allocated") if device_peak is not None else (peak_rss_bytes(), "peak RSS")
+        if job.partner:  # one process held both models: its peak belongs to neither
+            peak, kind = None, "not separable (interleaved)"
+        results.append({
+            "times_s": timing.times_s,
+            "first_call_s": timing.first_call_s,
+            "images_per_s": timing.images_per_s(job.batch),
+            "peak_memory_bytes": peak,
+            "memory_kind": kind,
+            "baseline_rss_bytes": baseline,
+            "device_name": p.device_name,
+            "settings": p.settings,
+            "versions": module.versions(),
+            # Other processes competing for the cores show here (quiet: about 1 per busy core).
+            "loadavg_1m": load,
+        })
+    if job.partner:
+        results[0]["partner"] = results[1]
+    return results[0]
 
 
 def main(argv: list[str] | None = None) -> int:

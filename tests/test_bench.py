@@ -113,6 +113,44 @@ def test_worker_times_a_fake_model_whose_first_call_sleeps(monkeypatch, tmp_path
     assert result["versions"] == {"fake": "1.0"} and result["device_name"] == "fake device"
 
 
+def test_worker_interleaves_ours_and_its_partner(monkeypatch, tmp_path):
+    """--interleave: both models in one process, each warmed up, then timed in turn."""
+    order = []
+
+    def prepare(job, spec, weights):
+        return Step(lambda: order.append(job.impl), lambda _: None, "fake device", {"impl": job.impl})
+
+    monkeypatch.setitem(sys.modules, "shared.bench_fake", types.SimpleNamespace(prepare=prepare, versions=dict))
+    job = bench_worker.Job("fake", "ours", "", "train", "fp32", "torchvision", "resnet50", "cpu", 2, 32, 3, 2,
+                           False, False, 0, str(tmp_path / "out.json"),
+                           partner={"runner": "fake", "impl": "reference", "backend": "", "style": "torchvision"})
+    result = bench_worker.run(job)
+    assert order == ["ours", "ours", "reference", "reference"] + ["ours", "reference"] * 3
+    partner = result["partner"]
+    assert result["settings"] == {"impl": "ours"} and partner["settings"] == {"impl": "reference"}
+    assert len(result["times_s"]) == len(partner["times_s"]) == 3
+    assert result["peak_memory_bytes"] is None and result["memory_kind"] == "not separable (interleaved)"
+
+
+def test_interleaved_rows_pair_each_side_with_its_own_figures(monkeypatch):
+    monkeypatch.setattr(bench_plan, "installed", lambda m: True)
+    calls = []
+
+    def fake_measure(run, args, workdir, timeout, partner=None):
+        calls.append((run.label, partner.label))
+        return {"label": run.label, "status": "ok", "images_per_s": {"median": 3.0},
+                "partner": {"label": partner.label, "status": "ok", "images_per_s": {"median": 2.0}}}
+
+    monkeypatch.setattr(bench, "measure", fake_measure)
+    args = build_parser().parse_args([*TINY, "--frameworks", "keras,flax", "--keras-backends", "jax",
+                                      "--mode", "infer", "--interleave"])
+    rows = bench.run_bench(args)["rows"]
+    # Each pair measures its own reference beside it (no sharing across pairs when interleaved).
+    assert calls == [("resnet_keras[jax]", "keras.applications[jax]"), ("resnet_flax", "keras.applications[jax]")]
+    assert [(r["ours"]["label"], r["reference"]["label"], r["ratio"]) for r in rows] == [
+        ("resnet_keras[jax]", "keras.applications[jax]", 1.5), ("resnet_flax", "keras.applications[jax]", 1.5)]
+
+
 @pytest.fixture(scope="module")
 def tiny_bench(tmp_path_factory):
     """One real run: resnet_torch beside torchvision at 32 px, infer and train, flax hidden."""
@@ -169,7 +207,7 @@ def test_missing_reference_is_reported_not_installed(monkeypatch, tmp_path):
     _hide(monkeypatch, "torchvision")
     measured = []
 
-    def fake_measure(run, args, workdir, timeout):
+    def fake_measure(run, args, workdir, timeout, partner=None):
         measured.append(run.label)
         return {"label": run.label, "style": run.style, "status": "ok", "images_per_s": {"median": 1.0}}
 
