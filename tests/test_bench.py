@@ -270,13 +270,14 @@ def test_tiny_gpu_bench_reads_device_memory(tmp_path):
 
 @pytest.mark.keras
 def test_tiny_keras_bench_on_this_backend(tmp_path):
-    """resnet_keras beside keras.applications on the backend CI runs this marker under."""
+    """resnet_keras beside keras.applications on the backend CI runs this marker under, in one
+    process (--interleave)."""
     import os
 
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     for module in ("keras", backend):
         pytest.importorskip(module)
-    assert main([*TINY, "--frameworks", "keras", "--keras-backends", backend, "--mode", "infer",
+    assert main([*TINY, "--frameworks", "keras", "--keras-backends", backend, "--mode", "infer", "--interleave",
                  "--json", str(tmp_path / "b.json")]) == 0
     (row,) = json.loads((tmp_path / "b.json").read_text())["rows"]
     assert row["status"] == "ok" and row["ratio"] > 0
@@ -286,10 +287,13 @@ def test_tiny_keras_bench_on_this_backend(tmp_path):
 
 
 def test_tiny_flax_bench_beside_keras_on_jax(tmp_path):
+    """Both in one process (--interleave): one jax start-up instead of two."""
     for module in ("flax", "jax", "keras"):
         pytest.importorskip(module)
-    assert main([*TINY, "--frameworks", "flax", "--mode", "infer", "--json", str(tmp_path / "b.json")]) == 0
+    assert main([*TINY, "--frameworks", "flax", "--mode", "infer", "--interleave",
+                 "--json", str(tmp_path / "b.json")]) == 0
     (row,) = json.loads((tmp_path / "b.json").read_text())["rows"]
     assert row["status"] == "ok" and row["ratio"] > 0
     assert (row["ours"]["label"], row["reference"]["label"]) == ("resnet_flax", "keras.applications[jax]")
     assert row["ours"]["settings"]["jit"] is True and row["reference"]["settings"]["jit_compile"] is True
+    assert row["ours"]["memory_kind"] == "not separable (interleaved)"
