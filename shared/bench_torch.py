@@ -14,11 +14,16 @@ from shared import interop
 from shared.bench_timing import Step
 from shared.bench_worker import LEARNING_RATE, MOMENTUM, Job
 
+# Loaded on both sides, before the worker's baseline: peak RSS then compares the models, not
+# whether torchvision's libraries (about 250 MiB) were imported.
+with contextlib.suppress(ImportError):
+    import torchvision  # noqa: F401
+
 
 def versions() -> dict:
     out = {"torch": torch.__version__}
     with contextlib.suppress(PackageNotFoundError):
-        out["torchvision"] = version("torchvision")  # without importing it (seconds) for ours
+        out["torchvision"] = version("torchvision")
     return out
 
 
