@@ -82,7 +82,7 @@ def _max_pool(x, layer):
     """Pads with -inf (PyTorch's and Flax's rule), so the padding never wins the max."""
     t, b, l, r = layer.padding
     return jax.lax.reduce_window(
-        x, jnp.array(-jnp.inf, x.dtype), jax.lax.max,
+        x, -jnp.inf, jax.lax.max,  # a Python scalar: an array init value makes the pool non-differentiable under jit
         (1, layer.size, layer.size, 1), (1, layer.stride, layer.stride, 1),
         ((0, 0), (t, b), (l, r), (0, 0)),
     )

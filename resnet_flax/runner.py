@@ -50,7 +50,8 @@ def run(spec, weights, images, *, labels=None, device="cpu", precision="fp32", m
                 loss = -jnp.take_along_axis(logp, y[:, None], axis=-1).mean()
                 return loss, logits
 
-            (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+            # Under nnx.jit, as a training loop runs it (and as the max pool must differentiate).
+            (loss, logits), grads = nnx.jit(nnx.value_and_grad(loss_fn, has_aux=True))(model)
             out["loss"] = np.asarray(loss)
             graphdef, _, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
             grad_model = nnx.merge(graphdef, grads, stats)  # the model's layout, holding gradients
