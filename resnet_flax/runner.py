@@ -3,7 +3,6 @@ run the model at a device, precision and mode and return named numpy arrays."""
 
 from __future__ import annotations
 
-import contextlib
 
 import jax
 import jax.numpy as jnp

@@ -10,7 +10,6 @@ worker writes, and reports. Missing frameworks are reported as not installed, no
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import os

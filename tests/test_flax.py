@@ -20,6 +20,7 @@ from flax import nnx  # noqa: E402
 import resnet_flax as rf  # noqa: E402
 from resnet_flax.model import ResNet, _max_pool  # noqa: E402
 from shared import interop, parity, reference, spec as S, weights as W  # noqa: E402
+from strategies import small_specs  # noqa: E402
 
 BN_NAMES = {"scale": "gamma", "bias": "beta", "mean": "mean", "var": "var"}
 
@@ -114,27 +115,12 @@ def test_bf16_compute_matches_torchvision_bf16_cpu(torchvision_case):
 # ----------------------------------------------------------------- against the reference
 
 
-@st.composite
-def small_specs(draw, style):
-    stages = draw(st.integers(1, 4))
-    pooling = draw(st.sampled_from(["avg", "max", None]))
-    spec = S.resnet50(
-        style,
-        depths=tuple(draw(st.lists(st.integers(1, 3), min_size=stages, max_size=stages))),
-        width=draw(st.integers(8, 32)),
-        image_channels=draw(st.integers(1, 4)),
-        num_classes=draw(st.integers(2, 20)),
-        pooling=pooling,
-        include_top=pooling is not None and draw(st.booleans()),
-    )
-    return spec, draw(st.integers(max(32, spec.min_input_size), 96))
-
-
 @pytest.mark.parametrize("style", S.STYLES)
 @settings(max_examples=5, deadline=None)
 @given(data=st.data())
 def test_small_specs_match_reference(style, data):
-    spec, size = data.draw(small_specs(style))
+    spec = data.draw(small_specs(styles=(style,), classes=(2, 20)))
+    size = data.draw(st.integers(max(32, spec.min_input_size), 96))
     weights = reference.calibrated_weights(spec, seed=size)
     images = reference.random_images(spec, 2, size, seed=1)
     ref, budget = _fp32_budget(spec, weights, images)

@@ -14,6 +14,7 @@ from hypothesis import given, settings, strategies as st
 
 from shared import keras_h5, parity, reference, spec as S
 from shared.weights import WeightsError, init
+from strategies import small_specs
 
 try:  # the torchvision peer; first, as importing it after TensorFlow segfaults (torch._dynamo)
     import torchvision  # noqa: F401
@@ -156,25 +157,12 @@ def test_torchvision_style_against_reference_and_torchvision(torchvision_model):
     assert model.get_layer("conv3_block1_2_pad").padding == ((1, 1), (1, 1))
 
 
-def _small_spec(style, depths, width, channels, classes, head):
-    include_top, pooling = head
-    return S.preset("resnet50", style, depths=depths, width=width, image_channels=channels,
-                    num_classes=classes, include_top=include_top, pooling=pooling)
-
-
-small_specs = st.builds(
-    _small_spec,
-    st.sampled_from(S.STYLES),
-    st.lists(st.integers(1, 3), min_size=1, max_size=4).map(tuple),
-    st.sampled_from([8, 16, 24, 32]),
-    st.integers(1, 3),
-    st.integers(8, 16),  # with batch 4, >= 32 logits: fewer make rel_error a coin toss of a few ulps
-    st.sampled_from([(True, "avg"), (True, "max"), (False, "max"), (False, None)]),
-)
+# With batch 4, >= 32 logits: fewer make rel_error a coin toss of a few ulps.
+KERAS_SMALL_SPECS = small_specs(classes=(8, 16), heads=((True, "avg"), (True, "max"), (False, "max"), (False, None)))
 
 
 @settings(max_examples=6, deadline=None)
-@given(spec=small_specs, size=st.integers(32, 96), seed=st.integers(0, 2**16))
+@given(spec=KERAS_SMALL_SPECS, size=st.integers(32, 96), seed=st.integers(0, 2**16))
 def test_small_specs_against_reference(spec, size, seed):
     """Odd sizes included: explicit padding must put the odd pixel where PyTorch does."""
     weights = reference.calibrated_weights(spec, seed=seed, size=size)

@@ -21,6 +21,7 @@ from hypothesis import given, settings, strategies as st
 from shared import parity, reference, spec as S
 from shared.check import installed
 from shared.spec import ResNetSpec
+from strategies import HEADS, small_specs
 
 FRAMEWORKS = [
     pytest.param("torch", marks=pytest.mark.skipif(not installed("torch"), reason="torch not installed")),
@@ -161,22 +162,10 @@ def test_train_mode(framework, style):
 
 # ---------------------------------------------------------------- generated specs
 
-small_specs = st.builds(
-    ResNetSpec,
-    depths=st.lists(st.integers(1, 3), min_size=1, max_size=4).map(tuple),
-    width=st.integers(8, 32),
-    stride_on=st.sampled_from(["3x3", "1x1"]),
-    conv_bias=st.booleans(),
-    bn_epsilon=st.sampled_from([1e-5, 1.001e-5, 1e-3]),
-    image_channels=st.integers(1, 4),
-    num_classes=st.integers(2, 20),
-    pooling=st.sampled_from(["avg", "max"]),
-)
-
-
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 @settings(max_examples=6, deadline=None)
-@given(spec=small_specs, size=st.integers(32, 96), seed=st.integers(0, 1000))
+@given(spec=small_specs(mixed=True, classes=(2, 20), heads=HEADS[:2]), size=st.integers(32, 96),
+       seed=st.integers(0, 1000))
 def test_generated_specs_agree_with_reference(framework, spec, size, seed):
     weights = reference.calibrated_weights(spec, seed=seed, size=max(size, spec.min_input_size))
     images = reference.random_images(spec, 2, size, seed)

@@ -11,6 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from shared import interop, reference, spec as S
 from shared import weights as W
+from strategies import small_specs
 from shared.interop import torchvision_module
 from shared.parity import budget, rel_error
 
@@ -115,23 +116,10 @@ def test_keras_style_resnet50_against_reference():
     assert_bit_exact(rt.export_weights(model), w)
 
 
-@st.composite
-def small_specs(draw):
-    pooling = draw(st.sampled_from(["avg", "max", None]))
-    return S.resnet50(style=draw(st.sampled_from(S.STYLES))).replace(
-        depths=tuple(draw(st.lists(st.integers(1, 3), min_size=1, max_size=4))),
-        width=draw(st.integers(8, 32)),
-        image_channels=draw(st.integers(1, 4)),
-        num_classes=draw(st.integers(1, 20)),
-        pooling=pooling,
-        include_top=pooling is not None and draw(st.booleans()),
-        zero_init_residual=draw(st.booleans()),
-    )
-
-
 @settings(max_examples=10, deadline=None)
-@given(spec=small_specs(), size=st.integers(32, 96), seed=st.integers(0, 2**16))
-def test_small_specs_against_reference(tmp_path_factory, spec, size, seed):
+@given(spec=small_specs(), zero_init=st.booleans(), size=st.integers(32, 96), seed=st.integers(0, 2**16))
+def test_small_specs_against_reference(tmp_path_factory, spec, zero_init, size, seed):
+    spec = spec.replace(zero_init_residual=zero_init)
     w = reference.calibrated_weights(spec, seed=seed)
     model = rt.load_weights(rt.build(spec), w)
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == _expected_state_shapes(spec)
