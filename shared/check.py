@@ -92,12 +92,8 @@ class Report:
                 "pairwise": self.pairwise, "versions": self.versions}
 
 
-def depth_of(spec: ResNetSpec) -> str | None:
-    return parity.depth_name(spec.depths)
-
-
 def table_budget(spec: ResNetSpec, device: str, precision: str) -> float:
-    depth = depth_of(spec) or "resnet50"
+    depth = parity.depth_name(spec.depths) or "resnet50"
     try:
         return parity.budget(depth=depth, device=device, precision=precision)
     except KeyError:
@@ -129,7 +125,7 @@ def compare_trace(result: dict, ref_trace: dict, peer_trace: dict, budget: float
         if key not in result:
             continue
         err = parity.rel_error(result[key], ref)
-        limit = parity.MARGIN * max(parity.rel_error(peer_trace[name], ref), FP32_FLOOR / parity.MARGIN) if fp32 else budget
+        limit = fp32_budget(parity.rel_error(peer_trace[name], ref)) if fp32 else budget
         errors[name] = (err, limit)
         if first is None and err > limit:
             first = name
@@ -149,9 +145,11 @@ def check(spec: ResNetSpec, weights: dict, *, frameworks=FRAMEWORKS, keras_backe
     config = dict(spec=spec.to_dict(), device=device, precision=precision, mode=mode, batch=batch,
                   size=size, seed=seed, trace=trace, overrides=overrides or {})
 
-    ref_trace, peer_trace = {}, {}
+    ref_trace, peer_trace, train_ref = {}, {}, {}
     if mode == "train":
-        ref_logits, _ = reference.forward_train(spec, weights, images)
+        # Running statistics after one update, under each framework's variance rule (VARIANCE).
+        ref_logits, train_ref["unbiased"] = reference.forward_train(spec, weights, images, variance="unbiased")
+        train_ref["biased"] = reference.forward_train(spec, weights, images, variance="biased")[1]
         peer_logits, _ = reference.forward_train(spec, weights, images, dtype=np.float32)
     else:
         ref_logits = reference.forward(spec, weights, images, hook=ref_trace.__setitem__ if trace else None)
@@ -182,11 +180,6 @@ def check(spec: ResNetSpec, weights: dict, *, frameworks=FRAMEWORKS, keras_backe
                 results[t.label] = run_worker(t, job, workdir, timeout)
             except subprocess.TimeoutExpired:
                 results[t.label] = {"error": np.array(f"timed out after {timeout:.0f} s")}
-
-    train_ref = {}
-    if mode == "train":
-        for conv in ("unbiased", "biased"):
-            train_ref[conv] = reference.forward_train(spec, weights, images, variance=conv)[1]
 
     oracle = results.pop("torch[float64 oracle]", None)
     found = [t for t in found if t.backend != "float64 oracle"]

@@ -37,7 +37,7 @@ def _csv(choices):
     return parse
 
 
-def read_weights(path: str, style: str | None, arch: str | None = None):
+def read_weights(path: str, style: str | None):
     """(spec, canonical weights) from safetensors, a torchvision .pth/.pt, or a Keras .h5."""
     from shared import interop, weights as W
 
@@ -47,10 +47,10 @@ def read_weights(path: str, style: str | None, arch: str | None = None):
     suffix = p.suffix.lower()
     try:
         if suffix == ".safetensors":
-            spec = W.read_spec(p) if _is_safetensors(p) else None
-            weights = W.load(p)
+            weights = W.load(p)  # a truncated or foreign file fails here, by name
+            spec = W.read_spec(p)
             if spec is None:
-                spec = interop.spec_from_canonical(weights, style=style or "torchvision")
+                spec = interop.spec_from_canonical(weights, style=style)  # None: read off the conv biases
             W.validate(spec, weights, source=str(p))
             return spec, weights
         if suffix in (".pth", ".pt"):
@@ -70,16 +70,6 @@ def read_weights(path: str, style: str | None, arch: str | None = None):
     except WeightsError as e:
         raise CliError(f"--weights: {str(e).splitlines()[0]} {' '.join(str(e).splitlines()[1:3]).strip()}".strip()) from None
     raise CliError(f"--weights: unknown file type {suffix!r}; expected .safetensors, .pth/.pt or .h5")
-
-
-def _is_safetensors(path: Path) -> bool:
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), "np"):
-            return True
-    except Exception:
-        return False
 
 
 def _fmt(x, spec=".2e"):
@@ -139,7 +129,7 @@ def cmd_check(args) -> int:
 
     console = Console(width=None if sys.stdout.isatty() else 150)
     if args.weights:
-        spec, weights = read_weights(args.weights, args.style)
+        spec, weights = read_weights(args.weights, args.style if args.style_given else None)
         if args.arch_given or args.style_given:
             console.print("[yellow]--arch/--style ignored: the spec comes from --weights[/]")
     else:
