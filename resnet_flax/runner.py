@@ -3,6 +3,7 @@ run the model at a device, precision and mode and return named numpy arrays."""
 
 from __future__ import annotations
 
+import contextlib
 
 import jax
 import jax.numpy as jnp
@@ -65,3 +66,54 @@ def run(spec, weights, images, *, labels=None, device="cpu", precision="fp32", m
             logits = model(x, hook=hook) if trace else nnx.jit(lambda m, v: m(v))(model, x)
         out["logits"] = np.asarray(logits, np.float32)
     return out
+
+
+# ----------------------------------------------------------------- broken ports (shared.mutants)
+
+@jax.custom_vjp
+def _scaled_grad_relu(x):
+    return jnp.maximum(x, 0)
+
+
+_scaled_grad_relu.defvjp(lambda x: (jnp.maximum(x, 0), x), lambda x, g: (g * (x > 0) * 1.5,))
+
+
+def _bf16_sum(x):
+    """(N, C) -> (C,): a pairwise reduction whose every partial sum is stored in bf16."""
+    x = x.astype(jnp.bfloat16)
+    while x.shape[0] > 1:
+        if x.shape[0] % 2:
+            x = jnp.concatenate([x, jnp.zeros((1, x.shape[1]), x.dtype)])
+        x = x[0::2] + x[1::2]
+    return x[0].astype(jnp.float32)
+
+
+def _bf16_stats_call(self, x, use_running_average=None, *, mask=None):
+    running = self.use_running_average if use_running_average is None else use_running_average
+    if running or x.dtype != jnp.bfloat16:  # the bug lives on the bf16 path
+        return _batchnorm_call(self, x, use_running_average, mask=mask)
+    flat = x.astype(jnp.float32).reshape(-1, x.shape[-1])
+    n = flat.shape[0]
+    mean = _bf16_sum(flat) / n
+    var = (_bf16_sum(flat * flat) / n - mean * mean).astype(jnp.bfloat16).astype(jnp.float32)  # one pass, in bf16
+    self.mean.value = self.momentum * self.mean.value + (1 - self.momentum) * mean
+    self.var.value = self.momentum * self.var.value + (1 - self.momentum) * var
+    y = (x.astype(jnp.float32) - mean) / jnp.sqrt(var + self.epsilon)
+    return (y * self.scale.value + self.bias.value).astype(x.dtype)
+
+
+_batchnorm_call = nnx.BatchNorm.__call__
+
+
+@contextlib.contextmanager
+def inject(mutant: str):
+    """Swap in the framework code of a ``native`` mutant while models are built and run."""
+    saved = nnx.relu, nnx.BatchNorm.__call__
+    if mutant == "relu_backward":
+        nnx.relu = _scaled_grad_relu
+    elif mutant == "bn_stats_bf16":
+        nnx.BatchNorm.__call__ = _bf16_stats_call
+    try:
+        yield
+    finally:
+        nnx.relu, nnx.BatchNorm.__call__ = saved

@@ -15,6 +15,7 @@ import importlib
 
 import keras
 import numpy as np
+from keras import ops
 
 from resnet_keras.model import build
 from resnet_keras.weights import _variables, export_weights, load_weights
@@ -133,3 +134,56 @@ def run(spec, weights, images, *, labels=None, device="cpu", precision="fp32", m
         load_weights(model, weights)
         x = keras.ops.convert_to_tensor(np.asarray(images, dtype=np.float32))
         return _train(model, x, labels) if mode == "train" else _eval(model, x, trace)
+
+
+# ----------------------------------------------------------------- broken ports (shared.mutants)
+
+def _bf16_sum(x):
+    """(N, C) -> (C,): a pairwise reduction whose every partial sum is stored in bf16."""
+    x = ops.cast(x, "bfloat16")
+    while x.shape[0] > 1:
+        if x.shape[0] % 2:
+            x = ops.concatenate([x, ops.zeros((1, x.shape[1]), "bfloat16")])
+        x = x[0::2] + x[1::2]
+    return ops.cast(x[0], "float32")
+
+
+def _bf16_moments(self, inputs, mask):
+    if self.compute_dtype != "bfloat16":  # the bug lives on the bf16 path
+        return _keras_moments(self, inputs, mask)
+    flat = ops.reshape(ops.cast(inputs, "float32"), (-1, inputs.shape[-1]))
+    n = flat.shape[0]
+    mean = _bf16_sum(flat) / n
+    var = ops.cast(ops.cast(_bf16_sum(flat * flat) / n - mean * mean, "bfloat16"), "float32")  # one pass, in bf16
+    return mean, var
+
+
+_keras_moments = None  # BatchNormalization._moments, while a mutant replaces it
+
+
+@ops.custom_gradient
+def _scaled_grad_relu(x):
+    def grad(*args, upstream=None):
+        upstream = args[0] if upstream is None else upstream
+        return upstream * ops.cast(x > 0, upstream.dtype) * 1.5
+
+    return ops.relu(x), grad
+
+
+@contextlib.contextmanager
+def inject(mutant: str):
+    """Swap in the framework code of a ``native`` mutant while models are built and run."""
+    from keras import layers
+    from resnet_keras import model as model_module
+
+    global _keras_moments
+    saved = model_module._APPLY["relu"], layers.BatchNormalization._moments
+    _keras_moments = saved[1]
+    if mutant == "relu_backward":
+        model_module._APPLY["relu"] = lambda layer, x, _: layers.Activation(_scaled_grad_relu, name=layer.name)(x)
+    elif mutant == "bn_stats_bf16":
+        layers.BatchNormalization._moments = _bf16_moments
+    try:
+        yield
+    finally:
+        model_module._APPLY["relu"], layers.BatchNormalization._moments = saved

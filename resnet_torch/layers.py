@@ -27,15 +27,17 @@ class PaddedConv2d(nn.Conv2d):
 
 
 class PaddedMaxPool2d(nn.MaxPool2d):
-    """A max pool with asymmetric padding; pads with -inf, as nn.MaxPool2d does."""
+    """A max pool with asymmetric padding, or padding of another value than nn.MaxPool2d's
+    -inf (the spec's ``MaxPool.pad_value``)."""
 
-    def __init__(self, *args, pad: tuple[int, int, int, int], **kwargs):
+    def __init__(self, *args, pad: tuple[int, int, int, int], value: float = float("-inf"), **kwargs):
         super().__init__(*args, padding=0, **kwargs)
         t, b, l, r = pad
         self.pad = (l, r, t, b)
+        self.value = value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(F.pad(x, self.pad, value=float("-inf")))
+        return super().forward(F.pad(x, self.pad, value=self.value))
 
 
 class GlobalPool2d(nn.Module):
@@ -81,10 +83,10 @@ def batchnorm(layer: BatchNorm) -> nn.BatchNorm2d:
 
 
 def maxpool(layer: MaxPool) -> nn.MaxPool2d:
-    if _symmetric(layer.padding):
+    if _symmetric(layer.padding) and layer.pad_value == float("-inf"):
         t, _, l, _ = layer.padding
         return nn.MaxPool2d(layer.size, layer.stride, padding=(t, l))
-    return PaddedMaxPool2d(layer.size, layer.stride, pad=layer.padding)
+    return PaddedMaxPool2d(layer.size, layer.stride, pad=layer.padding, value=layer.pad_value)
 
 
 def module(layer: Layer) -> nn.Module:

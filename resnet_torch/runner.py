@@ -82,3 +82,62 @@ def run(spec, weights, images, *, labels=None, device="cpu", precision="fp32", m
             else:
                 out[f"grad/{key}"] = value
     return out
+
+
+# ----------------------------------------------------------------- broken ports (shared.mutants)
+
+def _bf16_sum(x: torch.Tensor) -> torch.Tensor:
+    """(N, C) -> (C,): a pairwise reduction whose every partial sum is stored in bf16."""
+    x = x.to(torch.bfloat16)
+    while x.shape[0] > 1:
+        if x.shape[0] % 2:
+            x = torch.cat([x, x.new_zeros(1, x.shape[1])])
+        x = x[0::2] + x[1::2]
+    return x[0].float()
+
+
+class _ScaledGradReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * (x > 0) * 1.5
+
+
+@contextlib.contextmanager
+def inject(mutant: str):
+    """Swap in the framework code of a ``native`` mutant while models are built and run."""
+    saved = torch.nn.ReLU, torch.nn.BatchNorm2d
+    relu_cls, bn_cls = saved
+
+    class ScaledReLU(relu_cls):
+        def forward(self, x):
+            return _ScaledGradReLU.apply(x)
+
+    class BF16StatsBatchNorm(bn_cls):
+        def forward(self, x):
+            if not self.training or x.dtype != torch.bfloat16:  # the bug lives on the bf16 path
+                return super().forward(x)
+            flat = x.float().permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+            n = flat.shape[0]
+            mean = _bf16_sum(flat) / n
+            var = (_bf16_sum(flat * flat) / n - mean * mean).to(torch.bfloat16).float()  # one pass, in bf16
+            with torch.no_grad():
+                self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean)
+                self.running_var.mul_(1 - self.momentum).add_(self.momentum * var * n / max(n - 1, 1))
+            shape = (1, -1, 1, 1)
+            y = (x.float() - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
+            return (y * self.weight.view(shape) + self.bias.view(shape)).to(x.dtype)
+
+    if mutant == "relu_backward":
+        torch.nn.ReLU = ScaledReLU
+    elif mutant == "bn_stats_bf16":
+        torch.nn.BatchNorm2d = BF16StatsBatchNorm
+    try:
+        yield
+    finally:
+        torch.nn.ReLU, torch.nn.BatchNorm2d = saved

@@ -1,11 +1,21 @@
 """``resnet-parity check``: run every installed framework on the same weights and images and
 judge each against the float64 reference and against each other.
 
-Budgets (shared.parity): fp32 may be at most 4x the error of a trusted fp32 peer on the same
-weights and input. The peer here is the reference's own arithmetic in float32, measured in the
-same run at every block, so the budget follows depth and size without a table. TF32 and bf16
-use the measured H100/CPU table (4x), per depth; a spec with no table entry there falls back to
-the ResNet-50 row. Pairwise, two implementations may differ by at most the sum of their budgets.
+Every verdict is against an oracle no framework wrote, with a budget from a peer measured in
+the same run (shared.parity):
+
+- fp32 logits (and trace, running statistics): at most 4x the error of the reference's own
+  arithmetic in float32 against float64.
+- Gradients (``--mode train``): against ``shared.backprop``, the float64 reference's
+  hand-derived backward pass; budget 4x the same backward pass run in float32.
+- TF32 and bf16: the structure is judged at fp32 in the same run (every framework runs both);
+  the low-precision path is judged against the reference with that precision's rounding
+  emulated (``reference.ROUNDING``). Its budget is how far two legitimate placements of the
+  rounding lie apart (autocast rounds every layer's output; a fused kernel only the matmul
+  operands): the resolution of the check at that precision, always below 0.5.
+- A check without a limit is "not judged", and the run fails.
+
+Pairwise, two implementations may differ by at most the sum of their budgets.
 """
 
 from __future__ import annotations
@@ -21,11 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from shared import parity, reference, weights as W
+from shared import backprop, mutants, parity, reference, weights as W
 from shared.spec import ResNetSpec
 from shared.worker import Job
 
 FRAMEWORKS = ("torch", "keras", "flax")
+PRECISIONS = ("fp32", "tf32", "bf16")
 KERAS_BACKENDS = ("tensorflow", "jax", "torch")
 # What a framework (or Keras backend) needs installed, by import name.
 REQUIRES = {"torch": ("torch",), "flax": ("jax", "flax"), "keras": ("keras",),
@@ -65,7 +76,7 @@ def targets(frameworks, keras_backends) -> tuple[list[Target], list[Target]]:
 @dataclasses.dataclass
 class Row:
     target: str
-    status: str  # "pass", "FAIL", "error", "not installed"
+    status: str  # "pass", "FAIL", "not judged", "error", "not installed"
     rel: float | None = None
     max_abs: float | None = None
     top1: tuple[int, int] | None = None
@@ -73,6 +84,9 @@ class Row:
     first_diverging: str | None = None
     detail: str = ""
     extra: dict = dataclasses.field(default_factory=dict)
+
+
+OK_STATUSES = ("pass", "not installed")
 
 
 @dataclasses.dataclass
@@ -84,179 +98,364 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return all(r.status in ("pass", "not installed") for r in self.rows) and all(
-            p["pass"] for p in self.pairwise.values()) and any(r.status == "pass" for r in self.rows)
+        return all(r.status in OK_STATUSES for r in self.rows) and all(
+            p["pass"] is True for p in self.pairwise.values()) and any(r.status == "pass" for r in self.rows)
 
     def to_json(self) -> dict:
         return {"config": self.config, "ok": self.ok, "rows": [dataclasses.asdict(r) for r in self.rows],
                 "pairwise": self.pairwise, "versions": self.versions}
 
 
-def table_budget(spec: ResNetSpec, device: str, precision: str) -> float:
-    depth = parity.depth_name(spec.depths) or "resnet50"
-    try:
-        return parity.budget(depth=depth, device=device, precision=precision)
-    except KeyError:
-        return parity.budget(depth="resnet50", device="gpu" if precision == "tf32" else device, precision=precision)
-
-
-def run_worker(target: Target, job: Job, workdir: Path, timeout: float) -> dict[str, np.ndarray]:
-    path = workdir / f"{target.label}.json"
-    job.write(path)
+def run_jobs(target: Target, jobs: list[Job], timeout: float) -> list[dict[str, np.ndarray]]:
+    """Run ``jobs`` in one worker process for ``target``; each job's arrays, or {"error": ...}."""
+    paths = []
+    for job in jobs:
+        path = Path(job.out).with_suffix(".json")
+        job.write(path)
+        paths.append(str(path))
     env = dict(os.environ, PYTHONUNBUFFERED="1", XLA_PYTHON_CLIENT_PREALLOCATE="false",
                TF_CPP_MIN_LOG_LEVEL="3")
     if target.backend:
         env["KERAS_BACKEND"] = target.backend
-    proc = subprocess.run([sys.executable, "-m", "shared.worker", str(path)], env=env, timeout=timeout,
-                          capture_output=True, text=True)
-    out = Path(job.out)
-    if not out.exists():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {"error": np.array(f"worker exited {proc.returncode}: {' | '.join(tail)}")}
-    with np.load(out) as data:
-        return {k: data[k] for k in data.files}
-
-
-def compare_trace(result: dict, ref_trace: dict, peer_trace: dict, budget: float, fp32: bool):
-    """(per-block rel errors, first block over its budget or None)."""
-    errors, first = {}, None
-    for name, ref in ref_trace.items():
-        key = f"trace/{name}"
-        if key not in result:
+    try:
+        proc = subprocess.run([sys.executable, "-m", "shared.worker", *paths], env=env, timeout=timeout,
+                              capture_output=True, text=True)
+        why = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+        why = f"worker exited {proc.returncode}: {why}"
+    except subprocess.TimeoutExpired:
+        why = f"timed out after {timeout:.0f} s"
+    results = []
+    for job in jobs:
+        out = Path(job.out)
+        if not out.exists():
+            results.append({"error": np.array(why)})
             continue
-        err = parity.rel_error(result[key], ref)
-        limit = fp32_budget(parity.rel_error(peer_trace[name], ref)) if fp32 else budget
-        errors[name] = (err, limit)
-        if first is None and err > limit:
-            first = name
-    return errors, first
+        with np.load(out) as data:
+            results.append({k: data[k] for k in data.files})
+    return results
 
 
-def check(spec: ResNetSpec, weights: dict, *, frameworks=FRAMEWORKS, keras_backends=KERAS_BACKENDS,
-          device="cpu", precision="fp32", mode="eval", batch=4, size=96, seed=0, trace=False,
-          overrides: dict | None = None, timeout: float = 900.0, progress=None) -> Report:
-    """Run every installed target; ``overrides`` maps a framework to spec fields that framework
-    alone is built with (how the suite proves it catches a broken port)."""
-    W.validate(spec, weights)
-    images = reference.random_images(spec, batch, size, seed)
-    labels = np.random.Generator(np.random.PCG64(seed)).integers(0, max(spec.num_classes, 1), batch)
-    found, missing = targets(frameworks, keras_backends)
-    rows = [Row(t.label, "not installed") for t in missing]
-    config = dict(spec=spec.to_dict(), device=device, precision=precision, mode=mode, batch=batch,
-                  size=size, seed=seed, trace=trace, overrides=overrides or {})
-
-    ref_trace, peer_trace, train_ref = {}, {}, {}
-    if mode == "train":
-        # Running statistics after one update, under each framework's variance rule (VARIANCE).
-        ref_logits, train_ref["unbiased"] = reference.forward_train(spec, weights, images, variance="unbiased")
-        train_ref["biased"] = reference.forward_train(spec, weights, images, variance="biased")[1]
-        peer_logits, _ = reference.forward_train(spec, weights, images, dtype=np.float32)
-    else:
-        ref_logits = reference.forward(spec, weights, images, hook=ref_trace.__setitem__ if trace else None)
-        peer_logits = reference.forward(spec, weights, images, hook=peer_trace.__setitem__ if trace else None,
-                                        dtype=np.float32)
-    peer_error = parity.rel_error(peer_logits, ref_logits)
-    fp32 = precision == "fp32"
-    budget = fp32_budget(peer_error) if fp32 else table_budget(spec, device, precision)
-    if mode == "train" and installed("torch"):
-        # Gradients have no numpy oracle: resnet_torch in float64 on the CPU is the oracle.
-        found.append(Target("torch", "float64 oracle"))
-
-    results, versions = {}, {}
-    with tempfile.TemporaryDirectory(prefix="resnet-parity-") as tmp:
-        workdir = Path(tmp)
-        W.save(weights, workdir / "weights.safetensors")
-        np.save(workdir / "images.npy", images)
-        np.save(workdir / "labels.npy", labels)
-        for t in found:
-            if progress:
-                progress(t.label)
-            fields = {**spec.to_dict(), **(overrides or {}).get(t.framework, {})}
-            oracle = t.backend == "float64 oracle"
-            job = Job(t.framework, "cpu" if oracle else device, "fp64" if oracle else precision, mode, fields, str(workdir / "weights.safetensors"),
-                      str(workdir / "images.npy"), str(workdir / "labels.npy") if mode == "train" else None,
-                      trace, str(workdir / f"{t.label}.npz"))
-            try:
-                results[t.label] = run_worker(t, job, workdir, timeout)
-            except subprocess.TimeoutExpired:
-                results[t.label] = {"error": np.array(f"timed out after {timeout:.0f} s")}
-
-    oracle = results.pop("torch[float64 oracle]", None)
-    found = [t for t in found if t.backend != "float64 oracle"]
-    for t in found:
-        res = results[t.label]
-        if "error" in res:
-            rows.append(Row(t.label, "error", detail=str(res["error"])))
-            continue
-        versions[t.label] = json.loads(str(res["versions"]))
-        out = res["logits"]
-        cmp = parity.Comparison.of(out, ref_logits)
-        row = Row(t.label, "pass" if cmp.rel <= budget else "FAIL", cmp.rel, cmp.max_abs, cmp.top1, budget)
-        if trace:
-            errors, first = compare_trace(res, ref_trace, peer_trace, budget, fp32)
-            row.extra["trace"] = {k: {"rel": e, "budget": b} for k, (e, b) in errors.items()}
-            row.first_diverging = first
-            if first and row.status == "pass":
-                row.status = "FAIL"
-        if mode == "train":
-            _judge_train(row, res, train_ref[VARIANCE[t.framework]], budget)
-        rows.append(row)
-
-    pairwise = {}
-    ok = [r for r in rows if r.status in ("pass", "FAIL") and r.budget is not None]
-    for i, a in enumerate(ok):
-        for b in ok[i + 1:]:
-            rel = parity.rel_error(results[a.target]["logits"], results[b.target]["logits"])
-            limit = a.budget + b.budget
-            agree = parity.top1_agreement(results[a.target]["logits"], results[b.target]["logits"])
-            pairwise[f"{a.target} vs {b.target}"] = {"rel": rel, "budget": limit, "top1": agree, "pass": rel <= limit}
-    if mode == "train":
-        pairwise.update(_judge_gradients(ok, results, oracle, fp32))
-    config["peer_fp32_error"] = peer_error
-    return Report(config, rows, pairwise, versions)
+LOW_PRECISION_ALT = {"bf16": "bf16-operands", "tf32": "tf32-outputs"}  # the other legitimate rounding
+LOW_PRECISION_CAP = 0.5  # no budget at or above this: it could not tell logits from noise
+# Low precision: a port may lie this many times as far from the emulated reference as the two
+# legitimate roundings lie from each other (frameworks also round conv biases, BatchNorm
+# outputs and residual sums at places of their own; measured on CPU: up to 1.5x).
+LOW_PRECISION_MARGIN = 2.0
 
 
 def fp32_budget(peer_error: float) -> float:
     return parity.MARGIN * max(peer_error, FP32_FLOOR / parity.MARGIN)
 
 
-def _judge_train(row: Row, res: dict, ref_stats: dict, budget: float) -> None:
+@dataclasses.dataclass
+class Oracle:
+    """What every framework is judged against, computed once per run in numpy."""
+
+    logits: np.ndarray  # float64 reference (eval or train-mode forward)
+    budget: float  # for the judged output at the run's precision
+    fp32_budget: float
+    trace: dict = dataclasses.field(default_factory=dict)  # block -> float64 (fp32) or emulated (low precision)
+    trace_budget: dict = dataclasses.field(default_factory=dict)  # block -> budget
+    stats: dict = dataclasses.field(default_factory=dict)  # variance rule -> running statistics
+    stats_budget: float | None = None
+    grads: dict | None = None  # canonical weight -> float64 gradient
+    grad_budget: float | None = None
+    emulated: np.ndarray | None = None  # low precision: the emulated logits the output is judged by
+    notes: dict = dataclasses.field(default_factory=dict)
+
+
+def _oracle(spec, weights, images, labels, mode: str, precision: str, trace: bool) -> Oracle:
+    low = precision != "fp32"
+    traces: dict = {"f64": {}, "f32": {}, "lp": {}, "alt": {}}
+
+    def hook(which):
+        return traces[which].__setitem__ if trace else None
+
+    if mode == "train":
+        ref, stats_u = reference.forward_train(spec, weights, images, variance="unbiased")
+        stats = {"unbiased": stats_u, "biased": reference.forward_train(spec, weights, images, variance="biased")[1]}
+        peer, peer_stats = reference.forward_train(spec, weights, images, dtype=np.float32)
+        fp32 = fp32_budget(parity.rel_error(peer, ref))
+        _, _, grads = backprop.loss_and_grads(spec, weights, images, labels)
+        _, _, grads32 = backprop.loss_and_grads(spec, weights, images, labels, dtype=np.float32)
+        keys = sorted(grads)
+        grad_peer = parity.rel_error(_flat(grads32, keys), _flat(grads, keys))
+        oracle = Oracle(ref, fp32, fp32, stats=stats, grads=grads, grad_budget=fp32_budget(grad_peer),
+                        stats_budget=fp32_budget(parity.rel_error(_flat(peer_stats), _flat(stats_u))))
+        oracle.notes.update(peer_fp32_error=parity.rel_error(peer, ref), peer_fp32_grad_error=grad_peer)
+        if low:
+            emu, emu_stats = reference.forward_train(spec, weights, images, precision=precision)
+            alt, alt_stats = reference.forward_train(spec, weights, images, precision=LOW_PRECISION_ALT[precision])
+            oracle.emulated, oracle.budget = emu, LOW_PRECISION_MARGIN * parity.rel_error(alt, emu)
+            oracle.stats_budget = LOW_PRECISION_MARGIN * parity.rel_error(_flat(alt_stats), _flat(emu_stats))
+            oracle.stats = {"unbiased": emu_stats,
+                            "biased": reference.forward_train(spec, weights, images, variance="biased",
+                                                              precision=precision)[1]}
+        return oracle
+
+    ref = reference.forward(spec, weights, images, hook=hook("f64"))
+    peer = reference.forward(spec, weights, images, hook=hook("f32"), dtype=np.float32)
+    fp32 = fp32_budget(parity.rel_error(peer, ref))
+    oracle = Oracle(ref, fp32, fp32, trace=traces["f64"],
+                    trace_budget={b: fp32_budget(parity.rel_error(traces["f32"][b], traces["f64"][b]))
+                                  for b in traces["f64"]})
+    oracle.notes["peer_fp32_error"] = parity.rel_error(peer, ref)
+    if low:
+        emu = reference.forward(spec, weights, images, hook=hook("lp"), precision=precision)
+        alt = reference.forward(spec, weights, images, hook=hook("alt"), precision=LOW_PRECISION_ALT[precision])
+        oracle.emulated, oracle.budget = emu, LOW_PRECISION_MARGIN * parity.rel_error(alt, emu)
+        oracle.trace = traces["lp"]
+        oracle.trace_budget = {b: LOW_PRECISION_MARGIN * parity.rel_error(traces["alt"][b], traces["lp"][b])
+                               for b in traces["lp"]}
+    return oracle
+
+
+def _flat(arrays: dict, keys=None) -> np.ndarray:
+    keys = sorted(arrays) if keys is None else keys
+    return np.concatenate([np.asarray(arrays[k], np.float64).ravel() for k in keys])
+
+
+def compare_trace(result: dict, oracle: Oracle):
+    """(per-block rel errors and budgets, first block over its budget or None)."""
+    errors, first = {}, None
+    for name, ref in oracle.trace.items():
+        key = f"trace/{name}"
+        if key not in result:
+            continue
+        err, limit = parity.rel_error(result[key], ref), oracle.trace_budget[name]
+        errors[name] = (err, limit)
+        if first is None and err > limit:
+            first = name
+    return errors, first
+
+
+def validate_request(device: str, precision: str, mode: str, trace: bool, mutant: str = "") -> None:
+    """ValueError for a request the check cannot judge honestly."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "tf32" and device == "cpu":
+        raise ValueError("--precision tf32: TF32 is a GPU tensor-core mode; on a CPU every framework computes "
+                         "fp32, so there is no TF32 path to judge (use --precision fp32, or --device gpu)")
+    if mode not in ("eval", "train"):
+        raise ValueError(f"mode: expected 'eval' or 'train', got {mode!r}")
+    if trace and mode == "train":
+        raise ValueError("--trace compares eval-mode activations block by block; it is not available with "
+                         "--mode train (train mode judges logits, running statistics and every gradient)")
+    if mutant and mutant not in mutants.CATALOGUE:
+        raise ValueError(f"mutant: unknown {mutant!r}, expected one of {', '.join(mutants.CATALOGUE)}")
+
+
+def check(spec: ResNetSpec, weights: dict, *, frameworks=FRAMEWORKS, keras_backends=KERAS_BACKENDS,
+          device="cpu", precision="fp32", mode="eval", batch=4, size=96, seed=0, trace=False,
+          overrides: dict | None = None, mutant: str = "", timeout: float = 900.0, progress=None) -> Report:
+    """Run every installed target; ``overrides`` maps a framework to spec fields that framework
+    alone is built with, and ``mutant`` (shared.mutants) breaks every framework on purpose:
+    both are how the suite proves the verdict can fail."""
+    validate_request(device, precision, mode, trace, mutant)
+    W.validate(spec, weights)
+    images = reference.random_images(spec, batch, size, seed)
+    labels = np.random.Generator(np.random.PCG64(seed)).integers(0, max(spec.num_classes, 1), batch)
+    found, missing = targets(frameworks, keras_backends)
+    rows = [Row(t.label, "not installed") for t in missing]
+    config = dict(spec=spec.to_dict(), device=device, precision=precision, mode=mode, batch=batch,
+                  size=size, seed=seed, trace=trace, overrides=overrides or {}, mutant=mutant)
+    oracle = _oracle(spec, weights, images, labels, mode, precision, trace)
+    low = precision != "fp32"
+
+    results: dict[str, dict] = {}
+    structure: dict[str, dict] = {}  # low precision: the same framework at fp32
+    with tempfile.TemporaryDirectory(prefix="resnet-parity-") as tmp:
+        files = _inputs(Path(tmp), weights, images, labels)
+        for t in found:
+            if progress:
+                progress(t.label)
+            fields = {**spec.to_dict(), **(overrides or {}).get(t.framework, {})}
+            jobs = [_job(t, files, fields, device, p, mode, trace and p == precision, mutant, f"{t.label}-{p}")
+                    for p in dict.fromkeys((precision, "fp32"))]
+            done = run_jobs(t, jobs, timeout)
+            results[t.label] = done[0]
+            if low:
+                structure[t.label] = done[1]
+
+    for t in found:
+        rows.append(_judge(t, results[t.label], structure.get(t.label), oracle, mode, precision, trace))
+
+    pairwise = {}
+    judged = [r for r in rows if r.status in ("pass", "FAIL") and r.budget is not None]
+    for i, a in enumerate(judged):
+        for b in judged[i + 1:]:
+            rel = parity.rel_error(results[a.target]["logits"], results[b.target]["logits"])
+            limit = a.budget + b.budget
+            agree = parity.top1_agreement(results[a.target]["logits"], results[b.target]["logits"])
+            pairwise[f"{a.target} vs {b.target}"] = {"rel": rel, "budget": limit, "top1": agree, "pass": rel <= limit}
+    versions = {t.label: json.loads(str(results[t.label]["versions"])) for t in found
+                if "versions" in results[t.label]}
+    config.update(oracle.notes, budget=oracle.budget, fp32_budget=oracle.fp32_budget,
+                  grad_budget=oracle.grad_budget, stats_budget=oracle.stats_budget)
+    if low:
+        config["emulated_vs_float64"] = parity.rel_error(oracle.emulated, oracle.logits)
+    return Report(config, rows, pairwise, versions)
+
+
+def _inputs(workdir: Path, weights: dict, images: np.ndarray, labels: np.ndarray) -> dict:
+    files = {"weights": workdir / "weights.safetensors", "images": workdir / "images.npy",
+             "labels": workdir / "labels.npy", "dir": workdir}
+    W.save(weights, files["weights"])
+    np.save(files["images"], images)
+    np.save(files["labels"], labels)
+    return files
+
+
+def _job(t: Target, files: dict, fields: dict, device: str, precision: str, mode: str, trace: bool,
+         mutant: str, name: str) -> Job:
+    return Job(t.framework, device, precision, mode, fields, str(files["weights"]), str(files["images"]),
+               str(files["labels"]) if mode == "train" else None, trace,
+               str(files["dir"] / f"{name}.npz".replace("[", "-").replace("]", "")), mutant)
+
+
+def _judge(t: Target, res: dict, fp32_res: dict | None, oracle: Oracle, mode: str, precision: str,
+           trace: bool) -> Row:
+    """One framework's row: its output against the oracle, then (train) running statistics and
+    gradients, then (low precision) its fp32 structure run."""
+    if "error" in res:
+        return Row(t.label, "error", detail=str(res["error"]))
+    cmp = parity.Comparison.of(res["logits"], oracle.logits)
+    row = Row(t.label, "pass", cmp.rel, cmp.max_abs, cmp.top1, oracle.budget)
+    judged = cmp.rel
+    if oracle.emulated is not None:
+        judged = parity.rel_error(res["logits"], oracle.emulated)
+        row.extra["rel_vs_emulated"] = judged
+    fails = []
+    if oracle.budget >= LOW_PRECISION_CAP:
+        fails.append(f"not judged: the {precision} budget {oracle.budget:.2e} is not below {LOW_PRECISION_CAP}")
+    elif judged > oracle.budget:
+        what = f"rel vs emulated {precision}" if oracle.emulated is not None else "logits rel"
+        fails.append(f"{what} {judged:.2e} > {oracle.budget:.2e}")
+    if trace:
+        errors, first = compare_trace(res, oracle)
+        row.extra["trace"] = {k: {"rel": e, "budget": b} for k, (e, b) in errors.items()}
+        if first:
+            row.first_diverging = first
+            fails.append(f"first diverging at {first}")
+    if mode == "train":
+        fails += _judge_train(row, res, oracle, t.framework)
+        if oracle.emulated is None:
+            fails += _judge_gradients(row, res, oracle)
+    if fp32_res is not None:
+        fails += _judge_structure(row, fp32_res, oracle, mode)
+    if fails:
+        row.status = "not judged" if all(f.startswith("not judged") for f in fails) else "FAIL"
+        row.detail = "; ".join(fails)
+    return row
+
+
+def _judge_structure(row: Row, res: dict, oracle: Oracle, mode: str) -> list[str]:
+    """Low precision: the same framework at fp32, judged as an fp32 run is."""
+    if "error" in res:
+        return [f"fp32 structure run: {res['error']}"]
+    err = parity.rel_error(res["logits"], oracle.logits)
+    row.extra["fp32_rel"] = err
+    fails = [f"fp32 structure: logits rel {err:.2e} > {oracle.fp32_budget:.2e}"] if err > oracle.fp32_budget else []
+    if mode == "train":
+        fails += [f"fp32 structure: {f}" for f in _judge_gradients(row, res, oracle)]
+    return fails
+
+
+def _judge_train(row: Row, res: dict, oracle: Oracle, framework: str) -> list[str]:
     """Running statistics after one update, against the reference with the framework's own
     variance convention (torch: unbiased batch variance; Keras, Flax: biased)."""
-    keys = [k for k in ref_stats if f"stats/{k}" in res]
-    if keys:
-        ours = np.concatenate([res[f"stats/{k}"].ravel() for k in keys])
-        ref = np.concatenate([ref_stats[k].ravel() for k in keys])
-        err = parity.rel_error(ours, ref)
-        row.extra["running_stats_rel"] = err
-        if err > budget:
-            row.status = "FAIL"
-            row.detail = f"running statistics rel {err:.2e} > {budget:.2e}"
+    rule = VARIANCE[framework]
+    ref_stats = oracle.stats[rule]
+    row.extra["variance_convention"] = rule
     if "loss" in res:
         row.extra["loss"] = float(res["loss"])
-    row.extra["variance_convention"] = VARIANCE[row.target.split("[")[0]]
+    keys = [k for k in ref_stats if f"stats/{k}" in res]
+    if len(keys) != len(ref_stats):
+        return [f"not judged: {len(ref_stats) - len(keys)} running statistics missing from the output"]
+    err = parity.rel_error(_flat({k: res[f"stats/{k}"] for k in keys}, keys), _flat(ref_stats, keys))
+    row.extra["running_stats_rel"] = err
+    row.extra["running_stats_budget"] = oracle.stats_budget
+    return [f"running statistics rel {err:.2e} > {oracle.stats_budget:.2e}"] if err > oracle.stats_budget else []
 
 
-def _flat_grads(res: dict, keys: list[str]) -> np.ndarray:
-    return np.concatenate([res[k].ravel() for k in keys])
+def _judge_gradients(row: Row, res: dict, oracle: Oracle) -> list[str]:
+    """Every weight's gradient against ``shared.backprop`` in float64; budget 4x the same
+    backward pass in float32."""
+    keys = sorted(oracle.grads)
+    missing = [k for k in keys if f"grad/{k}" not in res]
+    if missing:
+        return [f"not judged: no gradient for {missing[0]} (and {len(missing) - 1} more)"]
+    err = parity.rel_error(_flat({k: res[f"grad/{k}"] for k in keys}, keys), _flat(oracle.grads, keys))
+    row.extra["grad_rel"] = err
+    row.extra["grad_budget"] = oracle.grad_budget
+    return [f"gradients rel {err:.2e} > {oracle.grad_budget:.2e}"] if err > oracle.grad_budget else []
 
 
-def _judge_gradients(rows: list[Row], results: dict, oracle: dict | None, fp32: bool) -> dict:
-    """Every weight's gradient against resnet_torch in float64; budget 4x torch fp32's own
-    gradient error (the design's rule, with torch as the trusted peer)."""
-    if oracle is None or "error" in oracle:
-        why = "torch not installed" if oracle is None else str(oracle["error"])
-        return {"gradients": {"rel": None, "budget": None, "top1": None, "pass": True, "note": f"not judged: {why}"}}
-    keys = sorted(k for k in oracle if k.startswith("grad/"))
-    ref = _flat_grads(oracle, keys)
-    judged = [r for r in rows if all(k in results[r.target] for k in keys)]
-    errors = {r.target: parity.rel_error(_flat_grads(results[r.target], keys), ref) for r in judged}
-    peer = errors.get("torch")
-    out = {}
-    for r in judged:
-        # fp32: 4x torch's own fp32 gradient error; other precisions: the logits' table budget.
-        limit = fp32_budget(peer) if (fp32 and peer is not None) else (None if fp32 else r.budget)
-        err = errors[r.target]
-        out[f"grad {r.target} vs float64"] = {"rel": err, "budget": limit, "top1": None,
-                                             "pass": limit is None or err <= limit}
-    return out
+# ----------------------------------------------------------------------- the mutant catch table
+
+@dataclasses.dataclass
+class Cell:
+    mutant: str
+    target: str
+    mode: str
+    precision: str
+    applies: bool
+    status: str  # the check's verdict on this mutant: "pass", "FAIL", "not judged", "error"
+    detail: str = ""
+
+    @property
+    def outcome(self) -> str:
+        """caught / missed where the mutant changes the function; passes / false alarm where it
+        does not; error where it could not be run."""
+        if self.status == "error":
+            return "error"
+        if self.applies:
+            return "caught" if self.status in ("FAIL", "not judged") else "missed"
+        return "passes" if self.status == "pass" else "false alarm"
+
+
+def catch_table(spec: ResNetSpec, weights: dict, *, names=None, modes=("eval", "train"),
+                precisions=("fp32", "bf16"), frameworks=FRAMEWORKS, keras_backends=KERAS_BACKENDS,
+                device="cpu", batch=4, size=64, seed=0, timeout: float = 1800.0, progress=None) -> dict:
+    """Every mutant (and the unbroken port, which must pass) x framework x mode x precision:
+    one worker process per framework runs all of them; each is judged as ``check`` judges."""
+    names = list(names or mutants.CATALOGUE)
+    for p in precisions:
+        validate_request(device, p, "eval", False)
+    images = reference.random_images(spec, batch, size, seed)
+    labels = np.random.Generator(np.random.PCG64(seed)).integers(0, max(spec.num_classes, 1), batch)
+    found, missing = targets(frameworks, keras_backends)
+    combos = [(m, p) for m in modes for p in precisions]
+    oracles = {}
+    for m, p in combos:
+        if progress:
+            progress(f"float64 oracle, {m} {p}")
+        oracles[m, p] = _oracle(spec, weights, images, labels, m, p, False)
+    cells, baseline = [], []
+    with tempfile.TemporaryDirectory(prefix="resnet-parity-mutants-") as tmp:
+        files = _inputs(Path(tmp), weights, images, labels)
+        fields = spec.to_dict()
+        for t in found:
+            if progress:
+                progress(f"{t.label}: {len(names) + 1} ports x {len(combos)} modes/precisions")
+            plan = []
+            for name in ["", *names]:
+                for m, p in combos:
+                    runs = dict.fromkeys((p, "fp32"))
+                    plan.append((name, m, p, [_job(t, files, fields, device, q, m, False, name,
+                                                   f"{t.label}-{name or 'clean'}-{m}-{p}-{q}") for q in runs]))
+            done = iter(run_jobs(t, [j for *_, jobs in plan for j in jobs], timeout))
+            for name, m, p, jobs in plan:
+                res = [next(done) for _ in jobs]
+                row = _judge(t, res[0], res[1] if len(res) > 1 else None, oracles[m, p], m, p, False)
+                status = "error" if row.status == "error" else row.status
+                if not name:
+                    baseline.append(Cell("(none)", t.label, m, p, False, status, row.detail))
+                    continue
+                applies = mutants.CATALOGUE[name].applies(spec, m, p)
+                cells.append(Cell(name, t.label, m, p, applies, status, row.detail))
+    return {"spec": spec.to_dict(), "device": device, "batch": batch, "size": size, "seed": seed,
+            "targets": [t.label for t in found], "not_installed": [t.label for t in missing],
+            "combos": combos, "cells": cells, "baseline": baseline,
+            "budgets": {f"{m} {p}": {"budget": o.budget, "grad_budget": o.grad_budget, "stats_budget": o.stats_budget}
+                        for (m, p), o in oracles.items()}}

@@ -64,17 +64,47 @@ def batchnorm(x, gamma, beta, mean, var, epsilon):
     return x * scale + (beta - mean * scale)
 
 
-def maxpool(x: np.ndarray, size: int, stride: int, padding) -> np.ndarray:
-    return _windows(_pad(x, padding, -np.inf), size, stride).max(axis=(4, 5))
+def maxpool(x: np.ndarray, size: int, stride: int, padding, pad_value: float = -np.inf) -> np.ndarray:
+    return _windows(_pad(x, padding, pad_value), size, stride).max(axis=(4, 5))
+
+
+# Low precision, emulated: what a framework's bf16 (autocast / mixed_bfloat16) or TF32 path
+# rounds, applied to float64 arithmetic. ``bits`` is how many low mantissa bits of a float32 are
+# dropped (round to nearest even): bf16 keeps 7 of 23, TF32 keeps 10.
+ROUNDING = {
+    # autocast: conv and dense inputs and weights in bf16, every layer's output stored in bf16
+    "bf16": dict(bits=16, outputs=True),
+    # the other end of legitimate bf16 practice: only the matmul operands rounded (a fused
+    # conv + BN + ReLU that keeps float32 between them)
+    "bf16-operands": dict(bits=16, outputs=False),
+    # TF32 tensor cores: conv and matmul operands rounded, float32 accumulation and outputs
+    "tf32": dict(bits=13, outputs=False),
+    # TF32 with every layer's output rounded too: the other end for TF32
+    "tf32-outputs": dict(bits=13, outputs=True),
+}
+
+
+def round_mantissa(x: np.ndarray, bits: int) -> np.ndarray:
+    """``x`` rounded to float32 with its ``bits`` lowest mantissa bits cleared (nearest, ties
+    to even), returned as float64: bf16 is ``bits=16``, TF32 ``bits=13``."""
+    u = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    u = (u + ((1 << (bits - 1)) - 1) + ((u >> bits) & 1)) & ~np.uint64((1 << bits) - 1)
+    return u.astype(np.uint32).view(np.float32).astype(np.float64)
 
 
 Hook = Callable[[str, np.ndarray], None]
 
 
-def _apply(layer, x, w: Mapping[str, np.ndarray], batch_stats: dict | None):
+def _apply(layer, x, w: Mapping[str, np.ndarray], batch_stats: dict | None, rounding: dict | None = None):
+    y = _apply_exact(layer, x, w, batch_stats, rounding)
+    return round_mantissa(y, rounding["bits"]) if rounding and rounding["outputs"] else y
+
+
+def _apply_exact(layer, x, w: Mapping[str, np.ndarray], batch_stats: dict | None, rounding: dict | None = None):
+    operand = (lambda a: round_mantissa(a, rounding["bits"])) if rounding else (lambda a: a)
     if isinstance(layer, Conv):
         bias = w[f"{layer.name}.bias"] if layer.bias else None
-        return conv(x, w[f"{layer.name}.kernel"], layer.stride, layer.padding, bias)
+        return conv(operand(x), operand(w[f"{layer.name}.kernel"]), layer.stride, layer.padding, bias)
     if isinstance(layer, BatchNorm):
         p = {k: w[f"{layer.name}.{k}"] for k in ("gamma", "beta", "mean", "var")}
         if batch_stats is not None:
@@ -86,51 +116,65 @@ def _apply(layer, x, w: Mapping[str, np.ndarray], batch_stats: dict | None):
     if isinstance(layer, ReLU):
         return np.maximum(x, 0.0)
     if isinstance(layer, MaxPool):
-        return maxpool(x, layer.size, layer.stride, layer.padding)
+        return maxpool(x, layer.size, layer.stride, layer.padding, layer.pad_value)
     if isinstance(layer, GlobalPool):
         return x.mean(axis=(1, 2)) if layer.mode == "avg" else x.max(axis=(1, 2))
     if isinstance(layer, Dense):
-        return x @ w[f"{layer.name}.kernel"] + w[f"{layer.name}.bias"]
+        return operand(x) @ operand(w[f"{layer.name}.kernel"]) + w[f"{layer.name}.bias"]
     raise TypeError(f"reference: no rule for layer {layer!r}")
 
 
+def _rounding(precision: str | None) -> dict | None:
+    if precision in (None, "fp32", "fp64"):
+        return None
+    if precision not in ROUNDING:
+        raise ValueError(f"precision: expected one of fp32, {', '.join(ROUNDING)}, got {precision!r}")
+    return ROUNDING[precision]
+
+
 def _run(spec: ResNetSpec, weights, images, hook: Hook | None, batch_stats: dict | None,
-         dtype=np.float64) -> np.ndarray:
+         dtype=np.float64, precision: str | None = None) -> np.ndarray:
     validate(spec, weights)
     check_images(spec, images)
+    rounding = _rounding(precision)
     w = {k: np.asarray(v, dtype=dtype) for k, v in weights.items()}
     x = np.asarray(images, dtype=dtype)
+    if rounding and rounding["outputs"]:
+        x = round_mantissa(x, rounding["bits"])
     for layer in spec.stem():
-        x = _apply(layer, x, w, batch_stats)
+        x = _apply(layer, x, w, batch_stats, rounding)
     if hook:
         hook("stem", x)
     for block in spec.blocks():
         h = x
         for layer in block.main:
-            h = _apply(layer, h, w, batch_stats)
+            h = _apply(layer, h, w, batch_stats, rounding)
         s = x
         for layer in block.shortcut:
-            s = _apply(layer, s, w, batch_stats)
+            s = _apply(layer, s, w, batch_stats, rounding)
         x = np.maximum(h + s, 0.0)
+        if rounding and rounding["outputs"]:
+            x = round_mantissa(x, rounding["bits"])
         if hook:
             hook(block.name, x)
     for layer in spec.head():
-        x = _apply(layer, x, w, batch_stats)
+        x = _apply(layer, x, w, batch_stats, rounding)
     if hook and spec.head():
         hook("head", x)
     return x
 
 
 def forward(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images_nhwc: np.ndarray,
-            hook: Hook | None = None, dtype=np.float64) -> np.ndarray:
+            hook: Hook | None = None, dtype=np.float64, precision: str | None = None) -> np.ndarray:
     """Eval-mode float64 forward pass: logits (or features without the top).
 
     ``hook(name, activation)`` is called after the stem, after every block (``conv3_block2``)
     and after the head, for layer-by-layer comparisons. ``dtype=np.float32`` runs the same
     arithmetic in float32: the rounding-error scale of any fp32 implementation, a peer for
-    specs no framework's own model covers.
+    specs no framework's own model covers. ``precision`` ("bf16", "bf16-operands", "tf32";
+    ``ROUNDING``) emulates where a low-precision path rounds, in float64 otherwise.
     """
-    return _run(spec, weights, images_nhwc, hook, None, dtype)
+    return _run(spec, weights, images_nhwc, hook, None, dtype, precision)
 
 
 def calibrate(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images_nhwc: np.ndarray,
@@ -147,7 +191,8 @@ def calibrate(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images_nhwc: 
 
 
 def forward_train(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images_nhwc: np.ndarray,
-                  variance: str = "unbiased", dtype=np.float64) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                  variance: str = "unbiased", dtype=np.float64, precision: str | None = None,
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Train-mode float64 forward: BatchNorm normalises with batch statistics. Returns the
     logits and the running statistics after one update, ``running = (1 - m) * running + m * batch``
     with ``m = spec.bn_momentum``. ``variance`` is the batch variance that update uses:
@@ -156,7 +201,7 @@ def forward_train(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images_nh
     if variance not in ("unbiased", "biased"):
         raise ValueError(f"variance: expected 'unbiased' or 'biased', got {variance!r}")
     stats: dict[str, tuple] = {}
-    logits = _run(spec, weights, images_nhwc, None, stats, dtype)
+    logits = _run(spec, weights, images_nhwc, None, stats, dtype, precision)
     m = spec.bn_momentum
     updated = {}
     for name, (mean, var, n) in stats.items():

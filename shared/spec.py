@@ -85,13 +85,14 @@ class ReLU:
 
 @dataclass(frozen=True)
 class MaxPool:
-    """Max pool whose padding counts as -inf (PyTorch's and Flax's rule; equal to Keras'
-    zero padding here only because a ReLU comes first)."""
+    """Max pool; its padding holds ``pad_value``: -inf (PyTorch's and Flax's rule), or 0 (Keras'
+    ZeroPadding2D, equal to -inf here only because a ReLU comes first, so the input is >= 0)."""
 
     name: str
     size: int
     stride: int
     padding: Padding
+    pad_value: float = float("-inf")
 
     kind = "maxpool"
     params = NO_PARAMS

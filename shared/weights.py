@@ -61,10 +61,13 @@ def init(spec: ResNetSpec, seed: int = 0) -> dict[str, np.ndarray]:
 def randomize_batchnorm(spec: ResNetSpec, weights: Mapping[str, np.ndarray], seed: int = 0,
                         ) -> dict[str, np.ndarray]:
     """Give every BatchNorm non-trivial parameters and statistics (gamma in [0.5, 1.5], beta,
-    mean ~ N(0, 0.1), var in [0.5, 2]), so a test cannot pass by ignoring one of them.
+    mean ~ N(0, 0.1), var in [0.5, 2]) and every conv bias the spec has N(0, 0.1) values (they
+    start at zero), so a test cannot pass by ignoring one of them.
     ``shared.reference.calibrate`` then sets mean/var so activations stay O(1)."""
     out = dict(weights)
     for layer in spec.layers():
+        if isinstance(layer, Conv) and layer.bias:
+            out[f"{layer.name}.bias"] = _rng(seed + 2, layer.name).normal(0.0, 0.1, layer.out_channels).astype(DTYPE)
         if isinstance(layer, BatchNorm):
             rng = _rng(seed + 1, layer.name)
             c = layer.channels

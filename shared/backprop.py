@@ -1,0 +1,164 @@
+"""Gradients of the numpy reference, derived by hand: the oracle no framework wrote.
+
+``loss_and_grads(spec, weights, images, labels)`` runs the train-mode forward pass of
+``shared.reference`` (BatchNorm on batch statistics), the mean softmax cross-entropy, and its
+backward pass layer by layer in plain numpy. In float64 it is the oracle for every framework's
+gradients; in float32 the same arithmetic is the peer whose error sets the budget, as
+``reference.forward(..., dtype=np.float32)`` does for the logits. ``tests/test_backprop.py``
+proves it against central finite differences of the float64 forward.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from shared import reference as R
+from shared.spec import BatchNorm, Conv, Dense, GlobalPool, MaxPool, ReLU, ResNetSpec
+
+
+def _unpad(x: np.ndarray, padding) -> np.ndarray:
+    t, b, l, r = padding
+    return x[:, t:x.shape[1] - b, l:x.shape[2] - r]
+
+
+def _conv_backward(layer: Conv, x: np.ndarray, kernel: np.ndarray, dy: np.ndarray, grads: dict):
+    k, s = layer.kernel_size, layer.stride
+    cin, cout = layer.in_channels, layer.out_channels
+    xp = R._pad(x, layer.padding)
+    n, ho, wo = dy.shape[:3]
+    if layer.bias:
+        grads[f"{layer.name}.bias"] = dy.sum(axis=(0, 1, 2))
+    d2 = dy.reshape(-1, cout)
+    if k == 1:
+        cols = xp[:, ::s, ::s, :][:, :ho, :wo]
+        grads[f"{layer.name}.kernel"] = (cols.reshape(-1, cin).T @ d2).reshape(1, 1, cin, cout)
+        dxp = np.zeros_like(xp)
+        dxp[:, ::s, ::s, :][:, :ho, :wo] = (d2 @ kernel.reshape(cin, cout).T).reshape(n, ho, wo, cin)
+        return _unpad(dxp, layer.padding)
+    win = R._windows(xp, k, s)[:, :ho, :wo]  # (N, Ho, Wo, C, kh, kw)
+    cols = np.ascontiguousarray(win.transpose(0, 1, 2, 4, 5, 3)).reshape(-1, k * k * cin)
+    grads[f"{layer.name}.kernel"] = (cols.T @ d2).reshape(k, k, cin, cout)
+    dcols = (d2 @ kernel.reshape(k * k * cin, cout).T).reshape(n, ho, wo, k, k, cin)
+    dxp = np.zeros_like(xp)
+    for i in range(k):
+        for j in range(k):
+            dxp[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :] += dcols[:, :, :, i, j, :]
+    return _unpad(dxp, layer.padding)
+
+
+def _maxpool_backward(layer: MaxPool, x: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """The gradient goes to the first maximum of each window, as every framework's pool does."""
+    k, s = layer.size, layer.stride
+    xp = R._pad(x, layer.padding, -np.inf)
+    n, ho, wo, c = dy.shape
+    win = R._windows(xp, k, s)[:, :ho, :wo].reshape(n, ho, wo, c, k * k)
+    arg = win.argmax(axis=-1)
+    dxp = np.zeros_like(xp)
+    for idx in range(k * k):
+        i, j = divmod(idx, k)
+        dxp[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :] += np.where(arg == idx, dy, 0.0)
+    return _unpad(dxp, layer.padding)
+
+
+def _bn_backward(layer: BatchNorm, x, gamma, dy, grads):
+    """Train-mode BatchNorm: x normalised with its own mean and biased variance."""
+    axes = (0, 1, 2)
+    n = x.size // x.shape[-1]
+    mean, var = x.mean(axis=axes), x.var(axis=axes)
+    inv = 1.0 / np.sqrt(var + layer.epsilon)
+    xhat = (x - mean) * inv
+    grads[f"{layer.name}.gamma"] = (dy * xhat).sum(axis=axes)
+    grads[f"{layer.name}.beta"] = dy.sum(axis=axes)
+    return (gamma * inv / n) * (n * dy - dy.sum(axis=axes) - xhat * (dy * xhat).sum(axis=axes))
+
+
+class _Tape:
+    """The train-mode forward of ``reference``, remembering each layer's input."""
+
+    def __init__(self, w: Mapping[str, np.ndarray]):
+        self.w = w
+        self.stats: dict = {}
+
+    def forward(self, layer, x, record: list):
+        record.append((layer, x))
+        return R._apply(layer, x, self.w, self.stats)
+
+    def backward(self, layer, x, dy, grads):
+        w = self.w
+        if isinstance(layer, Conv):
+            return _conv_backward(layer, x, w[f"{layer.name}.kernel"], dy, grads)
+        if isinstance(layer, BatchNorm):
+            return _bn_backward(layer, x, w[f"{layer.name}.gamma"], dy, grads)
+        if isinstance(layer, ReLU):
+            return dy * (x > 0)
+        if isinstance(layer, MaxPool):
+            return _maxpool_backward(layer, x, dy)
+        if isinstance(layer, GlobalPool):
+            if layer.mode == "avg":
+                return np.broadcast_to(dy[:, None, None, :] / (x.shape[1] * x.shape[2]), x.shape).copy()
+            flat = x.reshape(x.shape[0], -1, x.shape[-1])
+            mask = np.zeros_like(flat)
+            np.put_along_axis(mask, flat.argmax(axis=1)[:, None, :], 1.0, axis=1)
+            return (mask * dy[:, None, :]).reshape(x.shape)
+        if isinstance(layer, Dense):
+            grads[f"{layer.name}.kernel"] = x.T @ dy
+            grads[f"{layer.name}.bias"] = dy.sum(axis=0)
+            return dy @ w[f"{layer.name}.kernel"].T
+        raise TypeError(f"backprop: no rule for layer {layer!r}")
+
+
+def _chain_backward(tape: _Tape, record: list, dy, grads):
+    for layer, x in reversed(record):
+        dy = tape.backward(layer, x, dy, grads)
+    return dy
+
+
+def loss_and_grads(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray,
+                   labels: np.ndarray, dtype=np.float64) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
+    """(mean softmax cross-entropy, logits, gradient of every learnable weight) of one
+    train-mode forward pass. BatchNorm running statistics get no gradient."""
+    if not (spec.include_top and spec.head()):
+        raise ValueError("backprop: the loss needs a classifier head (include_top=True, pooling set)")
+    R.check_images(spec, images)
+    w = {k: np.asarray(v, dtype=dtype) for k, v in weights.items()}
+    tape = _Tape(w)
+    x = np.asarray(images, dtype=dtype)
+    stem: list = []
+    for layer in spec.stem():
+        x = tape.forward(layer, x, stem)
+    blocks = []
+    for block in spec.blocks():
+        main, short = [], []
+        h = x
+        for layer in block.main:
+            h = tape.forward(layer, h, main)
+        s = x
+        for layer in block.shortcut:
+            s = tape.forward(layer, s, short)
+        pre = h + s
+        x = np.maximum(pre, 0.0)
+        blocks.append((main, short, pre))
+    head: list = []
+    for layer in spec.head():
+        x = tape.forward(layer, x, head)
+    logits = x
+    labels = np.asarray(labels).astype(int)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    batch = logits.shape[0]
+    loss = -logp[np.arange(batch), labels].mean()
+
+    grads: dict[str, np.ndarray] = {}
+    dy = np.exp(logp)
+    dy[np.arange(batch), labels] -= 1.0
+    dy = _chain_backward(tape, head, dy / batch, grads)
+    for main, short, pre in reversed(blocks):
+        dy = dy * (pre > 0)
+        dx = _chain_backward(tape, main, dy, grads)
+        dx = dx + (_chain_backward(tape, short, dy, grads) if short else dy)
+        dy = dx
+    _chain_backward(tape, stem, dy, grads)
+    learnable = {k for k in spec.param_shapes() if not k.endswith((".mean", ".var"))}
+    return float(loss), logits, {k: v for k, v in grads.items() if k in learnable}
