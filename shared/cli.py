@@ -7,11 +7,12 @@ runs with any subset installed. Bad input ends in one line on stderr and exit co
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
-from shared import spec as S
+from shared import mutants, spec as S
 from shared.weights import WeightsError
 
 
@@ -86,24 +87,27 @@ def print_check(report, console) -> None:
              f"{cfg['precision']}, {cfg['mode']} mode, batch {cfg['batch']} x {cfg['size']}px, seed {cfg['seed']}")
     table = Table(title=title)
     train = cfg["mode"] == "train"
-    columns = ["framework", "backend", "device", "precision", "rel vs float64", "max abs", "top-1", "budget"]
-    columns += ["running stats rel", "variance rule", "loss"] if train else []
+    low = cfg["precision"] != "fp32"
+    columns = ["framework", "backend", "device", "precision", "rel vs float64", "max abs", "top-1"]
+    columns += [f"rel vs emulated {cfg['precision']}", "budget", "fp32 rel"] if low else ["budget"]
+    columns += ["running stats rel", "variance rule", "grad rel", "grad budget", "loss"] if train else []
     for col in columns + ["result"]:
         table.add_column(col, justify="left" if col in ("framework", "backend", "result") else "right")
     for r in report.rows:
         result = {"pass": "[green]pass[/]", "FAIL": "[bold red]FAIL[/]", "error": "[red]error[/]",
-                  "not installed": "[dim]not installed[/]"}[r.status]
+                  "not judged": "[bold red]not judged[/]", "not installed": "[dim]not installed[/]"}[r.status]
         if r.first_diverging:
             result += f" (first diverging: {r.first_diverging})"
         if r.detail:
             result += f" {escape(r.detail)}"
         top1 = f"{r.top1[0]}/{r.top1[1]}" if r.top1 else "-"
         framework, _, backend = r.target.rstrip("]").partition("[")
-        cells = [framework, backend or "-", cfg["device"], cfg["precision"], _fmt(r.rel), _fmt(r.max_abs), top1,
-                 _fmt(r.budget)]
+        cells = [framework, backend or "-", cfg["device"], cfg["precision"], _fmt(r.rel), _fmt(r.max_abs), top1]
+        cells += ([_fmt(r.extra.get("rel_vs_emulated")), _fmt(r.budget), _fmt(r.extra.get("fp32_rel"))] if low
+                  else [_fmt(r.budget)])
         if train:
             cells += [_fmt(r.extra.get("running_stats_rel")), r.extra.get("variance_convention", "-"),
-                      _fmt(r.extra.get("loss"), ".6f")]
+                      _fmt(r.extra.get("grad_rel")), _fmt(r.extra.get("grad_budget")), _fmt(r.extra.get("loss"), ".6f")]
         table.add_row(*cells, result)
     console.print(table)
     if report.pairwise:
@@ -128,6 +132,7 @@ def cmd_check(args) -> int:
     from shared import check, reference
 
     console = Console(width=None if sys.stdout.isatty() else 150)
+    check.validate_request(args.device, args.precision, args.mode, args.trace, args.mutant or "")
     if args.weights:
         spec, weights = read_weights(args.weights, args.style if args.style_given else None)
         if args.arch_given or args.style_given:
@@ -150,9 +155,17 @@ def cmd_check(args) -> int:
         def step(label):
             progress.update(task, description=f"building and running {label}")
 
-        report = check.check(spec, weights, frameworks=args.frameworks, keras_backends=args.keras_backends,
-                             device=args.device, precision=args.precision, mode=args.mode, batch=args.batch,
-                             size=args.size, seed=args.seed, trace=args.trace, overrides=overrides, progress=step)
+        if args.mutants:
+            table = check.catch_table(spec, weights, frameworks=args.frameworks, keras_backends=args.keras_backends,
+                                      device=args.device, precisions=args.mutant_precisions, batch=args.batch,
+                                      size=args.size, seed=args.seed, progress=step)
+        else:
+            report = check.check(spec, weights, frameworks=args.frameworks, keras_backends=args.keras_backends,
+                                 device=args.device, precision=args.precision, mode=args.mode, batch=args.batch,
+                                 size=args.size, seed=args.seed, trace=args.trace, overrides=overrides,
+                                 mutant=args.mutant or "", progress=step)
+    if args.mutants:
+        return print_catch_table(table, console, args.json)
     print_check(report, console)
     if args.trace:
         for r in report.rows:
@@ -163,6 +176,47 @@ def cmd_check(args) -> int:
     if args.json:
         _write_json(args.json, report.to_json())
     return 0 if report.ok else 1
+
+
+def print_catch_table(table: dict, console, json_path: str | None) -> int:
+    """Mutant x framework, one column per mode/precision; exit 0 only when every applicable cell
+    is caught, every other cell passes, and the unbroken ports pass."""
+    from rich.table import Table
+
+    from shared import mutants
+
+    combos = [f"{m} {p}" for m, p in table["combos"]]
+    styles = {"caught": "[green]caught[/]", "passes": "[dim]n/a, passes[/]", "missed": "[bold red]MISSED[/]",
+              "false alarm": "[bold red]false alarm[/]", "error": "[red]error[/]"}
+    spec = S.ResNetSpec.from_dict(table["spec"])
+    out = Table(title=f"resnet-parity check --mutants: {'x'.join(map(str, spec.depths))} ({spec.style}), "
+                      f"{table['device']}, batch {table['batch']} x {table['size']}px")
+    for col in ("broken port", "framework", *combos):
+        out.add_column(col)
+    cells = {(c.mutant, c.target, f"{c.mode} {c.precision}"): c for c in [*table["baseline"], *table["cells"]]}
+    for name in ["(none)", *mutants.CATALOGUE]:
+        for target in table["targets"]:
+            row = [cells.get((name, target, k)) for k in combos]
+            if not any(row):
+                continue
+            if name == "(none)":
+                texts = ["[green]pass[/]" if c.status == "pass" else f"[bold red]{c.status}[/]" for c in row]
+            else:
+                texts = [styles[c.outcome] for c in row]
+            out.add_row(name if name == "(none)" else f"{name}: {mutants.CATALOGUE[name].what}", target, *texts)
+    console.print(out)
+    bad = [c for c in table["cells"] if c.outcome not in ("caught", "passes")]
+    bad += [c for c in table["baseline"] if c.status != "pass"]
+    for c in bad:
+        console.print(f"[red]{c.mutant} {c.target} {c.mode} {c.precision}: {c.status} {c.detail}[/]")
+    caught = sum(c.outcome == "caught" for c in table["cells"])
+    applicable = sum(c.applies for c in table["cells"])
+    console.print(f"caught {caught} of {applicable} applicable cells; "
+                  f"{sum(c.outcome == 'passes' for c in table['cells'])} cells where the port changes nothing pass")
+    if json_path:
+        _write_json(json_path, {**table, "cells": [dataclasses.asdict(c) | {"outcome": c.outcome} for c in table["cells"]],
+                                "baseline": [dataclasses.asdict(c) for c in table["baseline"]]})
+    return 0 if not bad else 1
 
 
 def _literal(text: str):
@@ -248,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--mode", choices=("eval", "train"), default="eval")
     check.add_argument("--trace", action="store_true", help="compare every block; name the first that leaves its budget")
     check.add_argument("--json", help="write every figure to this file")
+    check.add_argument("--mutant", choices=list(mutants.CATALOGUE), default=None,
+                       help="inject one broken port (shared.mutants) into every framework: the check must fail")
+    check.add_argument("--mutants", action="store_true",
+                       help="the catch table: every broken port x framework x eval/train x --mutant-precisions")
+    check.add_argument("--mutant-precisions", type=_csv(("fp32", "tf32", "bf16")), default=["fp32", "bf16"])
     check.add_argument("--override", action="append", metavar="FRAMEWORK:FIELD=VALUE",
                        help="build one framework from a changed spec (proves a broken port is caught)")
     check.set_defaults(func=cmd_check)
