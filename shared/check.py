@@ -147,6 +147,15 @@ def fp32_budget(peer_error: float) -> float:
     return parity.MARGIN * max(peer_error, FP32_FLOOR / parity.MARGIN)
 
 
+def low_precision_oracle(spec, weights, images, precision: str, hooks=(None, None)) -> tuple[np.ndarray, float]:
+    """(the reference's logits with ``precision``'s rounding emulated, the budget a port's
+    distance to them may reach: LOW_PRECISION_MARGIN x the distance between the two legitimate
+    rounding placements). ``hooks``: per-block hooks for the two emulated runs."""
+    emu = reference.forward(spec, weights, images, hook=hooks[0], precision=precision)
+    alt = reference.forward(spec, weights, images, hook=hooks[1], precision=LOW_PRECISION_ALT[precision])
+    return emu, LOW_PRECISION_MARGIN * parity.rel_error(alt, emu)
+
+
 @dataclasses.dataclass
 class Oracle:
     """What every framework is judged against, computed once per run in numpy."""
@@ -201,9 +210,8 @@ def _oracle(spec, weights, images, labels, mode: str, precision: str, trace: boo
                                   for b in traces["f64"]})
     oracle.notes["peer_fp32_error"] = parity.rel_error(peer, ref)
     if low:
-        emu = reference.forward(spec, weights, images, hook=hook("lp"), precision=precision)
-        alt = reference.forward(spec, weights, images, hook=hook("alt"), precision=LOW_PRECISION_ALT[precision])
-        oracle.emulated, oracle.budget = emu, LOW_PRECISION_MARGIN * parity.rel_error(alt, emu)
+        oracle.emulated, oracle.budget = low_precision_oracle(spec, weights, images, precision,
+                                                              (hook("lp"), hook("alt")))
         oracle.trace = traces["lp"]
         oracle.trace_budget = {b: LOW_PRECISION_MARGIN * parity.rel_error(traces["alt"][b], traces["lp"][b])
                                for b in traces["lp"]}

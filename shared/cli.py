@@ -139,6 +139,8 @@ def cmd_check(args) -> int:
             console.print("[yellow]--arch/--style ignored: the spec comes from --weights[/]")
     else:
         spec = S.preset(args.arch, args.style)
+        if args.depths or args.width:  # a smaller network of the same style (the mutant table's)
+            spec = spec.replace(depths=args.depths or spec.depths, width=args.width or spec.width)
         weights = reference.calibrated_weights(spec, seed=args.seed, size=args.size)
     overrides = {}
     for item in args.override or []:
@@ -181,9 +183,8 @@ def cmd_check(args) -> int:
 def print_catch_table(table: dict, console, json_path: str | None) -> int:
     """Mutant x framework, one column per mode/precision; exit 0 only when every applicable cell
     is caught, every other cell passes, and the unbroken ports pass."""
+    from rich.markup import escape
     from rich.table import Table
-
-    from shared import mutants
 
     combos = [f"{m} {p}" for m, p in table["combos"]]
     styles = {"caught": "[green]caught[/]", "passes": "[dim]n/a, passes[/]", "missed": "[bold red]MISSED[/]",
@@ -203,7 +204,7 @@ def print_catch_table(table: dict, console, json_path: str | None) -> int:
                 texts = ["[green]pass[/]" if c.status == "pass" else f"[bold red]{c.status}[/]" for c in row]
             else:
                 texts = [styles[c.outcome] for c in row]
-            out.add_row(name if name == "(none)" else f"{name}: {mutants.CATALOGUE[name].what}", target, *texts)
+            out.add_row(name if name == "(none)" else f"{name}: {mutants.CATALOGUE[name].what}", escape(target), *texts)
     console.print(out)
     bad = [c for c in table["cells"] if c.outcome not in ("caught", "passes")]
     bad += [c for c in table["baseline"] if c.status != "pass"]
@@ -283,6 +284,7 @@ def cmd_convert(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from shared.bench import _depths
     from shared.check import FRAMEWORKS, KERAS_BACKENDS
 
     parser = Parser(prog="resnet-parity", description=__doc__.splitlines()[0])
@@ -302,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--mode", choices=("eval", "train"), default="eval")
     check.add_argument("--trace", action="store_true", help="compare every block; name the first that leaves its budget")
     check.add_argument("--json", help="write every figure to this file")
+    check.add_argument("--depths", type=_depths, default=None,
+                       help="blocks per stage instead of the arch's (e.g. 1,1 for a quick mutant table)")
+    check.add_argument("--width", type=int, default=None, help="stem width instead of 64")
     check.add_argument("--mutant", choices=list(mutants.CATALOGUE), default=None,
                        help="inject one broken port (shared.mutants) into every framework: the check must fail")
     check.add_argument("--mutants", action="store_true",

@@ -2,8 +2,10 @@
 
 The rule: an implementation's error against the float64 reference may be at most ``MARGIN``
 (4x) the error a trusted peer (torchvision or keras.applications in float32) shows on the same
-weights and input. Where no peer runs, the measured table below stands in for the peer, per
-depth, precision and device, with the same margin.
+weights and input. Where no peer runs, the measured fp32 table below stands in for the peer, per
+depth and device, with the same margin. TF32 and bf16 have no table here: 4x their error against
+float64 (0.1-0.3 on random weights) could not tell a broken port from a correct one, so
+``shared.check`` judges them against the reference with their rounding emulated.
 """
 
 from __future__ import annotations
@@ -22,16 +24,9 @@ MEASURED = {
     ("resnet50", "cpu", "fp32"): 3.0e-5,
     ("resnet101", "cpu", "fp32"): 1.3e-4,
     ("resnet152", "cpu", "fp32"): 4.7e-4,
-    ("resnet50", "cpu", "bf16"): 2.6e-1,
     ("resnet50", "gpu", "fp32"): 1.7e-5,
     ("resnet101", "gpu", "fp32"): 8.3e-5,
     ("resnet152", "gpu", "fp32"): 3.3e-4,
-    ("resnet50", "gpu", "tf32"): 1.9e-2,
-    ("resnet101", "gpu", "tf32"): 7.5e-2,
-    ("resnet152", "gpu", "tf32"): 1.5e-1,
-    ("resnet50", "gpu", "bf16"): 1.2e-1,
-    ("resnet101", "gpu", "bf16"): 1.8e-1,
-    ("resnet152", "gpu", "bf16"): 2.1e-1,
 }
 
 

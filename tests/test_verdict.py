@@ -143,3 +143,44 @@ def test_emulated_bf16_rounds_to_nearest_even():
     expected = np.array([1.0, 1.0, 1.0 + 2**-6, -2.5])  # ties to even: 1 + 2**-8 -> 1
     np.testing.assert_allclose(reference.round_mantissa(x, 16), expected, rtol=1e-4)
     assert reference.round_mantissa(np.float32(1 + 2**-11), 13) == 1.0  # TF32: 10 mantissa bits
+
+
+@pytest.mark.parametrize("spec", [S.resnet50(), S.resnet101("keras"), S.preset_spec("keras", depths=(2, 1, 3), width=16,
+                                                                                    num_classes=7, include_top=True)],
+                         ids=["resnet50", "resnet101-keras", "custom-keras"])
+def test_spec_from_canonical_reads_a_file_without_a_stored_spec(spec, tmp_path):
+    from shared import interop, weights as W
+
+    path = tmp_path / "w.safetensors"
+    W.save(W.init(spec, seed=0), path)  # no spec stored
+    from safetensors.numpy import load_file
+
+    assert interop.spec_from_canonical(load_file(path)) == spec
+
+
+def test_spec_from_canonical_names_what_is_missing():
+    from shared import interop
+    from shared.weights import WeightsError
+
+    with pytest.raises(WeightsError, match="missing key conv1_conv.kernel"):
+        interop.spec_from_canonical({"predictions.kernel": np.zeros((4, 2), np.float32)})
+
+
+def _override_fails(framework, keras_backends=("tensorflow",)):
+    spec = S.preset_spec("torchvision", **TINY)
+    weights = reference.calibrated_weights(spec, seed=0, size=32)
+    report = check.check(spec, weights, frameworks=[framework], keras_backends=keras_backends, size=32,
+                         overrides={framework: {"bn_epsilon": 1e-3}})
+    (row,) = report.rows
+    assert row.status == "FAIL" and row.rel > row.budget, row.detail
+
+
+def test_override_breaks_flax_alone():
+    pytest.importorskip("flax")
+    _override_fails("flax")
+
+
+@pytest.mark.keras
+def test_override_breaks_keras_alone():
+    keras = pytest.importorskip("keras")
+    _override_fails("keras", (keras.backend.backend(),))
