@@ -188,12 +188,32 @@ def read(path: str | os.PathLike, spec: ResNetSpec | None = None, style: str | N
     if fmt == "keras-h5":
         return keras_h5.from_keras_applications(str(path), spec=spec)
     if fmt in ("keras-weights-h5", "keras"):
+        _require(fmt, path)
+        _readable_container(path, fmt)  # a truncated file is named before Keras (seconds to import) loads
         module = _framework_module("resnet_keras.checkpoints", fmt, path)
         reader = module.read_weights_h5 if fmt == "keras-weights-h5" else module.read_keras
         return reader(path, spec=spec, style=style)
     if fmt == "orbax":
         return _framework_module("resnet_flax.checkpoints", fmt, path).read_orbax(path, spec=spec, style=style)
     raise ValueError(f"format: unknown {fmt!r}; expected one of {', '.join(FORMATS)}")
+
+
+def _readable_container(path: Path, fmt: str) -> None:
+    """A .weights.h5 must open as HDF5, a .keras as a zip archive (both damaged when truncated)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if fmt == "keras":
+        import zipfile
+
+        if not zipfile.is_zipfile(path):
+            raise WeightsError(f"{path}: not a readable .keras file (not a zip archive: truncated or another format)")
+        return
+    import h5py
+
+    try:
+        h5py.File(path, "r").close()
+    except OSError as e:
+        raise WeightsError(f"{path}: not a readable HDF5 file ({e})") from None
 
 
 def _conventions(style: str) -> dict:
