@@ -128,8 +128,7 @@ def read_orbax(path: str | os.PathLike, spec: ResNetSpec | None = None,
     problems += [f"{key}: in the checkpoint, but not in the model" for key in shapes if key not in expected]
     if problems:
         raise WeightsError(f"{path}: does not fit {spec.style} spec {spec.depths}, {spec.num_classes} classes: "
-                           f"{problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
-                           + "\n  " + "\n  ".join(problems))
+                           f"{problems[0]}" + (f" (and {len(problems) - 1} more:\n  " + "\n  ".join(problems[1:]) + ")" if len(problems) > 1 else ""))
     abstract = nnx.eval_shape(lambda: ResNet(spec))
     graphdef, state = nnx.split(abstract)
     target = state if wrapped else nnx.to_pure_dict(state)

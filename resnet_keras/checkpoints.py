@@ -150,8 +150,7 @@ def read_weights_h5(path: str | os.PathLike, spec: ResNetSpec | None = None,
         problems = _fit_problems(model, f)
     if problems:
         raise WeightsError(f"{path}: does not fit {spec.style} spec {spec.depths}, {spec.num_classes} classes: "
-                           f"{problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
-                           + "\n  " + "\n  ".join(problems))
+                           f"{problems[0]}" + (f" (and {len(problems) - 1} more:\n  " + "\n  ".join(problems[1:]) + ")" if len(problems) > 1 else ""))
     try:
         model.load_weights(str(path))
     except Exception as e:  # Keras' own reading, after our checks: a damaged dataset
