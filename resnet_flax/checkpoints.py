@@ -57,7 +57,13 @@ def _shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], bool]:
     """(native key ``layer/param`` -> shape, whether leaves sit under a ``value`` level)."""
     try:
         meta = _checkpointer().metadata(path)
-        tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta.tree
+        meta = meta.item_metadata if hasattr(meta, "item_metadata") else meta
+        if meta is None:
+            raise WeightsError(f"{path}: not a complete Orbax checkpoint: Orbax finds no tree of arrays in it "
+                               "(its _METADATA or the array index beside it is damaged or missing)")
+        tree = meta.tree
+    except WeightsError:
+        raise
     except Exception as e:
         raise WeightsError(f"{path}: Orbax could not read the checkpoint's metadata "
                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
