@@ -262,6 +262,9 @@ def write(spec: ResNetSpec, weights: Mapping[str, np.ndarray], path: str | os.Pa
     fmt = destination_format(path, format)
     W.validate(spec, weights)
     _require(fmt, path)
+    needs_name = {"keras-weights-h5": ".weights.h5", "keras": ".keras"}.get(fmt)
+    if needs_name and not path.name.endswith(needs_name):
+        raise ValueError(f"{path}: Keras writes a {fmt} file only under a name ending in {needs_name}")
     if fmt == "safetensors":
         W.save(weights, path, spec=spec)
     elif fmt == "torchvision-safetensors":

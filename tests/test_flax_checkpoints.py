@@ -114,3 +114,19 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(FileExistsError, match="ckpt: a directory already exists there"):
         formats.write(spec, weights, tmp_path / "ckpt")
     _same(formats.read(tmp_path / "ckpt")[1], weights)
+
+
+def test_check_weights_takes_an_orbax_directory(tmp_path, capsys):
+    """``resnet-parity check --weights DIR``: the spec read off the checkpoint, judged as usual;
+    a directory missing its parts ends in one line, exit code 2."""
+    from shared.check import installed
+    from shared.cli import main
+
+    spec = S.preset("resnet50", "torchvision", **TINY)
+    path = _user_save(_model(spec, _weights(spec)), tmp_path / "state")
+    if installed("torch"):
+        assert main(["check", "--weights", str(path), "--frameworks", "torch", "--size", "32", "--batch", "2"]) == 0
+        assert "all checks passed" in capsys.readouterr().out
+    (path / "_METADATA").unlink()
+    assert main(["check", "--weights", str(path), "--frameworks", "torch"]) == 2
+    assert "not a complete Orbax checkpoint: its _METADATA file" in capsys.readouterr().err
