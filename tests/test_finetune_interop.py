@@ -127,7 +127,8 @@ def test_finetuned_model_predicts_the_same_in_the_other_two(tmp_path, trainer):
 
     images = reference.random_images(SPEC, batch=4, size=SIZE, seed=2)
     expected = reference.forward(SPEC, tuned, images)
-    budget = fp32_budget(parity.rel_error(reference.forward(SPEC, tuned, images, dtype=np.float32), expected))
+    peer = parity.rel_error(reference.forward(SPEC, tuned, images, dtype=np.float32), expected)
+    budget = fp32_budget(peer)
     errors = {}
     for target in (t for t in FILES if t != trainer):
         folder = tmp_path / f"{trainer}-to-{target}"
@@ -145,7 +146,8 @@ def test_finetuned_model_predicts_the_same_in_the_other_two(tmp_path, trainer):
         again = LOAD[trainer](back)
         for key, value in again[2](again[0]).items():
             assert value.tobytes() == tuned[key].tobytes(), f"{trainer} -> {target} -> {trainer}: {key}"
-    print(f"{trainer} fine-tuned ({keras.backend.backend()} backend for Keras): budget {budget:.2e}, "
+    print(f"{trainer} fine-tuned ({keras.backend.backend()} backend for Keras): float32 reference {peer:.2e}, "
+          f"budget {budget:.2e}, "
           + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
     assert all(e <= budget for e in errors.values()), (budget, errors)
     assert formats.read(native)[0] == SPEC
