@@ -56,7 +56,8 @@ def _check_parts(path: Path) -> None:
 def _shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], bool]:
     """(native key ``layer/param`` -> shape, whether leaves sit under a ``value`` level)."""
     try:
-        meta = _checkpointer().metadata(path)
+        with _checkpointer() as checkpointer:
+            meta = checkpointer.metadata(path)
         meta = meta.item_metadata if hasattr(meta, "item_metadata") else meta
         if meta is None:
             raise WeightsError(f"{path}: not a complete Orbax checkpoint: Orbax finds no tree of arrays in it "
@@ -139,7 +140,8 @@ def read_orbax(path: str | os.PathLike, spec: ResNetSpec | None = None,
     graphdef, state = nnx.split(abstract)
     target = state if wrapped else nnx.to_pure_dict(state)
     try:
-        restored = _checkpointer().restore(path, target)
+        with _checkpointer() as checkpointer:
+            restored = checkpointer.restore(path, target)
     except Exception as e:
         raise WeightsError(f"{path}: Orbax could not restore the arrays, the checkpoint is damaged or incomplete "
                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
@@ -154,6 +156,6 @@ def write_orbax(spec: ResNetSpec, weights, path: str | os.PathLike) -> None:
     resnet_flax model: what a Flax user restores with ``nnx.state`` of ``resnet_flax.build(spec)``."""
     model = ResNet(spec)  # a zero shell; load_weights fills every parameter and statistic
     load_weights(model, weights)
-    checkpointer = _checkpointer()
-    checkpointer.save(Path(path).absolute(), nnx.state(model))
-    checkpointer.wait_until_finished()
+    with _checkpointer() as checkpointer:
+        checkpointer.save(Path(path).absolute(), nnx.state(model))
+        checkpointer.wait_until_finished()
