@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from shared import formats, interop, keras_h5, spec as S, weights as W
+from shared import formats, interop, spec as S
 from shared.cli import main
 from shared.weights import WeightsError, init, randomize_batchnorm
 
