@@ -193,10 +193,8 @@ def cmd_convert(args) -> int:
     spec, weights = read_weights(args.source, args.style)
     try:
         fmt = formats.write(spec, weights, args.dest, format=args.format)
-    except formats.FrameworkMissing as e:
-        raise CliError(f"convert: {e}") from None
-    except FileExistsError as e:
-        raise CliError(f"convert: {e}") from None
+    except (formats.FrameworkMissing, FileExistsError) as e:
+        raise CliError(str(e)) from None
     print(f"wrote {args.dest} ({fmt}, {spec.style} style, {spec.num_params():,} parameters)")
     return 0
 
