@@ -39,38 +39,20 @@ def _csv(choices):
 
 
 def read_weights(path: str, style: str | None):
-    """(spec, canonical weights) from safetensors, a torchvision .pth/.pt, or a Keras .h5."""
-    from shared import interop, weights as W
+    """(spec, canonical weights) from any checkpoint ``shared.formats`` reads: canonical or
+    torchvision-keyed safetensors, torchvision .pth/.pt, Keras .h5, Keras 3 .weights.h5 and
+    .keras, or an Orbax checkpoint directory of a resnet_flax model."""
+    from shared import formats
 
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise CliError(f"--weights: no such file {path}")
-    suffix = p.suffix.lower()
     try:
-        if suffix == ".safetensors":
-            weights = W.load(p)  # a truncated or foreign file fails here, by name
-            spec = W.read_spec(p)
-            if spec is None:
-                spec = interop.spec_from_canonical(weights, style=style)  # None: read off the conv biases
-            W.validate(spec, weights, source=str(p))
-            return spec, weights
-        if suffix in (".pth", ".pt"):
-            try:
-                import torch
-            except ImportError:
-                raise CliError(f"--weights: reading {p.name} needs torch (pip install 'resnet-parity[torch]')") from None
-            try:
-                state = torch.load(p, map_location="cpu", weights_only=True)
-            except Exception as e:
-                raise CliError(f"--weights: {p.name} is not a readable torch checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-            if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-                state = state["state_dict"]
-            return interop.from_torchvision(state)
-        if suffix in (".h5", ".hdf5"):
-            return interop.from_keras_applications(str(p))
+        return formats.read(p, style=style)
+    except formats.FrameworkMissing as e:
+        raise CliError(f"--weights: {e}") from None
     except WeightsError as e:
         raise CliError(f"--weights: {str(e).splitlines()[0]} {' '.join(str(e).splitlines()[1:3]).strip()}".strip()) from None
-    raise CliError(f"--weights: unknown file type {suffix!r}; expected .safetensors, .pth/.pt or .h5")
 
 
 def _fmt(x, spec=".2e"):
@@ -260,26 +242,15 @@ def cmd_info(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    """Any supported checkpoint -> canonical safetensors (spec in its metadata), or back."""
-    from shared import interop, weights as W
+    """Any supported checkpoint -> any other (canonical safetensors by default, spec in its metadata)."""
+    from shared import formats
 
     spec, weights = read_weights(args.source, args.style)
-    out = Path(args.dest)
-    suffix = out.suffix.lower()
-    if suffix == ".safetensors":
-        W.save(weights, out, spec=spec)
-    elif suffix in (".h5", ".hdf5"):
-        interop.to_keras_applications_h5(spec, weights, out)
-    elif suffix in (".pth", ".pt"):
-        import torch
-
-        from shared.weights import atomic_path
-
-        with atomic_path(out) as tmp:
-            torch.save({k: torch.from_numpy(v) for k, v in interop.to_torchvision(spec, weights).items()}, tmp)
-    else:
-        raise CliError(f"convert: unknown output type {suffix!r}; expected .safetensors, .pth/.pt or .h5")
-    print(f"wrote {out} ({spec.style} style, {spec.num_params():,} parameters)")
+    try:
+        fmt = formats.write(spec, weights, args.dest, format=args.format)
+    except (formats.FrameworkMissing, FileExistsError) as e:
+        raise CliError(str(e)) from None
+    print(f"wrote {args.dest} ({fmt}, {spec.style} style, {spec.num_params():,} parameters)")
     return 0
 
 
@@ -297,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--keras-backends", type=_csv(KERAS_BACKENDS), default=list(KERAS_BACKENDS))
     check.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     check.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32")
-    check.add_argument("--weights", help="canonical .safetensors, torchvision .pth/.pt or Keras Applications .h5")
+    check.add_argument("--weights", help="a checkpoint: .safetensors (canonical or torchvision keys), torchvision "
+                       ".pth/.pt, Keras .h5, .weights.h5 or .keras, or an Orbax checkpoint directory")
     check.add_argument("--batch", type=int, default=4)
     check.add_argument("--size", type=int, default=96)
     check.add_argument("--seed", type=int, default=0)
@@ -322,11 +294,18 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--size", type=int, default=224)
     info.set_defaults(func=cmd_info)
 
-    convert = sub.add_parser("convert", help="convert between .safetensors, torchvision .pth and Keras .h5")
+    from shared.formats import FORMATS
+
+    convert = sub.add_parser("convert", help="convert between checkpoint formats (.safetensors, .pth, .h5, "
+                                             ".weights.h5, .keras, Orbax directory)")
     convert.add_argument("source")
-    convert.add_argument("dest")
+    convert.add_argument("dest", help="by type: .safetensors (canonical), .pth/.pt, .h5 (Keras Applications), "
+                                      ".weights.h5, .keras; no suffix: an Orbax checkpoint directory")
+    convert.add_argument("--format", choices=FORMATS, default=None,
+                         help="write this format whatever dest's type says (torchvision-safetensors: "
+                              "torchvision's keys in a .safetensors file)")
     convert.add_argument("--style", choices=S.STYLES, default=None,
-                         help="conventions for a .safetensors file without a stored spec")
+                         help="conventions for a weights-only file without a stored spec")
     convert.set_defaults(func=cmd_convert)
 
     from shared import bench

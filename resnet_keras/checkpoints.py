@@ -1,0 +1,217 @@
+"""Keras 3's own checkpoint files <-> canonical weights: ``model.save_weights("x.weights.h5")``
+and ``model.save("x.keras")``, of resnet_keras models and of keras.applications ResNets.
+
+Keras 3 keys a ``.weights.h5`` file by object path, not by layer name: the n-th
+BatchNormalization of ``model.layers`` is ``layers/batch_normalization_n/vars/{0..3}``. So a file
+is read by building the model it belongs to (``resnet_keras.build(spec)``, whose layers are, in
+keras style, keras.applications' layer for layer), checking every path's shape against that
+model (an error names the first layer that does not fit, with both shapes), loading it with
+Keras and exporting canonical weights. Without a spec, the spec is read off the file: depths
+from the 3x3 kernels (one per block, its channels give the stage), width, channels, expansion,
+classes, top and pooling from the shapes and the layers present; stride placement, epsilon and
+momentum from ``style``, as for any weights-only file. A ``.keras`` file carries its config:
+Keras rebuilds the model and every convention is read off its layers.
+
+Used through ``shared.formats`` (``resnet-parity convert``, ``check --weights``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+
+from shared import keras_h5
+from shared.spec import ResNetSpec, preset_spec
+from shared.weights import WeightsError, validate
+from resnet_keras.model import build
+from resnet_keras.weights import export_weights, load_weights
+
+_AUTO = re.compile(r"^(.*?)(?:_(\d+))?$")
+
+
+def _snake(name: str) -> str:
+    """Keras' ``naming.to_snake_case``: ``BatchNormalization`` -> ``batch_normalization``."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def object_paths(model: keras.Model) -> dict[str, str]:
+    """Layer name -> the path Keras 3 saves its variables under (``layers/conv2d_3``): the class
+    name in snake case, numbered per class in ``model.layers`` order (saving_lib's rule)."""
+    used: dict[str, int] = {}
+    paths = {}
+    for layer in model.layers:
+        base = _snake(type(layer).__name__)
+        if base in used:
+            used[base] += 1
+            paths[layer.name] = f"layers/{base}_{used[base]}"
+        else:
+            used[base] = 0
+            paths[layer.name] = f"layers/{base}"
+    return paths
+
+
+# ----------------------------------------------------------------------------- .weights.h5
+
+def _open_h5(path: Path) -> h5py.File:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise WeightsError(f"{path}: not a readable HDF5 file ({e})") from None
+    if "layers" not in f:
+        f.close()
+        raise WeightsError(f"{path}: not a Keras 3 .weights.h5 file (no 'layers' group at the root)")
+    return f
+
+
+def _by_class(f: h5py.File) -> dict[str, list[list[tuple[int, ...]]]]:
+    """Class (snake case) -> per layer, in model.layers order, the shapes of its vars."""
+    found: dict[str, dict[int, list]] = {}
+    for key, group in f["layers"].items():
+        base, index = _AUTO.match(key).groups()
+        variables = group.get("vars")
+        shapes = [] if variables is None else [variables[str(i)].shape for i in range(len(variables))
+                                                if str(i) in variables]
+        found.setdefault(base, {})[int(index or 0)] = shapes
+    return {base: [layers[i] for i in sorted(layers)] for base, layers in found.items()}
+
+
+def spec_from_weights_h5(path: str | os.PathLike, style: str | None = None) -> ResNetSpec:
+    """The spec of a ``.weights.h5`` file's ResNet, read off its shapes (module doc)."""
+    path = Path(path)
+    with _open_h5(path) as f:
+        classes = _by_class(f)
+    convs, bns = classes.get("conv2d", []), classes.get("batch_normalization", [])
+    if not convs or not bns or not convs[0] or len(convs[0][0]) != 4 or convs[0][0][0] != 7:
+        raise WeightsError(f"{path}: no 7x7 stem Conv2D first (layers/conv2d): not a bottleneck ResNet's weights")
+    stem = convs[0][0]
+    width, channels = stem[3], stem[2]
+    depths: list[int] = []
+    last = None
+    for shapes in convs:
+        if shapes and shapes[0][:2] == (3, 3):  # one 3x3 conv per block; its channels name the stage
+            if shapes[0][2] != last:
+                depths.append(0)
+                last = shapes[0][2]
+            depths[-1] += 1
+    if not depths:
+        raise WeightsError(f"{path}: no 3x3 convolutions: not a bottleneck ResNet's weights")
+    if any(k.startswith(("conv1d", "conv3d", "depthwise")) for k in classes) or len(convs[0]) not in (1, 2):
+        raise WeightsError(f"{path}: layers other than a bottleneck ResNet's ({sorted(classes)})")
+    out_channels = bns[-1][0][0] if bns[-1] else 0
+    expansion = out_channels // (width * 2 ** (len(depths) - 1))
+    dense = classes.get("dense", [])
+    include_top = bool(dense)
+    if include_top and (len(dense) != 1 or not dense[0]):
+        raise WeightsError(f"{path}: expected one Dense classifier, found {len(dense)}")
+    pooling = "avg" if "global_average_pooling2d" in classes else "max" if "global_max_pooling2d" in classes else None
+    conv_bias = len(convs[0]) == 2
+    return preset_spec(style or ("keras" if conv_bias else "torchvision"), depths=tuple(depths), width=width,
+                       expansion=max(expansion, 1), conv_bias=conv_bias, image_channels=channels,
+                       num_classes=dense[0][0][1] if include_top else 1000, include_top=include_top,
+                       pooling=pooling or ("avg" if include_top else None))
+
+
+def _fit_problems(model: keras.Model, f: h5py.File) -> list[str]:
+    """Each layer of ``model`` whose variables the file does not hold with the same shapes, in
+    ``model.layers`` order; then every group the model has no layer for."""
+    problems, paths = [], object_paths(model)
+    for layer in model.layers:
+        p = paths[layer.name]
+        wanted = [tuple(v.shape) for v in layer.weights]
+        if p not in f:
+            if wanted:
+                problems.append(f"layer {layer.name} ({p}): missing in the file (expected shapes {wanted})")
+            continue
+        group = f[p].get("vars")
+        got = [] if group is None else [tuple(group[k].shape) for k in sorted(group, key=int)]
+        if got != wanted:
+            problems.append(f"layer {layer.name} ({p}): expected shapes {wanted}, the file has {got}")
+    extra = sorted(set(f["layers"]) - {p.split("/", 1)[1] for p in paths.values()})
+    problems += [f"layers/{name}: in the file, but the model has no such layer" for name in extra]
+    return problems
+
+
+def read_weights_h5(path: str | os.PathLike, spec: ResNetSpec | None = None,
+                    style: str | None = None) -> tuple[ResNetSpec, dict[str, np.ndarray]]:
+    """A Keras 3 ``.weights.h5`` (``model.save_weights``) -> (spec, canonical weights)."""
+    path = Path(path)
+    spec = spec or spec_from_weights_h5(path, style)
+    model = build(spec)
+    with _open_h5(path) as f:
+        problems = _fit_problems(model, f)
+    if problems:
+        raise WeightsError(f"{path}: does not fit {spec.style} spec {spec.depths}, {spec.num_classes} classes: "
+                           f"{problems[0]}" + (f" (and {len(problems) - 1} more:\n  " + "\n  ".join(problems[1:]) + ")" if len(problems) > 1 else ""))
+    try:
+        model.load_weights(str(path))
+    except Exception as e:  # Keras' own reading, after our checks: a damaged dataset
+        raise WeightsError(f"{path}: Keras could not load it ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    return spec, export_weights(model)
+
+
+def write_weights_h5(spec: ResNetSpec, weights, path: str | os.PathLike) -> None:
+    """Canonical weights -> ``model.save_weights(path)`` of ``resnet_keras.build(spec)``, which
+    keras.applications' ResNet50/101/152 (keras style, same top) load unchanged."""
+    model = build(spec)
+    load_weights(model, weights)
+    model.save_weights(str(path))
+
+
+# ----------------------------------------------------------------------------- .keras
+
+def spec_from_model(model: keras.Model, source: str = "Keras model") -> ResNetSpec:
+    """Every convention of a ResNet ``keras.Model`` read off its layers: depths, width, top and
+    pooling off names and shapes (``shared.keras_h5.spec_from_keras_layers``), the stride
+    placement off the strides, epsilon and momentum off the BatchNormalization config."""
+    names, arrays = keras_h5._read_model(model)
+    spec = keras_h5.spec_from_keras_layers(names, arrays, source)
+    layers = {layer.name: layer for layer in model.layers}
+    fields = {}
+    strided = [n for n in (f"conv{s}_block1_1_conv" for s in range(3, 2 + len(spec.depths))) if n in layers]
+    if strided:
+        fields["stride_on"] = "1x1" if tuple(layers[strided[0]].strides) == (2, 2) else "3x3"
+    bn = layers["conv1_bn"] if "conv1_bn" in layers else None
+    if bn is not None:
+        fields["bn_epsilon"] = float(bn.epsilon)
+        fields["bn_momentum"] = round(1.0 - float(bn.momentum), 12)  # Keras' momentum weighs the old value
+    return spec.replace(**fields)
+
+
+def read_keras(path: str | os.PathLike, spec: ResNetSpec | None = None,
+               style: str | None = None) -> tuple[ResNetSpec, dict[str, np.ndarray]]:
+    """A Keras 3 ``.keras`` file (``model.save``) -> (spec, canonical weights). Keras rebuilds
+    the model from the file's config (safe mode: no code in the file runs); the weights are read
+    by layer name. ``style`` is unused: the config says everything."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise WeightsError(f"{path}: not a readable .keras file (not a zip archive: truncated or another format)")
+    try:
+        model = keras.saving.load_model(str(path), compile=False, safe_mode=True)
+    except Exception as e:
+        raise WeightsError(f"{path}: Keras could not load it ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    found = spec_from_model(model, source=str(path))
+    spec = spec or found
+    names, arrays = keras_h5._read_model(model)
+    weights = keras_h5.canonical_from_keras_layers(spec, arrays, source=str(path))
+    validate(spec, weights, source=str(path))
+    return spec, weights
+
+
+def write_keras(spec: ResNetSpec, weights, path: str | os.PathLike) -> None:
+    """Canonical weights -> ``model.save(path)`` of ``resnet_keras.build(spec)`` (logits head)."""
+    model = build(spec)
+    load_weights(model, weights)
+    model.save(str(path))
