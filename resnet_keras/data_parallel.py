@@ -138,6 +138,11 @@ def _run_tensorflow(spec, weights, images, labels, replicas, lr, momentum, sync_
 
     loss, grads = step(x, y)
     out = {"loss": np.asarray(loss), "shards": np.array(replicas)}
+    # Reading a mirrored variable (what export_weights and a checkpoint do) gives one copy:
+    # record whether it is replica 0's.
+    stats = model.non_trainable_variables
+    out["read_is_rank0"] = np.array(all(np.array_equal(v.numpy(), strategy.experimental_local_results(v.value)[0].numpy())
+                                        for v in stats))
     out.update(_split(model, [v.numpy() for v in model.trainable_variables], [g.numpy() for g in grads],
                       lambda v: [t.numpy() for t in strategy.experimental_local_results(v.value)]))
     return out

@@ -1,5 +1,5 @@
 """One data-parallel SGD step on torch's own engine: DistributedDataParallel over the gloo
-backend, one CPU process per replica (``torch.multiprocessing.spawn``).
+backend, one CPU process per replica.
 
 Each rank builds the model from the same canonical weights, wraps it in DDP (which averages the
 gradients over the ranks in backward; ``broadcast_buffers=True``, the default), takes its
@@ -11,9 +11,9 @@ modules only.
 
 Every rank writes what it holds after the step (``loss``, ``grad/<weight>``, ``weights/<weight>``,
 ``stats/<bn>.mean|var``) to ``rank<r>.npz`` in a folder; ``run`` returns rank 0's arrays and
-every other rank's statistics as ``rank<r>/stats/...``. A rank that fails makes ``spawn``
-terminate the others; the caller (``shared.check_dp``) kills the whole process group on a
-timeout.
+every other rank's statistics as ``rank<r>/stats/...``. A rank that fails makes
+``torch.multiprocessing.start_processes`` terminate the others; the caller (``shared.check_dp``)
+kills the whole process group on a timeout.
 """
 
 from __future__ import annotations
@@ -91,8 +91,10 @@ def run(spec: ResNetSpec, weights, images, labels, *, replicas: int, lr: float, 
     if replicas < 1 or len(images) % replicas:
         raise ValueError(f"replicas: {replicas} does not split a batch of {len(images)} into equal shards")
     with tempfile.TemporaryDirectory(prefix="resnet-parity-ddp-") as folder:
-        mp.spawn(_rank, args=(replicas, _free_port(), spec.to_dict(), dict(weights), np.asarray(images),
-                              np.asarray(labels), lr, momentum, sync_bn, folder), nprocs=replicas, join=True)
+        # fork: the ranks inherit the imported torch instead of importing it again (seconds each)
+        mp.start_processes(_rank, args=(replicas, _free_port(), spec.to_dict(), dict(weights), np.asarray(images),
+                                        np.asarray(labels), lr, momentum, sync_bn, folder),
+                           nprocs=replicas, join=True, start_method="fork" if os.name == "posix" else "spawn")
         ranks = []
         for r in range(replicas):
             with np.load(Path(folder) / f"rank{r}.npz") as data:

@@ -93,6 +93,8 @@ class DPReport:
     config: dict
     rows: list[DPRow]
     versions: dict
+    results: dict = dataclasses.field(default_factory=dict, repr=False)  # engine -> its arrays
+    oracle: "Oracle | None" = dataclasses.field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -191,27 +193,13 @@ def check_dp(spec: ResNetSpec, weights: dict, *, replicas: int, frameworks=("tor
         raise ValueError("--mode train: the loss needs the classifier; got a spec without include_top")
     images = reference.random_images(spec, batch, size, seed)
     labels = np.random.Generator(np.random.PCG64(seed)).integers(0, spec.num_classes, batch)
-    w64 = {k: np.asarray(v, np.float64) for k, v in weights.items()}
     config = dict(spec=spec.to_dict(), mode="train", replicas=replicas, batch=batch, size=size, seed=seed,
                   lr=LR, momentum=MOMENTUM, device="cpu")
     chosen = [e for e in engines if e.framework in frameworks
               and (e.framework != "keras" or e.env.get("KERAS_BACKEND") in keras_backends)]
 
-    oracles, budgets = {}, {}
-
-    def oracle(bn, variance):
-        if (bn, variance) not in oracles:
-            if progress:
-                progress(f"float64 oracle: {bn} statistics, {variance} variance")
-            exact = reference_dp.dp_step(spec, weights, images, labels, replicas, bn, variance, LR, MOMENTUM)
-            peer = reference_dp.dp_step(spec, weights, images, labels, replicas, bn, variance, LR, MOMENTUM,
-                                        dtype=np.float32)
-            oracles[bn, variance] = exact
-            budgets[bn, variance] = {q: parity.MARGIN * max(e, FLOOR)
-                                     for q, e in _peer_figures(peer, exact, w64).items()}
-        return oracles[bn, variance], budgets[bn, variance]
-
-    rows, versions = [], {}
+    oracle = Oracle(spec, weights, images, labels, replicas, progress)
+    rows, versions, results = [], {}, {}
     with tempfile.TemporaryDirectory(prefix="resnet-parity-dp-") as tmp:
         workdir = Path(tmp)
         W.save(weights, workdir / "weights.safetensors")
@@ -236,38 +224,125 @@ def check_dp(spec: ResNetSpec, weights: dict, *, replicas: int, frameworks=("tor
                 row.status, row.detail = ("needs a GPU" if gpu else "error"), message
                 continue
             versions[engine.name] = json.loads(str(res["versions"]))
-            row.shards = int(res["shards"]) if "shards" in res else None
-            row.replicas_differ = _replicas_differ(res, replicas)
-            matched = []
-            for bn in reference_dp.BN_MODES:
-                exact, budget = oracle(bn, engine.variance)
-                errors = _figures(res, exact, w64, replicas)
-                row.errors[bn], row.budgets[bn] = errors, budget
-                if all(errors[q] <= budget[q] for q in QUANTITIES):
-                    matched.append(bn)
-            row.measured = matched[0] if len(matched) == 1 else ("neither" if not matched else "both")
-            if replicas == 1 and engine.bn in matched:
-                row.measured = engine.bn  # one replica: the two semantics are the same step
-            over = [f"{q} rel {row.errors[engine.bn][q]:.2e} > {row.budgets[engine.bn][q]:.2e}"
-                    for q in QUANTITIES if row.errors[engine.bn][q] > row.budgets[engine.bn][q]]
-            if row.measured == engine.bn:
-                row.status = "pass"
-            else:
-                row.status = "FAIL"
-                row.detail = (f"promises {engine.bn} statistics, measured {row.measured}"
-                              + (f": {'; '.join(over)}" if over else ""))
-    config["oracle_distance"] = _oracle_distance(oracles, replicas)
-    return DPReport(config, rows, versions)
+            results[engine.name] = res
+            judge(row, engine, res, oracle)
+    config["oracle_distance"] = oracle.distance()
+    return DPReport(config, rows, versions, results, oracle)
 
 
-def _oracle_distance(oracles: dict, replicas: int) -> dict:
-    """How far apart the two semantics are (the gradients' rel distance), per variance rule:
-    what tells them apart, far above every budget."""
-    out = {}
-    for variance in reference_dp.VARIANCES:
-        if ("global", variance) in oracles and ("per_replica", variance) in oracles:
-            a, b = oracles["global", variance], oracles["per_replica", variance]
-            keys = sorted(a.grads)
-            out[variance] = parity.rel_error(np.concatenate([b.grads[k].ravel() for k in keys]),
-                                             np.concatenate([a.grads[k].ravel() for k in keys]))
-    return out
+def judge(row: DPRow, engine: Engine, res: dict, oracle: "Oracle") -> DPRow:
+    """Compare one engine's arrays with the oracle under both semantics. Pass only when the
+    measured semantics is the promised one."""
+    replicas, w64 = oracle.replicas, oracle.w64
+    row.shards = int(res["shards"]) if "shards" in res else None
+    row.replicas_differ = _replicas_differ(res, replicas)
+    if "read_is_rank0" in res:
+        row.kept += "; reading the variable gives replica 0's" if bool(res["read_is_rank0"]) else ""
+    matched = []
+    for bn in reference_dp.BN_MODES:
+        exact, budget = oracle(bn, engine.variance)
+        errors = _figures(res, exact, w64, replicas)
+        row.errors[bn], row.budgets[bn] = errors, budget
+        if all(errors[q] <= budget[q] for q in QUANTITIES):
+            matched.append(bn)
+    row.measured = matched[0] if len(matched) == 1 else ("neither" if not matched else "both")
+    if replicas == 1 and engine.bn in matched:
+        row.measured = engine.bn  # one replica: the two semantics are the same step
+    over = [f"{q} rel {row.errors[engine.bn][q]:.2e} > {row.budgets[engine.bn][q]:.2e}"
+            for q in QUANTITIES if row.errors[engine.bn][q] > row.budgets[engine.bn][q]]
+    if row.measured == engine.bn:
+        row.status = "pass"
+    else:
+        row.status = "FAIL"
+        row.detail = f"promises {engine.bn} statistics, measured {row.measured}" + (f": {'; '.join(over)}" if over else "")
+    return row
+
+
+class Oracle:
+    """``oracle(bn, variance)`` -> (float64 ``DPStep``, budget per quantity), computed once each:
+    the budget is ``MARGIN`` x the float32 oracle's error against the float64 one (floor ``FLOOR``)."""
+
+    def __init__(self, spec, weights, images, labels, replicas, progress=None):
+        self.spec, self.weights, self.images, self.labels = spec, weights, images, labels
+        self.replicas, self.progress = replicas, progress
+        self.w64 = {k: np.asarray(v, np.float64) for k, v in weights.items()}
+        self.cache: dict = {}
+
+    def __call__(self, bn: str, variance: str):
+        if (bn, variance) not in self.cache:
+            if self.progress:
+                self.progress(f"float64 oracle: {bn} statistics, {variance} variance")
+            args = (self.spec, self.weights, self.images, self.labels, self.replicas, bn, variance, LR, MOMENTUM)
+            exact = reference_dp.dp_step(*args)
+            peer = reference_dp.dp_step(*args, dtype=np.float32)
+            budget = {q: parity.MARGIN * max(e, FLOOR) for q, e in _peer_figures(peer, exact, self.w64).items()}
+            self.cache[bn, variance] = exact, budget
+        return self.cache[bn, variance]
+
+    def distance(self) -> dict:
+        """How far apart the two semantics are (the gradients' rel distance), per variance rule:
+        what tells them apart, far above every budget."""
+        out = {}
+        for variance in reference_dp.VARIANCES:
+            if ("global", variance) in self.cache and ("per_replica", variance) in self.cache:
+                a, b = self.cache["global", variance][0], self.cache["per_replica", variance][0]
+                keys = sorted(a.grads)
+                out[variance] = parity.rel_error(np.concatenate([b.grads[k].ravel() for k in keys]),
+                                                 np.concatenate([a.grads[k].ravel() for k in keys]))
+        return out
+
+
+def print_report(report: DPReport, console) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    cfg = report.config
+    spec = ResNetSpec.from_dict(cfg["spec"])
+    table = Table(title=f"resnet-parity check: one data-parallel SGD step (lr {cfg['lr']}, momentum "
+                        f"{cfg['momentum']}), {'x'.join(map(str, spec.depths))} ({spec.style}), "
+                        f"{cfg['replicas']} CPU replicas, global batch {cfg['batch']} x {cfg['size']}px, "
+                        f"seed {cfg['seed']}")
+    for col in ("engine", "BN statistics promised", "measured", "running statistics kept",
+                "replicas' running stats differ", "variance rule", *(f"{q} rel" for q in QUANTITIES), "result"):
+        table.add_column(col, justify="right" if col.endswith("rel") else "left")
+    for r in report.rows:
+        result = {"pass": "[green]pass[/]", "FAIL": "[bold red]FAIL[/]", "error": "[red]error[/]",
+                  "not installed": "[dim]not installed[/]", "needs a GPU": "[yellow]needs a GPU[/]"}[r.status]
+        if r.detail:
+            result += f" {escape(r.detail)}"
+        semantics = r.measured if r.measured in reference_dp.BN_MODES else r.promised
+        figures = [f"{r.errors[semantics][q]:.2e} (<= {r.budgets[semantics][q]:.1e})" if r.errors else "-"
+                   for q in QUANTITIES]
+        differ = "-" if r.replicas_differ is None else ("yes" if r.replicas_differ else "no")
+        table.add_row(r.engine, r.promised, r.measured or "-", r.kept, differ, r.variance, *figures, result)
+    console.print(table)
+    for variance, distance in cfg.get("oracle_distance", {}).items():
+        console.print(f"global vs per-replica statistics ({variance} variance): the oracles' gradients "
+                      f"differ by rel {distance:.2e}")
+    console.print("[bold green]all checks passed[/]" if report.ok else "[bold red]parity check failed[/]")
+
+
+def check_args(args) -> None:
+    """ValueError for flags ``--replicas`` cannot run with, before any weights are made."""
+    if args.mode != "train":
+        raise ValueError(f"--replicas: data-parallel checks run a training step; add --mode train (got --mode {args.mode})")
+    unsupported = [flag for flag, used in (("--device gpu", args.device != "cpu"),
+                                           (f"--precision {args.precision}", args.precision != "fp32"),
+                                           ("--trace", args.trace), ("--override", bool(args.override))) if used]
+    if unsupported:
+        raise ValueError(f"--replicas: runs fp32 on CPU replicas only; not with {', '.join(unsupported)}")
+    check_replicas(args.replicas, args.batch)
+
+
+def cli(args, spec: ResNetSpec, weights: dict, console) -> int:
+    """``check --mode train --replicas N`` (called by ``shared.cli.cmd_check``)."""
+    with console.status("data-parallel step") as status:
+        report = check_dp(spec, weights, replicas=args.replicas, frameworks=args.frameworks,
+                          keras_backends=args.keras_backends, batch=args.batch, size=args.size, seed=args.seed,
+                          progress=status.update)
+    print_report(report, console)
+    if args.json:
+        from shared.cli import _write_json
+
+        _write_json(args.json, report.to_json())
+    return 0 if report.ok else 1
