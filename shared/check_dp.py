@@ -51,7 +51,7 @@ class Engine:
 
 ENGINES = (
     Engine("torch DDP (gloo)", "torch", "resnet_torch.data_parallel", ("torch",), "per_replica", "unbiased",
-           "each rank its own (rank 0's are broadcast to the others at the next forward)"),
+           "each rank its own; rank 0's broadcast at the next forward"),
     Engine("torch DDP + SyncBatchNorm", "torch", "resnet_torch.data_parallel", ("torch",), "global", "unbiased",
            "global", options={"sync_bn": True}, gpu_only="only work with GPU modules"),
     Engine("flax nnx.jit + NamedSharding", "flax", "resnet_flax.data_parallel", ("jax", "flax", "optax"), "global",
@@ -237,7 +237,7 @@ def judge(row: DPRow, engine: Engine, res: dict, oracle: "Oracle") -> DPRow:
     row.shards = int(res["shards"]) if "shards" in res else None
     row.replicas_differ = _replicas_differ(res, replicas)
     if "read_is_rank0" in res:
-        row.kept += "; reading the variable gives replica 0's" if bool(res["read_is_rank0"]) else ""
+        row.kept += "; a read gives replica 0's" if bool(res["read_is_rank0"]) else ""
     matched = []
     for bn in reference_dp.BN_MODES:
         exact, budget = oracle(bn, engine.variance)
