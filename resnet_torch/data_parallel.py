@@ -2,8 +2,8 @@
 backend, one CPU process per replica.
 
 Each rank builds the model from the same canonical weights, wraps it in DDP (which averages the
-gradients over the ranks in backward; ``broadcast_buffers=True``, the default), takes its
-contiguous shard of the global batch, and runs forward, cross-entropy, backward and
+gradients over the ranks in backward and, by default, broadcasts rank 0's buffers at the start
+of each forward), takes its contiguous shard of the global batch, and runs forward, cross-entropy, backward and
 ``torch.optim.SGD(lr, momentum)``. BatchNorm normalises with each rank's own batch statistics
 and each rank updates its own running statistics; ``sync_bn=True`` converts the model with
 ``nn.SyncBatchNorm.convert_sync_batchnorm`` (global statistics), which torch runs on GPU
@@ -11,7 +11,9 @@ modules only.
 
 Every rank writes what it holds after the step (``loss``, ``grad/<weight>``, ``weights/<weight>``,
 ``stats/<bn>.mean|var``) to ``rank<r>.npz`` in a folder; ``run`` returns rank 0's arrays and
-every other rank's statistics as ``rank<r>/stats/...``. A rank that fails makes
+every other rank's statistics as ``rank<r>/stats/...``; ``next/stats/...`` (and
+``rank<r>/next/stats/...``) are each rank's running statistics after one more forward, in eval
+mode, which shows whose statistics DDP carries on with. A rank that fails makes
 ``torch.multiprocessing.start_processes`` terminate the others; the caller (``shared.check_dp``)
 kills the whole process group on a timeout.
 """
@@ -58,7 +60,7 @@ def _rank(rank, world, port, spec_fields, weights, images, labels, lr, momentum,
         model = load_weights(build(spec), weights).train()
         if sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        ddp = nn.parallel.DistributedDataParallel(model, broadcast_buffers=True)
+        ddp = nn.parallel.DistributedDataParallel(model)  # buffers broadcast from rank 0: the default
         optimizer = torch.optim.SGD(ddp.parameters(), lr=lr, momentum=momentum)
         per = len(images) // world
         x = torch.from_numpy(np.ascontiguousarray(images[rank * per:(rank + 1) * per])).permute(0, 3, 1, 2)
@@ -81,6 +83,12 @@ def _rank(rank, world, port, spec_fields, weights, images, labels, lr, momentum,
             else:
                 out[f"weights/{key}"] = value
                 out[f"grad/{key}"] = grad_canonical[key]
+        # Whose running statistics does training go on with? DDP broadcasts rank 0's buffers at
+        # the start of a forward; an eval-mode forward changes none itself.
+        ddp.eval()
+        with torch.no_grad():
+            ddp(x.contiguous())
+        out.update({f"next/stats/{k}": v for k, v in export_weights(model).items() if k.endswith((".mean", ".var"))})
         np.savez(Path(folder) / f"rank{rank}.npz", **out)
     finally:
         dist.destroy_process_group()
@@ -102,5 +110,5 @@ def run(spec: ResNetSpec, weights, images, labels, *, replicas: int, lr: float, 
     out = dict(ranks[0])
     out["losses"] = np.array([float(r["loss"]) for r in ranks])
     for r, arrays in enumerate(ranks[1:], start=1):
-        out.update({f"rank{r}/{k}": v for k, v in arrays.items() if k.startswith("stats/")})
+        out.update({f"rank{r}/{k}": v for k, v in arrays.items() if k.startswith(("stats/", "next/stats/"))})
     return out

@@ -51,7 +51,7 @@ class Engine:
 
 ENGINES = (
     Engine("torch DDP (gloo)", "torch", "resnet_torch.data_parallel", ("torch",), "per_replica", "unbiased",
-           "each rank its own; rank 0's broadcast at the next forward"),
+           "each rank its own, until the next forward broadcasts rank 0's"),
     Engine("torch DDP + SyncBatchNorm", "torch", "resnet_torch.data_parallel", ("torch",), "global", "unbiased",
            "global", options={"sync_bn": True}, gpu_only="only work with GPU modules"),
     Engine("flax nnx.jit + NamedSharding", "flax", "resnet_flax.data_parallel", ("jax", "flax", "optax"), "global",
@@ -84,6 +84,7 @@ class DPRow:
     errors: dict = dataclasses.field(default_factory=dict)  # semantics -> quantity -> rel error
     budgets: dict = dataclasses.field(default_factory=dict)  # semantics -> quantity -> budget
     replicas_differ: bool | None = None  # do the replicas' running statistics differ after the step?
+    next_forward: str | None = None  # whose statistics every replica holds after one more forward
     shards: int | None = None
     detail: str = ""
 
@@ -236,6 +237,11 @@ def judge(row: DPRow, engine: Engine, res: dict, oracle: "Oracle") -> DPRow:
     replicas, w64 = oracle.replicas, oracle.w64
     row.shards = int(res["shards"]) if "shards" in res else None
     row.replicas_differ = _replicas_differ(res, replicas)
+    nxt = [k for k in res if k.startswith("rank1/next/stats/")]
+    if nxt:
+        same = all(np.array_equal(res[f"rank{r}/next/stats/{k.split('/', 3)[3]}"], res[f"stats/{k.split('/', 3)[3]}"])
+                   for r in range(1, replicas) for k in nxt)
+        row.next_forward = "rank 0's on every rank" if same else "each rank its own"
     if "read_is_rank0" in res:
         row.kept += "; a read gives replica 0's" if bool(res["read_is_rank0"]) else ""
     matched = []
@@ -267,14 +273,19 @@ class Oracle:
         self.replicas, self.progress = replicas, progress
         self.w64 = {k: np.asarray(v, np.float64) for k, v in weights.items()}
         self.cache: dict = {}
+        self.steps: dict = {}
 
     def __call__(self, bn: str, variance: str):
         if (bn, variance) not in self.cache:
             if self.progress:
                 self.progress(f"float64 oracle: {bn} statistics, {variance} variance")
-            args = (self.spec, self.weights, self.images, self.labels, self.replicas, bn, variance, LR, MOMENTUM)
-            exact = reference_dp.dp_step(*args)
-            peer = reference_dp.dp_step(*args, dtype=np.float32)
+            args = (self.spec, self.weights, self.images, self.labels, self.replicas, bn)
+            for dtype in (np.float64, np.float32):  # the variance rule changes no step: one each
+                if (bn, dtype) not in self.steps:
+                    self.steps[bn, dtype] = reference_dp.replica_steps(*args, dtype=dtype)
+            exact = reference_dp.dp_step(*args, variance, LR, MOMENTUM, steps=self.steps[bn, np.float64])
+            peer = reference_dp.dp_step(*args, variance, LR, MOMENTUM, dtype=np.float32,
+                                        steps=self.steps[bn, np.float32])
             budget = {q: parity.MARGIN * max(e, FLOOR) for q, e in _peer_figures(peer, exact, self.w64).items()}
             self.cache[bn, variance] = exact, budget
         return self.cache[bn, variance]
@@ -314,6 +325,8 @@ def print_report(report: DPReport, console) -> None:
         figures = [f"{r.errors[semantics][q]:.2e} (<= {r.budgets[semantics][q]:.1e})" if r.errors else "-"
                    for q in QUANTITIES]
         differ = "-" if r.replicas_differ is None else ("yes" if r.replicas_differ else "no")
+        if r.next_forward:
+            differ += f"; after the next forward: {r.next_forward}"
         table.add_row(r.engine, r.promised, r.measured or "-", r.kept, differ, r.variance, *figures, result)
     console.print(table)
     for variance, distance in cfg.get("oracle_distance", {}).items():

@@ -285,18 +285,30 @@ def running_update(spec: ResNetSpec, weights, stats, variance: str) -> dict[str,
     return out
 
 
-def dp_step(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray, labels: np.ndarray,
-            replicas: int, bn: str, variance: str, lr: float = 0.1, momentum: float = 0.9,
-            dtype=np.float64) -> DPStep:
-    """The oracle of one data-parallel SGD step (module docstring). ``momentum`` is recorded by
-    the engines; from a zero velocity it does not change the first step."""
+def replica_steps(spec: ResNetSpec, weights, images, labels, replicas: int, bn: str,
+                  dtype=np.float64) -> list[Step]:
+    """The single-device steps a data-parallel step is made of: one on the global batch
+    (global statistics) or one per shard (per-replica statistics)."""
     if bn not in BN_MODES:
         raise ValueError(f"bn: expected one of {BN_MODES}, got {bn!r}")
     parts = shards(len(images), replicas)
     if bn == "global":
-        steps = [train_step(spec, weights, images, labels, dtype)]
-    else:
-        steps = [train_step(spec, weights, images[p], labels[p], dtype) for p in parts]
+        return [train_step(spec, weights, images, labels, dtype)]
+    return [train_step(spec, weights, images[p], labels[p], dtype) for p in parts]
+
+
+def dp_step(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray, labels: np.ndarray,
+            replicas: int, bn: str, variance: str, lr: float = 0.1, momentum: float = 0.9,
+            dtype=np.float64, steps: list[Step] | None = None) -> DPStep:
+    """The oracle of one data-parallel SGD step (module docstring). ``momentum`` is recorded by
+    the engines; from a zero velocity it does not change the first step. ``steps``: the
+    ``replica_steps`` of the same arguments, when already computed (the variance rule only
+    changes the running statistics)."""
+    if steps is None:
+        steps = replica_steps(spec, weights, images, labels, replicas, bn, dtype)
+    if variance not in VARIANCES:
+        raise ValueError(f"variance: expected one of {VARIANCES}, got {variance!r}")
+    steps = replica_steps(spec, weights, images, labels, replicas, bn, dtype)
     grads = {k: sum(s.grads[k] for s in steps) / len(steps) for k in steps[0].grads}
     loss = float(np.mean([s.loss for s in steps]))
     running = [running_update(spec, weights, s.stats, variance) for s in steps]

@@ -68,6 +68,14 @@ def test_running_statistics_per_replica(report, name, differ):
     assert _row(report, name).replicas_differ is differ
 
 
+def test_ddp_carries_on_with_rank_0s_running_statistics(report):
+    """After one more forward every rank holds exactly rank 0's statistics (DDP's buffer
+    broadcast), where right after the step rank 1 held its own."""
+    row = _row(report, "torch DDP (gloo)")
+    assert row.replicas_differ is True
+    assert row.next_forward == "rank 0's on every rank"
+
+
 def test_sharded_engines_really_shard_the_batch(report):
     for name in ("flax nnx.jit + NamedSharding", "keras[jax] DataParallel"):
         assert _row(report, name).shards == REPLICAS
@@ -162,3 +170,12 @@ def test_cli_refuses_bad_replicas(capsys, argv, message):
 
     assert cli.main(["check", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_core_modules_import_no_framework():
+    import subprocess
+
+    code = ("import sys, shared.check_dp, shared.reference_dp, shared.dp_worker; "
+            "print(sorted(m for m in ('torch', 'tensorflow', 'keras', 'jax', 'flax') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
