@@ -195,7 +195,8 @@ def check_dp(spec: ResNetSpec, weights: dict, *, replicas: int, frameworks=("tor
     images = reference.random_images(spec, batch, size, seed)
     labels = np.random.Generator(np.random.PCG64(seed)).integers(0, spec.num_classes, batch)
     config = dict(spec=spec.to_dict(), mode="train", replicas=replicas, batch=batch, size=size, seed=seed,
-                  lr=LR, momentum=MOMENTUM, device="cpu")
+                  lr=LR, momentum=MOMENTUM, device="cpu", frameworks=list(frameworks),
+                  keras_backends=list(keras_backends))
     chosen = [e for e in engines if e.framework in frameworks
               and (e.framework != "keras" or e.env.get("KERAS_BACKEND") in keras_backends)]
 
@@ -332,6 +333,9 @@ def print_report(report: DPReport, console) -> None:
     for variance, distance in cfg.get("oracle_distance", {}).items():
         console.print(f"global vs per-replica statistics ({variance} variance): the oracles' gradients "
                       f"differ by rel {distance:.2e}")
+    if "keras" in cfg.get("frameworks", ()) and "torch" in cfg.get("keras_backends", ()):
+        console.print("keras[torch]: not run; Keras has no data-parallel engine on the torch backend "
+                      "(keras.distribution runs on jax, tf.distribute on tensorflow)")
     console.print("[bold green]all checks passed[/]" if report.ok else "[bold red]parity check failed[/]")
 
 

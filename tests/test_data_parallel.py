@@ -179,3 +179,16 @@ def test_the_core_modules_import_no_framework():
             "print(sorted(m for m in ('torch', 'tensorflow', 'keras', 'jax', 'flax') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_printed_table_names_each_engines_semantics(report):
+    from rich.console import Console
+
+    console = Console(record=True, width=400)
+    C.print_report(report, console)
+    text = console.export_text()
+    for row in report.rows:
+        line = next(line for line in text.splitlines() if line.startswith(("│ " + row.engine, "┃ " + row.engine)))
+        assert row.status in line and (row.measured or "-") in line
+    assert "keras[torch]: not run" in text
+    assert ("all checks passed" in text) is report.ok
