@@ -114,6 +114,10 @@ def cmd_check(args) -> int:
     from shared import check, reference
 
     console = Console(width=None if sys.stdout.isatty() else 150)
+    if args.replicas is not None:  # bad --replicas fails before any weights are made
+        from shared import check_dp
+
+        check_dp.check_args(args)
     check.validate_request(args.device, args.precision, args.mode, args.trace, args.mutant or "")
     if args.weights:
         spec, weights = read_weights(args.weights, args.style if args.style_given else None)
@@ -124,6 +128,8 @@ def cmd_check(args) -> int:
         if args.depths or args.width:  # a smaller network of the same style (the mutant table's)
             spec = spec.replace(depths=args.depths or spec.depths, width=args.width or spec.width)
         weights = reference.calibrated_weights(spec, seed=args.seed, size=args.size)
+    if args.replicas is not None:  # data-parallel engines: shared.check_dp
+        return check_dp.cli(args, spec, weights, console)
     overrides = {}
     for item in args.override or []:
         fw, _, assignment = item.partition(":")
@@ -274,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--size", type=int, default=96)
     check.add_argument("--seed", type=int, default=0)
     check.add_argument("--mode", choices=("eval", "train"), default="eval")
+    check.add_argument("--replicas", type=int, default=None, metavar="N",
+                       help="with --mode train: one data-parallel step on each framework's own engine over N CPU replicas")
     check.add_argument("--trace", action="store_true", help="compare every block; name the first that leaves its budget")
     check.add_argument("--json", help="write every figure to this file")
     check.add_argument("--depths", type=_depths, default=None,

@@ -1,0 +1,369 @@
+"""``resnet-parity check --mode train --replicas N``: one data-parallel SGD step on each
+framework's own engine, judged against the float64 oracle of ``shared.reference_dp``.
+
+Every engine runs in its own process group from the same canonical weights and global batch.
+Its loss, gradients, running statistics (every replica's copy where the engine keeps one per
+replica) and updated weights are compared with the oracle under both BatchNorm semantics,
+global and per-replica statistics. The semantics whose every figure is within budget is the one
+the engine *measured*; it must be the one the engine *promises* (its documentation, ``ENGINES``),
+else the engine fails. An engine that matches neither fails too.
+
+Budgets follow the design's rule: 4x the error of a trusted fp32 peer on the same weights and
+batch; the peer is the oracle's own arithmetic in float32 (``dp_step(dtype=np.float32)``), per
+quantity and per semantics, with a floor of 1e-6 (identical arithmetic would give zero).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from shared import parity, reference, reference_dp
+from shared import weights as W
+from shared.spec import ResNetSpec
+
+FLOOR = 1e-6
+LR, MOMENTUM = 0.1, 0.9
+
+
+@dataclasses.dataclass(frozen=True)
+class Engine:
+    name: str
+    framework: str  # which package runs it; also the --frameworks filter
+    module: str
+    requires: tuple[str, ...]  # import names
+    bn: str  # promised BatchNorm statistics: "global" or "per_replica"
+    variance: str  # running-variance rule: torch "unbiased", Keras and Flax "biased"
+    kept: str  # whose running statistics the engine keeps, as documented
+    options: dict = dataclasses.field(default_factory=dict)
+    env: dict = dataclasses.field(default_factory=dict)
+    virtual_devices: bool = False  # XLA_FLAGS=--xla_force_host_platform_device_count=N
+    gpu_only: str = ""  # an error message that means "this engine needs a GPU"
+
+
+ENGINES = (
+    Engine("torch DDP (gloo)", "torch", "resnet_torch.data_parallel", ("torch",), "per_replica", "unbiased",
+           "each rank its own, until the next forward broadcasts rank 0's"),
+    Engine("torch DDP + SyncBatchNorm", "torch", "resnet_torch.data_parallel", ("torch",), "global", "unbiased",
+           "global", options={"sync_bn": True}, gpu_only="only work with GPU modules"),
+    Engine("flax nnx.jit + NamedSharding", "flax", "resnet_flax.data_parallel", ("jax", "flax", "optax"), "global",
+           "biased", "global (replicated)", virtual_devices=True),
+    Engine("keras[jax] DataParallel", "keras", "resnet_keras.data_parallel", ("keras", "jax"), "global", "biased",
+           "global (replicated)", env={"KERAS_BACKEND": "jax"}, virtual_devices=True),
+    Engine("keras[tensorflow] MirroredStrategy", "keras", "resnet_keras.data_parallel", ("keras", "tensorflow"),
+           "per_replica", "biased", "each replica its own", env={"KERAS_BACKEND": "tensorflow"}),
+    Engine("keras[tensorflow] MirroredStrategy, synchronized BN", "keras", "resnet_keras.data_parallel",
+           ("keras", "tensorflow"), "global", "biased", "global", options={"sync_bn": True},
+           env={"KERAS_BACKEND": "tensorflow"}),
+)
+QUANTITIES = ("loss", "gradients", "running stats", "weight update")
+
+
+def installed(engine: Engine) -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in engine.requires)
+
+
+@dataclasses.dataclass
+class DPRow:
+    engine: str
+    status: str  # "pass", "FAIL", "error", "not installed", "needs a GPU"
+    promised: str = ""
+    measured: str = ""
+    kept: str = ""
+    variance: str = ""
+    errors: dict = dataclasses.field(default_factory=dict)  # semantics -> quantity -> rel error
+    budgets: dict = dataclasses.field(default_factory=dict)  # semantics -> quantity -> budget
+    replicas_differ: bool | None = None  # do the replicas' running statistics differ after the step?
+    next_forward: str | None = None  # whose statistics every replica holds after one more forward
+    shards: int | None = None
+    detail: str = ""
+
+
+@dataclasses.dataclass
+class DPReport:
+    config: dict
+    rows: list[DPRow]
+    versions: dict
+    results: dict = dataclasses.field(default_factory=dict, repr=False)  # engine -> its arrays
+    oracle: "Oracle | None" = dataclasses.field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status in ("pass", "not installed", "needs a GPU") for r in self.rows) and any(
+            r.status == "pass" for r in self.rows)
+
+    def to_json(self) -> dict:
+        return {"config": self.config, "ok": self.ok, "rows": [dataclasses.asdict(r) for r in self.rows],
+                "versions": self.versions}
+
+
+def check_replicas(replicas, batch: int) -> None:
+    """ValueError for a replica count that cannot shard the batch."""
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+        raise ValueError(f"--replicas: expected an integer >= 1, got {replicas!r}")
+    if replicas > batch:
+        raise ValueError(f"--replicas: {replicas} replicas need at least {replicas} images, --batch is {batch}")
+    if batch % replicas:
+        raise ValueError(f"--replicas: a batch of {batch} images does not split into {replicas} equal shards")
+
+
+def run_engine(engine: Engine, job: dict, workdir: Path, replicas: int, timeout: float) -> dict:
+    """Run one engine's worker in a new process group; on a timeout kill the whole group (the
+    worker and every process it spawned)."""
+    stem = "".join(c if c.isalnum() else "-" for c in engine.name)
+    path, out = workdir / f"{stem}.json", workdir / f"{stem}.npz"
+    path.write_text(json.dumps({**job, "module": engine.module, "options": engine.options, "out": str(out)}))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3", **engine.env)
+    if engine.virtual_devices:
+        flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+        env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={replicas}"])
+    proc = subprocess.Popen([sys.executable, "-m", "shared.dp_worker", str(path)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return {"error": np.array(f"timed out after {timeout:.0f} s; its process group was killed")}
+    finally:
+        try:  # a worker that died leaves no orphan: whatever is left of its group goes too
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    if not out.exists():
+        tail = (stderr or stdout).strip().splitlines()[-3:]
+        return {"error": np.array(f"worker exited {proc.returncode}: {' | '.join(tail)}")}
+    with np.load(out) as data:
+        return {k: data[k] for k in data.files}
+
+
+def _figures(res: dict, oracle: reference_dp.DPStep, weights: dict, replicas: int) -> dict[str, float]:
+    keys = sorted(oracle.grads)
+    figures = {}
+    loss = float(np.mean(res["losses"])) if "losses" in res else float(res["loss"])
+    figures["loss"] = abs(loss - oracle.loss) / abs(oracle.loss)
+    figures["gradients"] = parity.rel_error(np.concatenate([res[f"grad/{k}"].ravel() for k in keys]),
+                                            np.concatenate([oracle.grads[k].ravel() for k in keys]))
+    step = np.concatenate([(res[f"weights/{k}"].astype(np.float64) - weights[k]).ravel() for k in keys])
+    ref_step = np.concatenate([(oracle.updated[k] - weights[k]).ravel() for k in keys])
+    figures["weight update"] = parity.rel_error(step, ref_step)
+    stat_keys = sorted(oracle.running[0])
+    ours, ref = [], []
+    for r in range(replicas):
+        prefix = "" if r == 0 else f"rank{r}/"
+        if all(f"{prefix}stats/{k}" in res for k in stat_keys):
+            ours += [res[f"{prefix}stats/{k}"].ravel() for k in stat_keys]
+            ref += [oracle.running[r][k].ravel() for k in stat_keys]
+    figures["running stats"] = parity.rel_error(np.concatenate(ours), np.concatenate(ref))
+    return figures
+
+
+def _peer_figures(peer: reference_dp.DPStep, oracle: reference_dp.DPStep, weights: dict) -> dict[str, float]:
+    res = {"loss": np.array(peer.loss)}
+    for k, g in peer.grads.items():
+        res[f"grad/{k}"] = g
+        res[f"weights/{k}"] = peer.updated[k]
+    for r, running in enumerate(peer.running):
+        res.update({f"{'' if r == 0 else f'rank{r}/'}stats/{k}": v.astype(np.float32) for k, v in running.items()})
+    return _figures(res, oracle, weights, peer.replicas)
+
+
+def _replicas_differ(res: dict, replicas: int) -> bool | None:
+    others = [k for k in res if k.startswith("rank1/stats/")]
+    if replicas < 2 or not others:
+        return None
+    return any(not np.array_equal(res[k], res[k.split("/", 1)[1]]) for k in others)
+
+
+def check_dp(spec: ResNetSpec, weights: dict, *, replicas: int, frameworks=("torch", "keras", "flax"),
+             keras_backends=("tensorflow", "jax", "torch"), batch: int = 4, size: int = 64, seed: int = 0,
+             timeout: float = 900.0, progress=None, engines=ENGINES) -> DPReport:
+    W.validate(spec, weights)
+    check_replicas(replicas, batch)
+    if not spec.include_top:
+        raise ValueError("--mode train: the loss needs the classifier; got a spec without include_top")
+    images = reference.random_images(spec, batch, size, seed)
+    labels = np.random.Generator(np.random.PCG64(seed)).integers(0, spec.num_classes, batch)
+    config = dict(spec=spec.to_dict(), mode="train", replicas=replicas, batch=batch, size=size, seed=seed,
+                  lr=LR, momentum=MOMENTUM, device="cpu", frameworks=list(frameworks),
+                  keras_backends=list(keras_backends))
+    chosen = [e for e in engines if e.framework in frameworks
+              and (e.framework != "keras" or e.env.get("KERAS_BACKEND") in keras_backends)]
+
+    oracle = Oracle(spec, weights, images, labels, replicas, progress)
+    rows, versions, results = [], {}, {}
+    with tempfile.TemporaryDirectory(prefix="resnet-parity-dp-") as tmp:
+        workdir = Path(tmp)
+        W.save(weights, workdir / "weights.safetensors")
+        np.save(workdir / "images.npy", images)
+        np.save(workdir / "labels.npy", labels)
+        job = dict(spec=spec.to_dict(), weights=str(workdir / "weights.safetensors"),
+                   images=str(workdir / "images.npy"), labels=str(workdir / "labels.npy"),
+                   replicas=replicas, lr=LR, momentum=MOMENTUM)
+        for engine in chosen:
+            row = DPRow(engine.name, "", promised=engine.bn, kept=engine.kept, variance=engine.variance)
+            rows.append(row)
+            if not installed(engine):
+                row.status = "not installed"
+                row.detail = "needs " + ", ".join(engine.requires)
+                continue
+            if progress:
+                progress(f"running {engine.name} on {replicas} replicas")
+            res = run_engine(engine, job, workdir, replicas, timeout)
+            if "error" in res:
+                message = str(res["error"])
+                gpu = bool(engine.gpu_only) and engine.gpu_only in message
+                row.status, row.detail = ("needs a GPU" if gpu else "error"), message
+                continue
+            versions[engine.name] = json.loads(str(res["versions"]))
+            results[engine.name] = res
+            try:
+                judge(row, engine, res, oracle)
+            except KeyError as e:  # an engine that left out an array fails, naming it
+                row.status, row.detail = "FAIL", f"the engine returned no {e.args[0]!r}"
+    config["oracle_distance"] = oracle.distance()
+    return DPReport(config, rows, versions, results, oracle)
+
+
+def judge(row: DPRow, engine: Engine, res: dict, oracle: "Oracle") -> DPRow:
+    """Compare one engine's arrays with the oracle under both semantics. Pass only when the
+    measured semantics is the promised one."""
+    replicas, w64 = oracle.replicas, oracle.w64
+    row.shards = int(res["shards"]) if "shards" in res else None
+    row.replicas_differ = _replicas_differ(res, replicas)
+    nxt = [k for k in res if k.startswith("rank1/next/stats/")]
+    if nxt:
+        same = all(np.array_equal(res[f"rank{r}/next/stats/{k.split('/', 3)[3]}"], res[f"stats/{k.split('/', 3)[3]}"])
+                   for r in range(1, replicas) for k in nxt)
+        row.next_forward = "rank 0's on every rank" if same else "each rank its own"
+    if "read_is_rank0" in res:
+        row.kept += "; a read gives replica 0's" if bool(res["read_is_rank0"]) else ""
+    matched = []
+    for bn in reference_dp.BN_MODES:
+        exact, budget = oracle(bn, engine.variance)
+        errors = _figures(res, exact, w64, replicas)
+        row.errors[bn], row.budgets[bn] = errors, budget
+        if all(errors[q] <= budget[q] for q in QUANTITIES):
+            matched.append(bn)
+    row.measured = matched[0] if len(matched) == 1 else ("neither" if not matched else "both")
+    if replicas == 1 and engine.bn in matched:
+        row.measured = engine.bn  # one replica: the two semantics are the same step
+    over = [f"{q} rel {row.errors[engine.bn][q]:.2e} > {row.budgets[engine.bn][q]:.2e}"
+            for q in QUANTITIES if row.errors[engine.bn][q] > row.budgets[engine.bn][q]]
+    if row.measured == engine.bn:
+        row.status = "pass"
+    else:
+        row.status = "FAIL"
+        row.detail = f"promises {engine.bn} statistics, measured {row.measured}" + (f": {'; '.join(over)}" if over else "")
+    return row
+
+
+class Oracle:
+    """``oracle(bn, variance)`` -> (float64 ``DPStep``, budget per quantity), computed once each:
+    the budget is ``MARGIN`` x the float32 oracle's error against the float64 one (floor ``FLOOR``)."""
+
+    def __init__(self, spec, weights, images, labels, replicas, progress=None):
+        self.spec, self.weights, self.images, self.labels = spec, weights, images, labels
+        self.replicas, self.progress = replicas, progress
+        self.w64 = {k: np.asarray(v, np.float64) for k, v in weights.items()}
+        self.cache: dict = {}
+        self.steps: dict = {}
+
+    def __call__(self, bn: str, variance: str):
+        if (bn, variance) not in self.cache:
+            if self.progress:
+                self.progress(f"float64 oracle: {bn} statistics, {variance} variance")
+            args = (self.spec, self.weights, self.images, self.labels, self.replicas, bn)
+            for dtype in (np.float64, np.float32):  # the variance rule changes no step: one each
+                if (bn, dtype) not in self.steps:
+                    self.steps[bn, dtype] = reference_dp.replica_steps(*args, dtype=dtype)
+            exact = reference_dp.dp_step(*args, variance, LR, MOMENTUM, steps=self.steps[bn, np.float64])
+            peer = reference_dp.dp_step(*args, variance, LR, MOMENTUM, dtype=np.float32,
+                                        steps=self.steps[bn, np.float32])
+            budget = {q: parity.MARGIN * max(e, FLOOR) for q, e in _peer_figures(peer, exact, self.w64).items()}
+            self.cache[bn, variance] = exact, budget
+        return self.cache[bn, variance]
+
+    def distance(self) -> dict:
+        """How far apart the two semantics are (the gradients' rel distance), per variance rule:
+        what tells them apart, far above every budget."""
+        out = {}
+        for variance in reference_dp.VARIANCES:
+            if ("global", variance) in self.cache and ("per_replica", variance) in self.cache:
+                a, b = self.cache["global", variance][0], self.cache["per_replica", variance][0]
+                keys = sorted(a.grads)
+                out[variance] = parity.rel_error(np.concatenate([b.grads[k].ravel() for k in keys]),
+                                                 np.concatenate([a.grads[k].ravel() for k in keys]))
+        return out
+
+
+def print_report(report: DPReport, console) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    cfg = report.config
+    spec = ResNetSpec.from_dict(cfg["spec"])
+    table = Table(title=f"resnet-parity check: one data-parallel SGD step (lr {cfg['lr']}, momentum "
+                        f"{cfg['momentum']}), {'x'.join(map(str, spec.depths))} ({spec.style}), "
+                        f"{cfg['replicas']} CPU replicas, global batch {cfg['batch']} x {cfg['size']}px, "
+                        f"seed {cfg['seed']}")
+    for col in ("engine", "BN statistics promised", "measured", "running statistics kept",
+                "replicas' running stats differ", "variance rule", *(f"{q} rel" for q in QUANTITIES), "result"):
+        table.add_column(col, justify="right" if col.endswith("rel") else "left")
+    for r in report.rows:
+        result = {"pass": "[green]pass[/]", "FAIL": "[bold red]FAIL[/]", "error": "[red]error[/]",
+                  "not installed": "[dim]not installed[/]", "needs a GPU": "[yellow]needs a GPU[/]"}[r.status]
+        if r.detail:
+            result += f" {escape(r.detail)}"
+        semantics = r.measured if r.measured in reference_dp.BN_MODES else r.promised
+        figures = [f"{r.errors[semantics][q]:.2e} (<= {r.budgets[semantics][q]:.1e})" if r.errors else "-"
+                   for q in QUANTITIES]
+        differ = "-" if r.replicas_differ is None else ("yes" if r.replicas_differ else "no")
+        if r.next_forward:
+            differ += f"; after the next forward: {r.next_forward}"
+        table.add_row(escape(r.engine), r.promised, r.measured or "-", escape(r.kept), escape(differ), r.variance,
+                      *figures, result)
+    console.print(table)
+    for variance, distance in cfg.get("oracle_distance", {}).items():
+        console.print(f"global vs per-replica statistics ({variance} variance): the oracles' gradients "
+                      f"differ by rel {distance:.2e}")
+    if "keras" in cfg.get("frameworks", ()) and "torch" in cfg.get("keras_backends", ()):
+        console.print("keras\\[torch]: not run; Keras has no data-parallel engine on the torch backend "
+                      "(keras.distribution runs on jax, tf.distribute on tensorflow)")
+    console.print("[bold green]all checks passed[/]" if report.ok else "[bold red]parity check failed[/]")
+
+
+def check_args(args) -> None:
+    """ValueError for flags ``--replicas`` cannot run with, before any weights are made."""
+    if args.mode != "train":
+        raise ValueError(f"--replicas: data-parallel checks run a training step; add --mode train (got --mode {args.mode})")
+    unsupported = [flag for flag, used in (("--device gpu", args.device != "cpu"),
+                                           (f"--precision {args.precision}", args.precision != "fp32"),
+                                           ("--trace", args.trace), ("--override", bool(args.override))) if used]
+    if unsupported:
+        raise ValueError(f"--replicas: runs fp32 on CPU replicas only; not with {', '.join(unsupported)}")
+    check_replicas(args.replicas, args.batch)
+
+
+def cli(args, spec: ResNetSpec, weights: dict, console) -> int:
+    """``check --mode train --replicas N`` (called by ``shared.cli.cmd_check``)."""
+    with console.status("data-parallel step") as status:
+        report = check_dp(spec, weights, replicas=args.replicas, frameworks=args.frameworks,
+                          keras_backends=args.keras_backends, batch=args.batch, size=args.size, seed=args.seed,
+                          progress=status.update)
+    print_report(report, console)
+    if args.json:
+        from shared.cli import _write_json
+
+        _write_json(args.json, report.to_json())
+    return 0 if report.ok else 1
