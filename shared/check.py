@@ -15,7 +15,8 @@ the same run (shared.parity):
   operands): the resolution of the check at that precision, always below 0.5.
 - A check without a limit is "not judged", and the run fails.
 
-Pairwise, two implementations may differ by at most the sum of their budgets.
+Pairwise, two implementations may differ by at most the sum of their budgets at fp32, and by
+one budget at TF32 and bf16 (so no pairwise budget reaches 0.5 either).
 """
 
 from __future__ import annotations
@@ -293,7 +294,9 @@ def check(spec: ResNetSpec, weights: dict, *, frameworks=FRAMEWORKS, keras_backe
     for i, a in enumerate(judged):
         for b in judged[i + 1:]:
             rel = parity.rel_error(results[a.target]["logits"], results[b.target]["logits"])
-            limit = a.budget + b.budget
+            # fp32: the triangle rule (the sum). Low precision: both were judged against one
+            # emulated oracle, and two legitimate roundings lie within one budget of each other.
+            limit = max(a.budget, b.budget) if low else a.budget + b.budget
             agree = parity.top1_agreement(results[a.target]["logits"], results[b.target]["logits"])
             pairwise[f"{a.target} vs {b.target}"] = {"rel": rel, "budget": limit, "top1": agree, "pass": rel <= limit}
     versions = {t.label: json.loads(str(results[t.label]["versions"])) for t in found
