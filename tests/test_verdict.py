@@ -184,3 +184,16 @@ def test_override_breaks_flax_alone():
 def test_override_breaks_keras_alone():
     keras = pytest.importorskip("keras")
     _override_fails("keras", (keras.backend.backend(),))
+
+
+def test_a_check_without_a_limit_is_not_judged_and_fails(monkeypatch):
+    """A budget the check cannot honour (here: every low-precision budget declared too wide)
+    reads "not judged", never "pass", and the run fails."""
+    pytest.importorskip("torch")
+    monkeypatch.setattr(check, "LOW_PRECISION_CAP", 1e-12)
+    spec = S.preset_spec("torchvision", **TINY)
+    weights = reference.calibrated_weights(spec, seed=0, size=32)
+    report = check.check(spec, weights, frameworks=["torch"], precision="bf16", size=32)
+    (row,) = report.rows
+    assert row.status == "not judged" and "not judged" in row.detail
+    assert not report.ok
