@@ -1,15 +1,19 @@
 """Gradients of the numpy reference, derived by hand: the oracle no framework wrote.
 
-``loss_and_grads(spec, weights, images, labels)`` runs the train-mode forward pass of
-``shared.reference`` (BatchNorm on batch statistics), the mean softmax cross-entropy, and its
-backward pass layer by layer in plain numpy. In float64 it is the oracle for every framework's
-gradients; in float32 the same arithmetic is the peer whose error sets the budget, as
-``reference.forward(..., dtype=np.float32)`` does for the logits. ``tests/test_backprop.py``
-proves it against central finite differences of the float64 forward.
+``step(spec, weights, images, labels)`` runs the train-mode forward pass of ``shared.reference``
+(BatchNorm on batch statistics), the mean softmax cross-entropy, and its backward pass layer by
+layer in plain numpy; it returns the loss, the logits, the gradient of every learnable weight and
+the batch statistics each BatchNorm normalised with. ``loss_and_grads`` is the same pass as a
+tuple. In float64 it is the oracle for every framework's gradients, on one device here and per
+replica in ``shared.reference_dp``; in float32 the same arithmetic is the peer whose error sets
+the budget, as ``reference.forward(..., dtype=np.float32)`` does for the logits.
+``tests/test_verdict.py`` proves it against central finite differences of the float64 forward
+and against torchvision's autograd.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping
 
 import numpy as np
@@ -115,13 +119,38 @@ def _chain_backward(tape: _Tape, record: list, dy, grads):
     return dy
 
 
-def loss_and_grads(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray,
-                   labels: np.ndarray, dtype=np.float64) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
-    """(mean softmax cross-entropy, logits, gradient of every learnable weight) of one
-    train-mode forward pass. BatchNorm running statistics get no gradient."""
+def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    """(mean softmax cross-entropy, its gradient with respect to the logits)."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    batch = logits.shape[0]
+    loss = -logp[np.arange(batch), labels].mean()
+    dy = np.exp(logp)
+    dy[np.arange(batch), labels] -= 1.0
+    return float(loss), dy / batch
+
+
+@dataclasses.dataclass
+class Step:
+    """One train-mode forward and backward pass on one device (or one data-parallel replica)."""
+
+    loss: float  # mean softmax cross-entropy over the batch
+    logits: np.ndarray
+    grads: dict[str, np.ndarray]  # every learnable weight, in the spec's order
+    stats: dict[str, tuple[np.ndarray, np.ndarray, int]]  # bn name -> (mean, biased var, count) it normalised with
+
+
+def step(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray, labels: np.ndarray,
+         dtype=np.float64) -> Step:
+    """The train-mode forward pass, its loss and its backward pass (module docstring). BatchNorm
+    running statistics get no gradient; their update is the caller's, from ``Step.stats``."""
     if not (spec.include_top and spec.head()):
         raise ValueError("backprop: the loss needs a classifier head (include_top=True, pooling set)")
     R.check_images(spec, images)
+    labels = np.asarray(labels)
+    if labels.shape != (images.shape[0],) or labels.min() < 0 or labels.max() >= spec.num_classes:
+        raise ValueError(f"labels: expected {images.shape[0]} class indices in [0, {spec.num_classes}), "
+                         f"got shape {labels.shape}")
     w = {k: np.asarray(v, dtype=dtype) for k, v in weights.items()}
     tape = _Tape(w)
     x = np.asarray(images, dtype=dtype)
@@ -144,21 +173,22 @@ def loss_and_grads(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: 
     for layer in spec.head():
         x = tape.forward(layer, x, head)
     logits = x
-    labels = np.asarray(labels).astype(int)
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    batch = logits.shape[0]
-    loss = -logp[np.arange(batch), labels].mean()
+    loss, dy = cross_entropy(logits, labels.astype(int))
 
     grads: dict[str, np.ndarray] = {}
-    dy = np.exp(logp)
-    dy[np.arange(batch), labels] -= 1.0
-    dy = _chain_backward(tape, head, dy / batch, grads)
+    dy = _chain_backward(tape, head, dy, grads)
     for main, short, pre in reversed(blocks):
         dy = dy * (pre > 0)
         dx = _chain_backward(tape, main, dy, grads)
         dx = dx + (_chain_backward(tape, short, dy, grads) if short else dy)
         dy = dx
     _chain_backward(tape, stem, dy, grads)
-    learnable = {k for k in spec.param_shapes() if not k.endswith((".mean", ".var"))}
-    return float(loss), logits, {k: v for k, v in grads.items() if k in learnable}
+    learnable = [k for k in spec.param_shapes() if not k.endswith((".mean", ".var"))]
+    return Step(loss, logits, {k: grads[k] for k in learnable}, tape.stats)
+
+
+def loss_and_grads(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray,
+                   labels: np.ndarray, dtype=np.float64) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
+    """(mean softmax cross-entropy, logits, gradient of every learnable weight) of ``step``."""
+    result = step(spec, weights, images, labels, dtype)
+    return result.loss, result.logits, result.grads

@@ -5,7 +5,7 @@ float64, its running statistics against numpy's own mean and variance of the sha
 import numpy as np
 import pytest
 
-from shared import reference, reference_dp as R, spec as S
+from shared import backprop, reference, reference_dp as R, spec as S
 
 TINY = dict(depths=(1, 1, 1, 1), width=8, num_classes=10)
 SIZE = 64
@@ -115,6 +115,18 @@ def test_running_variance_rule_uses_each_replicas_own_count():
         expect_var = (1 - m) * weights["conv1_bn.var"].astype(np.float64) + m * y.var(axis=0, ddof=1)
         assert np.allclose(per.running[r]["conv1_bn.mean"], expect_mean, rtol=1e-10, atol=0)
         assert np.allclose(per.running[r]["conv1_bn.var"], expect_var, rtol=1e-10, atol=0)
+
+
+def test_one_replica_is_the_single_device_backprop_exactly():
+    """The data-parallel oracle adds no arithmetic of its own to shared.backprop: with one
+    replica, under either semantics, its loss, logits and gradients are backprop's, bit for bit."""
+    spec, weights, images, labels = _case(seed=7)
+    loss, logits, grads = backprop.loss_and_grads(spec, weights, images, labels)
+    for bn in R.BN_MODES:
+        dp = R.dp_step(spec, weights, images, labels, 1, bn, "biased")
+        assert dp.loss == loss and np.array_equal(dp.logits, logits)
+        assert list(dp.grads) == list(grads)
+        assert all(np.array_equal(dp.grads[k], grads[k]) for k in grads), bn
 
 
 @pytest.mark.parametrize("replicas, message", [(0, "integer >= 1"), (5, "need at least 5 images"),
