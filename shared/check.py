@@ -21,15 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from shared import parity, reference, weights as W
+from shared import check_fast, parity, reference, weights as W
 from shared.spec import ResNetSpec
 from shared.worker import Job
 
-FRAMEWORKS = ("torch", "keras", "flax")
+FRAMEWORKS = ("torch", "keras", "flax", "onnx")
 KERAS_BACKENDS = ("tensorflow", "jax", "torch")
 # What a framework (or Keras backend) needs installed, by import name.
 REQUIRES = {"torch": ("torch",), "flax": ("jax", "flax"), "keras": ("keras",),
-            "tensorflow": ("tensorflow",), "jax": ("jax",)}
+            "tensorflow": ("tensorflow",), "jax": ("jax",), "onnx": ("onnx", "onnxruntime")}
 # Running-variance convention each framework's BatchNorm update uses (see reference.forward_train).
 VARIANCE = {"torch": "unbiased", "keras": "biased", "flax": "biased"}
 FP32_FLOOR = 1e-6  # a peer error of exactly 0 (identical arithmetic) would give a zero budget
@@ -134,16 +134,19 @@ def compare_trace(result: dict, ref_trace: dict, peer_trace: dict, budget: float
 
 def check(spec: ResNetSpec, weights: dict, *, frameworks=FRAMEWORKS, keras_backends=KERAS_BACKENDS,
           device="cpu", precision="fp32", mode="eval", batch=4, size=96, seed=0, trace=False,
-          overrides: dict | None = None, timeout: float = 900.0, progress=None) -> Report:
+          overrides: dict | None = None, timeout: float = 900.0, progress=None, fold: bool = False) -> Report:
     """Run every installed target; ``overrides`` maps a framework to spec fields that framework
-    alone is built with (how the suite proves it catches a broken port)."""
+    alone is built with (how the suite proves it catches a broken port). ``fold``: the targets
+    run the BatchNorm-folded network, judged against the unfolded reference (check_fast)."""
     W.validate(spec, weights)
     images = reference.random_images(spec, batch, size, seed)
     labels = np.random.Generator(np.random.PCG64(seed)).integers(0, max(spec.num_classes, 1), batch)
     found, missing = targets(frameworks, keras_backends)
     rows = [Row(t.label, "not installed") for t in missing]
+    run_spec, run_weights, found, note = check_fast.prepare(spec, weights, found, fold=fold, mode=mode,
+                                                             device=device, precision=precision)
     config = dict(spec=spec.to_dict(), device=device, precision=precision, mode=mode, batch=batch,
-                  size=size, seed=seed, trace=trace, overrides=overrides or {})
+                  size=size, seed=seed, trace=trace, overrides=overrides or {}, fold=fold, note=note)
 
     ref_trace, peer_trace, train_ref = {}, {}, {}
     if mode == "train":
@@ -165,13 +168,13 @@ def check(spec: ResNetSpec, weights: dict, *, frameworks=FRAMEWORKS, keras_backe
     results, versions = {}, {}
     with tempfile.TemporaryDirectory(prefix="resnet-parity-") as tmp:
         workdir = Path(tmp)
-        W.save(weights, workdir / "weights.safetensors")
+        W.save(run_weights, workdir / "weights.safetensors")
         np.save(workdir / "images.npy", images)
         np.save(workdir / "labels.npy", labels)
         for t in found:
             if progress:
                 progress(t.label)
-            fields = {**spec.to_dict(), **(overrides or {}).get(t.framework, {})}
+            fields = {**run_spec.to_dict(), **(overrides or {}).get(t.framework, {})}
             oracle = t.backend == "float64 oracle"
             job = Job(t.framework, "cpu" if oracle else device, "fp64" if oracle else precision, mode, fields, str(workdir / "weights.safetensors"),
                       str(workdir / "images.npy"), str(workdir / "labels.npy") if mode == "train" else None,

@@ -83,7 +83,8 @@ def print_check(report, console) -> None:
     cfg = report.config
     spec = S.ResNetSpec.from_dict(cfg["spec"])
     title = (f"resnet-parity check: {'x'.join(map(str, spec.depths))} ({spec.style}), {cfg['device']}, "
-             f"{cfg['precision']}, {cfg['mode']} mode, batch {cfg['batch']} x {cfg['size']}px, seed {cfg['seed']}")
+             f"{cfg['precision']}, {cfg['mode']} mode, batch {cfg['batch']} x {cfg['size']}px, seed {cfg['seed']}"
+             f"{', BatchNorm folded (vs the unfolded reference)' if cfg.get('fold') else ''}")
     table = Table(title=title)
     train = cfg["mode"] == "train"
     columns = ["framework", "backend", "device", "precision", "rel vs float64", "max abs", "top-1", "budget"]
@@ -152,7 +153,8 @@ def cmd_check(args) -> int:
 
         report = check.check(spec, weights, frameworks=args.frameworks, keras_backends=args.keras_backends,
                              device=args.device, precision=args.precision, mode=args.mode, batch=args.batch,
-                             size=args.size, seed=args.seed, trace=args.trace, overrides=overrides, progress=step)
+                             size=args.size, seed=args.seed, trace=args.trace, overrides=overrides, progress=step,
+                             fold=args.fold)
     print_check(report, console)
     if args.trace:
         for r in report.rows:
@@ -228,6 +230,44 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """A preset (random weights, ``--seed``) or a checkpoint -> an ONNX file built from the spec."""
+    from shared import fold, onnx_export, weights as W
+
+    if args.source in S.ARCHS:
+        spec = S.preset(args.source, args.style or "torchvision")
+        weights = W.init(spec, seed=args.seed)
+        what = f"{args.source} with random weights (seed {args.seed})"
+    else:
+        spec, weights = read_weights(args.source, args.style)
+        what = args.source
+    if args.fold and not spec.folded:
+        spec, weights = fold.fold_batchnorm(spec, weights)
+    try:
+        path = onnx_export.to_onnx(spec, weights, args.dest, layout=args.layout, opset=args.opset,
+                                   image_size=args.image_size)
+    except (ImportError, OSError) as e:
+        raise CliError(str(e)) from None
+    print(f"wrote {path} from {what}: {spec.style} style{', BatchNorm folded' if spec.folded else ''}, "
+          f"{args.layout}, dynamic batch")
+    return 0
+
+
+def add_export_parser(sub) -> None:
+    export = sub.add_parser("export", help="export a preset or checkpoint as an ONNX model built from the spec")
+    export.add_argument("source", metavar="ARCH_OR_WEIGHTS",
+                        help=f"one of {', '.join(S.ARCHS)} (random weights), or a .safetensors/.pth/.h5 checkpoint")
+    export.add_argument("dest", help="the .onnx file to write")
+    export.add_argument("--format", choices=("onnx",), default="onnx")
+    export.add_argument("--fold", action="store_true", help="fold every BatchNorm into the conv before it")
+    export.add_argument("--style", choices=S.STYLES, default=None)
+    export.add_argument("--layout", choices=("NCHW", "NHWC"), default="NCHW")
+    export.add_argument("--opset", type=int, default=None)
+    export.add_argument("--image-size", type=int, default=None, help="fix height and width (default: dynamic)")
+    export.add_argument("--seed", type=int, default=0)
+    export.set_defaults(func=cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from shared.check import FRAMEWORKS, KERAS_BACKENDS
 
@@ -247,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--seed", type=int, default=0)
     check.add_argument("--mode", choices=("eval", "train"), default="eval")
     check.add_argument("--trace", action="store_true", help="compare every block; name the first that leaves its budget")
+    check.add_argument("--fold", action="store_true",
+                       help="run every target with BatchNorm folded into the convs, judged against the unfolded reference")
     check.add_argument("--json", help="write every figure to this file")
     check.add_argument("--override", action="append", metavar="FRAMEWORK:FIELD=VALUE",
                        help="build one framework from a changed spec (proves a broken port is caught)")
@@ -268,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     from shared import bench
 
     bench.add_parser(sub)
+    add_export_parser(sub)
     return parser
 
 

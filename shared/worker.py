@@ -21,7 +21,8 @@ import numpy as np
 
 from shared.spec import ResNetSpec
 
-RUNNERS = {"torch": "resnet_torch.runner", "keras": "resnet_keras.runner", "flax": "resnet_flax.runner"}
+RUNNERS = {"torch": "resnet_torch.runner", "keras": "resnet_keras.runner", "flax": "resnet_flax.runner",
+           "onnx": "shared.onnx_runner"}
 
 
 @dataclasses.dataclass
