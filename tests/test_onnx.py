@@ -205,3 +205,37 @@ def test_check_leaves_onnx_out_of_train_mode():
     _, _, kept, note = __import__("shared.check_fast", fromlist=["prepare"]).prepare(
         spec, W.init(spec), found, fold=False, mode="train", device="cpu", precision="fp32")
     assert kept == [] and "eval-mode fp32 CPU checks only" in note
+
+
+# ---------------------------------------------------------------- bench rows
+
+
+def test_bench_plan_adds_fold_and_onnx_rows(monkeypatch):
+    from shared import bench_plan
+
+    monkeypatch.setattr(bench_plan, "installed", lambda m: True)
+    pairs = bench_plan.plan(("torch", "onnx"), (), ("infer", "train"), ("fp32",), "cpu", fold=True)
+    rows = {(p.target, p.mode): p for p in pairs}
+    assert [p.target for p in pairs if p.mode == "infer"] == ["torch", "torch+fold", "onnx", "onnx+fold"]
+    assert rows[("torch+fold", "infer")].ours.label == "resnet_torch+fold"
+    assert rows[("onnx+fold", "infer")].reference.label == "torchvision"  # beside torchvision, in the same run
+    assert all(p.skipped == "skipped: inference only" for p in pairs if p.mode == "train" and p.target != "torch")
+
+
+@pytest.mark.skipif(not installed("torch") or not installed("torchvision"), reason="torch/torchvision not installed")
+def test_tiny_bench_runs_onnxruntime_and_folded_rows(tmp_path):
+    import json
+
+    proc = subprocess.run([sys.executable, "-m", "shared.cli", "bench", "--frameworks", "onnx", "--mode", "infer",
+                           "--fold", "--interleave", "--depths", "1,1,1,1", "--batch", "2", "--size", "32",
+                           "--iters", "1", "--warmup", "1", "--json", str(tmp_path / "b.json")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert "--fold" in report["command"] and report["config"]["fold"] is True
+    rows = {r["target"]: r for r in report["rows"]}
+    assert set(rows) == {"onnx", "onnx+fold"}
+    for target, row in rows.items():
+        assert row["status"] == "ok" and row["ratio"] > 0
+        assert row["ours"]["settings"]["folded"] is (target == "onnx+fold")
+        assert "onnxruntime" in row["ours"]["versions"]
