@@ -155,3 +155,13 @@ def test_flax_folded_model_refuses_train_mode():
     model = resnet_flax.build(S.preset_spec("keras", **TINY, folded=True))
     with pytest.raises(ValueError, match="folded"):
         model.train()
+
+
+def test_folded_weights_without_a_stored_spec_need_a_style():
+    from shared import interop
+
+    spec, weights, *_ = _case("keras")
+    fspec, fweights = fold_batchnorm(spec, weights)
+    with pytest.raises(W.WeightsError, match="BatchNorm-folded"):
+        interop.spec_from_canonical(fweights)
+    assert interop.spec_from_canonical(fweights, style="keras") == fspec
