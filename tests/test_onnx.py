@@ -239,3 +239,23 @@ def test_tiny_bench_runs_onnxruntime_and_folded_rows(tmp_path):
         assert row["status"] == "ok" and row["ratio"] > 0
         assert row["ours"]["settings"]["folded"] is (target == "onnx+fold")
         assert "onnxruntime" in row["ours"]["versions"]
+
+
+@pytest.mark.skipif(not installed("torch"), reason="torch not installed")
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("fold", [False, True], ids=["unfolded", "folded"])
+def test_torch_onnx_export_of_resnet_torch_passes_the_same_budget(tmp_path, fold):
+    """The user's own route (torch.onnx.export, TorchScript exporter: the dynamo one needs
+    onnxscript) judged like ours: onnxruntime against the float64 reference."""
+    import torch
+
+    import resnet_torch
+
+    spec = S.preset_spec("torchvision", **TINY)
+    weights, images, ref, budget = _case(spec)
+    run_spec, run_weights = fold_batchnorm(spec, weights) if fold else (spec, weights)
+    model = resnet_torch.load_weights(resnet_torch.build(run_spec), run_weights)
+    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    torch.onnx.export(model, (x,), str(tmp_path / "t.onnx"), dynamo=False, input_names=["images"],
+                      output_names=["output"], dynamic_axes={"images": {0: "batch"}})
+    assert parity.rel_error(_run(tmp_path / "t.onnx", images), ref) <= budget
