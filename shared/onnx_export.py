@@ -126,11 +126,8 @@ def build_model(spec: ResNetSpec, weights: Mapping[str, np.ndarray], *, layout: 
             return f"{name}/nhwc"
         return name
 
-    side = image_size if image_size is not None else None
-    if layout == "NCHW":
-        in_shape = ["batch", spec.image_channels, side or "height", side or "width"]
-    else:
-        in_shape = ["batch", side or "height", side or "width", spec.image_channels]
+    h, w = (image_size, image_size) if image_size is not None else ("height", "width")
+    in_shape = ["batch", spec.image_channels, h, w] if layout == "NCHW" else ["batch", h, w, spec.image_channels]
     def output(src: str, dst: str, rank: int, channels: int | None) -> None:
         nodes.append(helper.make_node("Identity", [to_layout(src, rank)], [dst], name=dst))
         shape = ["batch", channels] if rank == 2 else (
