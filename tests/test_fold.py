@@ -165,3 +165,19 @@ def test_folded_weights_without_a_stored_spec_need_a_style():
     with pytest.raises(W.WeightsError, match="BatchNorm-folded"):
         interop.spec_from_canonical(fweights)
     assert interop.spec_from_canonical(fweights, style="keras") == fspec
+
+
+@pytest.mark.keras
+@pytest.mark.skipif(not installed("keras"), reason="keras not installed")
+def test_keras_folded_model_refuses_fit_and_still_predicts():
+    import resnet_keras
+
+    spec, weights, images, ref, budget = _case("keras")
+    fspec, fweights = fold_batchnorm(spec, weights)
+    model = resnet_keras.build(fspec)
+    resnet_keras.load_weights(model, fweights)
+    model.compile(optimizer="sgd", loss="mse")
+    for call in (model.fit, model.train_on_batch):
+        with pytest.raises(ValueError, match="folded"):
+            call(images, np.zeros((len(images), 10), np.float32))
+    assert parity.rel_error(resnet_keras.predict(model, images), ref) <= budget
