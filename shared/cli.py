@@ -119,6 +119,8 @@ def print_check(report, console) -> None:
     if cfg["mode"] == "train":
         console.print("running statistics: torch updates running_var with the unbiased batch variance, "
                       "Keras and Flax with the biased one; each is judged against the reference with its own rule.")
+    if cfg.get("note"):
+        console.print(escape(cfg["note"]))
     console.print("[bold green]all checks passed[/]" if report.ok else "[bold red]parity check failed[/]")
 
 
