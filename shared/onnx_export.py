@@ -26,7 +26,7 @@ from typing import Mapping
 
 import numpy as np
 
-from shared.spec import Add, BatchNorm, Conv, Dense, GlobalPool, MaxPool, ReLU, ResNetSpec
+from shared.spec import BatchNorm, Conv, Dense, GlobalPool, MaxPool, ReLU, ResNetSpec
 from shared.weights import validate
 
 DEFAULT_OPSET = 17  # BatchNormalization-15, every op here; run by onnxruntime >= 1.13
