@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from shared.fold import refuse_training
 from shared.spec import BatchNorm, Conv, Dense, ResNetSpec
 
 # Canonical param -> attribute of the nnx layer, per layer kind.
@@ -123,6 +124,10 @@ class ResNet(nnx.Module):
         for layer in spec.layers():
             if layer.params:
                 setattr(self, layer.name, _native_layer(layer, rngs, draw, dtype, param_dtype))
+
+    def train(self, **attributes):
+        refuse_training(self.spec, "train()")
+        return super().train(**attributes)
 
     def _apply(self, layer, x):
         if layer.params:

@@ -14,6 +14,7 @@ import keras
 from keras import layers
 
 from shared.keras_h5 import INPUT_LAYER, keras_padding, pad_name
+from shared.fold import refuse_training
 from shared.parity import depth_name
 from shared.spec import Block, ResNetSpec
 
@@ -108,7 +109,17 @@ def build(spec: ResNetSpec, input_shape=None, classifier_activation=None, name: 
     x = _chain(spec.head(), x, classifier_activation)
     model = keras.Model(inputs, x, name=name or depth_name(spec.depths) or "resnet")
     model.spec = spec
+    if spec.folded:  # eval only: Keras' training entry points refuse, before touching any state
+        model.fit = _refuses("fit()", spec)
+        model.train_on_batch = _refuses("train_on_batch()", spec)
     return model
+
+
+def _refuses(what: str, spec: ResNetSpec):
+    def refuse(*args, **kwargs):
+        refuse_training(spec, what)
+
+    return refuse
 
 
 def spec_of(model) -> ResNetSpec:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from shared import spec as S
+from shared.fold import refuse_training
 from shared.interop import torchvision_module
 from shared.spec import Block, GlobalPool, Layer, MaxPool, ReLU, ResNetSpec
 
@@ -76,6 +77,11 @@ class ResNet(nn.Module):
             self.add_module(name, stage)
         self.stage_names = tuple(stages)
         self.head_path = tuple(_register(self, layer) for layer in spec.head())
+
+    def train(self, mode: bool = True) -> "ResNet":
+        if mode:
+            refuse_training(self.spec, "train()")
+        return super().train(mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for name in self.stem_path + self.stage_names + self.head_path:

@@ -70,6 +70,8 @@ def add_parser(sub) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile for torch; jit_compile=True for Keras (Flax is always jitted)")
     p.add_argument("--channels-last", action="store_true", help="torch: channels_last model and inputs")
+    p.add_argument("--fold", action="store_true",
+                   help="add rows where ours runs with BatchNorm folded into the convs (inference only)")
     p.add_argument("--iters", type=_positive, default=10, help="timed iterations")
     p.add_argument("--warmup", type=_positive, default=2, help="untimed iterations first (compilation)")
     p.add_argument("--seed", type=int, default=0)
@@ -92,6 +94,7 @@ def command_line(args) -> str:
              "--device", args.device, "--iters", str(args.iters), "--warmup", str(args.warmup),
              "--seed", str(args.seed)]
     words += ["--compile"] * args.compile + ["--channels-last"] * args.channels_last + ["--interleave"] * args.interleave
+    words += ["--fold"] * getattr(args, "fold", False)
     if args.depths:
         words += ["--depths", ",".join(map(str, args.depths))]
     for opt in ("json", "plot", "markdown"):
@@ -116,10 +119,10 @@ def measure(run: Run, args, workdir: Path, timeout: float, partner: Run | None =
     name = f"{run.label}-{run.mode}-{run.precision}".replace("[", "-").replace("]", "")
     name += f"-with-{partner.label}".replace("[", "-").replace("]", "") if partner else ""
     out = workdir / f"{name}.json"
-    with_partner = {k: getattr(partner, k) for k in ("runner", "impl", "backend", "style")} if partner else None
+    with_partner = {k: getattr(partner, k) for k in ("runner", "impl", "backend", "style", "fold")} if partner else None
     job = Job(run.runner, run.impl, run.backend, run.mode, run.precision, run.style, args.arch, args.device,
               args.batch, args.size, args.iters, args.warmup, args.compile, args.channels_last, args.seed, str(out),
-              args.depths, with_partner)
+              args.depths, with_partner, run.fold)
     job.write(workdir / f"{name}.job.json")
     heads = [{"label": r.label, "style": r.style} for r in (run, partner) if r]
     try:
@@ -170,10 +173,11 @@ def run_bench(args, progress=None, partial=None) -> dict:
     ``partial(report)`` after each, with the runs still to come marked "not run"."""
     from shared.bench_report import machine
 
-    pairs = plan(args.frameworks, args.keras_backends, args.mode, args.precision, args.device)
-    config = {k: getattr(args, k) for k in ("arch", "frameworks", "keras_backends", "mode", "precision", "batch",
-                                            "size", "device", "compile", "channels_last", "iters", "warmup", "seed",
-                                            "depths", "interleave")}
+    pairs = plan(args.frameworks, args.keras_backends, args.mode, args.precision, args.device,
+                 getattr(args, "fold", False))
+    config = {k: getattr(args, k, False) for k in ("arch", "frameworks", "keras_backends", "mode", "precision", "batch",
+                                                   "size", "device", "compile", "channels_last", "iters", "warmup",
+                                                   "seed", "depths", "interleave", "fold")}
     head = {"command": command_line(args), "argv": sys.argv,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": machine(), "config": config}
@@ -214,8 +218,8 @@ def cmd_bench(args) -> int:
             bench_report.check_plot_available()
         except bench_report.PlotUnavailable as e:
             raise CliError(str(e)) from None
-    total = len(_batches(plan(args.frameworks, args.keras_backends, args.mode, args.precision, args.device),
-                         args.interleave))
+    total = len(_batches(plan(args.frameworks, args.keras_backends, args.mode, args.precision, args.device,
+                              args.fold), args.interleave))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("bench", total=total)

@@ -28,24 +28,27 @@ def installed(module: str) -> bool:
 class Run:
     """One model measured in one mode and precision, in a process of its own."""
 
-    runner: str  # which shared.bench_<runner> module drives it: "torch", "keras", "flax"
+    runner: str  # which shared.bench_<runner> module drives it: "torch", "keras", "flax", "onnx"
     impl: str  # "ours" or "reference"
     backend: str  # Keras backend; "" for the others
     mode: str
     precision: str
     style: str  # spec style: the reference's own
+    fold: bool = False  # ours built from the BatchNorm-folded spec (shared.fold)
 
     @property
     def label(self) -> str:
         name = {("torch", "ours"): "resnet_torch", ("torch", "reference"): "torchvision",
                 ("keras", "ours"): "resnet_keras", ("keras", "reference"): "keras.applications",
-                ("flax", "ours"): "resnet_flax"}[(self.runner, self.impl)]
+                ("flax", "ours"): "resnet_flax", ("onnx", "ours"): "onnxruntime"}[(self.runner, self.impl)]
+        name += "+fold" if self.fold else ""
         return f"{name}[{self.backend}]" if self.backend else name
 
     @property
     def requires(self) -> tuple[str, ...]:
         """Import names this run needs."""
-        needs = {"torch": ("torch",), "keras": ("keras",), "flax": ("jax", "flax", "optax")}[self.runner]
+        needs = {"torch": ("torch",), "keras": ("keras",), "flax": ("jax", "flax", "optax"),
+                 "onnx": ("onnx", "onnxruntime")}[self.runner]
         if self.runner == "torch" and self.impl == "reference":
             needs += ("torchvision",)
         if self.backend:
@@ -76,7 +79,10 @@ class Pair:
 def _pair(target: str, mode: str, precision: str) -> Pair:
     framework, _, backend = target.partition("[")
     backend = backend.rstrip("]")
-    if framework == "torch":
+    if framework == "onnx":  # the spec's ONNX model in onnxruntime, beside torchvision
+        ours = Run("onnx", "ours", "", mode, precision, "torchvision")
+        ref = Run("torch", "reference", "", mode, precision, "torchvision")
+    elif framework == "torch":
         ours, ref = (Run("torch", impl, "", mode, precision, "torchvision") for impl in ("ours", "reference"))
     elif framework == "keras":
         ours, ref = (Run("keras", impl, backend, mode, precision, "keras") for impl in ("ours", "reference"))
@@ -87,8 +93,9 @@ def _pair(target: str, mode: str, precision: str) -> Pair:
 
 
 def plan(frameworks=FRAMEWORKS, keras_backends=KERAS_BACKENDS, modes=MODES, precisions=("fp32",),
-         device: str = "cpu") -> list[Pair]:
-    """Every row, in table order; rows that cannot run say why in ``skipped``."""
+         device: str = "cpu", fold: bool = False) -> list[Pair]:
+    """Every row, in table order; rows that cannot run say why in ``skipped``. ``fold`` adds,
+    after each target's row, one whose ours runs the BatchNorm-folded spec (same reference)."""
     targets = []
     for fw in frameworks:
         targets += [f"keras[{b}]" for b in keras_backends] if fw == "keras" else [fw]
@@ -96,13 +103,21 @@ def plan(frameworks=FRAMEWORKS, keras_backends=KERAS_BACKENDS, modes=MODES, prec
     for target in targets:
         for mode in modes:
             for precision in precisions:
-                pair = _pair(target, mode, precision)
-                missing = pair.ours.missing()
-                if missing:
-                    pair.skipped = f"not installed: {', '.join(missing)}"
-                elif precision == "tf32" and device == "cpu":
-                    pair.skipped = "skipped: tf32 is a GPU mode"
-                pairs.append(pair)
+                for folded in (False, True) if fold else (False,):
+                    pair = _pair(target, mode, precision)
+                    if folded:
+                        pair = dataclasses.replace(pair, target=f"{target}+fold",
+                                                   ours=dataclasses.replace(pair.ours, fold=True))
+                    missing = pair.ours.missing()
+                    if missing:
+                        pair.skipped = f"not installed: {', '.join(missing)}"
+                    elif precision == "tf32" and device == "cpu":
+                        pair.skipped = "skipped: tf32 is a GPU mode"
+                    elif mode == "train" and (folded or pair.ours.runner == "onnx"):
+                        pair.skipped = "skipped: inference only"
+                    elif device == "gpu" and pair.ours.runner == "onnx":
+                        pair.skipped = "skipped: onnxruntime runs on the CPU here"
+                    pairs.append(pair)
     return pairs
 
 

@@ -45,10 +45,21 @@ class Job:
     seed: int
     out: str
     depths: tuple[int, ...] | None = None  # a custom depth instead of the preset's (tests)
-    partner: dict | None = None  # runner, impl, backend, style of a second model timed in turn
+    partner: dict | None = None  # runner, impl, backend, style, fold of a second model timed in turn
+    fold: bool = False  # build the BatchNorm-folded spec (shared.fold)
 
     def spec(self) -> S.ResNetSpec:
         return S.preset(self.arch, self.style, **({"depths": tuple(self.depths)} if self.depths else {}))
+
+    def model_inputs(self) -> tuple[S.ResNetSpec, dict]:
+        """(spec, seeded weights) the model is built from: folded when ``fold``."""
+        spec = self.spec()
+        weights = W.init(spec, self.seed)
+        if self.fold:
+            from shared.fold import fold_batchnorm
+
+            spec, weights = fold_batchnorm(spec, weights)
+        return spec, weights
 
     def inputs(self, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
         """Seeded standard-normal NHWC float32 images (never zeros) and int32 labels."""
@@ -70,7 +81,7 @@ def run(job: Job) -> dict:
     jobs = [job] + ([dataclasses.replace(job, partner=None, **job.partner)] if job.partner else [])
     modules = [importlib.import_module(f"shared.bench_{j.runner}") for j in jobs]
     baseline = rss_bytes()
-    prepared = [m.prepare(j, j.spec(), W.init(j.spec(), j.seed)) for m, j in zip(modules, jobs)]
+    prepared = [m.prepare(j, *j.model_inputs()) for m, j in zip(modules, jobs)]
     load_before = os.getloadavg()[0]
     timings = measure_in_turn([(p.step, p.sync) for p in prepared], warmup=job.warmup, iters=job.iters)
     load = [load_before, os.getloadavg()[0]]

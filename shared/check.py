@@ -32,16 +32,16 @@ from pathlib import Path
 
 import numpy as np
 
-from shared import backprop, mutants, parity, reference, weights as W
+from shared import backprop, check_fast, mutants, parity, reference, weights as W
 from shared.spec import ResNetSpec
 from shared.worker import Job
 
-FRAMEWORKS = ("torch", "keras", "flax")
+FRAMEWORKS = ("torch", "keras", "flax", "onnx")
 PRECISIONS = ("fp32", "tf32", "bf16")
 KERAS_BACKENDS = ("tensorflow", "jax", "torch")
 # What a framework (or Keras backend) needs installed, by import name.
 REQUIRES = {"torch": ("torch",), "flax": ("jax", "flax"), "keras": ("keras",),
-            "tensorflow": ("tensorflow",), "jax": ("jax",)}
+            "tensorflow": ("tensorflow",), "jax": ("jax",), "onnx": ("onnx", "onnxruntime")}
 # Running-variance convention each framework's BatchNorm update uses (see reference.forward_train).
 VARIANCE = {"torch": "unbiased", "keras": "biased", "flax": "biased"}
 FP32_FLOOR = 1e-6  # a peer error of exactly 0 (identical arithmetic) would give a zero budget
@@ -256,29 +256,33 @@ def validate_request(device: str, precision: str, mode: str, trace: bool, mutant
 
 def check(spec: ResNetSpec, weights: dict, *, frameworks=FRAMEWORKS, keras_backends=KERAS_BACKENDS,
           device="cpu", precision="fp32", mode="eval", batch=4, size=96, seed=0, trace=False,
-          overrides: dict | None = None, mutant: str = "", timeout: float = 900.0, progress=None) -> Report:
+          overrides: dict | None = None, mutant: str = "", timeout: float = 900.0, progress=None,
+          fold: bool = False) -> Report:
     """Run every installed target; ``overrides`` maps a framework to spec fields that framework
     alone is built with, and ``mutant`` (shared.mutants) breaks every framework on purpose:
-    both are how the suite proves the verdict can fail."""
+    both are how the suite proves the verdict can fail. ``fold``: the targets run the
+    BatchNorm-folded network, judged against the unfolded reference (check_fast)."""
     validate_request(device, precision, mode, trace, mutant)
     W.validate(spec, weights)
     images = reference.random_images(spec, batch, size, seed)
     labels = np.random.Generator(np.random.PCG64(seed)).integers(0, max(spec.num_classes, 1), batch)
     found, missing = targets(frameworks, keras_backends)
     rows = [Row(t.label, "not installed") for t in missing]
+    run_spec, run_weights, found, note = check_fast.prepare(spec, weights, found, fold=fold, mode=mode,
+                                                             device=device, precision=precision)
     config = dict(spec=spec.to_dict(), device=device, precision=precision, mode=mode, batch=batch,
-                  size=size, seed=seed, trace=trace, overrides=overrides or {}, mutant=mutant)
+                  size=size, seed=seed, trace=trace, overrides=overrides or {}, mutant=mutant, fold=fold, note=note)
     oracle = _oracle(spec, weights, images, labels, mode, precision, trace)
     low = precision != "fp32"
 
     results: dict[str, dict] = {}
     structure: dict[str, dict] = {}  # low precision: the same framework at fp32
     with tempfile.TemporaryDirectory(prefix="resnet-parity-") as tmp:
-        files = _inputs(Path(tmp), weights, images, labels)
+        files = _inputs(Path(tmp), run_weights, images, labels)
         for t in found:
             if progress:
                 progress(t.label)
-            fields = {**spec.to_dict(), **(overrides or {}).get(t.framework, {})}
+            fields = {**run_spec.to_dict(), **(overrides or {}).get(t.framework, {})}
             jobs = [_job(t, files, fields, device, p, mode, trace and p == precision, mutant, f"{t.label}-{p}")
                     for p in dict.fromkeys((precision, "fp32"))]
             done = run_jobs(t, jobs, timeout)
@@ -435,7 +439,9 @@ def catch_table(spec: ResNetSpec, weights: dict, *, names=None, modes=("eval", "
         validate_request(device, p, "eval", False)
     images = reference.random_images(spec, batch, size, seed)
     labels = np.random.Generator(np.random.PCG64(seed)).integers(0, max(spec.num_classes, 1), batch)
-    found, missing = targets(frameworks, keras_backends)
+    # onnxruntime runs eval fp32 only and has no framework code to break: the table covers the
+    # three framework packages.
+    found, missing = targets([f for f in frameworks if f != check_fast.ONNX], keras_backends)
     combos = [(m, p) for m in modes for p in precisions]
     oracles = {}
     for m, p in combos:

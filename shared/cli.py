@@ -66,7 +66,8 @@ def print_check(report, console) -> None:
     cfg = report.config
     spec = S.ResNetSpec.from_dict(cfg["spec"])
     title = (f"resnet-parity check: {'x'.join(map(str, spec.depths))} ({spec.style}), {cfg['device']}, "
-             f"{cfg['precision']}, {cfg['mode']} mode, batch {cfg['batch']} x {cfg['size']}px, seed {cfg['seed']}")
+             f"{cfg['precision']}, {cfg['mode']} mode, batch {cfg['batch']} x {cfg['size']}px, seed {cfg['seed']}"
+             f"{', BatchNorm folded (vs the unfolded reference)' if cfg.get('fold') else ''}")
     table = Table(title=title)
     train = cfg["mode"] == "train"
     low = cfg["precision"] != "fp32"
@@ -104,6 +105,8 @@ def print_check(report, console) -> None:
     if cfg["mode"] == "train":
         console.print("running statistics: torch updates running_var with the unbiased batch variance, "
                       "Keras and Flax with the biased one; each is judged against the reference with its own rule.")
+    if cfg.get("note"):
+        console.print(escape(cfg["note"]))
     console.print("[bold green]all checks passed[/]" if report.ok else "[bold red]parity check failed[/]")
 
 
@@ -153,7 +156,7 @@ def cmd_check(args) -> int:
             report = check.check(spec, weights, frameworks=args.frameworks, keras_backends=args.keras_backends,
                                  device=args.device, precision=args.precision, mode=args.mode, batch=args.batch,
                                  size=args.size, seed=args.seed, trace=args.trace, overrides=overrides,
-                                 mutant=args.mutant or "", progress=step)
+                                 mutant=args.mutant or "", progress=step, fold=args.fold)
     if args.mutants:
         return print_catch_table(table, console, args.json)
     print_check(report, console)
@@ -260,6 +263,44 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """A preset (random weights, ``--seed``) or a checkpoint -> an ONNX file built from the spec."""
+    from shared import fold, onnx_export, weights as W
+
+    if args.source in S.ARCHS:
+        spec = S.preset(args.source, args.style or "torchvision")
+        weights = W.init(spec, seed=args.seed)
+        what = f"{args.source} with random weights (seed {args.seed})"
+    else:
+        spec, weights = read_weights(args.source, args.style)
+        what = args.source
+    if args.fold and not spec.folded:
+        spec, weights = fold.fold_batchnorm(spec, weights)
+    try:
+        path = onnx_export.to_onnx(spec, weights, args.dest, layout=args.layout, opset=args.opset,
+                                   image_size=args.image_size)
+    except (ImportError, OSError) as e:
+        raise CliError(str(e)) from None
+    print(f"wrote {path} from {what}: {spec.style} style{', BatchNorm folded' if spec.folded else ''}, "
+          f"{args.layout}, dynamic batch")
+    return 0
+
+
+def add_export_parser(sub) -> None:
+    export = sub.add_parser("export", help="export a preset or checkpoint as an ONNX model built from the spec")
+    export.add_argument("source", metavar="ARCH_OR_WEIGHTS",
+                        help=f"one of {', '.join(S.ARCHS)} (random weights), or a .safetensors/.pth/.h5 checkpoint")
+    export.add_argument("dest", help="the .onnx file to write")
+    export.add_argument("--format", choices=("onnx",), default="onnx")
+    export.add_argument("--fold", action="store_true", help="fold every BatchNorm into the conv before it")
+    export.add_argument("--style", choices=S.STYLES, default=None)
+    export.add_argument("--layout", choices=("NCHW", "NHWC"), default="NCHW")
+    export.add_argument("--opset", type=int, default=None)
+    export.add_argument("--image-size", type=int, default=None, help="fix height and width (default: dynamic)")
+    export.add_argument("--seed", type=int, default=0)
+    export.set_defaults(func=cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from shared.bench import _depths
     from shared.check import FRAMEWORKS, KERAS_BACKENDS
@@ -283,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--replicas", type=int, default=None, metavar="N",
                        help="with --mode train: one data-parallel step on each framework's own engine over N CPU replicas")
     check.add_argument("--trace", action="store_true", help="compare every block; name the first that leaves its budget")
+    check.add_argument("--fold", action="store_true",
+                       help="run every target with BatchNorm folded into the convs, judged against the unfolded reference")
     check.add_argument("--json", help="write every figure to this file")
     check.add_argument("--depths", type=_depths, default=None,
                        help="blocks per stage instead of the arch's (e.g. 1,1 for a quick mutant table)")
@@ -319,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     from shared import bench
 
     bench.add_parser(sub)
+    add_export_parser(sub)
     return parser
 
 

@@ -90,11 +90,18 @@ def spec_from_canonical(weights: Mapping[str, np.ndarray], style: str | None = N
         depths.append(max(int(m[2]) for m in blocks if int(m[1]) == len(depths) + 2))
     stem = np.shape(weights["conv1_conv.kernel"])
     conv_bias = "conv1_conv.bias" in weights
+    folded = "conv1_bn.gamma" not in weights  # shared.fold: no BatchNorm left, every conv biased
+    if folded and style is None:
+        raise WeightsError("canonical weights: BatchNorm-folded (no conv1_bn.* keys), so the conv biases cannot "
+                           "tell the style; give the style (--style) or save the spec with the weights")
+    if folded:
+        conv_bias = preset_spec(style).conv_bias
     style = style or ("keras" if conv_bias else "torchvision")
     top = "predictions.kernel" in weights
     return preset_spec(style, depths=tuple(depths), width=stem[3], image_channels=stem[2], conv_bias=conv_bias,
                        expansion=np.shape(weights["conv2_block1_3_conv.kernel"])[3] // stem[3],
-                       include_top=top, num_classes=np.shape(weights["predictions.kernel"])[1] if top else 1000)
+                       include_top=top, num_classes=np.shape(weights["predictions.kernel"])[1] if top else 1000,
+                       folded=folded)
 
 
 def from_torchvision(state_dict: Mapping[str, object], spec: ResNetSpec | None = None,

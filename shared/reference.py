@@ -10,6 +10,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from shared.fold import refuse_training
 from shared.spec import BatchNorm, Conv, Dense, GlobalPool, MaxPool, ReLU, ResNetSpec
 from shared.weights import DTYPE, init, randomize_batchnorm, validate
 
@@ -198,6 +199,7 @@ def forward_train(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images_nh
     with ``m = spec.bn_momentum``. ``variance`` is the batch variance that update uses:
     PyTorch ``"unbiased"`` (n / (n - 1) times the biased one it normalises with), Keras and Flax
     ``"biased"``."""
+    refuse_training(spec, "forward_train")
     if variance not in ("unbiased", "biased"):
         raise ValueError(f"variance: expected 'unbiased' or 'biased', got {variance!r}")
     stats: dict[str, tuple] = {}

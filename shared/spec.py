@@ -138,7 +138,8 @@ class Block:
     """One bottleneck block: ``relu(main(x) + shortcut(x))``.
 
     ``main`` is conv/bn/relu, conv/bn/relu, conv/bn (eight layers); ``shortcut`` is
-    (conv, bn) or empty for the identity.
+    (conv, bn) or empty for the identity. In a folded spec the BNs are absent (five layers;
+    shortcut (conv,)).
     """
 
     name: str  # e.g. "conv2_block1"
@@ -187,6 +188,9 @@ class ResNetSpec:
     include_top: bool = True
     pooling: Literal["avg", "max", None] = "avg"
     zero_init_residual: bool = False
+    # Eval-only: every BatchNorm folded into the conv before it (``shared.fold``). The BN layers
+    # are absent from the enumeration and every conv has a bias; training is refused.
+    folded: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "depths", tuple(self.depths))
@@ -218,7 +222,7 @@ class ResNetSpec:
             errors.append(f"pooling: must be one of {POOLINGS}, got {self.pooling!r}")
         if self.include_top and self.pooling is None:
             errors.append("pooling: include_top=True needs 'avg' or 'max' pooling, got None")
-        for field in ("conv_bias", "include_top", "zero_init_residual"):
+        for field in ("conv_bias", "include_top", "zero_init_residual", "folded"):
             if not isinstance(getattr(self, field), bool):
                 errors.append(f"{field}: must be a bool, got {getattr(self, field)!r}")
         if errors:
@@ -275,14 +279,17 @@ class ResNetSpec:
     # ----------------------------------------------------------------- enumeration
 
     def _conv(self, name, cin, cout, k, stride) -> Conv:
-        return Conv(f"{name}_conv", cin, cout, k, stride, _symmetric((k - 1) // 2), self.conv_bias)
+        bias = self.conv_bias or self.folded  # a folded BN leaves its shift in the conv's bias
+        return Conv(f"{name}_conv", cin, cout, k, stride, _symmetric((k - 1) // 2), bias)
 
-    def _bn(self, name, c, zero_init=False) -> BatchNorm:
+    def _bn(self, name, c, zero_init=False) -> BatchNorm | None:
+        if self.folded:
+            return None
         return BatchNorm(f"{name}_bn", c, self.bn_epsilon, self.bn_momentum, zero_init)
 
     def stem(self) -> tuple[Layer, ...]:
         """7x7/2 conv (padding 3), BN, ReLU, 3x3/2 max pool (padding 1)."""
-        return (
+        return _present(
             self._conv("conv1", self.image_channels, self.width, 7, 2),
             self._bn("conv1", self.width),
             ReLU("conv1_relu"),
@@ -299,7 +306,7 @@ class ResNetSpec:
                 stride = 2 if (stage > 0 and index == 0) else 1
                 name = f"conv{stage + 2}_block{index + 1}"
                 s1, s3 = (1, stride) if self.stride_on == "3x3" else (stride, 1)
-                main = (
+                main = _present(
                     self._conv(f"{name}_1", cin, width, 1, s1),
                     self._bn(f"{name}_1", width),
                     ReLU(f"{name}_1_relu"),
@@ -311,7 +318,7 @@ class ResNetSpec:
                 )
                 shortcut = ()
                 if stride != 1 or cin != cout:
-                    shortcut = (self._conv(f"{name}_0", cin, cout, 1, stride), self._bn(f"{name}_0", cout))
+                    shortcut = _present(self._conv(f"{name}_0", cin, cout, 1, stride), self._bn(f"{name}_0", cout))
                 blocks.append(
                     Block(name, stage, index, cin, width, cout, stride, main, shortcut,
                           Add(f"{name}_add"), ReLU(f"{name}_out"))
@@ -364,6 +371,11 @@ class ResNetSpec:
     def from_dict(cls, fields: dict) -> "ResNetSpec":
         """Inverse of ``to_dict`` (JSON turns the depths tuple into a list)."""
         return cls(**{**fields, "depths": tuple(fields["depths"])})
+
+
+def _present(*layers) -> tuple[Layer, ...]:
+    """The layers that exist in this spec (a folded spec has no BatchNorm)."""
+    return tuple(layer for layer in layers if layer is not None)
 
 
 def _out_size(h: int, w: int, layer: Conv | MaxPool) -> tuple[int, int]:

@@ -22,7 +22,8 @@ import numpy as np
 
 from shared.spec import ResNetSpec
 
-RUNNERS = {"torch": "resnet_torch.runner", "keras": "resnet_keras.runner", "flax": "resnet_flax.runner"}
+RUNNERS = {"torch": "resnet_torch.runner", "keras": "resnet_keras.runner", "flax": "resnet_flax.runner",
+           "onnx": "shared.onnx_runner"}
 
 
 @dataclasses.dataclass
@@ -82,7 +83,10 @@ def run_mutated(runner, job: Job, spec: ResNetSpec, weights: dict, images, label
     name = job.mutant
     built_spec = M.mutate_spec(name, spec) if name else spec
     weights = M.mutate_weights(name, spec, weights) if name else weights
-    with runner.inject(name) if name else contextlib.nullcontext():
+    native = name and M.CATALOGUE[name].how == "native"
+    if native and not hasattr(runner, "inject"):
+        raise ValueError(f"mutant {name}: {job.framework} has no framework code to swap")
+    with runner.inject(name) if native else contextlib.nullcontext():
         result = runner.run(built_spec, weights, images, labels=labels, device=job.device,
                             precision=job.precision, mode=job.mode, trace=job.trace)
     if name and job.mode == "train":

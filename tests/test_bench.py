@@ -52,7 +52,8 @@ def test_plan_pairs_like_with_like(monkeypatch):
     monkeypatch.setattr(bench_plan, "installed", lambda m: True)
     pairs = bench_plan.plan(modes=("infer",), precisions=("fp32", "tf32"), device="cpu")
     assert [(p.target, p.precision) for p in pairs] == [
-        (t, prec) for t in ("torch", "keras[tensorflow]", "keras[jax]", "keras[torch]", "flax") for prec in ("fp32", "tf32")]
+        (t, prec) for t in ("torch", "keras[tensorflow]", "keras[jax]", "keras[torch]", "flax", "onnx")
+        for prec in ("fp32", "tf32")]
     assert all(p.skipped == "skipped: tf32 is a GPU mode" for p in pairs if p.precision == "tf32")
     by_target = {p.target: p for p in pairs if p.precision == "fp32"}
     assert (by_target["torch"].ours.label, by_target["torch"].reference.label) == ("resnet_torch", "torchvision")
@@ -62,7 +63,9 @@ def test_plan_pairs_like_with_like(monkeypatch):
     # resnet_flax's reference is keras.applications on jax: the very run keras[jax] needs, made once.
     assert flax.reference == by_target["keras[jax]"].reference
     runs = bench_plan.unique_runs(pairs)
-    assert len(runs) == 9 and runs.count(flax.reference) == 1
+    assert len(runs) == 10 and runs.count(flax.reference) == 1
+    # onnxruntime sits beside torchvision: the very run torch needs, made once.
+    assert by_target["onnx"].ours.label == "onnxruntime" and by_target["onnx"].reference == by_target["torch"].reference
     assert not [p for p in bench_plan.plan(precisions=("tf32",), device="gpu") if "GPU mode" in p.skipped]
 
 

@@ -1,0 +1,100 @@
+"""BatchNorm folded into the conv before it, as a spec transform: the fast, eval-only network.
+
+``fold_batchnorm(spec, weights)`` returns ``spec.replace(folded=True)`` (no BatchNorm layers,
+every conv biased) and weights where each conv followed by a BatchNorm is one conv::
+
+    scale  = gamma / sqrt(var + epsilon)
+    kernel = kernel * scale                      (per output channel, HWIO's last axis)
+    bias   = (bias - mean) * scale + beta        (bias 0 for an unbiased conv)
+
+computed in float64 and cast to float32 once. This is exact in real arithmetic because in a V1
+bottleneck ResNet every BatchNorm directly follows a conv and sees its whole output. A BatchNorm
+that comes *before* a zero-padded conv (a pre-activation V2 block) cannot be folded exactly (the
+padding would see the shifted value instead of 0); the spec expresses no such block today, and
+``fold_batchnorm`` refuses any BatchNorm that does not directly follow a conv of its width.
+
+Every framework builds the folded spec with no code of its own: it is just a spec. Its error
+against the *unfolded* float64 reference is judged by ``resnet-parity check --fold``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Mapping
+
+import numpy as np
+
+from shared.spec import BatchNorm, Conv, ResNetSpec
+from shared.weights import DTYPE, WeightsError, validate
+
+
+class NothingToFold(UserWarning):
+    """``fold_batchnorm`` was given a spec that has no BatchNorm left to fold."""
+
+
+def _sequences(spec: ResNetSpec):
+    """Every chain of layers in forward order within which a conv feeds the next layer."""
+    yield spec.stem()
+    for block in spec.blocks():
+        yield block.main
+        yield block.shortcut
+    yield spec.head()
+
+
+def foldable_pairs(spec: ResNetSpec) -> list[tuple[Conv, BatchNorm]]:
+    """(conv, the BatchNorm right after it) for every BatchNorm of ``spec``; ValueError naming a
+    BatchNorm that does not directly follow a conv of its width (it cannot be folded exactly)."""
+    pairs = []
+    for chain in _sequences(spec):
+        for i, layer in enumerate(chain):
+            if not isinstance(layer, BatchNorm):
+                continue
+            before = chain[i - 1] if i else None
+            if not (isinstance(before, Conv) and before.out_channels == layer.channels):
+                raise ValueError(
+                    f"{layer.name}: cannot be folded exactly: it does not directly follow a conv of "
+                    f"{layer.channels} channels (it follows {getattr(before, 'name', 'the block input')})")
+            pairs.append((before, layer))
+    return pairs
+
+
+def fold_batchnorm(spec: ResNetSpec, weights: Mapping[str, np.ndarray],
+                   ) -> tuple[ResNetSpec, dict[str, np.ndarray]]:
+    """(eval-only folded spec, its float32 weights). Weights that do not fit ``spec`` raise
+    ``WeightsError`` naming each bad key; a spec that is already folded comes back unchanged,
+    with a ``NothingToFold`` warning."""
+    if not isinstance(spec, ResNetSpec):
+        raise TypeError(f"spec: expected a shared.spec.ResNetSpec, got {type(spec).__name__}")
+    validate(spec, weights)
+    pairs = foldable_pairs(spec)
+    if spec.folded or not pairs:
+        warnings.warn("fold_batchnorm: the spec has no BatchNorm to fold (already folded); "
+                      "returned unchanged", NothingToFold, stacklevel=2)
+        return spec, dict(weights)
+    folded_spec = spec.replace(folded=True)
+    out = {k: v for k, v in weights.items()}
+    for conv, bn in pairs:
+        p = {k: np.asarray(weights[f"{bn.name}.{k}"], np.float64) for k in ("gamma", "beta", "mean", "var")}
+        negative = p["var"] + bn.epsilon <= 0
+        if negative.any():
+            raise WeightsError(f"{bn.name}.var: {int(negative.sum())} channel(s) with var + epsilon <= 0; "
+                               "cannot fold a BatchNorm whose variance is not positive")
+        scale = p["gamma"] / np.sqrt(p["var"] + bn.epsilon)
+        kernel = np.asarray(weights[f"{conv.name}.kernel"], np.float64) * scale  # HWIO: scales O
+        bias = np.asarray(weights[f"{conv.name}.bias"], np.float64) if conv.bias else 0.0
+        out[f"{conv.name}.kernel"] = kernel
+        out[f"{conv.name}.bias"] = (bias - p["mean"]) * scale + p["beta"]
+        for k in ("gamma", "beta", "mean", "var"):
+            del out[f"{bn.name}.{k}"]
+    out = {k: np.ascontiguousarray(out[k], dtype=DTYPE) for k in folded_spec.param_shapes()}
+    validate(folded_spec, out, source="folded weights")  # e.g. a huge gamma over a tiny var -> inf
+    return folded_spec, out
+
+
+def refuse_training(spec: ResNetSpec, what: str = "training") -> None:
+    """ValueError for ``what`` on a folded spec: its BatchNorms are gone, so a training step
+    would compute a different function from the network the weights came from."""
+    if getattr(spec, "folded", False):
+        raise ValueError(
+            f"{what}: this spec is folded (BatchNorm merged into the convs, eval only); train the "
+            "unfolded spec and fold its weights afterwards with shared.fold.fold_batchnorm")
