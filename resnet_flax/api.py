@@ -37,20 +37,20 @@ def _run(model: ResNet, images, method: str):
     return _forward(graphdef, method, state, np.asarray(images, dtype=np.float32))
 
 
-def predict(model: ResNet, images: np.ndarray) -> np.ndarray:
+def predict(model: ResNet, images_nhwc: np.ndarray) -> np.ndarray:
     """Logits (float32 numpy) for NHWC floating images (integer images are refused:
     ``shared.contract``), in eval mode whatever the model's mode.
 
     Compiled once per model structure, dtype and image shape (any model of the same spec
     shares it); a shape seen before reuses its compiled program.
     """
-    return np.asarray(_run(model, images, "__call__"), dtype=np.float32)
+    return np.asarray(_run(model, images_nhwc, "__call__"), dtype=np.float32)
 
 
-def features(model: ResNet, images: np.ndarray) -> dict[str, np.ndarray]:
+def features(model: ResNet, images_nhwc: np.ndarray) -> dict[str, np.ndarray]:
     """``{"stem", "stage1", ...}``: the stem's and each stage's output, NHWC float32 numpy, eval
     mode (the native way: ``model.features(x)``, jit-able)."""
-    out = _run(model, images, "features")  # a pytree: its keys come back sorted
+    out = _run(model, images_nhwc, "features")  # a pytree: its keys come back sorted
     return {k: np.asarray(out[k], dtype=np.float32) for k in contract.feature_points(model.spec)}
 
 

@@ -31,10 +31,10 @@ def _numpy(x) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(x), dtype=np.float32)
 
 
-def predict(model: keras.Model, images: np.ndarray) -> np.ndarray:
+def predict(model: keras.Model, images_nhwc: np.ndarray) -> np.ndarray:
     """Eval-mode outputs (logits unless built with a classifier activation) as float32 numpy,
     for an NHWC batch of floating images (integer images are refused: ``shared.contract``)."""
-    return _numpy(model(_images(model, images), training=False))
+    return _numpy(model(_images(model, images_nhwc), training=False))
 
 
 def feature_extractor(model: keras.Model) -> keras.Model:
@@ -47,9 +47,9 @@ def feature_extractor(model: keras.Model) -> keras.Model:
     return _EXTRACTORS[model]
 
 
-def features(model: keras.Model, images: np.ndarray) -> dict[str, np.ndarray]:
+def features(model: keras.Model, images_nhwc: np.ndarray) -> dict[str, np.ndarray]:
     """``{"stem", "stage1", ...}``: the stem's and each stage's output, NHWC float32 numpy, eval mode."""
-    out = feature_extractor(model)(_images(model, images), training=False)
+    out = feature_extractor(model)(_images(model, images_nhwc), training=False)
     return {k: _numpy(out[k]) for k in contract.feature_layers(spec_of(model))}
 
 

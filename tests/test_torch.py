@@ -317,7 +317,7 @@ def test_predict_checks_images_and_restores_mode():
         rt.predict(model, images.transpose(0, 3, 1, 2))
     with pytest.raises(ValueError, match="at least 8x8 pixels, got 4x4"):
         rt.predict(model, images[:, :4, :4])
-    with pytest.raises(ValueError, match="expected float32 .* got dtype uint8"):
+    with pytest.raises(ValueError, match="expected floating .* got dtype uint8"):
         rt.predict(model, images.astype(np.uint8))
     running = model.bn1.running_mean.clone()
     out = rt.predict(model, images)
