@@ -38,10 +38,13 @@ def _csv(choices):
 
 
 def read_weights(path: str, style: str | None):
-    """(spec, canonical weights) from safetensors, a torchvision .pth/.pt, or a Keras .h5."""
+    """(spec, canonical weights) from safetensors, a torchvision .pth/.pt, or a Keras .h5, given
+    by path or by a ``shared.hub`` name (fetched into the cache)."""
     from shared import interop, weights as W
 
     p = Path(path)
+    if not p.is_file():
+        p = _fetch(path) or p
     if not p.is_file():
         raise CliError(f"--weights: no such file {path}")
     suffix = p.suffix.lower()
@@ -70,6 +73,20 @@ def read_weights(path: str, style: str | None):
     except WeightsError as e:
         raise CliError(f"--weights: {str(e).splitlines()[0]} {' '.join(str(e).splitlines()[1:3]).strip()}".strip()) from None
     raise CliError(f"--weights: unknown file type {suffix!r}; expected .safetensors, .pth/.pt or .h5")
+
+
+def _fetch(name: str) -> Path | None:
+    """The cached file of a registered name; None for a string that is no name (a missing path)."""
+    from shared import hub
+
+    if not hub.is_registered(name):
+        if "/" in name and Path(name).suffix.lower() not in (".safetensors", ".pth", ".pt", ".h5", ".hdf5"):
+            hub.entry(name)  # a ValueError naming close matches
+        return None
+    try:
+        return hub.fetch(name)
+    except hub.HubError as e:
+        raise CliError(str(e)) from None
 
 
 def _fmt(x, spec=".2e"):
@@ -241,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--keras-backends", type=_csv(KERAS_BACKENDS), default=list(KERAS_BACKENDS))
     check.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     check.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32")
-    check.add_argument("--weights", help="canonical .safetensors, torchvision .pth/.pt or Keras Applications .h5")
+    check.add_argument("--weights", help="canonical .safetensors, torchvision .pth/.pt, Keras Applications .h5, "
+                                         "or a shared.hub name (torchvision/resnet50.IMAGENET1K_V2)")
     check.add_argument("--batch", type=int, default=4)
     check.add_argument("--size", type=int, default=96)
     check.add_argument("--seed", type=int, default=0)
@@ -259,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_info)
 
     convert = sub.add_parser("convert", help="convert between .safetensors, torchvision .pth and Keras .h5")
-    convert.add_argument("source")
+    convert.add_argument("source", help="a checkpoint file or a shared.hub name")
     convert.add_argument("dest")
     convert.add_argument("--style", choices=S.STYLES, default=None,
                          help="conventions for a .safetensors file without a stored spec")
