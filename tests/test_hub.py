@@ -5,52 +5,25 @@ names against what torchvision and Keras Applications publish."""
 
 import dataclasses
 import hashlib
-import http.server
 import importlib
 import socket
-import threading
 
 import numpy as np
 import pytest
 
 from shared import hub, interop, reference, spec as S, weights as W
 from shared.cli import main
+from local_server import serving
 
 TINY = S.ResNetSpec(depths=(1, 1, 1, 1), width=8, num_classes=10)
 FRAMEWORKS = [pytest.param("torch"), pytest.param("keras", marks=pytest.mark.keras), pytest.param("flax")]
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    files: dict = {}
-    hits: list = []
-
-    def do_GET(self):
-        self.hits.append(self.path)
-        body = self.files.get(self.path.removeprefix("/cut"))
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        # /cut/...: promise the whole file, send half, hang up (a dropped connection)
-        self.wfile.write(body[: len(body) // 2] if self.path.startswith("/cut/") else body)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def server():
     """(base URL, files served by path, paths requested)."""
-    files, hits = {}, []
-    handler = type("Handler", (_Handler,), {"files": files, "hits": hits})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", files, hits
-    httpd.shutdown()
-    httpd.server_close()
+    with serving() as served:
+        yield served
 
 
 @pytest.fixture(autouse=True)
