@@ -83,7 +83,8 @@ def torchvision_case(torchvision_model):
     return case
 
 
-@pytest.mark.parametrize("arch", list(TORCHVISION_SIZES))
+@pytest.mark.parametrize("arch", [a if a == "resnet50" else pytest.param(a, marks=pytest.mark.slow)
+                                  for a in TORCHVISION_SIZES])
 def test_matches_torchvision_fp32_cpu(arch, torchvision_case):
     c = torchvision_case(arch)
     assert c.model.spec == c.spec == S.preset(arch)

@@ -31,6 +31,7 @@ APPS = {"resnet50": keras.applications.ResNet50, "resnet101": keras.applications
         "resnet152": keras.applications.ResNet152}
 OURS = {"resnet50": rk.ResNet50, "resnet101": rk.ResNet101, "resnet152": rk.ResNet152}
 PUBLISHED_PARAMS = {"resnet50": 25_636_712, "resnet101": 44_707_176, "resnet152": 60_419_944}
+FULL_SIZE = [a if a == "resnet50" else pytest.param(a, marks=pytest.mark.slow) for a in S.ARCHS]  # 101/152: slow
 SIZE = 64  # keras.applications needs >= 32 px; 64 keeps ResNet-152 cheap on two cores
 # One tiny spec (and batch 4 at 40 px) for the small tests: on the jax backend every new shape
 # costs an XLA compile, of the initializers too.
@@ -71,7 +72,7 @@ def pair():
 
 # ----------------------------------------------------------------------------- keras.applications
 
-@pytest.mark.parametrize("arch", S.ARCHS)
+@pytest.mark.parametrize("arch", FULL_SIZE)
 def test_same_layers_as_keras_applications(pair, arch):
     p = pair(arch)
     app, ours = p.app, p.ours
@@ -88,7 +89,7 @@ def test_same_layers_as_keras_applications(pair, arch):
     assert ours.count_params() == app.count_params() == PUBLISHED_PARAMS[arch] == p.spec.num_params(True)
 
 
-@pytest.mark.parametrize("arch", S.ARCHS)
+@pytest.mark.parametrize("arch", FULL_SIZE)
 def test_logits_equal_keras_applications(pair, arch, tmp_path):
     """keras.applications gets the calibrated weights through our .h5 writer and Keras' own
     loader, ours through Keras' positional set_weights; both must compute the same logits."""

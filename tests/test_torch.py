@@ -58,7 +58,10 @@ def _expected_state_shapes(spec) -> dict:
 
 # --------------------------------------------------------------------- torchvision: same function
 
-@pytest.mark.parametrize("arch", S.ARCHS)
+FULL_SIZE = [a if a == "resnet50" else pytest.param(a, marks=pytest.mark.slow) for a in S.ARCHS]  # 101/152: slow
+
+
+@pytest.mark.parametrize("arch", FULL_SIZE)
 def test_same_function_and_layout_as_torchvision(arch, torchvision_model):
     tv, spec, w = torchvision_model(arch)
     model = rt.build(spec)
