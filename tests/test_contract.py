@@ -136,9 +136,9 @@ def test_keras_feature_extractor_equals_keras_applications_layers():
     import resnet_keras as rk
 
     spec = S.resnet50("keras")
-    weights = reference.calibrated_weights(spec, seed=9, size=64)
-    images = reference.random_images(spec, 2, 64, seed=10)
-    app = keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3), classifier_activation=None)
+    weights = reference.calibrated_weights(spec, seed=9, size=32)
+    images = reference.random_images(spec, 2, 32, seed=10)
+    app = keras.applications.ResNet50(weights=None, input_shape=(32, 32, 3), classifier_activation=None)
     model = rk.ResNet50(style="keras", weights=weights)
     app.set_weights(model.get_weights())  # layer for layer the same model
     names = {"stem": "pool1_pool", "stage1": "conv2_block3_out", "stage2": "conv3_block4_out",
@@ -239,8 +239,15 @@ def test_constructor_loads_a_checkpoint_and_refuses_one_that_differs(framework, 
 
 @pytest.fixture(scope="module")
 def keras_resnet50():
+    """Calibrated weights whose classifier is scaled by 1e-3 to give logits of O(1) (std 1.0 instead
+    of 1044 here): on large logits the softmax turns each implementation's rounding of the top
+    few logits into its whole error, which varied 20-fold between fp32 implementations
+    (measured: 8e-5 to 1.5e-3)."""
     spec = S.resnet50("keras")
-    return spec, reference.calibrated_weights(spec, seed=17, size=32), reference.random_images(spec, 2, 32, seed=18)
+    weights = reference.calibrated_weights(spec, seed=17, size=32)
+    for key in ("predictions.kernel", "predictions.bias"):
+        weights[key] = weights[key] * np.float32(1e-3)
+    return spec, weights, reference.random_images(spec, 2, 32, seed=18)
 
 
 @pytest.mark.keras
