@@ -259,8 +259,6 @@ def test_constructor_arguments_mean_what_keras_applications_means(keras_resnet50
     reference of Keras Applications' meaning (with the top: average pool, softmax; without:
     ``pooling``, no activation), within 4x keras.applications' own error."""
     keras = pytest.importorskip("keras")
-    import resnet_keras as rk
-
     full, weights, images = keras_resnet50
     if include_top:
         logits = reference.forward(full, weights, images)
@@ -269,19 +267,17 @@ def test_constructor_arguments_mean_what_keras_applications_means(keras_resnet50
     else:
         weights = {k: v for k, v in weights.items() if not k.startswith("predictions.")}
         expected = reference.forward(full.replace(include_top=False, pooling=pooling), weights, images)
+    models = {fw: package(fw).ResNet50(style="keras", weights=weights, include_top=include_top, pooling=pooling,
+                                       classifier_activation=activation)
+              for fw in PACKAGES if importlib.util.find_spec(NEEDS[fw]) is not None}
     app = keras.applications.ResNet50(weights=None, input_shape=(32, 32, 3), include_top=include_top,
                                       pooling=pooling, classifier_activation=activation)
-    app.set_weights(rk.ResNet50(style="keras", include_top=include_top, pooling=pooling, weights=weights).get_weights())
+    app.set_weights(models["keras"].get_weights())
     theirs = np.asarray(keras.ops.convert_to_numpy(app(images, training=False)))
     assert theirs.shape == expected.shape == ((2, 1000) if include_top else (2, 2048))
     limit = fp32_budget(parity.rel_error(theirs, expected))
-    for framework in PACKAGES:
-        if importlib.util.find_spec(NEEDS[framework]) is None:
-            continue
-        fw = package(framework)
-        model = fw.ResNet50(style="keras", weights=weights, include_top=include_top, pooling=pooling,
-                            classifier_activation=activation)
-        out = fw.predict(model, images)
+    for framework, model in models.items():
+        out = package(framework).predict(model, images)
         err = parity.rel_error(out, expected)
         print(f"{framework} include_top={include_top} pooling={pooling}: rel {err:.2e}, budget {limit:.2e}")
         assert out.shape == expected.shape and err <= limit, framework
