@@ -234,7 +234,10 @@ def test_constructor_loads_a_checkpoint_and_refuses_one_that_differs(framework, 
         fw.ResNet50(num_classes=10, weights=tiny)
     model = fw.ResNet50(num_classes=10, weights=path)
     assert parity.rel_error(fw.predict(model, images), expected) <= fp32_budget(peer)
-    assert fw.load_weights(fw.ResNet50(num_classes=10), str(path)) is not None  # a path to load_weights too
+    fw.load_weights(model, W.init(S.resnet50(num_classes=10)))
+    assert fw.load_weights(model, str(path)) is model  # a path to load_weights too
+    saved = W.load(path)
+    assert all(np.array_equal(v, saved[k]) for k, v in fw.export_weights(model).items())
 
 
 @pytest.fixture(scope="module")
