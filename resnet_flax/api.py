@@ -1,70 +1,92 @@
-"""The contract every framework package keeps: ``build``, ``predict`` and the seed's
-constructors ``ResNet50/101/152(img_channel=3, num_classes=1000)``."""
+"""The contract (``shared.contract``), identical in resnet_torch, resnet_keras and resnet_flax:
+``build``, ``predict``, ``features`` and the constructors ``ResNet50/101/152``. Flax-native
+options (an ``nnx.Rngs``, a compute dtype) are the ``resnet_flax.ResNet`` class's."""
 
 from __future__ import annotations
 
 import functools
+import os
+from typing import Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from shared import spec as specs
-from shared.reference import check_images
+from shared import checkpoint, contract
 from shared.spec import ResNetSpec
-from shared.weights import init
 from resnet_flax.model import ResNet
 from resnet_flax.weights import load_weights
 
 
-def build(spec: ResNetSpec, *, rngs: nnx.Rngs | int | None = None, dtype=None,
-          param_dtype=jnp.float32) -> ResNet:
-    """A randomly initialised model in eval mode.
-
-    ``rngs``: an integer seed (default 0) gives the canonical initialisation
-    ``shared.weights.init(spec, seed)`` (torchvision's distributions, drawn in numpy: no XLA
-    program per parameter shape to compile, which costs seconds per model on a CPU); an
-    ``nnx.Rngs`` draws the same distributions with Flax's initialisers (``ResNet(spec, rngs=...)``).
-    ``dtype``: compute dtype (None: the parameters'), e.g. ``jnp.bfloat16`` for bf16 compute
-    with ``param_dtype=jnp.float32`` parameters.
-    """
-    if isinstance(rngs, nnx.Rngs):
-        return ResNet(spec, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-    model = ResNet(spec, rngs=None, dtype=dtype, param_dtype=param_dtype)
-    load_weights(model, init(spec, 0 if rngs is None else rngs))
-    return model
+def build(spec: ResNetSpec) -> ResNet:
+    """A model with the canonical random initialisation ``shared.weights.init(spec, 0)``, in eval
+    mode (``ResNet(spec, rngs=seed_or_nnx_rngs, dtype=...)`` for other seeds or dtypes)."""
+    return ResNet(spec, rngs=0)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _forward(graphdef, state, images):
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _forward(graphdef, method, state, images):
     model = nnx.merge(graphdef, state)
     model.eval()  # a copy inside the trace: the caller's model keeps its mode
-    return model(images)
+    return model(images) if method == "__call__" else model.features(images)
 
 
-def predict(model: ResNet, images: np.ndarray) -> np.ndarray:
-    """Logits (float32 numpy) for NHWC float32 images, in eval mode whatever the model's mode.
+def _run(model: ResNet, images, method: str):
+    images = contract.as_images(model.spec, images)
+    graphdef, state = nnx.split(model)
+    return _forward(graphdef, method, state, np.asarray(images, dtype=np.float32))
+
+
+def predict(model: ResNet, images_nhwc: np.ndarray) -> np.ndarray:
+    """Logits (float32 numpy) for NHWC floating images (integer images are refused:
+    ``shared.contract``), in eval mode whatever the model's mode.
 
     Compiled once per model structure, dtype and image shape (any model of the same spec
     shares it); a shape seen before reuses its compiled program.
     """
-    check_images(model.spec, images)
-    graphdef, state = nnx.split(model)
-    out = _forward(graphdef, state, np.asarray(images, dtype=np.float32))
-    return np.asarray(out, dtype=np.float32)
+    return np.asarray(_run(model, images_nhwc, "__call__"), dtype=np.float32)
 
 
-def ResNet50(img_channel: int = 3, num_classes: int = 1000, **build_kwargs) -> ResNet:
-    """The seed's ResNet-50 (torchvision style); ``build_kwargs`` go to ``build``."""
-    return build(specs.resnet50(image_channels=img_channel, num_classes=num_classes), **build_kwargs)
+def features(model: ResNet, images_nhwc: np.ndarray) -> dict[str, np.ndarray]:
+    """``{"stem", "stage1", ...}``: the stem's and each stage's output, NHWC float32 numpy, eval
+    mode (the native way: ``model.features(x)``, jit-able)."""
+    out = _run(model, images_nhwc, "features")  # a pytree: its keys come back sorted
+    return {k: np.asarray(out[k], dtype=np.float32) for k in contract.feature_points(model.spec)}
 
 
-def ResNet101(img_channel: int = 3, num_classes: int = 1000, **build_kwargs) -> ResNet:
-    """The seed's ResNet-101 (torchvision style); ``build_kwargs`` go to ``build``."""
-    return build(specs.resnet101(image_channels=img_channel, num_classes=num_classes), **build_kwargs)
+def _constructed(arch, img_channel, num_classes, style, weights, include_top, pooling,
+                 classifier_activation) -> ResNet:
+    spec = contract.constructor_spec(arch, img_channel, num_classes, style, include_top, pooling,
+                                     classifier_activation)
+    found = None if weights is None else checkpoint.canonical(spec, weights)  # refused before building
+    model = ResNet(spec, rngs=0 if found is None else None, classifier_activation=classifier_activation)
+    return model if found is None else load_weights(model, found)
 
 
-def ResNet152(img_channel: int = 3, num_classes: int = 1000, **build_kwargs) -> ResNet:
-    """The seed's ResNet-152 (torchvision style); ``build_kwargs`` go to ``build``."""
-    return build(specs.resnet152(image_channels=img_channel, num_classes=num_classes), **build_kwargs)
+def ResNet50(img_channel: int = 3, num_classes: int = 1000, *, style: str = "torchvision",
+             weights: str | os.PathLike | Mapping[str, np.ndarray] | None = None, include_top: bool = True,
+             pooling: str | None = None, classifier_activation: str | None = None) -> ResNet:
+    """The seed article's ResNet-50 (torchvision v1.5 by default; ``style="keras"`` for Keras
+    Applications v1), in eval mode. ``weights``: None (the canonical random init), a canonical
+    dict, a ``.safetensors``/``.pth``/``.h5`` file or a ``shared.hub`` name such as
+    ``"torchvision/resnet50.IMAGENET1K_V2"``; a checkpoint of another architecture, style or
+    class count is a ValueError. ``include_top``, ``pooling``, ``classifier_activation``: Keras
+    Applications' meaning (``shared.contract.constructor_spec``); None gives logits."""
+    return _constructed("resnet50", img_channel, num_classes, style, weights, include_top, pooling,
+                        classifier_activation)
+
+
+def ResNet101(img_channel: int = 3, num_classes: int = 1000, *, style: str = "torchvision",
+              weights: str | os.PathLike | Mapping[str, np.ndarray] | None = None, include_top: bool = True,
+              pooling: str | None = None, classifier_activation: str | None = None) -> ResNet:
+    """ResNet-101; the arguments as for ``ResNet50``."""
+    return _constructed("resnet101", img_channel, num_classes, style, weights, include_top, pooling,
+                        classifier_activation)
+
+
+def ResNet152(img_channel: int = 3, num_classes: int = 1000, *, style: str = "torchvision",
+              weights: str | os.PathLike | Mapping[str, np.ndarray] | None = None, include_top: bool = True,
+              pooling: str | None = None, classifier_activation: str | None = None) -> ResNet:
+    """ResNet-152; the arguments as for ``ResNet50``."""
+    return _constructed("resnet152", img_channel, num_classes, style, weights, include_top, pooling,
+                        classifier_activation)

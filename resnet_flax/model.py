@@ -17,8 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from shared import contract
 from shared.fold import refuse_training
 from shared.spec import BatchNorm, Conv, Dense, ResNetSpec
+from shared.weights import init
 
 # Canonical param -> attribute of the nnx layer, per layer kind.
 NATIVE_PARAM = {
@@ -110,20 +112,28 @@ class ResNet(nnx.Module):
     variance in both frameworks.
     """
 
-    def __init__(self, spec: ResNetSpec, *, rngs: nnx.Rngs | None = None, dtype=None,
-                 param_dtype=jnp.float32):
-        """``rngs``: draw every parameter with torchvision's initialisation (He normal over
-        fan_out for convs, torch.nn.Linear's uniform for the classifier, BatchNorm at identity,
-        gamma 0 where the spec says zero_init). ``None``: every parameter starts at zero, a shell
-        for ``resnet_flax.load_weights`` (``resnet_flax.build`` fills it with the canonical
-        init)."""
+    def __init__(self, spec: ResNetSpec, *, rngs: nnx.Rngs | int | None = None, dtype=None,
+                 param_dtype=jnp.float32, classifier_activation: str | None = None):
+        """``rngs``: an ``nnx.Rngs`` draws every parameter with torchvision's initialisation (He
+        normal over fan_out for convs, torch.nn.Linear's uniform for the classifier, BatchNorm at
+        identity, gamma 0 where the spec says zero_init) with Flax's initialisers; an integer seed
+        gives the canonical initialisation ``shared.weights.init(spec, seed)`` (the same
+        distributions drawn in numpy: no XLA program per parameter shape to compile, which costs
+        seconds per model on a CPU); ``None``: every parameter starts at zero, a shell for
+        ``resnet_flax.load_weights``. ``classifier_activation``: None (logits), "softmax" or
+        "sigmoid" after the classifier (``shared.contract``)."""
         self.spec = spec
         self.dtype = dtype
-        draw = rngs is not None
-        rngs = rngs if draw else nnx.Rngs(0)
+        self.classifier_activation = contract.activation(spec, classifier_activation)
+        draw = isinstance(rngs, nnx.Rngs)
         for layer in spec.layers():
             if layer.params:
-                setattr(self, layer.name, _native_layer(layer, rngs, draw, dtype, param_dtype))
+                setattr(self, layer.name, _native_layer(layer, rngs if draw else nnx.Rngs(0), draw, dtype,
+                                                        param_dtype))
+        if rngs is not None and not draw:
+            from resnet_flax.weights import load_weights  # weights.py imports this module
+
+            load_weights(self, init(spec, rngs))
 
     def train(self, **attributes):
         refuse_training(self.spec, "train()")
@@ -161,6 +171,19 @@ class ResNet(nnx.Module):
             hook(block.name, x)
         for layer in self.spec.head():
             x = self._apply(layer, x)
+        if self.classifier_activation == "softmax":
+            x = nnx.softmax(x, axis=-1)
+        elif self.classifier_activation == "sigmoid":
+            x = nnx.sigmoid(x)
         if self.spec.head():
             hook("head", x)
         return x
+
+    def features(self, images) -> dict:
+        """NHWC images -> ``{"stem": ..., "stage1": ..., ...}``: the output of the stem (after its
+        max pool) and of each stage's last block, NHWC, in the model's mode. Under ``nnx.jit`` the
+        unused head is dropped from the program."""
+        at = {point: name for name, point in contract.feature_points(self.spec).items()}
+        out = {}
+        self(images, hook=lambda point, x: out.__setitem__(at[point], x) if point in at else None)
+        return out

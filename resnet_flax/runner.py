@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from resnet_flax.api import build
+from resnet_flax.model import ResNet
 from resnet_flax.weights import _variables, load_weights
 
 # fp32 on a GPU means TF32 off: XLA's default precision runs f32 convs and matmuls as TF32.
@@ -37,7 +37,7 @@ def run(spec, weights, images, *, labels=None, device="cpu", precision="fp32", m
         raise ValueError(f"precision: resnet_flax runs fp32, tf32 or bf16, got {precision!r}")
     out: dict[str, np.ndarray] = {}
     with jax.default_device(_device(device)), jax.default_matmul_precision(MATMUL_PRECISION[precision]):
-        model = build(spec, dtype=jnp.bfloat16 if precision == "bf16" else None)
+        model = ResNet(spec, dtype=jnp.bfloat16 if precision == "bf16" else None)  # a shell, filled below
         load_weights(model, weights)
         x = jnp.asarray(images)
         if mode == "train":

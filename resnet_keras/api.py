@@ -1,49 +1,92 @@
-"""The contract's ``predict`` and the seed's constructors ``ResNet50/101/152(img_channel=3,
-num_classes=1000)``, with the arguments a Keras user expects of an application."""
+"""The contract (``shared.contract``), identical in resnet_torch, resnet_keras and resnet_flax:
+the constructors ``ResNet50/101/152``, ``predict`` and ``features``; and the Keras-native way
+to the stage features, ``feature_extractor(model)``: a ``keras.Model`` with one output per stage."""
 
 from __future__ import annotations
+
+import os
+import weakref
+from typing import Mapping
 
 import keras
 import numpy as np
 
-from shared.reference import check_images
-from shared.spec import preset
-from resnet_keras.model import build, spec_of
+from shared import checkpoint, contract
+from resnet_keras.model import keras_model, spec_of
+from resnet_keras.weights import load_weights
+
+_EXTRACTORS: "weakref.WeakKeyDictionary[keras.Model, keras.Model]" = weakref.WeakKeyDictionary()
 
 
-def predict(model: keras.Model, images: np.ndarray) -> np.ndarray:
-    """Eval-mode outputs (logits unless built with a classifier activation) as float32 numpy,
-    for an NHWC batch."""
-    check_images(spec_of(model), images)
+def _images(model: keras.Model, images) -> np.ndarray:
+    images = contract.as_images(spec_of(model), images)
     built_for = tuple(model.input_shape[1:3])
     if any(b is not None and b != s for b, s in zip(built_for, images.shape[1:3])):
         raise ValueError(f"images: this model was built for {built_for[0]}x{built_for[1]} inputs, "
                          f"got {images.shape[1]}x{images.shape[2]} (build with input_shape=None for any size)")
-    out = model(np.asarray(images, dtype=np.float32), training=False)
-    return np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float32)
+    return np.asarray(images, dtype=keras.backend.standardize_dtype(model.inputs[0].dtype))
 
 
-def _seed_constructor(arch: str):
-    def constructor(img_channel: int = 3, num_classes: int = 1000, *, style: str = "torchvision",
-                    include_top: bool = True, pooling: str | None = None, input_shape=None,
-                    classifier_activation=None) -> keras.Model:
-        # keras.applications' meaning of pooling: ignored (average) with the top, else None
-        # leaves the last feature map, "avg"/"max" pool it.
-        pooling = pooling or ("avg" if include_top else None)
-        spec = preset(arch, style, image_channels=img_channel, num_classes=num_classes,
-                      include_top=include_top, pooling=pooling)
-        return build(spec, input_shape=input_shape, classifier_activation=classifier_activation)
-
-    name = arch.replace("resnet", "ResNet")
-    constructor.__name__ = constructor.__qualname__ = name
-    constructor.__doc__ = (
-        f"The seed's {name}: a torchvision-style {arch} by default; ``style='keras'`` gives "
-        f"``keras.applications.{name}`` layer for layer. Returns logits by default "
-        "(``classifier_activation=None``, unlike keras.applications' 'softmax')."
-    )
-    return constructor
+def _numpy(x) -> np.ndarray:
+    return np.asarray(keras.ops.convert_to_numpy(x), dtype=np.float32)
 
 
-ResNet50 = _seed_constructor("resnet50")
-ResNet101 = _seed_constructor("resnet101")
-ResNet152 = _seed_constructor("resnet152")
+def predict(model: keras.Model, images_nhwc: np.ndarray) -> np.ndarray:
+    """Eval-mode outputs (logits unless built with a classifier activation) as float32 numpy,
+    for an NHWC batch of floating images (integer images are refused: ``shared.contract``)."""
+    return _numpy(model(_images(model, images_nhwc), training=False))
+
+
+def feature_extractor(model: keras.Model) -> keras.Model:
+    """A functional ``keras.Model`` sharing ``model``'s layers and weights whose outputs are a dict
+    ``{"stem": pool1_pool, "stage1": conv2_block{n}_out, ...}`` (as keras-hub's pyramid outputs).
+    Made once per model."""
+    if model not in _EXTRACTORS:
+        outputs = {k: model.get_layer(name).output for k, name in contract.feature_layers(spec_of(model)).items()}
+        _EXTRACTORS[model] = keras.Model(model.inputs[0], outputs, name=f"{model.name}_features")
+    return _EXTRACTORS[model]
+
+
+def features(model: keras.Model, images_nhwc: np.ndarray) -> dict[str, np.ndarray]:
+    """``{"stem", "stage1", ...}``: the stem's and each stage's output, NHWC float32 numpy, eval mode."""
+    out = feature_extractor(model)(_images(model, images_nhwc), training=False)
+    return {k: _numpy(out[k]) for k in contract.feature_layers(spec_of(model))}
+
+
+def _constructed(arch, img_channel, num_classes, style, weights, include_top, pooling,
+                 classifier_activation) -> keras.Model:
+    spec = contract.constructor_spec(arch, img_channel, num_classes, style, include_top, pooling,
+                                     classifier_activation)
+    found = None if weights is None else checkpoint.canonical(spec, weights)  # refused before building
+    model = keras_model(spec, classifier_activation=contract.activation(spec, classifier_activation))
+    return model if found is None else load_weights(model, found)
+
+
+def ResNet50(img_channel: int = 3, num_classes: int = 1000, *, style: str = "torchvision",
+             weights: str | os.PathLike | Mapping[str, np.ndarray] | None = None, include_top: bool = True,
+             pooling: str | None = None, classifier_activation: str | None = None) -> keras.Model:
+    """The seed article's ResNet-50 (torchvision v1.5 by default; ``style="keras"`` gives
+    ``keras.applications.ResNet50`` layer for layer). ``weights``: None (Keras' random init), a
+    canonical dict, a ``.safetensors``/``.pth``/``.h5`` file or a ``shared.hub`` name such as
+    ``"keras/resnet50.imagenet"``; a checkpoint of another architecture, style or class count is
+    a ValueError. ``include_top``, ``pooling``, ``classifier_activation``: Keras Applications'
+    meaning, except that the default None gives logits (keras.applications: 'softmax'). Any
+    input size; for a fixed one use ``resnet_keras.keras_model(spec, input_shape=...)``."""
+    return _constructed("resnet50", img_channel, num_classes, style, weights, include_top, pooling,
+                        classifier_activation)
+
+
+def ResNet101(img_channel: int = 3, num_classes: int = 1000, *, style: str = "torchvision",
+              weights: str | os.PathLike | Mapping[str, np.ndarray] | None = None, include_top: bool = True,
+              pooling: str | None = None, classifier_activation: str | None = None) -> keras.Model:
+    """ResNet-101; the arguments as for ``ResNet50``."""
+    return _constructed("resnet101", img_channel, num_classes, style, weights, include_top, pooling,
+                        classifier_activation)
+
+
+def ResNet152(img_channel: int = 3, num_classes: int = 1000, *, style: str = "torchvision",
+              weights: str | os.PathLike | Mapping[str, np.ndarray] | None = None, include_top: bool = True,
+              pooling: str | None = None, classifier_activation: str | None = None) -> keras.Model:
+    """ResNet-152; the arguments as for ``ResNet50``."""
+    return _constructed("resnet152", img_channel, num_classes, style, weights, include_top, pooling,
+                        classifier_activation)

@@ -1,4 +1,4 @@
-"""``build(spec)``: walk the spec's layers and express each one as a Keras layer of the same name.
+"""``build(spec)`` / ``keras_model(spec, ...)``: walk the spec's layers and express each one as a Keras layer of the same name.
 
 Layer for layer what ``keras.applications`` ResNet50/101/152 builds (keras/src/applications/
 resnet.py): ZeroPadding2D + valid conv/pool wherever the padding is not plain 'same', a block's
@@ -93,8 +93,15 @@ def _input_shape(spec: ResNetSpec, input_shape) -> tuple:
     return input_shape
 
 
-def build(spec: ResNetSpec, input_shape=None, classifier_activation=None, name: str | None = None) -> keras.Model:
-    """A randomly initialised functional ``keras.Model`` for ``spec`` (``model.spec`` keeps it).
+def build(spec: ResNetSpec) -> keras.Model:
+    """The contract's ``build``: ``keras_model(spec)``, any input size, logits."""
+    return keras_model(spec)
+
+
+def keras_model(spec: ResNetSpec, input_shape=None, classifier_activation=None, name: str | None = None,
+                ) -> keras.Model:
+    """A randomly initialised functional ``keras.Model`` for ``spec`` (``model.spec`` keeps it),
+    with the options a Keras user expects of an application.
 
     ``input_shape``: (height, width, channels), either side may be None (the default: any size
     of at least ``spec.min_input_size``). ``classifier_activation``: None gives logits (the

@@ -5,11 +5,13 @@ canonical ones, so no array is transposed."""
 
 from __future__ import annotations
 
+import os
 from typing import Mapping
 
 import keras
 import numpy as np
 
+from shared import checkpoint
 from shared.keras_h5 import KERAS_PARAM
 from shared.weights import DTYPE, WeightsError, validate
 from resnet_keras.model import spec_of
@@ -28,13 +30,15 @@ def _variables(model: keras.Model):
             yield f"{layer.name}.{param}", getattr(native, KERAS_PARAM[param])
 
 
-def load_weights(model: keras.Model, weights: Mapping[str, np.ndarray]) -> None:
-    """Copy canonical float32 weights into ``model`` (cast to its variables' dtype).
+def load_weights(model: keras.Model, weights: Mapping[str, np.ndarray] | str | os.PathLike) -> keras.Model:
+    """Copy canonical float32 weights into ``model`` (cast to its variables' dtype) and return it.
+    ``weights``: a canonical dict, or a checkpoint file or ``shared.hub`` name (``shared.checkpoint``).
 
     Raises ``shared.weights.WeightsError`` (a ValueError) naming every missing, unexpected,
     mis-shaped or wrongly typed key, and any model variable whose shape differs from the
     spec's, before any variable is touched.
     """
+    weights = checkpoint.canonical(spec_of(model), weights)
     validate(spec_of(model), weights)
     pairs = list(_variables(model))
     wrong = [f"{key}: model variable {v.path} has shape {tuple(v.shape)}, the weights {weights[key].shape}"
@@ -43,6 +47,7 @@ def load_weights(model: keras.Model, weights: Mapping[str, np.ndarray]) -> None:
         raise WeightsError("model does not match its spec:\n  " + "\n  ".join(wrong))
     for key, variable in pairs:
         variable.assign(weights[key])
+    return model
 
 
 def export_weights(model: keras.Model) -> dict[str, np.ndarray]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from shared import spec as S
+from shared import contract, spec as S
 from shared.fold import refuse_training
 from shared.interop import torchvision_module
 from shared.spec import Block, GlobalPool, Layer, MaxPool, ReLU, ResNetSpec
@@ -60,14 +60,17 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     """Stem, stages ``layer1..layerN`` of Bottlenecks, head; all read off ``spec``.
 
-    Output: logits (include_top), pooled features (N, C), or the NCHW feature map (pooling None).
+    Output: logits (include_top; probabilities with ``classifier_activation="softmax"``), pooled
+    features (N, C), or the NCHW feature map (pooling None). ``forward_features`` gives the stem's
+    and every stage's output.
     """
 
-    def __init__(self, spec: ResNetSpec):
+    def __init__(self, spec: ResNetSpec, classifier_activation: str | None = None):
         super().__init__()
         if not isinstance(spec, ResNetSpec):
             raise TypeError(f"spec: expected a shared.spec.ResNetSpec, got {type(spec).__name__}")
         self.spec = spec
+        self.classifier_activation = contract.activation(spec, classifier_activation)
         self.stem_path = tuple(_register(self, layer) for layer in spec.stem())
         stages: dict[str, nn.Sequential] = {}
         for block in spec.blocks():
@@ -86,22 +89,26 @@ class ResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for name in self.stem_path + self.stage_names + self.head_path:
             x = getattr(self, name)(x)
+        if self.classifier_activation == "softmax":
+            x = torch.softmax(x, dim=-1)
+        elif self.classifier_activation == "sigmoid":
+            x = torch.sigmoid(x)
         return x
+
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """NCHW images -> ``{"stem": ..., "stage1": ..., ...}``: the NCHW output of the stem (after
+        its max pool) and of each stage (``layer1``...), the backbone outputs a detection or
+        segmentation head takes (torchvision's ``create_feature_extractor`` at ``maxpool``,
+        ``layer1``... gives the same tensors)."""
+        for name in self.stem_path:
+            x = getattr(self, name)(x)
+        out = {"stem": x}
+        for i, name in enumerate(self.stage_names, 1):
+            x = getattr(self, name)(x)
+            out[f"stage{i}"] = x
+        return out
 
 
 def build(spec: ResNetSpec) -> ResNet:
     """A ResNet for ``spec`` with torchvision's random init, in eval mode."""
     return ResNet(spec).eval()
-
-
-def ResNet50(img_channel: int = 3, num_classes: int = 1000) -> ResNet:
-    """The seed article's constructor: torchvision-style ResNet-50 (eval mode, like ``build``)."""
-    return build(S.resnet50(image_channels=img_channel, num_classes=num_classes))
-
-
-def ResNet101(img_channel: int = 3, num_classes: int = 1000) -> ResNet:
-    return build(S.resnet101(image_channels=img_channel, num_classes=num_classes))
-
-
-def ResNet152(img_channel: int = 3, num_classes: int = 1000) -> ResNet:
-    return build(S.resnet152(image_channels=img_channel, num_classes=num_classes))

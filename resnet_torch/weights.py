@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from shared import interop
+from shared import checkpoint, interop
 from shared import weights as canonical
 from shared.spec import ResNetSpec
 from shared.weights import WeightsError
@@ -41,11 +41,13 @@ def _check_fits(model: nn.Module, state: Mapping[str, np.ndarray]) -> None:
         raise WeightsError(f"model: {len(found)} module(s) differ from its spec:\n  " + "\n  ".join(found))
 
 
-def load_weights(model: nn.Module, weights: Mapping[str, np.ndarray]) -> nn.Module:
+def load_weights(model: nn.Module, weights: Mapping[str, np.ndarray] | str | os.PathLike) -> nn.Module:
     """Copy canonical weights into ``model`` (in place, keeping its device, dtype and memory
-    format) and return it. Everything is checked before any tensor is touched, so a bad dict
-    raises a WeightsError (a ValueError) naming each key and leaves the model as it was."""
+    format) and return it. ``weights``: a canonical dict, or a checkpoint file or ``shared.hub``
+    name (``shared.checkpoint``). Everything is checked before any tensor is touched, so a bad
+    dict raises a WeightsError (a ValueError) naming each key and leaves the model as it was."""
     spec = _spec_of(model)
+    weights = checkpoint.canonical(spec, weights)
     canonical.validate(spec, weights)
     state = interop.to_torchvision(spec, weights)
     _check_fits(model, state)

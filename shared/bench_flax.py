@@ -46,7 +46,7 @@ def prepare(job: Job, spec, weights) -> Step:
     highest = gpu and job.precision == "fp32"
     if highest:
         jax.config.update("jax_default_matmul_precision", "highest")
-    model = resnet_flax.build(spec, dtype=jnp.bfloat16 if job.precision == "bf16" else None)
+    model = resnet_flax.ResNet(spec, dtype=jnp.bfloat16 if job.precision == "bf16" else None)
     resnet_flax.load_weights(model, weights)
     images, labels = job.inputs(spec.num_classes)
     x, y = jax.device_put(images), jax.device_put(labels)

@@ -49,7 +49,7 @@ def _model(job: Job, spec, weights) -> keras.Model:
     if job.impl == "ours":
         import resnet_keras
 
-        model = resnet_keras.build(spec, input_shape=shape)
+        model = resnet_keras.keras_model(spec, input_shape=shape)
         resnet_keras.load_weights(model, weights)
         return model
     build = _custom_depth(job.depths) if job.depths else getattr(keras.applications, ARCH_CLASS[job.arch])

@@ -39,12 +39,15 @@ def _csv(choices):
 
 
 def read_weights(path: str, style: str | None):
-    """(spec, canonical weights) from any checkpoint ``shared.formats`` reads: canonical or
+    """(spec, canonical weights) from any checkpoint ``shared.formats`` reads (canonical or
     torchvision-keyed safetensors, torchvision .pth/.pt, Keras .h5, Keras 3 .weights.h5 and
-    .keras, or an Orbax checkpoint directory of a resnet_flax model."""
+    .keras, an Orbax checkpoint directory of a resnet_flax model), given by path or by a
+    ``shared.hub`` name (fetched into the cache)."""
     from shared import formats
 
     p = Path(path)
+    if not p.exists():
+        p = _fetch(path) or p
     if not p.exists():
         raise CliError(f"--weights: no such file {path}")
     try:
@@ -53,6 +56,20 @@ def read_weights(path: str, style: str | None):
         raise CliError(f"--weights: {e}") from None
     except WeightsError as e:
         raise CliError(f"--weights: {str(e).splitlines()[0]} {' '.join(str(e).splitlines()[1:3]).strip()}".strip()) from None
+
+
+def _fetch(name: str) -> Path | None:
+    """The cached file of a registered name; None for a string that is no name (a missing path)."""
+    from shared import hub
+
+    if not hub.is_registered(name):
+        if "/" in name and Path(name).suffix.lower() not in (".safetensors", ".pth", ".pt", ".h5", ".hdf5"):
+            hub.entry(name)  # a ValueError naming close matches
+        return None
+    try:
+        return hub.fetch(name)
+    except hub.HubError as e:
+        raise CliError(str(e)) from None
 
 
 def _fmt(x, spec=".2e"):
@@ -316,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     check.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32")
     check.add_argument("--weights", help="a checkpoint: .safetensors (canonical or torchvision keys), torchvision "
-                       ".pth/.pt, Keras .h5, .weights.h5 or .keras, or an Orbax checkpoint directory")
+                       ".pth/.pt, Keras .h5, .weights.h5 or .keras, an Orbax checkpoint directory, or a "
+                       "shared.hub name (torchvision/resnet50.IMAGENET1K_V2)")
     check.add_argument("--batch", type=int, default=4)
     check.add_argument("--size", type=int, default=96)
     check.add_argument("--seed", type=int, default=0)
@@ -349,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = sub.add_parser("convert", help="convert between checkpoint formats (.safetensors, .pth, .h5, "
                                              ".weights.h5, .keras, Orbax directory)")
-    convert.add_argument("source")
+    convert.add_argument("source", help="a checkpoint file or directory, or a shared.hub name")
     convert.add_argument("dest", help="by type: .safetensors (canonical), .pth/.pt, .h5 (Keras Applications), "
                                       ".weights.h5, .keras; no suffix: an Orbax checkpoint directory")
     convert.add_argument("--format", choices=FORMATS, default=None,

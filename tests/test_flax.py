@@ -49,10 +49,9 @@ def _small(style="torchvision", **overrides):
     return S.resnet50(style, **{"depths": (1, 2), "width": 8, "num_classes": 10, **overrides})
 
 
-def _loaded(spec, weights, **build_kwargs):
-    model = rf.build(spec, **build_kwargs)
-    rf.load_weights(model, weights)
-    return model
+def _loaded(spec, weights, **native_kwargs):
+    """``load_weights`` into ``build(spec)``, or into ``ResNet(spec, **native_kwargs)`` (a dtype)."""
+    return rf.load_weights(rf.ResNet(spec, **native_kwargs) if native_kwargs else rf.build(spec), weights)
 
 
 # ----------------------------------------------------------------- against torchvision
@@ -86,7 +85,8 @@ def torchvision_case(torchvision_model):
     return case
 
 
-@pytest.mark.parametrize("arch", list(TORCHVISION_SIZES))
+@pytest.mark.parametrize("arch", [a if a == "resnet50" else pytest.param(a, marks=pytest.mark.slow)
+                                  for a in TORCHVISION_SIZES])
 def test_matches_torchvision_fp32_cpu(arch, torchvision_case):
     c = torchvision_case(arch)
     assert c.model.spec == c.spec == S.preset(arch)
@@ -212,7 +212,7 @@ def test_load_weights_rejects_bad_weights_and_touches_nothing(change, message):
 def test_build_starts_from_canonical_init_in_eval_mode():
     spec = _small(zero_init_residual=True)
     for seed in (None, 3):
-        model = rf.build(spec, rngs=seed)
+        model = rf.build(spec) if seed is None else rf.ResNet(spec, rngs=seed)
         expected = W.init(spec, 0 if seed is None else seed)
         assert all(v.tobytes() == expected[k].tobytes() for k, v in rf.export_weights(model).items())
         assert all(m.use_running_average for _, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm))
@@ -220,7 +220,7 @@ def test_build_starts_from_canonical_init_in_eval_mode():
 
 def test_native_init_draws_torchvision_distributions():
     spec = S.resnet50(depths=(1,), width=16, num_classes=10, zero_init_residual=True)
-    w = rf.export_weights(rf.build(spec, rngs=nnx.Rngs(0)))
+    w = rf.export_weights(rf.ResNet(spec, rngs=nnx.Rngs(0)))
     assert not np.array_equal(w["conv2_block1_3_conv.kernel"], w["conv2_block1_0_conv.kernel"])  # one key each
     for key in ("conv1_conv.kernel", "conv2_block1_2_conv.kernel", "conv2_block1_3_conv.kernel"):
         k = w[key]
@@ -257,7 +257,7 @@ def test_predict_traces_once_per_shape(monkeypatch):
     traces = []
     call = ResNet.__call__
     monkeypatch.setattr(ResNet, "__call__", lambda self, x: traces.append(x.shape) or call(self, x))
-    model, other = rf.build(spec), rf.build(spec, rngs=1)
+    model, other = rf.build(spec), rf.ResNet(spec, rngs=1)
     small, large = (reference.random_images(spec, 2, s) for s in (32, 40))
     first = rf.predict(model, small)
     rf.predict(model, small)

@@ -33,6 +33,7 @@ APPS = {"resnet50": keras.applications.ResNet50, "resnet101": keras.applications
         "resnet152": keras.applications.ResNet152}
 OURS = {"resnet50": rk.ResNet50, "resnet101": rk.ResNet101, "resnet152": rk.ResNet152}
 PUBLISHED_PARAMS = {"resnet50": 25_636_712, "resnet101": 44_707_176, "resnet152": 60_419_944}
+FULL_SIZE = [a if a == "resnet50" else pytest.param(a, marks=pytest.mark.slow) for a in S.ARCHS]  # 101/152: slow
 SIZE = 64  # keras.applications needs >= 32 px; 64 keeps ResNet-152 cheap on two cores
 # One tiny spec (and batch 4 at 40 px) for the small tests: on the jax backend every new shape
 # costs an XLA compile, of the initializers too.
@@ -64,7 +65,7 @@ def pair():
                 spec=spec, weights=weights, images=images,
                 expected=reference.forward(spec, weights, images),
                 app=APPS[arch](weights=None, input_shape=(SIZE, SIZE, 3), classifier_activation=None),
-                ours=OURS[arch](style="keras", input_shape=(SIZE, SIZE, 3)),
+                ours=rk.keras_model(spec, input_shape=(SIZE, SIZE, 3)),
             )
         return cache[arch]
 
@@ -73,7 +74,7 @@ def pair():
 
 # ----------------------------------------------------------------------------- keras.applications
 
-@pytest.mark.parametrize("arch", S.ARCHS)
+@pytest.mark.parametrize("arch", FULL_SIZE)
 def test_same_layers_as_keras_applications(pair, arch):
     p = pair(arch)
     app, ours = p.app, p.ours
@@ -90,7 +91,7 @@ def test_same_layers_as_keras_applications(pair, arch):
     assert ours.count_params() == app.count_params() == PUBLISHED_PARAMS[arch] == p.spec.num_params(True)
 
 
-@pytest.mark.parametrize("arch", S.ARCHS)
+@pytest.mark.parametrize("arch", FULL_SIZE)
 def test_logits_equal_keras_applications(pair, arch, tmp_path):
     """keras.applications gets the calibrated weights through our .h5 writer and Keras' own
     loader, ours through Keras' positional set_weights; both must compute the same logits."""
@@ -127,7 +128,7 @@ def test_keras_weight_files_load_unchanged(pair, tmp_path):
     _same(rk.export_weights(p.ours), p.weights)
 
     app = keras.applications.ResNet50(weights=None, include_top=False, input_shape=(SIZE, SIZE, 3))
-    ours = rk.ResNet50(style="keras", include_top=False, input_shape=(SIZE, SIZE, 3))
+    ours = rk.keras_model(S.resnet50("keras", include_top=False, pooling=None), input_shape=(SIZE, SIZE, 3))
     assert ours.spec.pooling is None and ours.output_shape == app.output_shape == (None, 2, 2, 2048)
     app.save(tmp_path / "notop.h5")  # the legacy full-model layout: weights under model_weights
     ours.load_weights(tmp_path / "notop.h5")
@@ -202,7 +203,7 @@ def test_classifier_activation_and_heads():
     spec = S.preset("resnet50", "keras", **TINY)
     weights = reference.calibrated_weights(spec, seed=7, size=40)
     images = reference.random_images(spec, batch=4, size=40, seed=8)
-    logits_model, softmax_model = rk.build(spec), rk.build(spec, classifier_activation="softmax")
+    logits_model, softmax_model = rk.build(spec), rk.keras_model(spec, classifier_activation="softmax")
     rk.load_weights(logits_model, weights)
     rk.load_weights(softmax_model, weights)
     logits = rk.predict(logits_model, images).astype(np.float64)
@@ -221,10 +222,10 @@ def test_classifier_activation_and_heads():
 def test_inputs_are_checked():
     spec = S.preset("resnet50", "keras", **TINY)
     with pytest.raises(ValueError, match=r"needs images of at least 8x8 pixels, got 7x30"):
-        rk.build(spec, input_shape=(7, 30, 3))
+        rk.keras_model(spec, input_shape=(7, 30, 3))
     with pytest.raises(ValueError, match=r"input_shape: expected \(height, width, 3\) \(channels last\), got \(3, 32, 32\)"):
-        rk.build(spec, input_shape=(3, 32, 32))
-    fixed = rk.build(spec, input_shape=(32, None, 3))
+        rk.keras_model(spec, input_shape=(3, 32, 32))
+    fixed = rk.keras_model(spec, input_shape=(32, None, 3))
     assert rk.predict(fixed, np.ones((1, 32, 17, 3), np.float32)).shape == (1, 5)
     with pytest.raises(ValueError, match=r"built for 32xNone inputs, got 40x40"):
         rk.predict(fixed, np.ones((1, 40, 40, 3), np.float32))

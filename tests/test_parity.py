@@ -50,7 +50,8 @@ def case(arch: str, style: str, size: int, batch: int = 2):
 # ResNet-50 at 96 px in both styles; ResNet-101/152 at full depth in torchvision style at 64 px
 # (the error grows with depth, the cost with size).
 CASES = [("resnet50", "torchvision", 96), ("resnet50", "keras", 96),
-         ("resnet101", "torchvision", 64), ("resnet152", "torchvision", 64)]
+         pytest.param("resnet101", "torchvision", 64, marks=pytest.mark.slow),
+         pytest.param("resnet152", "torchvision", 64, marks=pytest.mark.slow)]
 
 
 @functools.cache
@@ -83,6 +84,7 @@ def test_bf16_on_cpu_against_emulated_bf16_reference(framework):
     assert err <= budget < 0.5
 
 
+@pytest.mark.slow  # a full-size ResNet-152
 def test_reference_float32_is_a_fair_peer(torchvision_model):
     """The float32 reference's error is the scale of a real fp32 framework's: torchvision's."""
     torch = pytest.importorskip("torch")

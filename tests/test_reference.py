@@ -8,7 +8,8 @@ from shared import parity, reference
 from shared.spec import ResNetSpec
 
 
-@pytest.mark.parametrize("arch, size", [("resnet50", 224), ("resnet101", 96), ("resnet152", 64)])
+@pytest.mark.parametrize("arch, size", [pytest.param(*case, marks=pytest.mark.slow)
+                                        for case in (("resnet50", 224), ("resnet101", 96), ("resnet152", 64))])
 def test_reference_equals_torchvision_float64(arch, size, torchvision_model):
     torch = pytest.importorskip("torch")
     model, spec, weights = torchvision_model(arch)

@@ -1,0 +1,123 @@
+"""A checkpoint given by path or by name -> canonical weights for a model's spec, framework-free.
+
+What ``ResNet50(weights=...)`` and ``load_weights(model, path_or_name)`` accept in every framework
+package: a canonical ``.safetensors``, a torchvision ``.pth``/``.pt`` (read with
+``torch.load(weights_only=True)``, so torch is imported here, lazily, only for that format), a
+Keras Applications ``.h5`` (h5py), or a name registered in ``shared.hub``. An existing file wins
+over a name. A checkpoint made for another architecture, style or class count is refused before
+any model is touched, with a ValueError that describes both.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from shared import hub, interop
+from shared import weights as W
+from shared.parity import depth_name
+from shared.spec import STYLES, ResNetSpec
+from shared.weights import WeightsError
+
+_SUFFIX_FORMAT = {".safetensors": "safetensors", ".pth": "pth", ".pt": "pth", ".h5": "h5", ".hdf5": "h5"}
+# Fields that change the function a set of weights computes (pooling has no weights; the init
+# flag zero_init_residual does not matter once weights are loaded).
+_ARCH = ("depths", "width", "expansion", "image_channels")
+_STYLE = ("stride_on", "conv_bias", "bn_epsilon", "bn_momentum")
+
+
+def resolve(source: str | os.PathLike) -> tuple[Path, str]:
+    """(local file, format) for a path or a registered name (fetched into the cache)."""
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_file():
+        path = Path(source)
+        fmt = _SUFFIX_FORMAT.get(path.suffix.lower())
+        if fmt is None:
+            raise ValueError(f"{path}: unknown checkpoint type {path.suffix!r}; expected .safetensors, "
+                             ".pth/.pt (torchvision) or .h5 (Keras Applications)")
+        return path, fmt
+    if hub.is_registered(source):
+        return hub.fetch(source), hub.entry(source).fmt
+    if isinstance(source, str) and "/" in source and Path(source).suffix.lower() not in _SUFFIX_FORMAT:
+        hub.entry(source)  # raises, naming close matches
+    raise FileNotFoundError(f"{source}: no such checkpoint file, and not a registered name "
+                            f"(shared.hub.names(): {', '.join(hub.names())})")
+
+
+def read(source: str | os.PathLike, style: str | None = None) -> tuple[ResNetSpec, dict[str, np.ndarray]]:
+    """(spec, canonical weights) of a file or name. The spec is the one stored in the file, else
+    read off its names and shapes; ``style`` fills in what shapes cannot show for a
+    ``.safetensors`` file without a stored spec (default: biased convs mean Keras style)."""
+    path, fmt = resolve(source)
+    if fmt == "safetensors":
+        weights = W.load(path)
+        spec = W.read_spec(path) or interop.spec_from_canonical(weights, style=style)
+        W.validate(spec, weights, source=str(path))
+        return spec, weights
+    if fmt == "h5":
+        return interop.from_keras_applications(str(path))
+    return interop.from_torchvision(_torch_state(path))
+
+
+def _torch_state(path: Path) -> Mapping:
+    try:
+        import torch
+    except ImportError:
+        raise ValueError(f"{path}: reading a torch checkpoint needs torch (pip install 'resnet-parity[torch]'); "
+                         f"or convert it where torch is: resnet-parity convert {path} out.safetensors") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        raise WeightsError(f"{path}: not a weights-only torch checkpoint ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping):
+        raise WeightsError(f"{path}: expected a state_dict (names to tensors), got {type(state).__name__}")
+    return state
+
+
+def describe(spec: ResNetSpec) -> str:
+    """``resnet50 (torchvision style, 1000 classes, 3 image channels)``."""
+    arch = depth_name(spec.depths) if (spec.width, spec.expansion) == (64, 4) else None
+    arch = arch or f"depths {spec.depths}, width {spec.width}, expansion {spec.expansion}"
+    top = f"{spec.num_classes} classes" if spec.include_top else "no top"
+    return f"{arch} ({spec.style} style, {top}, {spec.image_channels} image channels)"
+
+
+def differences(model: ResNetSpec, checkpoint: ResNetSpec) -> list[str]:
+    """Every field in which a checkpoint's spec cannot serve the model's, as 'field: a vs b'."""
+    fields = [*_ARCH, *_STYLE]
+    if model.include_top:
+        fields += ["include_top", "num_classes"]
+    return [f"{f}: checkpoint {getattr(checkpoint, f)!r}, model {getattr(model, f)!r}"
+            for f in fields if getattr(checkpoint, f) != getattr(model, f)]
+
+
+def for_spec(spec: ResNetSpec, source: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Canonical weights of a file or name for a model of ``spec``. A checkpoint with a top
+    serves a model without one (its classifier is dropped); anything else that differs is a
+    ValueError naming both."""
+    found, weights = read(source, style=spec.style if spec.style in STYLES else None)
+    diff = differences(spec, found)
+    if diff:
+        raise ValueError(f"weights {source}: the checkpoint is {describe(found)}, the model is {describe(spec)}; "
+                         f"they differ in {'; '.join(diff)}")
+    if found.include_top and not spec.include_top:
+        top = {f"{layer.name}.{p}" for layer in found.head() for p in layer.params}
+        weights = {k: v for k, v in weights.items() if k not in top}
+    W.validate(spec, weights, source=str(source))
+    return weights
+
+
+def canonical(spec: ResNetSpec, weights) -> Mapping[str, np.ndarray]:
+    """What ``load_weights`` copies: a mapping as given, or a file or name read for ``spec``."""
+    if isinstance(weights, Mapping):
+        return weights
+    if isinstance(weights, (str, os.PathLike)):
+        return for_spec(spec, weights)
+    raise TypeError(f"weights: expected a canonical dict, a checkpoint path or a registered name, "
+                    f"got {type(weights).__name__}")

@@ -1,0 +1,82 @@
+"""The framework-free half of the contract every framework package keeps (identical in
+resnet_torch, resnet_keras and resnet_flax)::
+
+    model = ResNet50(img_channel=3, num_classes=1000, *, style="torchvision", weights=None,
+                     include_top=True, pooling=None, classifier_activation=None)  # also 101, 152
+    model = build(spec)                   # native model, random init, eval mode
+    model = load_weights(model, weights)  # a canonical dict, a checkpoint path or a hub name
+    weights = export_weights(model)
+    logits = predict(model, images_nhwc)  # numpy NHWC in, float32 numpy out, eval mode
+    feats = features(model, images_nhwc)  # {"stem", "stage1", ...}: NHWC float32 numpy
+
+Here: the constructors' spec (Keras Applications' meaning of include_top, pooling and
+classifier_activation), the one input policy of ``predict`` and ``features``, and where each
+feature is taken.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shared.reference import check_images
+from shared.spec import ResNetSpec, preset
+
+CONTRACT = ("ResNet50", "ResNet101", "ResNet152", "build", "load_weights", "export_weights", "predict",
+            "features")
+# Applied to the logits after the classifier; "linear" and None both leave the logits.
+CLASSIFIER_ACTIVATIONS = (None, "linear", "softmax", "sigmoid")
+
+
+def constructor_spec(arch: str, img_channel: int, num_classes: int, style: str, include_top: bool,
+                     pooling: str | None, classifier_activation: str | None) -> ResNetSpec:
+    """The spec ``ResNet50/101/152(...)`` builds. As in Keras Applications: with the top the
+    features are average-pooled and ``pooling`` is ignored; without it ``pooling`` None leaves
+    the last feature map, "avg"/"max" pool it, and ``classifier_activation`` is ignored."""
+    if classifier_activation not in CLASSIFIER_ACTIVATIONS:
+        raise ValueError(f"classifier_activation: expected one of {CLASSIFIER_ACTIVATIONS}, got {classifier_activation!r}")
+    if pooling not in ("avg", "max", None):
+        raise ValueError(f"pooling: expected 'avg', 'max' or None, got {pooling!r}")
+    if not isinstance(include_top, bool):
+        raise ValueError(f"include_top: expected a bool, got {include_top!r}")
+    return preset(arch, style, image_channels=img_channel, num_classes=num_classes, include_top=include_top,
+                  pooling="avg" if include_top else pooling)
+
+
+def activation(spec: ResNetSpec, classifier_activation: str | None) -> str | None:
+    """The activation a model applies after its classifier: None without a top or for 'linear'."""
+    if classifier_activation not in CLASSIFIER_ACTIVATIONS:
+        raise ValueError(f"classifier_activation: expected one of {CLASSIFIER_ACTIVATIONS}, got {classifier_activation!r}")
+    return classifier_activation if spec.include_top and classifier_activation != "linear" else None
+
+
+def as_images(spec: ResNetSpec, images) -> np.ndarray:
+    """The one input policy of ``predict`` and ``features``: an NHWC batch of *preprocessed*
+    floating images. Any floating dtype is accepted and cast to the dtype the model takes
+    (float32 unless built otherwise); integer or bool images are refused, because raw 0-255
+    pixels are almost never what a model was trained on and a silent cast would hide that."""
+    images = np.asarray(images)
+    if not np.issubdtype(images.dtype, np.floating):
+        raise ValueError(
+            f"images: expected floating (preprocessed) images, got dtype {images.dtype}; scale and "
+            f"normalise them first (e.g. resnet_keras.preprocess_input(x, style={spec.style!r}) "
+            "or (x / 255 - mean) / std), then pass float32"
+        )
+    check_images(spec, images)
+    return images
+
+
+def feature_points(spec: ResNetSpec) -> dict[str, str]:
+    """Feature name -> the point of ``shared.reference.forward``'s hook it is taken at: "stem"
+    after the stem's max pool, "stage{i}" after the last block of stage i (1-based)."""
+    points = {"stem": "stem"}
+    for block in spec.blocks():
+        points[f"stage{block.stage + 1}"] = block.name  # the last block of each stage wins
+    return points
+
+
+def feature_layers(spec: ResNetSpec) -> dict[str, str]:
+    """Feature name -> the spec layer whose output it is (the stem's pool, each stage's last ReLU)."""
+    layers = {"stem": spec.stem()[-1].name}
+    for block in spec.blocks():
+        layers[f"stage{block.stage + 1}"] = block.out.name
+    return layers
