@@ -1,83 +1,53 @@
 """A checkpoint given by path or by name -> canonical weights for a model's spec, framework-free.
 
 What ``ResNet50(weights=...)`` and ``load_weights(model, path_or_name)`` accept in every framework
-package: a canonical ``.safetensors``, a torchvision ``.pth``/``.pt`` (read with
-``torch.load(weights_only=True)``, so torch is imported here, lazily, only for that format), a
-Keras Applications ``.h5`` (h5py), or a name registered in ``shared.hub``. An existing file wins
-over a name. A checkpoint made for another architecture, style or class count is refused before
+package: any checkpoint ``shared.formats`` reads (canonical or torchvision-keyed
+``.safetensors``, torchvision ``.pth``/``.pt`` through ``torch.load(weights_only=True)``, Keras
+Applications ``.h5``, Keras 3 ``.weights.h5`` and ``.keras``, an Orbax directory; a format whose
+framework is missing says which extra to install), or a name registered in ``shared.hub``. An
+existing path wins over a name. A checkpoint made for another architecture, style or class count is refused before
 any model is touched, with a ValueError that describes both.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
-from shared import hub, interop
+from shared import formats, hub
 from shared import weights as W
 from shared.parity import depth_name
 from shared.spec import STYLES, ResNetSpec
-from shared.weights import WeightsError
 
-_SUFFIX_FORMAT = {".safetensors": "safetensors", ".pth": "pth", ".pt": "pth", ".h5": "h5", ".hdf5": "h5"}
 # Fields that change the function a set of weights computes (pooling has no weights; the init
 # flag zero_init_residual does not matter once weights are loaded).
 _ARCH = ("depths", "width", "expansion", "image_channels")
 _STYLE = ("stride_on", "conv_bias", "bn_epsilon", "bn_momentum")
 
 
-def resolve(source: str | os.PathLike) -> tuple[Path, str]:
-    """(local file, format) for a path or a registered name (fetched into the cache)."""
-    if isinstance(source, (str, os.PathLike)) and Path(source).is_file():
-        path = Path(source)
-        fmt = _SUFFIX_FORMAT.get(path.suffix.lower())
-        if fmt is None:
-            raise ValueError(f"{path}: unknown checkpoint type {path.suffix!r}; expected .safetensors, "
-                             ".pth/.pt (torchvision) or .h5 (Keras Applications)")
-        return path, fmt
+def resolve(source: str | os.PathLike) -> Path:
+    """The local file (or Orbax directory) of a path, or of a registered name (fetched into the
+    cache). An existing path wins over a name."""
+    if isinstance(source, (str, os.PathLike)) and Path(source).exists():
+        return Path(source)
     if hub.is_registered(source):
-        return hub.fetch(source), hub.entry(source).fmt
-    if isinstance(source, str) and "/" in source and Path(source).suffix.lower() not in _SUFFIX_FORMAT:
+        return hub.fetch(source)
+    if isinstance(source, str) and "/" in source and Path(source).suffix.lower() not in (
+            ".safetensors", ".pth", ".pt", ".h5", ".hdf5", ".keras"):
         hub.entry(source)  # raises, naming close matches
     raise FileNotFoundError(f"{source}: no such checkpoint file, and not a registered name "
                             f"(shared.hub.names(): {', '.join(hub.names())})")
 
 
 def read(source: str | os.PathLike, style: str | None = None) -> tuple[ResNetSpec, dict[str, np.ndarray]]:
-    """(spec, canonical weights) of a file or name. The spec is the one stored in the file, else
-    read off its names and shapes; ``style`` fills in what shapes cannot show for a
-    ``.safetensors`` file without a stored spec (default: biased convs mean Keras style)."""
-    path, fmt = resolve(source)
-    if fmt == "safetensors":
-        weights = W.load(path)
-        spec = W.read_spec(path) or interop.spec_from_canonical(weights, style=style)
-        W.validate(spec, weights, source=str(path))
-        return spec, weights
-    if fmt == "h5":
-        return interop.from_keras_applications(str(path))
-    return interop.from_torchvision(_torch_state(path))
-
-
-def _torch_state(path: Path) -> Mapping:
-    try:
-        import torch
-    except ImportError:
-        raise ValueError(f"{path}: reading a torch checkpoint needs torch (pip install 'resnet-parity[torch]'); "
-                         f"or convert it where torch is: resnet-parity convert {path} out.safetensors") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        raise WeightsError(f"{path}: not a weights-only torch checkpoint ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0] if str(e) else ''})") from None
-    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
-        state = state["state_dict"]
-    if not isinstance(state, Mapping):
-        raise WeightsError(f"{path}: expected a state_dict (names to tensors), got {type(state).__name__}")
-    return state
+    """(spec, canonical weights) of a path or name, in any format ``shared.formats`` reads (one
+    dispatcher for the constructors, ``load_weights``, ``check --weights`` and ``convert``). The
+    spec is the one stored in the file, else read off its names and shapes, with ``style`` for
+    what shapes cannot show."""
+    return formats.read(resolve(source), style=style)
 
 
 def describe(spec: ResNetSpec) -> str:

@@ -176,3 +176,18 @@ def test_missing_framework_is_named(tmp_path, monkeypatch, name, module):
     with pytest.raises(formats.FrameworkMissing, match=rf"pip install 'resnet-parity\[{module}\]'"):
         formats.write(spec, _weights(spec), tmp_path / ("out" if name == "ckpt" else f"out.{name.split('.', 1)[1]}"))
     assert not (tmp_path / "out").exists()
+
+
+def test_load_weights_takes_every_format_by_path(tmp_path):
+    """The framework packages' ``load_weights`` (and so the constructors' ``weights=``) read a
+    file through the same dispatcher as ``convert``: here a torchvision-keyed safetensors, told
+    from a canonical one by its keys, loads bit-exact."""
+    rt = pytest.importorskip("resnet_torch")
+    spec = S.preset_spec("torchvision", depths=(1, 1), width=8, num_classes=5)
+    weights = randomize_batchnorm(spec, init(spec, seed=4), seed=4)
+    path = tmp_path / "hub_style.safetensors"
+    formats.write(spec, weights, path, format="torchvision-safetensors")
+    assert formats.detect(path) == "torchvision-safetensors"
+    exported = rt.export_weights(rt.load_weights(rt.build(spec), path))
+    assert set(exported) == set(weights)
+    assert all(np.array_equal(exported[k], weights[k]) for k in weights)
