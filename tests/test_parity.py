@@ -72,10 +72,14 @@ def test_fp32_against_float64_reference(framework, arch, style, size):
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_bf16_on_cpu_against_emulated_bf16_reference(framework):
-    arch, style, size = "resnet50", "torchvision", 64  # the measured CPU bf16 row: 64x64
-    _, _, _, ref, _ = case(arch, style, size)
-    spec, weights, images = case(arch, style, size)[:3]
-    out = logits_of(framework, arch, style, size, "bf16")
+    """Each framework's CPU bf16 path within the emulated-bf16 budget. A shallow network: on a
+    ResNet-50 at 64 px the two legitimate roundings lie 0.29 apart, a budget (0.58) too wide to
+    judge (check calls that "not judged"); here they lie ~1e-2 apart."""
+    spec = S.preset_spec("torchvision", depths=(1, 1, 1, 1), width=16, num_classes=100)
+    weights = reference.calibrated_weights(spec, seed=1, size=64)
+    images = reference.random_images(spec, 4, 64, seed=2)
+    ref = reference.forward(spec, weights, images)
+    out = run(framework, spec, weights, images, precision="bf16")["logits"]
     emulated, budget = low_precision_oracle(spec, weights, images, "bf16")
     err = parity.rel_error(out, emulated)
     print(f"{framework} bf16: rel vs float64 {parity.rel_error(out, ref):.2e}, vs emulated bf16 {err:.2e}, "
