@@ -19,6 +19,7 @@ from typing import Mapping
 import numpy as np
 
 from shared import reference as R
+from shared.fold import refuse_training
 from shared.spec import BatchNorm, Conv, Dense, GlobalPool, MaxPool, ReLU, ResNetSpec
 
 
@@ -144,6 +145,7 @@ def step(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray
          dtype=np.float64) -> Step:
     """The train-mode forward pass, its loss and its backward pass (module docstring). BatchNorm
     running statistics get no gradient; their update is the caller's, from ``Step.stats``."""
+    refuse_training(spec, "backprop")
     if not (spec.include_top and spec.head()):
         raise ValueError("backprop: the loss needs a classifier head (include_top=True, pooling set)")
     R.check_images(spec, images)

@@ -182,25 +182,27 @@ def _oracle(spec, weights, images, labels, mode: str, precision: str, trace: boo
         return traces[which].__setitem__ if trace else None
 
     if mode == "train":
-        ref, stats_u = reference.forward_train(spec, weights, images, variance="unbiased")
-        stats = {"unbiased": stats_u, "biased": reference.forward_train(spec, weights, images, variance="biased")[1]}
-        peer, peer_stats = reference.forward_train(spec, weights, images, dtype=np.float32)
-        fp32 = fp32_budget(parity.rel_error(peer, ref))
-        _, _, grads = backprop.loss_and_grads(spec, weights, images, labels)
-        _, _, grads32 = backprop.loss_and_grads(spec, weights, images, labels, dtype=np.float32)
-        keys = sorted(grads)
-        grad_peer = parity.rel_error(_flat(grads32, keys), _flat(grads, keys))
-        oracle = Oracle(ref, fp32, fp32, stats=stats, grads=grads, grad_budget=fp32_budget(grad_peer),
-                        stats_budget=fp32_budget(parity.rel_error(_flat(peer_stats), _flat(stats_u))))
-        oracle.notes.update(peer_fp32_error=parity.rel_error(peer, ref), peer_fp32_grad_error=grad_peer)
+        # One forward and backward pass per arithmetic: logits, gradients and the batch statistics
+        # both variance rules update from (VARIANCE).
+        full = backprop.step(spec, weights, images, labels)
+        peer = backprop.step(spec, weights, images, labels, dtype=np.float32)
+        stats = {rule: reference.running_update(spec, weights, full.stats, rule) for rule in reference.VARIANCES}
+        peer_stats = reference.running_update(spec, weights, peer.stats, "unbiased")
+        keys = sorted(full.grads)
+        grad_peer = parity.rel_error(_flat(peer.grads, keys), _flat(full.grads, keys))
+        fp32 = fp32_budget(parity.rel_error(peer.logits, full.logits))
+        oracle = Oracle(full.logits, fp32, fp32, stats=stats, grads=full.grads, grad_budget=fp32_budget(grad_peer),
+                        stats_budget=fp32_budget(parity.rel_error(_flat(peer_stats), _flat(stats["unbiased"]))))
+        oracle.notes.update(peer_fp32_error=parity.rel_error(peer.logits, full.logits), peer_fp32_grad_error=grad_peer)
         if low:
-            emu, emu_stats = reference.forward_train(spec, weights, images, precision=precision)
-            alt, alt_stats = reference.forward_train(spec, weights, images, precision=LOW_PRECISION_ALT[precision])
+            emu, emu_batch = reference.train_statistics(spec, weights, images, precision=precision)
+            alt, alt_batch = reference.train_statistics(spec, weights, images, precision=LOW_PRECISION_ALT[precision])
             oracle.emulated, oracle.budget = emu, LOW_PRECISION_MARGIN * parity.rel_error(alt, emu)
-            oracle.stats_budget = LOW_PRECISION_MARGIN * parity.rel_error(_flat(alt_stats), _flat(emu_stats))
-            oracle.stats = {"unbiased": emu_stats,
-                            "biased": reference.forward_train(spec, weights, images, variance="biased",
-                                                              precision=precision)[1]}
+            oracle.stats = {rule: reference.running_update(spec, weights, emu_batch, rule)
+                            for rule in reference.VARIANCES}
+            alt_stats = reference.running_update(spec, weights, alt_batch, "unbiased")
+            oracle.stats_budget = LOW_PRECISION_MARGIN * parity.rel_error(_flat(alt_stats),
+                                                                          _flat(oracle.stats["unbiased"]))
         return oracle
 
     ref = reference.forward(spec, weights, images, hook=hook("f64"))

@@ -298,7 +298,7 @@ class Oracle:
         """How far apart the two semantics are (the gradients' rel distance), per variance rule:
         what tells them apart, far above every budget."""
         out = {}
-        for variance in reference_dp.VARIANCES:
+        for variance in reference.VARIANCES:
             if ("global", variance) in self.cache and ("per_replica", variance) in self.cache:
                 a, b = self.cache["global", variance][0], self.cache["per_replica", variance][0]
                 keys = sorted(a.grads)

@@ -191,19 +191,30 @@ def calibrate(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images_nhwc: 
     return calibrated
 
 
-def forward_train(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images_nhwc: np.ndarray,
-                  variance: str = "unbiased", dtype=np.float64, precision: str | None = None,
-                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Train-mode float64 forward: BatchNorm normalises with batch statistics. Returns the
-    logits and the running statistics after one update, ``running = (1 - m) * running + m * batch``
-    with ``m = spec.bn_momentum``. ``variance`` is the batch variance that update uses:
-    PyTorch ``"unbiased"`` (n / (n - 1) times the biased one it normalises with), Keras and Flax
-    ``"biased"``."""
+VARIANCES = ("unbiased", "biased")  # the batch variance a running-variance update uses
+
+
+def _check_variance(variance: str) -> None:
+    if variance not in VARIANCES:
+        raise ValueError(f"variance: expected one of {VARIANCES}, got {variance!r}")
+
+
+def train_statistics(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images_nhwc: np.ndarray,
+                     dtype=np.float64, precision: str | None = None) -> tuple[np.ndarray, dict[str, tuple]]:
+    """Train-mode forward (BatchNorm on batch statistics): the logits, and for every BatchNorm
+    the (mean, biased variance, count) it normalised with."""
     refuse_training(spec, "forward_train")
-    if variance not in ("unbiased", "biased"):
-        raise ValueError(f"variance: expected 'unbiased' or 'biased', got {variance!r}")
     stats: dict[str, tuple] = {}
-    logits = _run(spec, weights, images_nhwc, None, stats, dtype, precision)
+    return _run(spec, weights, images_nhwc, None, stats, dtype, precision), stats
+
+
+def running_update(spec: ResNetSpec, weights: Mapping[str, np.ndarray], stats: Mapping[str, tuple],
+                   variance: str) -> dict[str, np.ndarray]:
+    """The running statistics after one update from batch ``stats`` (``train_statistics``),
+    ``running = (1 - m) * running + m * batch`` with ``m = spec.bn_momentum``. ``variance`` is
+    the batch variance that update uses: PyTorch ``"unbiased"`` (n / (n - 1) times the biased
+    one it normalises with), Keras and Flax ``"biased"``."""
+    _check_variance(variance)
     m = spec.bn_momentum
     updated = {}
     for name, (mean, var, n) in stats.items():
@@ -211,7 +222,17 @@ def forward_train(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images_nh
             var = var * n / max(n - 1, 1)
         updated[f"{name}.mean"] = (1 - m) * np.asarray(weights[f"{name}.mean"], np.float64) + m * mean
         updated[f"{name}.var"] = (1 - m) * np.asarray(weights[f"{name}.var"], np.float64) + m * var
-    return logits, updated
+    return updated
+
+
+def forward_train(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images_nhwc: np.ndarray,
+                  variance: str = "unbiased", dtype=np.float64, precision: str | None = None,
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Train-mode float64 forward: the logits and the running statistics after one update
+    (``running_update`` with ``variance``)."""
+    _check_variance(variance)
+    logits, stats = train_statistics(spec, weights, images_nhwc, dtype, precision)
+    return logits, running_update(spec, weights, stats, variance)
 
 
 def random_images(spec: ResNetSpec, batch: int = 2, size: int = 64, seed: int = 0) -> np.ndarray:

@@ -38,11 +38,11 @@ import numpy as np
 
 from shared import backprop
 from shared.backprop import Step
+from shared.reference import running_update
 from shared.spec import ResNetSpec
 from shared.weights import validate
 
 BN_MODES = ("global", "per_replica")
-VARIANCES = ("unbiased", "biased")
 
 
 # ----------------------------------------------------------------------------- one replica
@@ -90,19 +90,6 @@ def shards(n_images: int, replicas: int) -> list[slice]:
     return [slice(r * per, (r + 1) * per) for r in range(replicas)]
 
 
-def running_update(spec: ResNetSpec, weights, stats, variance: str) -> dict[str, np.ndarray]:
-    if variance not in VARIANCES:
-        raise ValueError(f"variance: expected one of {VARIANCES}, got {variance!r}")
-    m = spec.bn_momentum
-    out = {}
-    for name, (mean, var, n) in stats.items():
-        if variance == "unbiased":
-            var = var * n / max(n - 1, 1)
-        out[f"{name}.mean"] = (1 - m) * np.asarray(weights[f"{name}.mean"], np.float64) + m * mean
-        out[f"{name}.var"] = (1 - m) * np.asarray(weights[f"{name}.var"], np.float64) + m * var
-    return out
-
-
 def replica_steps(spec: ResNetSpec, weights, images, labels, replicas: int, bn: str,
                   dtype=np.float64) -> list[Step]:
     """The single-device steps a data-parallel step is made of: one on the global batch
@@ -124,8 +111,6 @@ def dp_step(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndar
     changes the running statistics)."""
     if steps is None:
         steps = replica_steps(spec, weights, images, labels, replicas, bn, dtype)
-    if variance not in VARIANCES:
-        raise ValueError(f"variance: expected one of {VARIANCES}, got {variance!r}")
     grads = {k: sum(s.grads[k] for s in steps) / len(steps) for k in steps[0].grads}
     loss = float(np.mean([s.loss for s in steps]))
     running = [running_update(spec, weights, s.stats, variance) for s in steps]
