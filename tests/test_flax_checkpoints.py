@@ -9,7 +9,8 @@ import shutil
 import pytest
 
 from shared import formats, spec as S
-from shared.weights import WeightsError, init, randomize_batchnorm
+from shared.weights import WeightsError
+from helpers import random_weights as _weights, assert_same as _same
 
 pytest.importorskip("flax")
 ocp = pytest.importorskip("orbax.checkpoint")
@@ -20,14 +21,6 @@ import resnet_flax as rf  # noqa: E402
 TINY = dict(depths=(1, 2), width=8, num_classes=5)
 
 
-def _weights(spec, seed=0):
-    return randomize_batchnorm(spec, init(spec, seed), seed)
-
-
-def _same(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        assert a[key].dtype == b[key].dtype and a[key].tobytes() == b[key].tobytes(), key
 
 
 def _user_save(model, path, pure=False):

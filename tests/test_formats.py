@@ -14,18 +14,11 @@ import pytest
 from shared import formats, interop, spec as S
 from shared.cli import main
 from shared.weights import WeightsError, init, randomize_batchnorm
+from helpers import random_weights as _weights, assert_same as _same
 
 TINY = dict(depths=(1, 2), width=8, num_classes=5)
 
 
-def _weights(spec, seed=0):
-    return randomize_batchnorm(spec, init(spec, seed), seed)
-
-
-def _same(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        assert a[key].dtype == b[key].dtype and a[key].tobytes() == b[key].tobytes(), key
 
 
 def test_import_needs_no_framework():

@@ -16,6 +16,7 @@ from hypothesis import given, settings, strategies as st
 
 from shared import keras_h5, parity, reference, spec as S
 from shared.weights import WeightsError, init
+from helpers import assert_same as _same
 from strategies import small_specs
 
 try:  # the torchvision peer; first, as importing it after TensorFlow segfaults (torch._dynamo)
@@ -39,11 +40,6 @@ SIZE = 64  # keras.applications needs >= 32 px; 64 keeps ResNet-152 cheap on two
 # costs an XLA compile, of the initializers too.
 TINY = dict(depths=(1, 1), width=8, num_classes=5)
 
-
-def _same(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        assert a[key].dtype == b[key].dtype and a[key].tobytes() == b[key].tobytes(), key
 
 
 def _numpy(x):

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from shared import formats, keras_h5, spec as S
-from shared.weights import WeightsError, init, randomize_batchnorm
+from shared.weights import WeightsError
+from helpers import random_weights as _weights, assert_same as _same
 
 pytestmark = pytest.mark.keras
 keras = pytest.importorskip("keras")
@@ -22,14 +23,6 @@ from keras.src.applications import resnet as keras_resnet  # noqa: E402  (ResNet
 TINY = dict(depths=(1, 2), width=8, num_classes=5)
 
 
-def _weights(spec, seed=0):
-    return randomize_batchnorm(spec, init(spec, seed), seed)
-
-
-def _same(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        assert a[key].dtype == b[key].dtype and a[key].tobytes() == b[key].tobytes(), key
 
 
 def _randomise(model, seed):

@@ -12,22 +12,13 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from shared import interop, keras_h5, parity, reference, spec as S
-from shared.weights import WeightsError, init, randomize_batchnorm
+from shared.weights import WeightsError
+from helpers import random_weights as _weights, assert_same as _same
 from strategies import small_specs
 
 PUBLISHED_PARAMS = {"resnet50": 25_636_712, "resnet101": 44_707_176, "resnet152": 60_419_944}
 
 
-def _weights(spec, seed=0):
-    return randomize_batchnorm(spec, init(spec, seed), seed)
-
-
-def _same(a, b):
-    """Bit-exact: equal keys, dtypes, shapes and bytes."""
-    assert a.keys() == b.keys()
-    for key in a:
-        assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape, key
-        assert a[key].tobytes() == b[key].tobytes(), key
 
 
 
