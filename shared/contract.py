@@ -2,7 +2,9 @@
 resnet_torch, resnet_keras and resnet_flax)::
 
     model = ResNet50(img_channel=3, num_classes=1000, *, style="torchvision", weights=None,
-                     include_top=True, pooling=None, classifier_activation=None)  # also 101, 152
+                     include_top=True, pooling=None, classifier_activation=None)
+    # one constructor per preset (shared.spec.PRESETS): ResNet18 .. ResNet152, ResNeXt50_32x4d,
+    # WideResNet50_2, ResNet50V2 (style="keras") ...; made by ``constructors`` below
     model = build(spec)                   # native model, random init, eval mode
     model = load_weights(model, weights)  # a canonical dict, a checkpoint path or a hub name
     weights = export_weights(model)
@@ -18,11 +20,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.reference import check_images
-from shared.spec import ResNetSpec, preset
+import os
+from typing import Callable, Mapping
 
-CONTRACT = ("ResNet50", "ResNet101", "ResNet152", "build", "load_weights", "export_weights", "predict",
-            "features")
+from shared.reference import check_images
+from shared.spec import PRESETS, ResNetSpec, preset
+
+CONSTRUCTORS = tuple(p.constructor for p in PRESETS.values())
+CONTRACT = (*CONSTRUCTORS, "build", "load_weights", "export_weights", "predict", "features")
 # Applied to the logits after the classifier; "linear" and None both leave the logits.
 CLASSIFIER_ACTIVATIONS = (None, "linear", "softmax", "sigmoid")
 
@@ -40,6 +45,34 @@ def constructor_spec(arch: str, img_channel: int, num_classes: int, style: str, 
         raise ValueError(f"include_top: expected a bool, got {include_top!r}")
     return preset(arch, style, image_channels=img_channel, num_classes=num_classes, include_top=include_top,
                   pooling="avg" if include_top else pooling)
+
+
+def constructors(make: Callable) -> dict[str, Callable]:
+    """One constructor per preset, for a framework package to put in its namespace:
+    ``make(arch, img_channel, num_classes, style, weights, include_top, pooling,
+    classifier_activation)`` builds the native model. The signature and the documentation come
+    from here, so they are identical in all three packages and a new preset needs no framework
+    code."""
+    return {p.constructor: _constructor(p.arch, make) for p in PRESETS.values()}
+
+
+def _constructor(arch: str, make: Callable) -> Callable:
+    p = PRESETS[arch]
+
+    def construct(img_channel: int = 3, num_classes: int = 1000, *, style: str = p.styles[0],
+                  weights: "str | os.PathLike | Mapping | None" = None, include_top: bool = True,
+                  pooling: str | None = None, classifier_activation: str | None = None):
+        return make(arch, img_channel, num_classes, style, weights, include_top, pooling, classifier_activation)
+
+    construct.__name__ = construct.__qualname__ = p.constructor
+    construct.__doc__ = (
+        f"{p.constructor} ({p.peer}; style(s) {', '.join(p.styles)}, default {p.styles[0]!r}), in eval "
+        "mode. ``weights``: None (random init), a canonical dict, a ``.safetensors``/``.pth``/``.h5`` "
+        "file or a ``shared.hub`` name; a checkpoint of another architecture, style or class count is "
+        "a ValueError. ``include_top``, ``pooling``, ``classifier_activation``: Keras Applications' "
+        "meaning (``shared.contract.constructor_spec``); None gives logits."
+    )
+    return construct
 
 
 def activation(spec: ResNetSpec, classifier_activation: str | None) -> str | None:
@@ -75,8 +108,8 @@ def feature_points(spec: ResNetSpec) -> dict[str, str]:
 
 
 def feature_layers(spec: ResNetSpec) -> dict[str, str]:
-    """Feature name -> the spec layer whose output it is (the stem's pool, each stage's last ReLU)."""
+    """Feature name -> the spec layer whose output it is (the stem's pool, each stage's last block output)."""
     layers = {"stem": spec.stem()[-1].name}
     for block in spec.blocks():
-        layers[f"stage{block.stage + 1}"] = block.out.name
+        layers[f"stage{block.stage + 1}"] = block.output.name
     return layers

@@ -9,17 +9,34 @@ from shared.spec import BatchNorm, Conv, ResNetSpec
 
 # Published counts: torchvision's model cards (learnable) and Keras Applications'
 # count_params() (learnable + BatchNorm moving statistics).
-TORCHVISION_PARAMS = {"resnet50": 25_557_032, "resnet101": 44_549_160, "resnet152": 60_192_808}
-KERAS_PARAMS = {"resnet50": 25_636_712, "resnet101": 44_707_176, "resnet152": 60_419_944}
+# Typed from the publications (../design.md), not from shared.spec.PRESETS.
+TORCHVISION_PARAMS = {
+    "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "resnet101": 44_549_160,
+    "resnet152": 60_192_808, "resnext50_32x4d": 25_028_904, "resnext101_32x8d": 88_791_336,
+    "resnext101_64x4d": 83_455_272, "wide_resnet50_2": 68_883_240, "wide_resnet101_2": 126_886_696,
+}
+KERAS_PARAMS = {
+    "resnet50": 25_636_712, "resnet101": 44_707_176, "resnet152": 60_419_944,
+    "resnet50v2": 25_613_800, "resnet101v2": 44_675_560, "resnet152v2": 60_380_648,
+}
 
 
-@pytest.mark.parametrize("arch", S.ARCHS)
-def test_parameter_counts_match_published(arch):
-    assert S.preset(arch).num_params() == TORCHVISION_PARAMS[arch]
+def test_every_preset_has_a_published_count():
+    assert set(S.ARCHS) == set(TORCHVISION_PARAMS) | set(KERAS_PARAMS)
+
+
+@pytest.mark.parametrize("arch", sorted(TORCHVISION_PARAMS))
+def test_parameter_counts_match_torchvision(arch):
+    assert S.preset(arch, style="torchvision").num_params() == TORCHVISION_PARAMS[arch]
+    assert S.PRESETS[arch].params == TORCHVISION_PARAMS[arch]
+
+
+@pytest.mark.parametrize("arch", sorted(KERAS_PARAMS))
+def test_parameter_counts_match_keras_applications(arch):
     assert S.preset(arch, style="keras").num_params(include_bn_statistics=True) == KERAS_PARAMS[arch]
 
 
-@pytest.mark.parametrize("arch", S.ARCHS)
+@pytest.mark.parametrize("arch", sorted(TORCHVISION_PARAMS))
 def test_param_shapes_match_torchvision(arch):
     """Every canonical weight has a torchvision counterpart of the same size, and none is left."""
     torchvision = pytest.importorskip("torchvision")
@@ -114,10 +131,14 @@ def test_bad_spec_names_field(fields, named):
 
 
 def test_bad_preset_arguments():
-    with pytest.raises(ValueError, match="style: unknown style 'caffe'"):
+    with pytest.raises(ValueError, match=r"style: resnet50 exists in style\(s\) \('torchvision', 'keras'\), got 'caffe'"):
         S.resnet50(style="caffe")
+    with pytest.raises(ValueError, match=r"style: resnet50v2 exists in style\(s\) \('keras',\), got 'torchvision'"):
+        S.preset("resnet50v2", "torchvision")
+    with pytest.raises(ValueError, match="style: 'torchvision' has no 'preact' ResNet; use one of \\('keras',\\)"):
+        S.preset_spec("torchvision", block="preact")
     with pytest.raises(ValueError, match="arch: unknown"):
-        S.preset("resnet18")
+        S.preset("resnet19")
     with pytest.raises(ValueError, match="overrides: unknown ResNetSpec field"):
         S.resnet50(depth=3)
 
@@ -128,3 +149,50 @@ def test_too_small_input_refused():
     assert ResNetSpec(depths=(1,), width=8).output_shape(4) == (1000,)
     with pytest.raises(ValueError, match=r"at least 4x4"):
         ResNetSpec(depths=(1,), width=8).output_shape(3)
+
+
+def test_block_kinds_follow_their_peers():
+    """Structure read off torchvision's BasicBlock/Bottleneck and Keras' residual_block_v2."""
+    basic = S.preset("resnet18").blocks()
+    assert [b.stride for b in basic] == [1, 1, 2, 1, 2, 1, 2, 1]
+    assert [l.kernel_size for l in basic[2].main if isinstance(l, Conv)] == [3, 3]
+    assert [l.stride for l in basic[2].main if isinstance(l, Conv)] == [2, 1]
+    assert basic[0].shortcut == () and len(basic[2].shortcut) == 2 and basic[0].out_channels == 64
+
+    grouped = S.preset("resnext50_32x4d").blocks()[0]
+    assert [(l.out_channels, l.groups) for l in grouped.main if isinstance(l, Conv)] == [(128, 1), (128, 32), (256, 1)]
+    assert S.preset("wide_resnet50_2").blocks()[0].width == 128
+
+    v2 = S.preset("resnet50v2").blocks()
+    # Keras' stack2: the stride sits on the 3x3 conv of the *last* block of stages 1-3.
+    assert [b.stride for b in v2] == [1, 1, 2, 1, 1, 1, 2, 1, 1, 1, 1, 1, 2, 1, 1, 1]
+    first, strided, plain = v2[0], v2[2], v2[1]
+    assert [l.name for l in first.pre] == ["conv2_block1_preact_bn", "conv2_block1_preact_relu"]
+    assert first.shortcut_from == "pre" and first.shortcut[0].bias and first.shortcut[0].name == "conv2_block1_0_conv"
+    assert strided.shortcut_from == "input" and strided.shortcut[0].kind == "maxpool" and strided.shortcut[0].stride == 2
+    assert plain.shortcut == () and plain.out == () and plain.add.name == "conv2_block2_out"
+    assert [l.bias for l in first.main if isinstance(l, Conv)] == [False, False, True]
+    assert [l.name for l in S.preset("resnet50v2").head()] == ["post_bn", "post_relu", "avg_pool", "predictions"]
+    assert [l.kind for l in S.preset("resnet50v2").stem()] == ["conv", "maxpool"]
+    assert S.preset("resnet50v2").stem()[1].pad_value == 0.0 and S.preset("resnet50v2").stem()[0].bias
+
+
+def test_block_walk_is_the_dataflow():
+    """Block.walk on symbols: what each path sees and what is added."""
+    chain = lambda layers, x: "".join(f"{l.kind}(" for l in reversed(layers)) + x + ")" * len(layers)
+    add = lambda layer, main, shortcut: f"add({main}, {shortcut})"
+    v2 = S.preset("resnet50v2").blocks()
+    assert v2[0].walk("x", chain, add).startswith("add(conv(relu(bn(conv(relu(bn(conv(relu(bn(x))))))))), conv(relu(bn(x))))")
+    assert v2[2].walk("x", chain, add).endswith(", maxpool(x))")
+    assert S.preset("resnet18").blocks()[0].walk("x", chain, add) == "relu(add(bn(conv(relu(bn(conv(x))))), x))"
+
+
+def test_bad_block_fields_refused():
+    with pytest.raises(ValueError, match=r"a basic block has groups=1 and width_per_group=64 .* got 32 and 4"):
+        S.preset_spec("torchvision", block="basic", groups=32, width_per_group=4)
+    with pytest.raises(ValueError, match=r"stage 1 has 8 planes, so width_per_group=4 gives an inner width of 0"):
+        S.preset_spec("torchvision", width=8, width_per_group=4)
+    with pytest.raises(ValueError, match="block: must be one of"):
+        S.preset_spec("torchvision", block="dense")
+    with pytest.raises(ValueError, match="zero_init_residual: a pre-activation block"):
+        S.preset("resnet50v2", zero_init_residual=True)
