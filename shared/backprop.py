@@ -7,8 +7,11 @@ the batch statistics each BatchNorm normalised with. ``loss_and_grads`` is the s
 tuple. In float64 it is the oracle for every framework's gradients, on one device here and per
 replica in ``shared.reference_dp``; in float32 the same arithmetic is the peer whose error sets
 the budget, as ``reference.forward(..., dtype=np.float32)`` does for the logits.
-``tests/test_verdict.py`` proves it against central finite differences of the float64 forward
-and against torchvision's autograd.
+The forward walks each block through ``Block.walk`` and the backward reverses it: the sum's
+gradient goes to both paths and adds up where the shortcut starts (the block input, or V2's
+pre-activation output). ``tests/test_verdict.py`` and ``tests/test_backprop_family.py`` (every
+block kind) prove it against central finite differences of the float64 forward and against
+torchvision's autograd.
 """
 
 from __future__ import annotations

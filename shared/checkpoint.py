@@ -19,13 +19,12 @@ import numpy as np
 
 from shared import formats, hub
 from shared import weights as W
-from shared.parity import depth_name
 from shared.spec import STYLES, ResNetSpec
 
 # Fields that change the function a set of weights computes (pooling has no weights; the init
 # flag zero_init_residual does not matter once weights are loaded).
-_ARCH = ("depths", "width", "expansion", "image_channels")
-_STYLE = ("stride_on", "conv_bias", "bn_epsilon", "bn_momentum")
+_ARCH = ("block", "depths", "width", "expansion", "groups", "width_per_group", "image_channels")
+_STYLE = ("stride_on", "stride_block", "conv_bias", "bn_epsilon", "bn_momentum", "pool_pad_value")
 
 
 def resolve(source: str | os.PathLike) -> Path:
@@ -51,9 +50,17 @@ def read(source: str | os.PathLike, style: str | None = None) -> tuple[ResNetSpe
 
 
 def describe(spec: ResNetSpec) -> str:
-    """``resnet50 (torchvision style, 1000 classes, 3 image channels)``."""
-    arch = depth_name(spec.depths) if (spec.width, spec.expansion) == (64, 4) else None
-    arch = arch or f"depths {spec.depths}, width {spec.width}, expansion {spec.expansion}"
+    """``resnet50 (torchvision style, 1000 classes, 3 image channels)``; a spec that is no preset
+    names its structure, ``depths (2, 2), width 16, expansion 4`` with the block kind, groups and
+    width per group where they are not the plain bottleneck's (``..., preact blocks``,
+    ``..., groups 2, width per group 32``)."""
+    arch = spec.arch
+    if arch is None:
+        arch = f"depths {spec.depths}, width {spec.width}, expansion {spec.expansion}"
+        if spec.block != "bottleneck":
+            arch += f", {spec.block} blocks"
+        if (spec.groups, spec.width_per_group) != (1, 64):
+            arch += f", groups {spec.groups}, width per group {spec.width_per_group}"
     top = f"{spec.num_classes} classes" if spec.include_top else "no top"
     return f"{arch} ({spec.style} style, {top}, {spec.image_channels} image channels)"
 

@@ -25,6 +25,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.spec import PRESETS
 from shared.weights import atomic_path
 
 ENV = "RESNET_PARITY_CACHE"
@@ -219,29 +220,47 @@ class _bar:
 
 
 # ----------------------------------------------------------------------------- built-in names
-# torchvision/models/resnet.py (torchvision 0.29.1, read 2026-11-27): ResNet{50,101,152}_Weights.
+# One name per published checkpoint of an architecture of ``shared.spec.PRESETS``:
+# ``torchvision/<arch>.<tag>`` and ``keras/<arch>.imagenet`` / ``.imagenet-notop``.
+#
+# torchvision/models/resnet.py (torchvision 0.29.1, read 2026-11-27): every ``*_Weights`` enum's
+# file ``<arch>-<first 8 hex digits of its sha256>.pth``; the prefix is what torchvision publishes.
+_TORCHVISION_BASE = "https://download.pytorch.org/models/"
 _TORCHVISION = {
-    ("resnet50", "IMAGENET1K_V1"): "resnet50-0676ba61.pth",
-    ("resnet50", "IMAGENET1K_V2"): "resnet50-11ad3fa6.pth",
-    ("resnet101", "IMAGENET1K_V1"): "resnet101-63fe2227.pth",
-    ("resnet101", "IMAGENET1K_V2"): "resnet101-cd907fc2.pth",
-    ("resnet152", "IMAGENET1K_V1"): "resnet152-394f9c45.pth",
-    ("resnet152", "IMAGENET1K_V2"): "resnet152-f82ba261.pth",
+    "resnet18": {"IMAGENET1K_V1": "f37072fd"},
+    "resnet34": {"IMAGENET1K_V1": "b627a593"},
+    "resnet50": {"IMAGENET1K_V1": "0676ba61", "IMAGENET1K_V2": "11ad3fa6"},
+    "resnet101": {"IMAGENET1K_V1": "63fe2227", "IMAGENET1K_V2": "cd907fc2"},
+    "resnet152": {"IMAGENET1K_V1": "394f9c45", "IMAGENET1K_V2": "f82ba261"},
+    "resnext50_32x4d": {"IMAGENET1K_V1": "7cdf4587", "IMAGENET1K_V2": "1a0047aa"},
+    "resnext101_32x8d": {"IMAGENET1K_V1": "8ba56ff5", "IMAGENET1K_V2": "110c445d"},
+    "resnext101_64x4d": {"IMAGENET1K_V1": "173b62eb"},
+    "wide_resnet50_2": {"IMAGENET1K_V1": "95faca4d", "IMAGENET1K_V2": "9ba9bcbe"},
+    "wide_resnet101_2": {"IMAGENET1K_V1": "32ee1156", "IMAGENET1K_V2": "d733dc28"},
 }
 # keras/src/applications/resnet.py (keras 3.15.1, read 2026-11-27): BASE_WEIGHTS_PATH and the md5
-# pairs (with top, without top) of WEIGHTS_HASHES.
+# pairs (with top, without top) of WEIGHTS_HASHES, keyed by the ``weights_name`` that
+# ResNet50..ResNet152V2 pass (the preset's name); files ``<name>_weights_tf_dim_ordering_tf_kernels[_notop].h5``.
 _KERAS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
 _KERAS_MD5 = {
     "resnet50": ("2cb95161c43110f7111970584f804107", "4d473c1dd8becc155b73f8504c6f6626"),
     "resnet101": ("f1aeb4b969a6efcfb50fad2f0c20cfc5", "88cf7a10940856eca736dc7b7e228a21"),
     "resnet152": ("100835be76be38e30d865e96f2aaae62", "ee4c566cf9a93f14d82f913c2dc6dd0c"),
+    "resnet50v2": ("3ef43a0b657b3be2300d5770ece849e0", "fac2f116257151a9d068a22e544a4917"),
+    "resnet101v2": ("6343647c601c52e1368623803854d971", "c0ed64b8031c3730f411d2eb4eea35b5"),
+    "resnet152v2": ("a49b44d1979771252814e80f8ec446f9", "ed17cf2e0169df9d443503ef94b23b33"),
 }
 
-for (_arch, _tag), _file in _TORCHVISION.items():
-    _add(Entry(f"torchvision/{_arch}.{_tag}", f"https://download.pytorch.org/models/{_file}", "pth",
-               _file.rsplit("-", 1)[1].split(".")[0], "sha256"))
-for _arch, (_top, _notop) in _KERAS_MD5.items():
-    _add(Entry(f"keras/{_arch}.imagenet", f"{_KERAS_BASE}{_arch}_weights_tf_dim_ordering_tf_kernels.h5",
-               "h5", _top, "md5"))
-    _add(Entry(f"keras/{_arch}.imagenet-notop", f"{_KERAS_BASE}{_arch}_weights_tf_dim_ordering_tf_kernels_notop.h5",
-               "h5", _notop, "md5"))
+
+def _builtin() -> None:
+    for arch, preset in PRESETS.items():
+        if "torchvision" in preset.styles:
+            for tag, prefix in _TORCHVISION.get(arch, {}).items():
+                _add(Entry(f"torchvision/{arch}.{tag}", f"{_TORCHVISION_BASE}{arch}-{prefix}.pth", "pth", prefix))
+        if "keras" in preset.styles and arch in _KERAS_MD5:
+            for suffix, name_end, md5 in zip(("", "_notop"), (".imagenet", ".imagenet-notop"), _KERAS_MD5[arch]):
+                _add(Entry(f"keras/{arch}{name_end}",
+                           f"{_KERAS_BASE}{arch}_weights_tf_dim_ordering_tf_kernels{suffix}.h5", "h5", md5, "md5"))
+
+
+_builtin()

@@ -1,7 +1,8 @@
 """The float64 numpy reference forward pass: the oracle every framework is compared against.
 
-Eval-mode BatchNorm, NHWC images, convolution as im2col + one BLAS matmul per layer. It reads
-the same spec as the frameworks, but shares no code with them.
+Eval-mode BatchNorm, NHWC images, convolution as im2col + one BLAS matmul per layer (per group
+for a grouped conv). Every block goes through ``Block.walk``, so the reference holds no block
+structure of its own. It reads the same spec as the frameworks, but shares no code with them.
 """
 
 from __future__ import annotations
@@ -201,7 +202,9 @@ def forward(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images_nhwc: np
 def calibrate(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images_nhwc: np.ndarray,
               ) -> dict[str, np.ndarray]:
     """Weights whose BatchNorm mean/var are the statistics each BN sees on ``images``, so
-    activations stay O(1) through any depth (random He-init weights alone blow up or vanish)."""
+    activations stay O(1) through any depth (random He-init weights alone blow up or vanish).
+    Every BatchNorm of the spec, wherever it sits (after a conv in V1; V2's pre-activations
+    and ``post_bn`` normalise a residual sum), is calibrated on what reaches it in one pass."""
     stats: dict[str, tuple] = {}
     _run(spec, weights, images_nhwc, None, stats)
     calibrated = dict(weights)

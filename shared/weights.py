@@ -39,6 +39,7 @@ def init(spec: ResNetSpec, seed: int = 0) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for layer in spec.layers():
         if isinstance(layer, Conv):
+            # torch's fan_out of an (out, in / groups, k, k) kernel: out * k * k, grouped or not
             fan_out = layer.kernel_size**2 * layer.out_channels
             shape = layer.params["kernel"]
             out[f"{layer.name}.kernel"] = _rng(seed, layer.name).normal(0.0, np.sqrt(2.0 / fan_out), shape)

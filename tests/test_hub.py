@@ -139,28 +139,39 @@ def test_register_checks_its_arguments():
 
 
 def test_builtin_torchvision_names_are_what_torchvision_publishes():
+    """Every weights enum member torchvision has for every preset it is the peer of, and no more."""
     models = pytest.importorskip("torchvision.models")
     from torch.hub import HASH_REGEX
 
-    for arch, enum in (("resnet50", models.ResNet50_Weights), ("resnet101", models.ResNet101_Weights),
-                       ("resnet152", models.ResNet152_Weights)):
-        for tag in ("IMAGENET1K_V1", "IMAGENET1K_V2"):
-            e = hub.entry(f"torchvision/{arch}.{tag}")
-            published = getattr(enum, tag)
+    expected = set()
+    for arch, preset in S.PRESETS.items():
+        if not preset.peer.startswith("torchvision."):
+            continue
+        for published in models.get_model_weights(arch):
+            e = hub.entry(f"torchvision/{arch}.{published.name}")
             assert (e.url, e.fmt, e.algorithm) == (published.url, "pth", "sha256")
             assert e.digest == HASH_REGEX.search(published.url.rsplit("/", 1)[1]).group(1)
+            expected.add(e.name)
+    assert {n for n in hub.names() if n.startswith("torchvision/")} == expected
+    assert len(expected) == 17  # 10 architectures, 7 of them with a V2 recipe
 
 
 @pytest.mark.keras
 def test_builtin_keras_names_are_what_keras_applications_publishes():
+    """Every ImageNet file Keras Applications has for a preset of the keras style (ResNet V1
+    and V2), with and without the top, and no more."""
     pytest.importorskip("keras")
     resnet = importlib.import_module("keras.src.applications.resnet")
-    for arch in ("resnet50", "resnet101", "resnet152"):
+    expected = set()
+    for arch in (a for a, p in S.PRESETS.items() if "keras" in p.styles and a in resnet.WEIGHTS_HASHES):
         for suffix, name_end, md5 in (("", ".imagenet", resnet.WEIGHTS_HASHES[arch][0]),
                                       ("_notop", ".imagenet-notop", resnet.WEIGHTS_HASHES[arch][1])):
             e = hub.entry(f"keras/{arch}{name_end}")
             url = f"{resnet.BASE_WEIGHTS_PATH}{arch}_weights_tf_dim_ordering_tf_kernels{suffix}.h5"
             assert (e.url, e.fmt, e.algorithm, e.digest) == (url, "h5", "md5", md5)
+            expected.add(e.name)
+    assert {n for n in hub.names() if n.startswith("keras/")} == expected
+    assert {"keras/resnet50v2.imagenet", "keras/resnet152v2.imagenet-notop"} <= expected and len(expected) == 12
 
 
 # ----------------------------------------------------------------------------- names everywhere

@@ -35,10 +35,16 @@ def test_forward_and_running_statistics_match_the_reference():
         assert max(np.abs(ours[k] - running[k]).max() for k in running) < 1e-12
 
 
-@pytest.mark.parametrize("style, pooling", [("torchvision", "avg"), ("keras", "max")])
-def test_gradients_match_central_finite_differences(style, pooling):
-    # Keras style: conv biases and the stride on the 1x1 conv; max pooling: the other head.
-    spec, weights, images, labels = _case(style, seed=1, pooling=pooling)
+@pytest.mark.parametrize("style, pooling, fields", [
+    ("torchvision", "avg", {}), ("keras", "max", {}),
+    ("torchvision", "avg", dict(block="basic")),
+    ("torchvision", "max", dict(groups=2, width_per_group=32)),
+    ("keras", "avg", dict(block="preact", depths=(2, 1, 1, 1))),  # shortcut from pre, 1x1/2 pool
+])
+def test_gradients_match_central_finite_differences(style, pooling, fields):
+    # Keras style: conv biases and the stride on the 1x1 conv; max pooling: the other head;
+    # then each block kind of the spec.
+    spec, weights, images, labels = _case(style, seed=1, pooling=pooling, **fields)
     pairs = R.directional_check(spec, weights, images, labels, directions=3, h=1e-6, seed=2)
     for analytic, numeric in pairs:
         assert abs(analytic) > 1e-4  # a direction the loss does change along
