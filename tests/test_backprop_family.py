@@ -6,6 +6,8 @@ resnet18 and resnext50_32x4d."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -86,9 +88,8 @@ def test_a_lost_shortcut_gradient_is_caught(monkeypatch):
 
 
 def _from_input(block):
-    """``block`` whose backward treats the shortcut as starting at the input (the forward is
-    unchanged only for the walk of ``backprop.step``, which this mutant breaks on purpose)."""
-    import dataclasses
+    """``block`` that still walks as it did but says its shortcut starts at the input: a
+    backward that trusts it drops the pre-activation's share of the shortcut's gradient."""
 
     class Broken(type(block)):
         def walk(self, x, chain, add):

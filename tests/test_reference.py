@@ -4,7 +4,7 @@ direct (loop) convolution; its input checks."""
 import numpy as np
 import pytest
 
-from shared import parity, reference, spec as S
+from shared import parity, reference, spec as S, weights as W
 from shared.spec import ResNetSpec
 
 
@@ -209,3 +209,19 @@ def test_train_mode_equals_torchvision_float64(torchvision_model):
     key, m, n = "conv5_block1_2_bn.var", spec.bn_momentum, 12
     batch_var_biased = (biased[key] - (1 - m) * weights[key]) / m
     assert np.allclose(stats[key] - biased[key], m * batch_var_biased / (n - 1), rtol=1e-9)
+
+
+@pytest.mark.parametrize("block", ["basic", "preact"])
+def test_calibrate_sets_every_batchnorm_to_what_it_sees(block):
+    """After ``calibrate`` on some images, the eval forward on them is the train-mode forward
+    (each BatchNorm's statistics are its batch's), V2's pre-activations and post_bn included."""
+    spec = S.preset_spec("keras" if block == "preact" else "torchvision", block=block, depths=(2, 1), width=8,
+                         num_classes=6)
+    images = reference.random_images(spec, 3, 32, seed=4)
+    weights = W.randomize_batchnorm(spec, W.init(spec, 1), 1)
+    calibrated = reference.calibrate(spec, weights, images)
+    train, _ = reference.forward_train(spec, weights, images)
+    assert parity.rel_error(reference.forward(spec, calibrated, images), train) <= 1e-6  # float32 statistics
+    assert parity.rel_error(reference.forward(spec, weights, images), train) > 1e-2
+    assert {k for k in spec.param_shapes() if S.is_statistic(k)} == {
+        k for k in calibrated if not np.array_equal(calibrated[k], weights[k])}
