@@ -16,7 +16,7 @@ from torch import nn
 from shared import contract
 from shared.fold import refuse_training
 from shared.interop import torchvision_module
-from shared.spec import Add, Block, Layer, ResNetSpec
+from shared.spec import Add, Block, Layer, ReLU, ResNetSpec
 
 from resnet_torch import layers
 
@@ -32,6 +32,8 @@ def _place(parent: nn.Module, layer: Layer, prefix: str = "") -> tuple[str, ...]
         parent = parent._modules[name]
     if path[-1] not in parent._modules:
         parent.add_module(path[-1], layers.module(layer))
+    elif not isinstance(layer, ReLU):
+        raise ValueError(f"{layer.name}: its torchvision path {'.'.join(path)} already holds another layer")
     return path
 
 
