@@ -1,4 +1,4 @@
-"""ResNet-50/101/152 in PyTorch, built from ``shared.spec``; torchvision-compatible state_dicts.
+"""Every ResNet of ``shared.spec.PRESETS`` in PyTorch, built from the spec, torchvision state_dicts.
 
 Imports torch and ``shared`` only (never TensorFlow, Keras or JAX). The contract, identical in
 resnet_keras and resnet_flax (``shared.contract``)::
@@ -13,12 +13,14 @@ The module itself is plain PyTorch: NCHW tensors in, ``model.load_state_dict(tor
 ``model.forward_features(x)`` for the stage outputs as tensors.
 """
 
-from resnet_torch.api import ResNet50, ResNet101, ResNet152
-from resnet_torch.model import Bottleneck, ResNet, build
+from resnet_torch.api import CONSTRUCTORS
+from resnet_torch.model import Bottleneck, ResidualBlock, ResNet, build
 from resnet_torch.predict import features, predict
 from resnet_torch.weights import export_weights, load_checkpoint, load_weights
 
+globals().update(CONSTRUCTORS)  # ResNet18 .. ResNet152V2: one per preset (shared.contract)
+
 __all__ = [
-    "Bottleneck", "ResNet", "ResNet50", "ResNet101", "ResNet152", "build",
+    *CONSTRUCTORS, "Bottleneck", "ResidualBlock", "ResNet", "build",
     "export_weights", "features", "load_checkpoint", "load_weights", "predict",
 ]

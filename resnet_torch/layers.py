@@ -64,9 +64,9 @@ def conv(layer: Conv) -> nn.Conv2d:
     args = (layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride)
     t, _, l, _ = layer.padding
     if _symmetric(layer.padding):
-        module = nn.Conv2d(*args, padding=(t, l), bias=layer.bias)
+        module = nn.Conv2d(*args, padding=(t, l), groups=layer.groups, bias=layer.bias)
     else:
-        module = PaddedConv2d(*args, pad=layer.padding, bias=layer.bias)
+        module = PaddedConv2d(*args, pad=layer.padding, groups=layer.groups, bias=layer.bias)
     # torchvision's init; a conv bias (Keras style) starts at zero, as in Keras.
     nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
     if module.bias is not None:

@@ -2,7 +2,10 @@
 
 Modules sit where torchvision puts them (``conv1``, ``bn1``, ``layer1.0.conv1``,
 ``layer1.0.downsample.0``, ``fc``), named by ``shared.interop.torchvision_module``, so a
-torchvision state_dict loads as is. Forward takes NCHW tensors, like any torch model.
+torchvision state_dict (ResNet-18..152, ResNeXt, Wide ResNet) loads as is; Keras' ResNet V2
+follows the same rule (``layer1.0.preact_bn``, ``post_bn``). Each block runs the spec's
+``Block.walk``: this file says how to apply a chain of layers and an add, never which.
+Forward takes NCHW tensors, like any torch model.
 """
 
 from __future__ import annotations
@@ -10,55 +13,65 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from shared import contract, spec as S
+from shared import contract
 from shared.fold import refuse_training
 from shared.interop import torchvision_module
-from shared.spec import Block, GlobalPool, Layer, MaxPool, ReLU, ResNetSpec
+from shared.spec import Add, Block, Layer, ReLU, ResNetSpec
 
 from resnet_torch import layers
 
 
-def _child_name(layer: Layer) -> str:
-    """Last component of the layer's torchvision path; parameter-free layers by kind."""
-    if isinstance(layer, ReLU):
-        return "relu"
-    if isinstance(layer, MaxPool):
-        return "maxpool"
-    if isinstance(layer, GlobalPool):
-        return "avgpool" if layer.mode == "avg" else "globalmaxpool"
-    return torchvision_module(layer.name).rsplit(".", 1)[-1]
+def _place(parent: nn.Module, layer: Layer, prefix: str = "") -> tuple[str, ...]:
+    """Register ``layer``'s module at its torchvision path below ``prefix`` (containers such as
+    ``downsample`` are nn.Sequential, as in torchvision); return that path. Every ReLU of a
+    block, or of the stem and head, is the one ``relu`` module there, as in torchvision."""
+    path = tuple(torchvision_module(layer.name).removeprefix(prefix).split("."))
+    for name in path[:-1]:
+        if name not in parent._modules:
+            parent.add_module(name, nn.Sequential())
+        parent = parent._modules[name]
+    if path[-1] not in parent._modules:
+        parent.add_module(path[-1], layers.module(layer))
+    elif not isinstance(layer, ReLU):
+        raise ValueError(f"{layer.name}: its torchvision path {'.'.join(path)} already holds another layer")
+    return path
 
 
-def _register(parent: nn.Module, layer: Layer) -> str:
-    name = _child_name(layer)
-    if not hasattr(parent, name):  # one ReLU module serves every ReLU of a block, as in torchvision
-        parent.add_module(name, layers.module(layer))
-    return name
+def _add(layer: Add, main: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    return main + shortcut
 
 
-class Bottleneck(nn.Module):
-    """One spec ``Block``: ``relu(main(x) + downsample(x))``, downsample an nn.Sequential or None."""
+class ResidualBlock(nn.Module):
+    """One spec ``Block`` (basic, bottleneck or pre-activation): its modules under torchvision's
+    names, its forward the spec's ``Block.walk``."""
 
     def __init__(self, block: Block):
         super().__init__()
+        self.block = block
         self.block_name = block.name
-        self.main_path = tuple(_register(self, layer) for layer in block.main)
-        self.downsample = nn.Sequential(*map(layers.module, block.shortcut)) if block.shortcut else None
-        self.relu = nn.ReLU(inplace=True)
+        prefix = torchvision_module(block.main[0].name).rsplit(".", 1)[0] + "."  # "layer1.0."
+        self._paths = {layer.name: _place(self, layer, prefix) for layer in block.layers if not isinstance(layer, Add)}
+
+    def _chain(self, chain: tuple[Layer, ...], x: torch.Tensor) -> torch.Tensor:
+        for layer in chain:
+            module = self
+            for name in self._paths[layer.name]:
+                module = module._modules[name]
+            x = module(x)
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = x
-        for name in self.main_path:
-            out = getattr(self, name)(out)
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + identity)
+        return self.block.walk(x, self._chain, _add)
 
     def extra_repr(self) -> str:
         return self.block_name
 
 
+Bottleneck = ResidualBlock  # the name resnet_torch.runner (and older code) imports
+
+
 class ResNet(nn.Module):
-    """Stem, stages ``layer1..layerN`` of Bottlenecks, head; all read off ``spec``.
+    """Stem, stages ``layer1..layerN`` of residual blocks, head; all read off ``spec``.
 
     Output: logits (include_top; probabilities with ``classifier_activation="softmax"``), pooled
     features (N, C), or the NCHW feature map (pooling None). ``forward_features`` gives the stem's
@@ -71,15 +84,15 @@ class ResNet(nn.Module):
             raise TypeError(f"spec: expected a shared.spec.ResNetSpec, got {type(spec).__name__}")
         self.spec = spec
         self.classifier_activation = contract.activation(spec, classifier_activation)
-        self.stem_path = tuple(_register(self, layer) for layer in spec.stem())
+        self.stem_path = tuple(_place(self, layer)[0] for layer in spec.stem())
         stages: dict[str, nn.Sequential] = {}
         for block in spec.blocks():
             stage, index = torchvision_module(block.main[0].name).split(".")[:2]  # "layer1", "0"
-            stages.setdefault(stage, nn.Sequential()).add_module(index, Bottleneck(block))
+            stages.setdefault(stage, nn.Sequential()).add_module(index, ResidualBlock(block))
         for name, stage in stages.items():
             self.add_module(name, stage)
         self.stage_names = tuple(stages)
-        self.head_path = tuple(_register(self, layer) for layer in spec.head())
+        self.head_path = tuple(_place(self, layer)[0] for layer in spec.head())
 
     def train(self, mode: bool = True) -> "ResNet":
         if mode:

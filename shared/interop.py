@@ -2,7 +2,10 @@
 
 torchvision: ``conv1``/``bn1``, ``layer{s}.{b}.conv{k}``/``bn{k}``, ``downsample.0``/``.1``, ``fc``;
 OIHW conv kernels, (out, in) dense kernels, BatchNorm weight/bias/running_mean/running_var.
-The names map by rule (``torchvision_module``), never by position.
+The names map by rule (``torchvision_module``), never by position. Every architecture of
+``shared.spec.PRESETS`` has a torchvision-style state_dict: torchvision's own for ResNet-18..152,
+ResNeXt and Wide ResNet; for Keras' ResNet V2 (no torchvision peer) the same rule with the Keras
+suffix kept where torchvision has no such layer (``layer1.0.preact_bn``, ``post_bn``).
 """
 
 from __future__ import annotations
@@ -15,23 +18,42 @@ import numpy as np
 from shared.spec import BatchNorm, Conv, ResNetSpec, preset_spec
 from shared.weights import DTYPE, WeightsError, validate
 
-_BLOCK = re.compile(r"conv(\d+)_block(\d+)_(\d)_(conv|bn)$")
+_BLOCK = re.compile(r"conv(\d+)_block(\d+)_(.+)$")
 _TV_PARAM = {"kernel": "weight", "bias": "bias"}  # conv and dense; dense kernels transpose
 _TV_BN = {"gamma": "weight", "beta": "bias", "mean": "running_mean", "var": "running_var"}
+# Layers outside the blocks. V2's post_bn has no torchvision counterpart: its Keras name stays.
+# torchvision has one ReLU module per block (and one in the stem) that serves every ReLU there.
+_FIXED = {"conv1_conv": "conv1", "conv1_bn": "bn1", "conv1_relu": "relu", "pool1_pool": "maxpool",
+          "post_bn": "post_bn", "post_relu": "relu", "avg_pool": "avgpool", "max_pool": "globalmaxpool",
+          "predictions": "fc"}
+_IN_BLOCK = re.compile(r"(?:(\d)_(conv|bn|relu|pool)|(preact_bn)|preact_relu|out)$")
 
 
 def torchvision_module(layer_name: str) -> str:
-    """Canonical layer name -> torchvision module path (``conv3_block2_1_bn`` -> ``layer2.1.bn1``)."""
-    fixed = {"conv1_conv": "conv1", "conv1_bn": "bn1", "predictions": "fc"}
-    if layer_name in fixed:
-        return fixed[layer_name]
+    """Canonical layer name -> module path in a torchvision-style ResNet, for every layer that is
+    a module (a residual add is part of its block's forward, not a module).
+
+    ``conv1_conv`` -> ``conv1``; ``conv3_block2_1_bn`` -> ``layer2.1.bn1``; a block's shortcut
+    ``_0_conv``/``_0_pool`` -> ``downsample.0``, ``_0_bn`` -> ``downsample.1``; every ReLU of a
+    block (``_1_relu``, V1's ``_out``, V2's ``_preact_relu``) -> its one ``relu``; V2's
+    pre-activation ``conv2_block1_preact_bn`` -> ``layer1.0.preact_bn`` and ``post_bn`` ->
+    ``post_bn`` (torchvision has none: the Keras suffix is kept)."""
+    if layer_name in _FIXED:
+        return _FIXED[layer_name]
     m = _BLOCK.match(layer_name)
-    if not m:
-        raise KeyError(f"{layer_name}: no torchvision counterpart")
-    stage, block, k, kind = int(m[1]) - 1, int(m[2]) - 1, int(m[3]), m[4]
-    prefix = f"layer{stage}.{block}"
-    if k == 0:
-        return f"{prefix}.downsample.{0 if kind == 'conv' else 1}"
+    part = _IN_BLOCK.match(m[3]) if m else None
+    if not part:
+        raise KeyError(f"{layer_name}: no torchvision module (not a layer name of shared.spec, or an add)")
+    prefix = f"layer{int(m[1]) - 1}.{int(m[2]) - 1}"
+    k, kind, preact = part.groups()
+    if preact:
+        return f"{prefix}.preact_bn"
+    if kind is None or kind == "relu":
+        return f"{prefix}.relu"
+    if k == "0":
+        return f"{prefix}.downsample.{1 if kind == 'bn' else 0}"
+    if kind == "pool":
+        raise KeyError(f"{layer_name}: no torchvision module (only a block's shortcut, _0_pool, is a pool)")
     return f"{prefix}.{kind}{k}"
 
 
@@ -44,33 +66,54 @@ def _numpy(value) -> np.ndarray:
     return np.asarray(value)
 
 
+def _structure(block: str, width: int, inner: int, per_group: int, out: int, where: str) -> dict:
+    """Block fields read off stage 1's first block: ``inner`` and ``per_group`` are its 3x3
+    conv's output channels and input channels per group, ``out`` its last conv's output
+    channels. torchvision's rule ``inner = int(width * width_per_group / 64) * groups``
+    inverted; a width no integer ``width_per_group`` gives is refused naming ``where``."""
+    if block == "basic":
+        return dict(block=block, expansion=out // width)
+    groups = inner // per_group
+    width_per_group = inner // groups * 64 // width
+    if groups * per_group != inner or int(width * width_per_group / 64) * groups != inner:
+        raise WeightsError(f"{where}: {inner} channels in {groups} group(s) of {per_group} match no "
+                           f"width_per_group for a stem width of {width}")
+    return dict(block=block, groups=groups, width_per_group=width_per_group, expansion=out // width)
+
+
 def spec_from_torchvision(state_dict: Mapping[str, object]) -> ResNetSpec:
-    """Depths, width, channels, classes and expansion read off a torchvision state_dict."""
+    """The spec of a torchvision-style state_dict, read off its keys and shapes: block kind
+    (basic: no ``conv3``; pre-activation: a ``preact_bn``), depths, width, groups and width per
+    group (from ``conv2``'s weight: out channels / in channels per group), expansion, image
+    channels, classes. Conventions: torchvision's (V1; ``conv1.bias`` means biased convs) or
+    Keras' (V2, which torchvision lacks)."""
     keys = set(state_dict)
-    if "conv1.weight" not in keys:
-        raise WeightsError("torchvision state_dict: missing key conv1.weight (is this a torchvision ResNet?)")
-    if any(re.match(r"layer\d+\.\d+\.conv2\.weight$", k) for k in keys) and not any(
-        re.match(r"layer\d+\.\d+\.conv3\.weight$", k) for k in keys
-    ):
-        raise WeightsError("torchvision state_dict: basic-block ResNet (resnet18/34, no conv3); only bottleneck ResNets are supported")
+    for key in ("conv1.weight", "layer1.0.conv1.weight", "layer1.0.conv2.weight"):
+        if key not in keys:
+            raise WeightsError(f"torchvision state_dict: missing key {key} (is this a torchvision ResNet?)")
     depths = []
     while any(k.startswith(f"layer{len(depths) + 1}.") for k in keys):
         stage = len(depths) + 1
         depths.append(len({int(k.split(".")[1]) for k in keys if k.startswith(f"layer{stage}.")}))
-    if not depths:
-        raise WeightsError("torchvision state_dict: no layer1.* keys found")
     stem = _numpy(state_dict["conv1.weight"])
     width = stem.shape[0]
-    conv3 = _numpy(state_dict["layer1.0.conv3.weight"])
+    conv2 = np.shape(_numpy(state_dict["layer1.0.conv2.weight"]))
+    if "layer1.0.preact_bn.weight" in keys:
+        block, style, conv_bias = "preact", "keras", "layer1.0.conv1.bias" in keys
+    else:
+        block = "bottleneck" if "layer1.0.conv3.weight" in keys else "basic"
+        style, conv_bias = "torchvision", "conv1.bias" in keys
+    last = "layer1.0.conv2.weight" if block == "basic" else "layer1.0.conv3.weight"
+    if last not in keys:
+        raise WeightsError(f"torchvision state_dict: missing key {last}")
+    out = np.shape(_numpy(state_dict[last]))[0]
     include_top = "fc.weight" in keys
-    return ResNetSpec(
+    return preset_spec(
+        style,
         depths=tuple(depths),
         width=width,
-        expansion=conv3.shape[0] // width,
-        stride_on="3x3",
-        conv_bias="conv1.bias" in keys,
-        bn_epsilon=1e-5,
-        bn_momentum=0.1,
+        **_structure(block, width, conv2[0], conv2[1], out, "torchvision state_dict: layer1.0.conv2.weight"),
+        conv_bias=conv_bias,
         image_channels=stem.shape[1],
         num_classes=_numpy(state_dict["fc.weight"]).shape[0] if include_top else 1000,
         include_top=include_top,
@@ -79,29 +122,39 @@ def spec_from_torchvision(state_dict: Mapping[str, object]) -> ResNetSpec:
 
 
 def spec_from_canonical(weights: Mapping[str, np.ndarray], style: str | None = None) -> ResNetSpec:
-    """The spec a canonical weight dict was made for, read off its names and shapes. Conventions
-    the shapes cannot show (stride placement, epsilon, momentum) come from ``style``; without it,
-    biased convs mean Keras Applications, unbiased torchvision."""
-    if "conv1_conv.kernel" not in weights:
-        raise WeightsError("canonical weights: missing key conv1_conv.kernel")
+    """The spec a canonical weight dict was made for, read off its names and shapes: block kind
+    (pre-activation: ``conv2_block1_preact_bn.*``; basic: no ``conv2_block1_3_conv``), depths,
+    width, groups and width per group (the 3x3 conv's HWIO kernel: out / in per group),
+    expansion. Conventions the shapes cannot show (stride placement, epsilon, momentum) come
+    from ``style``; without it, V2 means Keras, biased convs Keras Applications, unbiased
+    torchvision."""
+    for key in ("conv1_conv.kernel", "conv2_block1_2_conv.kernel"):
+        if key not in weights:
+            raise WeightsError(f"canonical weights: missing key {key}")
     blocks = [m for m in (_BLOCK.match(k.split(".")[0]) for k in weights) if m]
     depths = []
     while any(int(m[1]) == len(depths) + 2 for m in blocks):
         depths.append(max(int(m[2]) for m in blocks if int(m[1]) == len(depths) + 2))
     stem = np.shape(weights["conv1_conv.kernel"])
-    conv_bias = "conv1_conv.bias" in weights
-    folded = "conv1_bn.gamma" not in weights  # shared.fold: no BatchNorm left, every conv biased
+    conv2 = np.shape(weights["conv2_block1_2_conv.kernel"])
+    preact = "conv2_block1_preact_bn.gamma" in weights or "post_bn.gamma" in weights
+    block = "preact" if preact else "bottleneck" if "conv2_block1_3_conv.kernel" in weights else "basic"
+    last = "conv2_block1_2_conv.kernel" if block == "basic" else "conv2_block1_3_conv.kernel"
+    if last not in weights:
+        raise WeightsError(f"canonical weights: missing key {last}")
+    # A BN follows every block's first conv unless shared.fold removed it (every conv biased).
+    folded = "conv2_block1_1_bn.gamma" not in weights
     if folded and style is None:
-        raise WeightsError("canonical weights: BatchNorm-folded (no conv1_bn.* keys), so the conv biases cannot "
-                           "tell the style; give the style (--style) or save the spec with the weights")
-    if folded:
-        conv_bias = preset_spec(style).conv_bias
-    style = style or ("keras" if conv_bias else "torchvision")
+        raise WeightsError("canonical weights: BatchNorm-folded (no conv2_block1_1_bn.* keys), so the conv biases "
+                           "cannot tell the style; give the style (--style) or save the spec with the weights")
+    style = style or ("keras" if preact or "conv2_block1_1_conv.bias" in weights else "torchvision")
+    structure = _structure(block, stem[3], conv2[3], conv2[2], np.shape(weights[last])[3],
+                           "canonical weights: conv2_block1_2_conv.kernel")
+    conv_bias = preset_spec(style, block=block).conv_bias if folded else "conv2_block1_1_conv.bias" in weights
     top = "predictions.kernel" in weights
     return preset_spec(style, depths=tuple(depths), width=stem[3], image_channels=stem[2], conv_bias=conv_bias,
-                       expansion=np.shape(weights["conv2_block1_3_conv.kernel"])[3] // stem[3],
-                       include_top=top, num_classes=np.shape(weights["predictions.kernel"])[1] if top else 1000,
-                       folded=folded)
+                       **structure, include_top=top,
+                       num_classes=np.shape(weights["predictions.kernel"])[1] if top else 1000, folded=folded)
 
 
 def from_torchvision(state_dict: Mapping[str, object], spec: ResNetSpec | None = None,

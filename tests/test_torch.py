@@ -14,6 +14,7 @@ from hypothesis import given, settings, strategies as st
 from shared import interop, reference, spec as S
 from shared import weights as W
 from strategies import small_specs
+from helpers import random_weights
 from shared.interop import torchvision_module
 from shared.parity import budget, rel_error
 
@@ -62,11 +63,75 @@ def _expected_state_shapes(spec) -> dict:
 
 # --------------------------------------------------------------------- torchvision: same function
 
-FULL_SIZE = [a if a == "resnet50" else pytest.param(a, marks=pytest.mark.slow) for a in S.ARCHS]  # 101/152: slow
+TORCHVISION_ARCHS = [a for a, p in S.PRESETS.items() if p.peer.startswith("torchvision.")]
+KERAS_ONLY_ARCHS = [a for a in S.ARCHS if a not in TORCHVISION_ARCHS]  # ResNet V2
+# Typed from torchvision's weights metadata and Keras Applications' summaries (the design's
+# table), not read from PRESETS: Keras counts BatchNorm statistics.
+PUBLISHED_PARAMS = {
+    "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "resnet101": 44_549_160,
+    "resnet152": 60_192_808, "resnext50_32x4d": 25_028_904, "resnext101_32x8d": 88_791_336,
+    "resnext101_64x4d": 83_455_272, "wide_resnet50_2": 68_883_240, "wide_resnet101_2": 126_886_696,
+}
+KERAS_PUBLISHED_PARAMS = {"resnet50v2": 25_613_800, "resnet101v2": 44_675_560, "resnet152v2": 60_380_648}
 
 
-@pytest.mark.parametrize("arch", FULL_SIZE)
+def _deep_is_slow(archs):
+    """The 101- and 152-deep ones are marked slow (two models of up to 127M parameters each)."""
+    return [pytest.param(a, marks=pytest.mark.slow) if sum(S.preset(a).depths) > 16 else a for a in archs]
+
+
+def _reference_has_groups() -> bool:
+    """Whether shared.reference computes grouped convolutions (generalised in a separate change)."""
+    spec = S.ResNetSpec(depths=(1,), width=8, groups=2, width_per_group=32, num_classes=2)
+    try:
+        reference.forward(spec, W.init(spec), reference.random_images(spec, 1, 8))
+    except ValueError:
+        return False
+    return True
+
+
+def _randomised_torchvision(arch):
+    """torchvision's own model (its random init) with every BatchNorm's affine and running
+    statistics randomised too, so a swapped or ignored statistic cannot go unseen; eval mode."""
+    model = getattr(torchvision.models, arch)().eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                c = m.num_features
+                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=g) * 0.1)
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
+    return model
+
+
+@pytest.mark.parametrize("arch", _deep_is_slow(TORCHVISION_ARCHS))
+def test_every_torchvision_arch_equals_torchvision(arch):
+    """torchvision's own state_dict loads as is (same keys, order, shapes) and gives bit-identical
+    logits: the same modules in the same order. The spec read off that state_dict is the preset,
+    and the parameter count is torchvision's published one."""
+    tv = _randomised_torchvision(arch)
+    spec = S.preset(arch)
+    model = rt.build(spec)
+    theirs_sd = tv.state_dict()
+    assert list(model.state_dict()) == list(theirs_sd)
+    model.load_state_dict(theirs_sd)
+    assert sum(p.numel() for p in model.parameters()) == PUBLISHED_PARAMS[arch]
+    assert interop.spec_from_torchvision(theirs_sd) == spec
+
+    x = torch.from_numpy(reference.random_images(spec, 2, 64, seed=7)).permute(0, 3, 1, 2).contiguous()
+    with torch.no_grad():
+        ours, theirs = model(x).numpy(), tv(x).numpy()
+    assert np.isfinite(theirs).all() and theirs.std() > 0
+    assert rel_error(ours, theirs) == 0.0, arch
+
+
+@pytest.mark.parametrize("arch", _deep_is_slow(TORCHVISION_ARCHS))
 def test_same_function_and_layout_as_torchvision(arch, torchvision_model):
+    """Calibrated weights: the same function as torchvision, and both judged against float64."""
+    if S.preset(arch).groups > 1 and not _reference_has_groups():
+        pytest.skip("shared.reference has no grouped convolution yet (being generalised separately)")
     tv, spec, w = torchvision_model(arch)
     model = rt.build(spec)
     theirs_sd, ours_sd = tv.state_dict(), model.state_dict()
@@ -85,6 +150,77 @@ def test_same_function_and_layout_as_torchvision(arch, torchvision_model):
     ref = reference.forward(spec, w, images)
     peer, err = rel_error(theirs, ref), rel_error(ours, ref)
     assert err <= budget(peer), f"{arch}: rel {err:.2e} vs float64, torchvision fp32 {peer:.2e}"
+
+
+# --------------------------------------------------------------------- Keras' ResNet V2 (no torch peer)
+
+def _keras_v2_forward(w: dict, images: np.ndarray, depths, dtype) -> np.ndarray:
+    """Keras Applications' ResNet50V2 (``resnet.residual_block_v2``, ``stack_residual_blocks_v2``,
+    ``ResNet(preact=True)``), written from that code with torch.nn.functional at ``dtype``;
+    independent of the spec and of Block.walk. ``w``: canonical weights."""
+    F = torch.nn.functional
+    t = {k: torch.from_numpy(np.asarray(v, np.float64)).to(dtype) for k, v in w.items()}
+
+    def conv(x, name, stride=1, pad=0, bias=True):
+        kernel = t[f"{name}.kernel"].permute(3, 2, 0, 1)
+        return F.conv2d(F.pad(x, (pad,) * 4), kernel, t[f"{name}.bias"] if bias else None, stride)
+
+    def bn(x, name):
+        return F.batch_norm(x, t[f"{name}.mean"], t[f"{name}.var"], t[f"{name}.gamma"], t[f"{name}.beta"],
+                            False, 0.0, 1.001e-5)
+
+    def block(x, name, filters, stride, conv_shortcut):
+        preact = F.relu(bn(x, f"{name}_preact_bn"))
+        if conv_shortcut:
+            shortcut = conv(preact, f"{name}_0_conv", stride)
+        else:
+            shortcut = F.max_pool2d(x, 1, stride) if stride > 1 else x
+        h = F.relu(bn(conv(preact, f"{name}_1_conv", bias=False), f"{name}_1_bn"))
+        h = F.relu(bn(conv(h, f"{name}_2_conv", stride, pad=1, bias=False), f"{name}_2_bn"))
+        return shortcut + conv(h, f"{name}_3_conv")
+
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).to(dtype)
+    x = conv(x, "conv1_conv", 2, pad=3)
+    x = F.max_pool2d(F.pad(x, (1, 1, 1, 1)), 3, 2)  # ZeroPadding2D(1), then a valid pool
+    for i, (filters, blocks) in enumerate(zip((64, 128, 256, 512), depths)):
+        stride1 = 1 if i == len(depths) - 1 else 2
+        name = f"conv{i + 2}"
+        x = block(x, f"{name}_block1", filters, 1, True)
+        for b in range(2, blocks):
+            x = block(x, f"{name}_block{b}", filters, 1, False)
+        x = block(x, f"{name}_block{blocks}", filters, stride1, False)
+    x = F.relu(bn(x, "post_bn")).mean(dim=(2, 3))
+    return (x @ t["predictions.kernel"] + t["predictions.bias"]).numpy()
+
+
+@pytest.mark.parametrize("arch", _deep_is_slow(KERAS_ONLY_ARCHS))
+def test_resnet_v2_against_keras_definition_in_float64(arch):
+    """Pre-activation blocks, the stem's zero-padded pool, post_bn/post_relu: within the fp32
+    budget of a float64 computation written from Keras' code (its float32 run is the peer).
+    A stem pool padded with -inf (torch's rule) is a broken port here and must be caught."""
+    spec = S.preset(arch)
+    model = rt.build(spec)
+    assert sum(p.numel() for p in model.parameters()) + sum(
+        b.numel() for n, b in model.named_buffers() if n.endswith(("running_mean", "running_var"))
+    ) == KERAS_PUBLISHED_PARAMS[arch]
+    w = random_weights(spec, seed=3)
+    rt.load_weights(model, w)
+    images = reference.random_images(spec, 2, 64, seed=4)
+    ref = _keras_v2_forward(w, images, spec.depths, torch.float64)
+    tol = fp32_budget(rel_error(_keras_v2_forward(w, images, spec.depths, torch.float32), ref))
+    err = rel_error(rt.predict(model, images), ref)
+    print(f"{arch} 64 px: rel {err:.2e} vs float64, budget {tol:.2e}")
+    assert err <= tol
+
+    broken = rt.load_weights(rt.build(spec.replace(pool_pad_value=float("-inf"))), w)
+    assert rel_error(rt.predict(broken, images), ref) > 10 * tol
+
+    state = model.state_dict()  # the torchvision-style state_dict round-trips
+    assert interop.spec_from_torchvision(state) == spec
+    assert_bit_exact(rt.export_weights(model), w)
+    again = interop.to_torchvision(*interop.from_torchvision(state))
+    assert set(again) == set(state)
+    assert all(np.array_equal(again[k], v.numpy()) and again[k].dtype == v.numpy().dtype for k, v in state.items())
 
 
 def test_train_mode_matches_torchvision():
@@ -183,8 +319,7 @@ def test_asymmetric_padding_pads_like_the_reference():
 
 # --------------------------------------------------------------------- layout and names
 
-@pytest.mark.parametrize("style", S.STYLES)
-@pytest.mark.parametrize("arch", S.ARCHS)
+@pytest.mark.parametrize("arch, style", [(a, s) for a, p in S.PRESETS.items() for s in p.styles])
 def test_names_and_shapes_follow_the_spec(arch, style):
     spec = S.preset(arch, style)
     model = rt.build(spec)
@@ -201,6 +336,25 @@ def test_seed_constructors():
         assert model.spec == S.preset(arch, image_channels=1, num_classes=10)
         assert model.conv1.weight.shape == (64, 1, 7, 7) and model.fc.out_features == 10
     assert rt.ResNet50().spec == S.resnet50()
+
+
+EXPECTED_CONSTRUCTORS = {  # typed: the names users write
+    "ResNet18": "resnet18", "ResNet34": "resnet34", "ResNet50": "resnet50", "ResNet101": "resnet101",
+    "ResNet152": "resnet152", "ResNeXt50_32x4d": "resnext50_32x4d", "ResNeXt101_32x8d": "resnext101_32x8d",
+    "ResNeXt101_64x4d": "resnext101_64x4d", "WideResNet50_2": "wide_resnet50_2",
+    "WideResNet101_2": "wide_resnet101_2", "ResNet50V2": "resnet50v2", "ResNet101V2": "resnet101v2",
+    "ResNet152V2": "resnet152v2",
+}
+
+
+@pytest.mark.parametrize("name", EXPECTED_CONSTRUCTORS)
+def test_every_preset_has_a_constructor(name):
+    arch = EXPECTED_CONSTRUCTORS[name]
+    make = getattr(rt, name)
+    assert name in rt.__all__ and make.__name__ == name
+    model = make(img_channel=1, num_classes=10, include_top=False, pooling="max")
+    assert model.spec == S.preset(arch, image_channels=1, num_classes=10, include_top=False, pooling="max")
+    assert isinstance(model, rt.ResNet) and not model.training
 
 
 # --------------------------------------------------------------------- init
