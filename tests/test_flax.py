@@ -121,6 +121,21 @@ def test_bf16_compute_matches_torchvision_bf16_cpu(torchvision_case):
     assert all(np.array_equal(v, c.weights[k]) for k, v in rf.export_weights(model).items())
 
 
+@pytest.mark.parametrize("arch, overrides", [("resnet50v2", {}), ("resnext50_32x4d", dict(groups=4, width_per_group=32))],
+                         ids=["preact", "grouped"])
+def test_bf16_block_kinds_against_emulated_bf16_reference(arch, overrides):
+    """Pre-activation and grouped blocks in bf16 (BatchNorm, the pre-activation's and post_bn
+    included, in float32) within the emulated-bf16 budget, on a shallow net (test_parity's rule)."""
+    spec = S.preset(arch, depths=(1, 1, 1, 1), width=16, num_classes=100, **overrides)
+    weights = reference.calibrated_weights(spec, seed=1, size=64)
+    images = reference.random_images(spec, 4, 64, seed=2)
+    out = rf.predict(_loaded(spec, weights, dtype=jnp.bfloat16), images)
+    emulated, budget = low_precision_oracle(spec, weights, images, "bf16")
+    print(f"{arch} bf16: rel vs emulated bf16 {parity.rel_error(out, emulated):.3g}, budget {budget:.3g}")
+    assert parity.rel_error(out, reference.forward(spec, weights, images)) > 1e-3  # bf16 really ran
+    assert parity.rel_error(out, emulated) <= budget < 0.5
+
+
 # ----------------------------------------------------------------- against the reference
 
 
