@@ -1,6 +1,7 @@
 """resnet_flax against torchvision, the float64 reference, the published parameter counts of
-every preset and its own contract (build, load, export, predict, train mode, nnx transforms). Tolerances: 4x a peer's error against float64,
-measured here on the same weights and input (shared.parity.budget)."""
+every preset and its own contract (build, load, export, predict, train mode, nnx transforms).
+Tolerances: 4x a peer's error against float64, measured here on the same weights and input
+(shared.parity.budget)."""
 
 import copy
 import inspect
@@ -121,8 +122,8 @@ def test_bf16_compute_matches_torchvision_bf16_cpu(torchvision_case):
     assert all(np.array_equal(v, c.weights[k]) for k, v in rf.export_weights(model).items())
 
 
-@pytest.mark.parametrize("arch, overrides", [("resnet50v2", {}), ("resnext50_32x4d", dict(groups=4, width_per_group=32))],
-                         ids=["preact", "grouped"])
+@pytest.mark.parametrize("arch, overrides", [
+    ("resnet50v2", {}), ("resnext50_32x4d", dict(groups=4, width_per_group=32))], ids=["preact", "grouped"])
 def test_bf16_block_kinds_against_emulated_bf16_reference(arch, overrides):
     """Pre-activation and grouped blocks in bf16 (BatchNorm, the pre-activation's and post_bn
     included, in float32) within the emulated-bf16 budget, on a shallow net (test_parity's rule)."""
