@@ -1,12 +1,11 @@
 """The contract (``shared.contract``), identical in resnet_torch, resnet_keras and resnet_flax:
-``build``, ``predict``, ``features`` and the constructors ``ResNet50/101/152``. Flax-native
-options (an ``nnx.Rngs``, a compute dtype) are the ``resnet_flax.ResNet`` class's."""
+``build``, ``predict``, ``features`` and one constructor per preset (``ResNet18`` .. ``ResNet152V2``,
+``ResNeXt50_32x4d``, ``WideResNet50_2``: ``shared.contract.CONSTRUCTORS``). Flax-native options
+(an ``nnx.Rngs``, a compute dtype) are the ``resnet_flax.ResNet`` class's."""
 
 from __future__ import annotations
 
 import functools
-import os
-from typing import Mapping
 
 import jax
 import numpy as np
@@ -63,30 +62,7 @@ def _constructed(arch, img_channel, num_classes, style, weights, include_top, po
     return model if found is None else load_weights(model, found)
 
 
-def ResNet50(img_channel: int = 3, num_classes: int = 1000, *, style: str = "torchvision",
-             weights: str | os.PathLike | Mapping[str, np.ndarray] | None = None, include_top: bool = True,
-             pooling: str | None = None, classifier_activation: str | None = None) -> ResNet:
-    """The seed article's ResNet-50 (torchvision v1.5 by default; ``style="keras"`` for Keras
-    Applications v1), in eval mode. ``weights``: None (the canonical random init), a canonical
-    dict, a ``.safetensors``/``.pth``/``.h5`` file or a ``shared.hub`` name such as
-    ``"torchvision/resnet50.IMAGENET1K_V2"``; a checkpoint of another architecture, style or
-    class count is a ValueError. ``include_top``, ``pooling``, ``classifier_activation``: Keras
-    Applications' meaning (``shared.contract.constructor_spec``); None gives logits."""
-    return _constructed("resnet50", img_channel, num_classes, style, weights, include_top, pooling,
-                        classifier_activation)
-
-
-def ResNet101(img_channel: int = 3, num_classes: int = 1000, *, style: str = "torchvision",
-              weights: str | os.PathLike | Mapping[str, np.ndarray] | None = None, include_top: bool = True,
-              pooling: str | None = None, classifier_activation: str | None = None) -> ResNet:
-    """ResNet-101; the arguments as for ``ResNet50``."""
-    return _constructed("resnet101", img_channel, num_classes, style, weights, include_top, pooling,
-                        classifier_activation)
-
-
-def ResNet152(img_channel: int = 3, num_classes: int = 1000, *, style: str = "torchvision",
-              weights: str | os.PathLike | Mapping[str, np.ndarray] | None = None, include_top: bool = True,
-              pooling: str | None = None, classifier_activation: str | None = None) -> ResNet:
-    """ResNet-152; the arguments as for ``ResNet50``."""
-    return _constructed("resnet152", img_channel, num_classes, style, weights, include_top, pooling,
-                        classifier_activation)
+# ResNet18 .. ResNet152V2: one per preset of shared.spec.PRESETS, the signature and docs from
+# shared.contract (identical in the three packages); a new preset needs no code here.
+CONSTRUCTORS = contract.constructors(_constructed)
+globals().update(CONSTRUCTORS)

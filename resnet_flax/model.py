@@ -3,7 +3,9 @@
 Every layer with parameters is an attribute named after its spec layer (``model.conv1_conv``,
 ``model.conv2_block1_1_bn``, ``model.predictions``), so a canonical weight ``{layer}.{param}``
 is ``getattr(model, layer).{native param}`` by one rule (``NATIVE_PARAM``). Layers without
-parameters (ReLU, pools, the residual add) are computed from the spec in ``__call__``.
+parameters (ReLU, pools, the residual add) are computed from the spec in ``__call__``, which
+walks each block through ``Block.walk`` (pre-activation, shortcut source, what follows the add):
+this file holds no block structure of its own, so every preset of ``shared.spec.PRESETS`` builds.
 
 NHWC throughout. Padding is always the spec's explicit symmetric padding, never 'SAME': for a
 strided layer XLA's 'SAME' puts the odd pixel at the bottom/right and no longer computes
@@ -60,6 +62,7 @@ def _native_layer(layer, rngs: nnx.Rngs, draw: bool, dtype, param_dtype) -> nnx.
         return nnx.Conv(
             layer.in_channels, layer.out_channels, (layer.kernel_size, layer.kernel_size),
             strides=layer.stride, padding=((t, b), (l, r)), use_bias=layer.bias,
+            feature_group_count=layer.groups,  # kernel (k, k, in / groups, out): canonical HWIO
             kernel_init=init(_conv_init), bias_init=init(nnx.initializers.zeros_init()), **common,
         )
     if isinstance(layer, BatchNorm):
@@ -86,7 +89,8 @@ def _native_layer(layer, rngs: nnx.Rngs, draw: bool, dtype, param_dtype) -> nnx.
 
 
 def _max_pool(x, layer):
-    """Pads with the spec's pad value: -inf (PyTorch's and Flax's rule) never wins the max."""
+    """Pads with the spec's pad value: -inf (PyTorch's and Flax's rule) never wins the max; 0
+    (Keras' ZeroPadding2D) wins over a negative input, as in ResNet V2's stem."""
     t, b, l, r = layer.padding
     if layer.pad_value != float("-inf"):
         x = jnp.pad(x, ((0, 0), (t, b), (l, r), (0, 0)), constant_values=layer.pad_value)
@@ -99,7 +103,7 @@ def _max_pool(x, layer):
 
 
 class ResNet(nnx.Module):
-    """A bottleneck ResNet for NHWC images, every number taken from ``spec``.
+    """A ResNet for NHWC images (any block kind of the spec), every number taken from ``spec``.
 
     ``dtype`` is the compute dtype (``jnp.bfloat16`` for mixed precision), ``param_dtype`` the
     storage dtype of the parameters; BatchNorm running statistics stay float32.
@@ -150,6 +154,15 @@ class ResNet(nnx.Module):
             return x.mean(axis=(1, 2)) if layer.mode == "avg" else x.max(axis=(1, 2))
         raise TypeError(f"resnet_flax: no rule for layer {layer!r}")
 
+    def _chain(self, layers, x):
+        for layer in layers:
+            x = self._apply(layer, x)
+        return x
+
+    @staticmethod
+    def _add(layer, main, shortcut):
+        return main + shortcut
+
     def __call__(self, images, hook=None):
         """NHWC images -> logits (or pooled features, or the last feature map, per the spec).
 
@@ -157,20 +170,12 @@ class ResNet(nnx.Module):
         (``conv3_block2``) and of the head: the names ``shared.reference.forward`` uses."""
         hook = hook or (lambda name, x: None)
         x = images if self.dtype is None else images.astype(self.dtype)
-        for layer in self.spec.stem():
-            x = self._apply(layer, x)
+        x = self._chain(self.spec.stem(), x)
         hook("stem", x)
         for block in self.spec.blocks():
-            h = x
-            for layer in block.main:
-                h = self._apply(layer, h)
-            s = x
-            for layer in block.shortcut:
-                s = self._apply(layer, s)
-            x = self._apply(block.out, h + s)
+            x = block.walk(x, self._chain, self._add)
             hook(block.name, x)
-        for layer in self.spec.head():
-            x = self._apply(layer, x)
+        x = self._chain(self.spec.head(), x)
         if self.classifier_activation == "softmax":
             x = nnx.softmax(x, axis=-1)
         elif self.classifier_activation == "sigmoid":

@@ -1,8 +1,10 @@
-"""resnet_flax against torchvision, the float64 reference and its own contract (build, load,
-export, predict, train mode, nnx transforms). Tolerances: 4x a peer's error against float64,
-measured here on the same weights and input (shared.parity.budget)."""
+"""resnet_flax against torchvision, the float64 reference, the published parameter counts of
+every preset and its own contract (build, load, export, predict, train mode, nnx transforms).
+Tolerances: 4x a peer's error against float64, measured here on the same weights and input
+(shared.parity.budget)."""
 
 import copy
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +24,7 @@ from flax import nnx  # noqa: E402
 import resnet_flax as rf  # noqa: E402
 from resnet_flax.model import ResNet, _max_pool  # noqa: E402
 from shared import interop, parity, reference, spec as S, weights as W  # noqa: E402
-from strategies import small_specs  # noqa: E402
+from strategies import block_specs, small_specs  # noqa: E402
 
 BN_NAMES = {"scale": "gamma", "bias": "beta", "mean": "mean", "var": "var"}
 
@@ -56,13 +58,19 @@ def _loaded(spec, weights, **native_kwargs):
 
 # ----------------------------------------------------------------- against torchvision
 
-TORCHVISION_SIZES = {"resnet50": 96, "resnet101": 64, "resnet152": 64}  # 101/152: compile and reference cost
-CONSTRUCTORS = {"resnet50": rf.ResNet50, "resnet101": rf.ResNet101, "resnet152": rf.ResNet152}
+# Image sizes: compile and float64 reference cost grow with depth and width.
+TORCHVISION_SIZES = {"resnet50": 96, "resnet18": 64, "resnext50_32x4d": 64, "resnet101": 64, "resnet152": 64,
+                     "wide_resnet50_2": 64}
+FAST_TORCHVISION = ("resnet50", "resnet18", "resnext50_32x4d")
+
+
+def _constructor(arch):
+    return getattr(rf, S.PRESETS[arch].constructor)
 
 
 @pytest.fixture(scope="module")
 def torchvision_case(torchvision_model):
-    """``case(arch)``: torchvision (calibrated, randomised BatchNorm) and the seed constructor's
+    """``case(arch)``: torchvision (calibrated, randomised BatchNorm) and the arch's constructor's
     Flax model loaded through shared.interop.from_torchvision, on the same batch of 2 images."""
     torch = pytest.importorskip("torch")
     cache = {}
@@ -74,7 +82,7 @@ def torchvision_case(torchvision_model):
             images = reference.random_images(spec, 2, TORCHVISION_SIZES[arch], seed=7)
             with torch.no_grad():
                 peer = tv(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
-            model = CONSTRUCTORS[arch]()
+            model = _constructor(arch)()
             rf.load_weights(model, weights)
             cache[arch] = SimpleNamespace(
                 tv=tv, spec=spec, weights=weights, images=images, peer=peer, model=model,
@@ -85,7 +93,7 @@ def torchvision_case(torchvision_model):
     return case
 
 
-@pytest.mark.parametrize("arch", [a if a == "resnet50" else pytest.param(a, marks=pytest.mark.slow)
+@pytest.mark.parametrize("arch", [a if a in FAST_TORCHVISION else pytest.param(a, marks=pytest.mark.slow)
                                   for a in TORCHVISION_SIZES])
 def test_matches_torchvision_fp32_cpu(arch, torchvision_case):
     c = torchvision_case(arch)
@@ -114,6 +122,21 @@ def test_bf16_compute_matches_torchvision_bf16_cpu(torchvision_case):
     assert all(np.array_equal(v, c.weights[k]) for k, v in rf.export_weights(model).items())
 
 
+@pytest.mark.parametrize("arch, overrides", [
+    ("resnet50v2", {}), ("resnext50_32x4d", dict(groups=4, width_per_group=32))], ids=["preact", "grouped"])
+def test_bf16_block_kinds_against_emulated_bf16_reference(arch, overrides):
+    """Pre-activation and grouped blocks in bf16 (BatchNorm, the pre-activation's and post_bn
+    included, in float32) within the emulated-bf16 budget, on a shallow net (test_parity's rule)."""
+    spec = S.preset(arch, depths=(1, 1, 1, 1), width=16, num_classes=100, **overrides)
+    weights = reference.calibrated_weights(spec, seed=1, size=64)
+    images = reference.random_images(spec, 4, 64, seed=2)
+    out = rf.predict(_loaded(spec, weights, dtype=jnp.bfloat16), images)
+    emulated, budget = low_precision_oracle(spec, weights, images, "bf16")
+    print(f"{arch} bf16: rel vs emulated bf16 {parity.rel_error(out, emulated):.3g}, budget {budget:.3g}")
+    assert parity.rel_error(out, reference.forward(spec, weights, images)) > 1e-3  # bf16 really ran
+    assert parity.rel_error(out, emulated) <= budget < 0.5
+
+
 # ----------------------------------------------------------------- against the reference
 
 
@@ -129,6 +152,57 @@ def test_small_specs_match_reference(style, data):
     out = rf.predict(_loaded(spec, weights), images)
     assert out.shape == (2, *spec.output_shape(size))
     assert parity.rel_error(out, ref) <= budget
+
+
+# Each block kind at its preset's full depth, on small images: basic (ResNet-18), grouped
+# bottleneck (ResNeXt-50 32x4d), pre-activation with V2's stem and head (ResNet-50 V2).
+PRESET_SIZES = {"resnet18": 64, "resnext50_32x4d": 64, "resnet50v2": 64}
+
+
+@pytest.mark.parametrize("arch", PRESET_SIZES)
+def test_presets_match_reference(arch):
+    spec = S.preset(arch, num_classes=10)
+    size = PRESET_SIZES[arch]
+    weights = reference.calibrated_weights(spec, seed=1, size=size)
+    images = reference.random_images(spec, 2, size, seed=2)
+    ref, budget = _fp32_budget(spec, weights, images)
+    model = _constructor(arch)(num_classes=10, weights=weights)
+    assert model.spec == spec
+    out = rf.predict(model, images)
+    err = parity.rel_error(out, ref)
+    print(f"{arch} {images.shape}: flax fp32 rel {err:.3g}, budget {budget:.3g}")
+    assert err <= budget
+    assert parity.top1_agreement(out, ref) == (2, 2)
+
+
+@settings(max_examples=8, deadline=None)
+@given(spec=block_specs(classes=(2, 20)), data=st.data())
+def test_generated_block_specs_match_reference(spec, data):
+    """Every block kind, groups, width per group, expansion and stride block."""
+    size = data.draw(st.integers(max(16, spec.min_input_size), 48))
+    weights = reference.calibrated_weights(spec, seed=size)
+    images = reference.random_images(spec, 2, size, seed=1)
+    ref, budget = _fp32_budget(spec, weights, images)
+    out = rf.predict(_loaded(spec, weights), images)
+    assert out.shape == (2, *spec.output_shape(size))
+    assert parity.rel_error(out, ref) <= budget
+
+
+def test_v2_stem_pool_pads_with_zero():
+    """V2 max-pools the raw stem conv output, so Keras' zero padding is part of the function: a
+    model padding with -inf (PyTorch's rule) fails the check the right one passes. A stem conv
+    whose outputs are mostly negative (bias -3; BatchNorm recalibrated) lets the padding through:
+    with a zero-mean output the pre-activation ReLU zeroes both values wherever they differ."""
+    spec = S.preset("resnet50v2", depths=(1, 1), width=8, num_classes=10)
+    assert spec.stem()[-1].pad_value == 0.0
+    images = reference.random_images(spec, 2, 32, seed=5)
+    weights = reference.calibrated_weights(spec)
+    weights["conv1_conv.bias"] = weights["conv1_conv.bias"] - 3
+    weights = reference.calibrate(spec, weights, images)
+    ref, budget = _fp32_budget(spec, weights, images)
+    assert parity.rel_error(rf.predict(_loaded(spec, weights), images), ref) <= budget
+    wrong = _loaded(spec.replace(pool_pad_value=float("-inf")), weights)
+    assert parity.rel_error(rf.predict(wrong, images), ref) > 100 * budget
 
 
 def test_max_pool_pads_with_minus_infinity():
@@ -159,6 +233,38 @@ def test_param_names_and_shapes_equal_spec(spec):
     assert {k: shape for k, (shape, _) in names.items()} == spec.param_shapes()
     for key, (_, kind) in names.items():
         assert kind is (nnx.BatchStat if key.endswith((".mean", ".var")) else nnx.Param), key
+
+
+# Every preset in the style(s) its peer published a count for: torchvision's weights metadata,
+# Keras Applications' summaries (those count the BatchNorm statistics).
+PUBLISHED = [(arch, p.styles[0], p.params, p.params_count_bn_statistics) for arch, p in S.PRESETS.items()]
+PUBLISHED += [(arch, "keras", n, True) for arch, n in S.KERAS_V1_PARAMS.items()]
+DEEP = 16  # blocks in a ResNet-50: the deeper presets only repeat its blocks, and take seconds each
+
+
+@pytest.mark.parametrize("arch, style, published, with_statistics", [
+    pytest.param(*case, id=f"{case[0]}-{case[1]}",
+                 marks=[pytest.mark.slow] if sum(S.preset(case[0]).depths) > DEEP else [])
+    for case in PUBLISHED])
+def test_every_preset_builds_with_the_published_parameter_count(arch, style, published, with_statistics):
+    spec = S.preset(arch, style)
+    names = _native_names(nnx.eval_shape(lambda: rf.ResNet(spec)))  # shapes only: no full-size init
+    assert {k: shape for k, (shape, _) in names.items()} == spec.param_shapes()
+    counted = [shape for shape, kind in names.values() if with_statistics or kind is nnx.Param]
+    assert sum(int(np.prod(shape)) for shape in counted) == published
+
+
+def test_one_constructor_per_preset():
+    for arch, p in S.PRESETS.items():
+        construct = getattr(rf, p.constructor)
+        assert p.constructor in rf.__all__ and construct.__name__ == p.constructor
+        assert inspect.signature(construct).parameters["style"].default == p.styles[0]
+    model = rf.ResNet18(img_channel=1, num_classes=7)
+    assert model.spec == S.preset("resnet18", image_channels=1, num_classes=7)
+    assert model.conv2_block1_2_conv.kernel.get_value().shape == (3, 3, 64, 64)
+    assert model.predictions.kernel.get_value().shape == (512, 7)
+    with pytest.raises(ValueError, match=r"resnet50v2 exists in style\(s\) \('keras',\), got 'torchvision'"):
+        rf.ResNet50V2(style="torchvision")
 
 
 def test_export_of_load_is_bit_exact(torchvision_case):

@@ -21,8 +21,6 @@ import resnet_flax as rf  # noqa: E402
 TINY = dict(depths=(1, 2), width=8, num_classes=5)
 
 
-
-
 def _user_save(model, path, pure=False):
     state = nnx.state(model)
     checkpointer = ocp.StandardCheckpointer()
@@ -37,9 +35,13 @@ def _model(spec, weights):
     return model
 
 
-@pytest.mark.parametrize("style, pure", [("torchvision", False), ("keras", True)])
-def test_user_checkpoint_both_ways(tmp_path, style, pure):
-    spec = S.preset("resnet50", style, **TINY)
+@pytest.mark.parametrize("arch, style, pure, overrides", [
+    ("resnet50", "torchvision", False, {}), ("resnet50", "keras", True, {}),
+    ("resnet18", "torchvision", False, {}),
+    ("resnext50_32x4d", "torchvision", True, dict(groups=4, width_per_group=32)),
+    ("resnet50v2", "keras", False, {})], ids=["torchvision", "keras", "basic", "grouped", "preact"])
+def test_user_checkpoint_both_ways(tmp_path, arch, style, pure, overrides):
+    spec = S.preset(arch, style, **TINY, **overrides)
     weights = _weights(spec, 1)
     path = _user_save(_model(spec, weights), tmp_path / "state", pure)
     back_spec, back = formats.read(path)
