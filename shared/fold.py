@@ -87,12 +87,13 @@ def foldable_pairs(spec: ResNetSpec) -> list[tuple[Conv, BatchNorm]]:
     return pairs
 
 
-def fold_batchnorm(spec: ResNetSpec, weights: Mapping[str, np.ndarray],
+def fold_batchnorm(spec: ResNetSpec, weights: Mapping[str, np.ndarray], dtype=DTYPE,
                    ) -> tuple[ResNetSpec, dict[str, np.ndarray]]:
     """(eval-only folded spec, its float32 weights): every BatchNorm right after a conv folded
     into it, the others kept as they are (``fold_note`` says which). Weights that do not fit ``spec`` raise
     ``WeightsError`` naming each bad key; a spec that is already folded comes back unchanged,
-    with a ``NothingToFold`` warning."""
+    with a ``NothingToFold`` warning. ``dtype=np.float64`` keeps the fold unrounded (the exact
+    function, for float64 analysis; checkpoints and frameworks take the float32 default)."""
     if not isinstance(spec, ResNetSpec):
         raise TypeError(f"spec: expected a shared.spec.ResNetSpec, got {type(spec).__name__}")
     validate(spec, weights)
@@ -116,8 +117,9 @@ def fold_batchnorm(spec: ResNetSpec, weights: Mapping[str, np.ndarray],
         out[f"{conv.name}.bias"] = (bias - p["mean"]) * scale + p["beta"]
         for k in ("gamma", "beta", "mean", "var"):
             del out[f"{bn.name}.{k}"]
-    out = {k: np.ascontiguousarray(out[k], dtype=DTYPE) for k in folded_spec.param_shapes()}
-    validate(folded_spec, out, source="folded weights")  # e.g. a huge gamma over a tiny var -> inf
+    out = {k: np.ascontiguousarray(out[k], dtype=dtype) for k in folded_spec.param_shapes()}
+    # e.g. a huge gamma over a tiny var -> inf in float32
+    validate(folded_spec, {k: v.astype(DTYPE, copy=False) for k, v in out.items()}, source="folded weights")
     return folded_spec, out
 
 
