@@ -20,6 +20,7 @@ import numpy as np
 
 from shared import reference as R
 from shared.fold import refuse_training
+from shared import spec as S
 from shared.spec import BatchNorm, Conv, Dense, GlobalPool, MaxPool, ReLU, ResNetSpec
 
 
@@ -29,23 +30,24 @@ def _unpad(x: np.ndarray, padding) -> np.ndarray:
 
 
 def _conv_backward(layer: Conv, x: np.ndarray, kernel: np.ndarray, dy: np.ndarray, grads: dict):
-    k, s = layer.kernel_size, layer.stride
+    """Kernel (and bias) gradient into ``grads``; returns the input gradient. A grouped conv is
+    ``groups`` independent convs on channel slices (``reference.grouped_matmul``), so each
+    group's kernel gradient and input gradient are its own matmuls."""
+    k, s, g = layer.kernel_size, layer.stride, layer.groups
     cin, cout = layer.in_channels, layer.out_channels
+    cg, og = cin // g, cout // g
     xp = R._pad(x, layer.padding)
     n, ho, wo = dy.shape[:3]
+    m = n * ho * wo
     if layer.bias:
         grads[f"{layer.name}.bias"] = dy.sum(axis=(0, 1, 2))
-    d2 = dy.reshape(-1, cout)
-    if k == 1:
-        cols = xp[:, ::s, ::s, :][:, :ho, :wo]
-        grads[f"{layer.name}.kernel"] = (cols.reshape(-1, cin).T @ d2).reshape(1, 1, cin, cout)
-        dxp = np.zeros_like(xp)
-        dxp[:, ::s, ::s, :][:, :ho, :wo] = (d2 @ kernel.reshape(cin, cout).T).reshape(n, ho, wo, cin)
-        return _unpad(dxp, layer.padding)
-    win = R._windows(xp, k, s)[:, :ho, :wo]  # (N, Ho, Wo, C, kh, kw)
-    cols = np.ascontiguousarray(win.transpose(0, 1, 2, 4, 5, 3)).reshape(-1, k * k * cin)
-    grads[f"{layer.name}.kernel"] = (cols.T @ d2).reshape(k, k, cin, cout)
-    dcols = (d2 @ kernel.reshape(k * k * cin, cout).T).reshape(n, ho, wo, k, k, cin)
+    cols = R.im2col(xp, k, s)[:, :ho, :wo].reshape(m, k * k, g, cg).transpose(2, 0, 1, 3).reshape(g, m, k * k * cg)
+    d = dy.reshape(m, g, og).transpose(1, 0, 2)  # (G, M, O/G)
+    kern = kernel.reshape(k * k, cg, g, og).transpose(2, 0, 1, 3).reshape(g, k * k * cg, og)
+    dkernel = cols.transpose(0, 2, 1) @ d  # (G, k*k*C/G, O/G)
+    grads[f"{layer.name}.kernel"] = dkernel.reshape(g, k * k, cg, og).transpose(1, 2, 0, 3).reshape(k, k, cg, cout)
+    dcols = (d @ kern.transpose(0, 2, 1)).reshape(g, n, ho, wo, k, k, cg).transpose(1, 2, 3, 4, 5, 0, 6)
+    dcols = dcols.reshape(n, ho, wo, k, k, cin)  # channel c = group * C/G + c within the group
     dxp = np.zeros_like(xp)
     for i in range(k):
         for j in range(k):
@@ -54,9 +56,10 @@ def _conv_backward(layer: Conv, x: np.ndarray, kernel: np.ndarray, dy: np.ndarra
 
 
 def _maxpool_backward(layer: MaxPool, x: np.ndarray, dy: np.ndarray) -> np.ndarray:
-    """The gradient goes to the first maximum of each window, as every framework's pool does."""
+    """The gradient goes to the first maximum of each window, as every framework's pool does;
+    where that maximum is the padding (a pad value of 0 over negative inputs) it goes nowhere."""
     k, s = layer.size, layer.stride
-    xp = R._pad(x, layer.padding, -np.inf)
+    xp = R._pad(x, layer.padding, layer.pad_value)
     n, ho, wo, c = dy.shape
     win = R._windows(xp, k, s)[:, :ho, :wo].reshape(n, ho, wo, c, k * k)
     arg = win.argmax(axis=-1)
@@ -155,37 +158,39 @@ def step(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray
                          f"got shape {labels.shape}")
     w = {k: np.asarray(v, dtype=dtype) for k, v in weights.items()}
     tape = _Tape(w)
-    x = np.asarray(images, dtype=dtype)
-    stem: list = []
-    for layer in spec.stem():
-        x = tape.forward(layer, x, stem)
-    blocks = []
-    for block in spec.blocks():
-        main, short = [], []
-        h = x
-        for layer in block.main:
-            h = tape.forward(layer, h, main)
-        s = x
-        for layer in block.shortcut:
-            s = tape.forward(layer, s, short)
-        pre = h + s
-        x = np.maximum(pre, 0.0)
-        blocks.append((main, short, pre))
-    head: list = []
-    for layer in spec.head():
-        x = tape.forward(layer, x, head)
-    logits = x
+    records: dict = {}  # the layers of one chain -> what the tape recorded along it
+
+    def chain(layers, x):
+        record = records.setdefault(layers, [])
+        for layer in layers:
+            x = tape.forward(layer, x, record)
+        return x
+
+    x = chain(spec.stem(), np.asarray(images, dtype=dtype))
+    blocks = spec.blocks()
+    for block in blocks:
+        x = block.walk(x, chain, lambda _, main, shortcut: main + shortcut)
+    logits = chain(spec.head(), x)
     loss, dy = cross_entropy(logits, labels.astype(int))
 
     grads: dict[str, np.ndarray] = {}
-    dy = _chain_backward(tape, head, dy, grads)
-    for main, short, pre in reversed(blocks):
-        dy = dy * (pre > 0)
-        dx = _chain_backward(tape, main, dy, grads)
-        dx = dx + (_chain_backward(tape, short, dy, grads) if short else dy)
-        dy = dx
-    _chain_backward(tape, stem, dy, grads)
-    learnable = [k for k in spec.param_shapes() if not k.endswith((".mean", ".var"))]
+
+    def back(layers, dy):
+        return _chain_backward(tape, records.get(layers, []), dy, grads)
+
+    dy = back(spec.head(), dy)
+    for block in reversed(blocks):
+        # Block.walk reversed: the sum passes its gradient to both paths; where the shortcut
+        # starts (the block input or the pre-activation's output) the two gradients add up.
+        d_sum = back(block.out, dy)
+        d_source = back(block.shortcut, d_sum)
+        d_pre = back(block.main, d_sum)
+        if block.shortcut_from == "pre":
+            dy = back(block.pre, d_pre + d_source)
+        else:
+            dy = back(block.pre, d_pre) + d_source
+    back(spec.stem(), dy)
+    learnable = [k for k in spec.param_shapes() if not S.is_statistic(k)]
     return Step(loss, logits, {k: grads[k] for k in learnable}, tape.stats)
 
 

@@ -43,18 +43,36 @@ def _windows(x: np.ndarray, k: int, stride: int) -> np.ndarray:
     return win[:, ::stride, ::stride]
 
 
-def conv(x: np.ndarray, kernel: np.ndarray, stride: int, padding, bias=None) -> np.ndarray:
-    k, _, cin, cout = kernel.shape
-    x = _pad(x, padding)
+def im2col(x: np.ndarray, k: int, stride: int) -> np.ndarray:
+    """(N, H, W, C) already padded -> (N, Ho, Wo, k * k, C): each output pixel's k x k window,
+    in HWIO's (kh, kw) order."""
     if k == 1:
         cols = x[:, ::stride, ::stride, :]
-        y = cols.reshape(-1, cin) @ kernel.reshape(cin, cout)
-        y = y.reshape(*cols.shape[:3], cout)
-    else:
-        win = _windows(x, k, stride)  # (N, Ho, Wo, C, kh, kw)
-        n, ho, wo = win.shape[:3]
-        cols = np.ascontiguousarray(win.transpose(0, 1, 2, 4, 5, 3)).reshape(n * ho * wo, k * k * cin)
-        y = (cols @ kernel.reshape(k * k * cin, cout)).reshape(n, ho, wo, cout)
+        return cols.reshape(*cols.shape[:3], 1, cols.shape[3])
+    win = _windows(x, k, stride)  # (N, Ho, Wo, C, kh, kw)
+    n, ho, wo, c = win.shape[:4]
+    return np.ascontiguousarray(win.transpose(0, 1, 2, 4, 5, 3)).reshape(n, ho, wo, k * k, c)
+
+
+def grouped_matmul(cols: np.ndarray, kernel: np.ndarray, groups: int) -> np.ndarray:
+    """(M, k * k, C) windows times an HWIO kernel (k, k, C / groups, O): (M, O). Group ``g`` sees
+    input channels ``g * C/groups ..`` and makes output channels ``g * O/groups ..`` (torch's
+    and XLA's grouped-convolution rule); one BLAS matmul per group."""
+    m, kk, cin = cols.shape
+    cout = kernel.shape[-1]
+    if groups == 1:
+        return cols.reshape(m, kk * cin) @ kernel.reshape(kk * cin, cout)
+    cg, og = cin // groups, cout // groups
+    a = cols.reshape(m, kk, groups, cg).transpose(2, 0, 1, 3).reshape(groups, m, kk * cg)
+    b = kernel.reshape(kk, cg, groups, og).transpose(2, 0, 1, 3).reshape(groups, kk * cg, og)
+    return (a @ b).transpose(1, 0, 2).reshape(m, cout)
+
+
+def conv(x: np.ndarray, kernel: np.ndarray, stride: int, padding, bias=None, groups: int = 1) -> np.ndarray:
+    k, cout = kernel.shape[0], kernel.shape[-1]
+    cols = im2col(_pad(x, padding), k, stride)  # (N, Ho, Wo, k * k, C)
+    n, ho, wo, kk, c = cols.shape
+    y = grouped_matmul(cols.reshape(n * ho * wo, kk, c), kernel, groups).reshape(n, ho, wo, cout)
     if bias is not None:
         y += bias
     return y
@@ -105,7 +123,7 @@ def _apply_exact(layer, x, w: Mapping[str, np.ndarray], batch_stats: dict | None
     operand = (lambda a: round_mantissa(a, rounding["bits"])) if rounding else (lambda a: a)
     if isinstance(layer, Conv):
         bias = w[f"{layer.name}.bias"] if layer.bias else None
-        return conv(operand(x), operand(w[f"{layer.name}.kernel"]), layer.stride, layer.padding, bias)
+        return conv(operand(x), operand(w[f"{layer.name}.kernel"]), layer.stride, layer.padding, bias, layer.groups)
     if isinstance(layer, BatchNorm):
         p = {k: w[f"{layer.name}.{k}"] for k in ("gamma", "beta", "mean", "var")}
         if batch_stats is not None:
@@ -140,27 +158,29 @@ def _run(spec: ResNetSpec, weights, images, hook: Hook | None, batch_stats: dict
     rounding = _rounding(precision)
     w = {k: np.asarray(v, dtype=dtype) for k, v in weights.items()}
     x = np.asarray(images, dtype=dtype)
-    if rounding and rounding["outputs"]:
+    outputs = bool(rounding and rounding["outputs"])
+    if outputs:
         x = round_mantissa(x, rounding["bits"])
-    for layer in spec.stem():
-        x = _apply(layer, x, w, batch_stats, rounding)
+
+    def chain(layers, h):
+        for layer in layers:
+            h = _apply(layer, h, w, batch_stats, rounding)
+        return h
+
+    def add(layer, main, shortcut):
+        total = main + shortcut
+        return round_mantissa(total, rounding["bits"]) if outputs else total
+
+    x = chain(spec.stem(), x)
     if hook:
         hook("stem", x)
     for block in spec.blocks():
-        h = x
-        for layer in block.main:
-            h = _apply(layer, h, w, batch_stats, rounding)
-        s = x
-        for layer in block.shortcut:
-            s = _apply(layer, s, w, batch_stats, rounding)
-        x = np.maximum(h + s, 0.0)
-        if rounding and rounding["outputs"]:
-            x = round_mantissa(x, rounding["bits"])
+        x = block.walk(x, chain, add)
         if hook:
             hook(block.name, x)
-    for layer in spec.head():
-        x = _apply(layer, x, w, batch_stats, rounding)
-    if hook and spec.head():
+    head = spec.head()
+    x = chain(head, x)
+    if hook and head:
         hook("head", x)
     return x
 

@@ -63,15 +63,25 @@ def randomize_batchnorm(spec: ResNetSpec, weights: Mapping[str, np.ndarray], see
     """Give every BatchNorm non-trivial parameters and statistics (gamma in [0.5, 1.5], beta,
     mean ~ N(0, 0.1), var in [0.5, 2]) and every conv bias the spec has N(0, 0.1) values (they
     start at zero), so a test cannot pass by ignoring one of them.
-    ``shared.reference.calibrate`` then sets mean/var so activations stay O(1)."""
+    ``shared.reference.calibrate`` then sets mean/var so activations stay O(1).
+
+    A pre-activation BatchNorm (V2: before each block and the head; it normalises a sum, not
+    a conv output) gets gammas of both signs: with calibrated statistics and positive gammas
+    the ReLU after it drops everything below the mean, so whatever the stem's max pool pads with
+    (0 against -inf, which V2 turns on) would never reach the output."""
     out = dict(weights)
+    pre_activation = {layer.name for block in spec.blocks() for layer in block.pre} | {
+        layer.name for layer in spec.head()}
     for layer in spec.layers():
         if isinstance(layer, Conv) and layer.bias:
             out[f"{layer.name}.bias"] = _rng(seed + 2, layer.name).normal(0.0, 0.1, layer.out_channels).astype(DTYPE)
         if isinstance(layer, BatchNorm):
             rng = _rng(seed + 1, layer.name)
             c = layer.channels
-            out[f"{layer.name}.gamma"] = rng.uniform(0.5, 1.5, c).astype(DTYPE)
+            gamma = rng.uniform(0.5, 1.5, c)
+            if layer.name in pre_activation:
+                gamma *= _rng(seed + 3, layer.name).choice((-1.0, 1.0), c)
+            out[f"{layer.name}.gamma"] = gamma.astype(DTYPE)
             out[f"{layer.name}.beta"] = rng.normal(0.0, 0.1, c).astype(DTYPE)
             out[f"{layer.name}.mean"] = rng.normal(0.0, 0.1, c).astype(DTYPE)
             out[f"{layer.name}.var"] = rng.uniform(0.5, 2.0, c).astype(DTYPE)

@@ -153,3 +153,30 @@ def test_random_specs_round_trip_and_forward(tmp_path_factory, spec, size, seed)
     out = reference.forward(spec, back, images)
     assert out.shape == (2, *spec.output_shape(size))
     assert np.isfinite(out).all()
+
+
+def test_init_of_grouped_and_preact_layers_follows_torchvision_and_keras():
+    """A grouped kernel is (k, k, in / groups, out) with He-normal std from torch's own fan_out
+    of that kernel; V2's biased convs start at 0 and its post BN at identity."""
+    torch = pytest.importorskip("torch")
+    spec = S.preset("resnext50_32x4d")
+    layer = next(l for l in spec.layers() if l.name == "conv4_block2_2_conv")
+    k = W.init(spec)[f"{layer.name}.kernel"]
+    assert k.shape == (3, 3, 512 // 32, 512)
+    _, fan_out = torch.nn.init._calculate_fan_in_and_fan_out(torch.empty(512, 512 // 32, 3, 3))
+    assert abs(k.std() - np.sqrt(2 / fan_out)) < 0.02 * np.sqrt(2 / fan_out)
+    v2 = W.init(S.preset("resnet50v2"))
+    assert not v2["conv2_block1_3_conv.bias"].any() and not v2["conv1_conv.bias"].any()
+    assert (v2["post_bn.gamma"] == 1).all() and (v2["conv2_block1_preact_bn.var"] == 1).all()
+
+
+def test_randomized_preactivation_gammas_take_both_signs():
+    """So the zero padding of V2's stem pool reaches the output (the reason in
+    W.randomize_batchnorm); a BatchNorm after a conv keeps gamma in [0.5, 1.5], bit for bit as before."""
+    spec = S.preset_spec("keras", block="preact", depths=(2, 1), width=8, num_classes=3)
+    w = W.randomize_batchnorm(spec, W.init(spec), seed=1)
+    for name in ("conv2_block1_preact_bn", "conv3_block1_preact_bn", "post_bn"):
+        gamma = w[f"{name}.gamma"]
+        assert (gamma < 0).any() and (gamma > 0).any() and (0.5 <= np.abs(gamma)).all() and (np.abs(gamma) <= 1.5).all()
+    for name in ("conv2_block1_1_bn", "conv3_block1_2_bn"):
+        assert ((0.5 <= w[f"{name}.gamma"]) & (w[f"{name}.gamma"] <= 1.5)).all()
