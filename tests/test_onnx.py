@@ -78,12 +78,13 @@ def test_onnxruntime_computes_every_block_kind(tmp_path, kind, fold):
 
 def test_v2_pool_needs_its_zero_padding(tmp_path):
     """The explicit Pad node is what makes V2's stem pool right: ONNX MaxPool's own padding
-    (-inf) leaves the budget. Found with calibrated weights, where the stem conv's outputs at
-    the border are often all negative."""
+    (-inf) leaves the budget: some border windows of the stem conv's output are all negative,
+    and a negative pre-activation gamma carries the difference to the logits (at 64 px, the
+    size the statistics were calibrated at; whether one does is chance, and here it does)."""
     from shared import mutants
 
     spec = S.preset_spec("keras", **{**TINY, "depths": (2, 2)}, block="preact")
-    weights, images, ref, budget = _case(spec, size=32)
+    weights, images, ref, budget = _case(spec, size=64)
     minus_inf = mutants.mutate_spec("pool_zero_pad", spec)
     assert [layer.pad_value for layer in minus_inf.stem() if layer.kind == "maxpool"] == [float("-inf")]
     out = _run(to_onnx(minus_inf, weights, tmp_path / "m.onnx"), images)
