@@ -10,10 +10,10 @@ How each is injected, so the same bug reaches all three frameworks:
 - ``spec``: the framework is built from a spec with other field values (epsilon, which block
   downsamples, momentum);
 - ``layers``: the framework walks a spec whose layers or blocks were altered (a ReLU gone, a
-  stride moved, 'SAME' padding, the other pool padding, a V2 shortcut from the raw input, a
-  grouped conv built dense, with its kernel repeated to fit): every framework builds what the
-  spec enumerates, so every framework can be caught;
-- ``weights``: the framework loads altered weights (two kernels swapped, conv biases dropped);
+  stride moved, 'SAME' padding, the other pool padding, a V2 shortcut from the raw input): every
+  framework builds what the spec enumerates, so every framework can be caught;
+- ``weights``: the framework loads altered weights (two kernels swapped, conv biases dropped,
+  grouped filters in the wrong group order);
 - ``stats``: the running statistics the framework returns are those of the other variance rule;
 - ``native``: framework code swapped in the worker (``resnet_*/runner.py``: a ReLU whose
   backward is scaled, BatchNorm statistics reduced in bf16).
@@ -92,8 +92,14 @@ def _no_preact_shortcut(spec: ResNetSpec) -> str | None:
     return "no shortcut starts from a pre-activation (V1 blocks have none)"
 
 
+def _grouped(spec: ResNetSpec) -> list[Conv]:
+    """The grouped convs with more than one output channel per group (others have no order)."""
+    return [layer for layer in spec.layers()
+            if isinstance(layer, Conv) and layer.groups > 1 and layer.out_channels > layer.groups]
+
+
 def _no_groups(spec: ResNetSpec) -> str | None:
-    return None if spec.groups > 1 else "the spec has no grouped conv (groups=1)"
+    return None if _grouped(spec) else "the spec has no grouped conv with several channels per group"
 
 
 CATALOGUE = {m.name: m for m in (
@@ -107,8 +113,8 @@ CATALOGUE = {m.name: m for m in (
     Mutant("missing_relu", "the first block's last inner ReLU left out", "layers"),
     Mutant("shortcut_from_input", "V2's projection shortcut fed the raw block input, not the pre-activation",
            "layers", excluded=_no_preact_shortcut),
-    Mutant("groups_ignored", "grouped convs built dense, the per-group kernel repeated over all input "
-           "channels", "layers", excluded=_no_groups),
+    Mutant("groups_interleaved", "grouped convs' filters taken in interleaved group order (output channel "
+           "o from group o mod groups: a converter's reshape the wrong way round)", "weights", excluded=_no_groups),
     Mutant("swapped_weights", "two kernels of the same shape swapped", "weights"),
     Mutant("conv_bias_dropped", "conv biases dropped (keras style, V2's unnormalised convs)", "weights",
            excluded=_no_conv_bias),
@@ -179,10 +185,6 @@ def _shortcut_from_input(block: Block) -> Block:
     return dataclasses.replace(block, shortcut_from="input") if block.shortcut else block
 
 
-def _dense(layer):
-    return dataclasses.replace(layer, groups=1) if isinstance(layer, Conv) and layer.groups > 1 else layer
-
-
 def _pad_swapped(layer):
     if isinstance(layer, MaxPool):
         return dataclasses.replace(layer, pad_value=0.0 if layer.pad_value == float("-inf") else float("-inf"))
@@ -203,7 +205,6 @@ def mutate_spec(name: str, spec: ResNetSpec) -> ResNetSpec:
         "pool_zero_pad": (_pad_swapped, None),
         "missing_relu": (None, _drop_relu),
         "shortcut_from_input": (None, _shortcut_from_input),
-        "groups_ignored": (_dense, None),
     }.get(name, (None, None))
     if layer_fn or block_fn:
         return MutatedSpec(spec, layer_fn=layer_fn, block_fn=block_fn)
@@ -221,10 +222,13 @@ def mutate_weights(name: str, spec: ResNetSpec, weights: dict) -> dict:
     if name == "conv_bias_dropped":
         return {k: (np.zeros_like(v) if k.endswith(".bias") and not k.startswith("predictions") else v)
                 for k, v in weights.items()}
-    if name == "groups_ignored":  # the dense kernel mutate_spec's conv needs: one group's, repeated
-        grouped = [layer for layer in spec.layers() if isinstance(layer, Conv) and layer.groups > 1]
-        return {**weights, **{f"{c.name}.kernel": np.tile(weights[f"{c.name}.kernel"], (1, 1, c.groups, 1))
-                              for c in grouped}}
+    if name == "groups_interleaved":  # output axis read as (per group, groups) instead of (groups, per group)
+        out = dict(weights)
+        for conv in _grouped(spec):
+            kernel = weights[f"{conv.name}.kernel"]
+            out[f"{conv.name}.kernel"] = np.ascontiguousarray(
+                kernel.reshape(*kernel.shape[:3], conv.groups, -1).swapaxes(3, 4).reshape(kernel.shape))
+        return out
     return weights
 
 

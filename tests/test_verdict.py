@@ -83,7 +83,7 @@ def _catch(frameworks, keras_backends=("tensorflow",), style="torchvision", prec
     # Every mutant applies somewhere in these specs except the harmless ones of V1 and those of
     # other block kinds (V2's shortcut source, ResNeXt's groups).
     applied = {c.mutant for c in table["cells"] if c.applies}
-    harmless = {"pool_zero_pad", "shortcut_from_input", "groups_ignored"} | (
+    harmless = {"pool_zero_pad", "shortcut_from_input", "groups_interleaved"} | (
         {"conv_bias_dropped"} if style == "torchvision" else set())
     assert applied == set(mutants.CATALOGUE) - harmless
     return table
@@ -121,8 +121,8 @@ def test_mutant_applicability_is_decided_by_the_spec():
     assert mutants.CATALOGUE["conv_bias_dropped"].applies(v2, "eval", "fp32")  # conv1, _3_conv, _0_conv
     assert mutants.CATALOGUE["shortcut_from_input"].applies(v2, "eval", "fp32")
     assert not mutants.CATALOGUE["shortcut_from_input"].applies(v1, "eval", "fp32")
-    assert mutants.CATALOGUE["groups_ignored"].applies(S.preset("resnext50_32x4d"), "eval", "fp32")
-    assert not mutants.CATALOGUE["groups_ignored"].applies(v1, "eval", "fp32")
+    assert mutants.CATALOGUE["groups_interleaved"].applies(S.preset("resnext50_32x4d"), "eval", "fp32")
+    assert not mutants.CATALOGUE["groups_interleaved"].applies(v1, "eval", "fp32")
     assert "projection" in mutants.CATALOGUE["stride_block"].why_not(v1, "eval", "fp32")
     assert mutants.CATALOGUE["stride_block"].applies(v2, "eval", "fp32")
 
@@ -141,7 +141,7 @@ COMMON = {"bn_epsilon", "stride_on", "same_padding", "missing_relu", "swapped_we
 APPLIES_IN_EVAL = {
     # basic and resnext: moving the stride to a stage's last block would need a projection there
     "basic": COMMON,
-    "resnext": COMMON | {"groups_ignored"},
+    "resnext": COMMON | {"groups_interleaved"},
     "preact": COMMON | {"stride_block", "pool_zero_pad", "shortcut_from_input", "conv_bias_dropped"},
     "bottleneck-1-1": COMMON | {"stride_block"},
 }
