@@ -175,12 +175,19 @@ FRAMEWORKS = [
 ]
 
 
-@pytest.mark.parametrize("style", S.STYLES)
+FOLDED_CASES = {"torchvision": ("torchvision", {}), "keras": ("keras", {}),
+                **{kind: (style, {**fields, "depths": KIND_TINY["depths"]})
+                   for kind, (style, fields) in KINDS.items() if kind in ("basic", "resnext-keras", "preact")}}
+
+
+@pytest.mark.parametrize("case", FOLDED_CASES)
 @pytest.mark.parametrize("framework", FRAMEWORKS)
-def test_each_framework_runs_the_folded_spec(framework, style):
-    """Folded model vs the UNFOLDED float64 reference, within the fp32 budget; its weights
-    export back bit-exact under the folded spec's names."""
-    spec, weights, images, ref, budget = _case(style)
+def test_each_framework_runs_the_folded_spec(framework, case):
+    """Folded model (V2: pre-activation BNs and post_bn kept) vs the UNFOLDED float64
+    reference, within the fp32 budget; its weights export back bit-exact under the folded
+    spec's names."""
+    style, fields = FOLDED_CASES[case]
+    spec, weights, images, ref, budget = _case(style, **fields)
     fspec, fweights = fold_batchnorm(spec, weights)
     runner = importlib.import_module(f"resnet_{framework}.runner")
     logits = runner.run(fspec, fweights, images)["logits"]
