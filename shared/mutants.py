@@ -78,8 +78,9 @@ def _other_stride_block(spec: ResNetSpec) -> ResNetSpec:
 
 
 def _stride_block_excluded(spec: ResNetSpec) -> str | None:
-    if _no_strided_block(spec):
-        return _no_strided_block(spec)
+    reason = _no_strided_block(spec)
+    if reason:
+        return reason
     if _other_stride_block(spec).param_shapes() != spec.param_shapes():
         return ("moving the stride changes which blocks need a projection shortcut: such a port fails "
                 "to load the weights instead of computing another function")
@@ -113,8 +114,8 @@ CATALOGUE = {m.name: m for m in (
     Mutant("missing_relu", "the first block's last inner ReLU left out", "layers"),
     Mutant("shortcut_from_input", "V2's projection shortcut fed the raw block input, not the pre-activation",
            "layers", excluded=_no_preact_shortcut),
-    Mutant("groups_interleaved", "grouped convs' filters taken in interleaved group order (output channel "
-           "o from group o mod groups: a converter's reshape the wrong way round)", "weights", excluded=_no_groups),
+    Mutant("groups_interleaved", "grouped convs' filters in interleaved group order (the output axis read as "
+           "(per group, groups), a converter's reshape the wrong way round)", "weights", excluded=_no_groups),
     Mutant("swapped_weights", "two kernels of the same shape swapped", "weights"),
     Mutant("conv_bias_dropped", "conv biases dropped (keras style, V2's unnormalised convs)", "weights",
            excluded=_no_conv_bias),
