@@ -1,17 +1,22 @@
 """BatchNorm folded into the conv before it, as a spec transform: the fast, eval-only network.
 
-``fold_batchnorm(spec, weights)`` returns ``spec.replace(folded=True)`` (no BatchNorm layers,
-every conv biased) and weights where each conv followed by a BatchNorm is one conv::
+``fold_batchnorm(spec, weights)`` returns ``spec.replace(folded=True)`` (no BatchNorm directly
+after a conv, every conv biased) and weights where each conv followed by a BatchNorm is one conv::
 
     scale  = gamma / sqrt(var + epsilon)
     kernel = kernel * scale                      (per output channel, HWIO's last axis)
     bias   = (bias - mean) * scale + beta        (bias 0 for an unbiased conv)
 
-computed in float64 and cast to float32 once. This is exact in real arithmetic because in a V1
-bottleneck ResNet every BatchNorm directly follows a conv and sees its whole output. A BatchNorm
-that comes *before* a zero-padded conv (a pre-activation V2 block) cannot be folded exactly (the
-padding would see the shifted value instead of 0); the spec expresses no such block today, and
-``fold_batchnorm`` refuses any BatchNorm that does not directly follow a conv of its width.
+computed in float64 and cast to float32 once. This is exact in real arithmetic wherever a
+BatchNorm directly follows a conv and sees its whole output: every BatchNorm of the basic and
+bottleneck blocks, and the two inside a pre-activation (V2) block's main path. A grouped conv
+folds the same way: each output channel belongs to one group and is scaled alone.
+
+The other BatchNorms stay (``kept_batchnorms``, ``fold_note``): a V2 block's pre-activation BN
+and the head's ``post_bn`` come after an add (or the stem's pool), so no single conv computes
+their input (an identity shortcut has none), and a ReLU stands between them and the next conv,
+whose zero padding would moreover see the shifted value instead of 0. ``spec.replace(folded=True)``
+enumerates exactly the BatchNorms that stay (``ResNetSpec._bn(after_conv=False)``).
 
 Every framework builds the folded spec with no code of its own: it is just a spec. Its error
 against the *unfolded* float64 reference is judged by ``resnet-parity check --fold``.
@@ -32,22 +37,46 @@ class NothingToFold(UserWarning):
     """``fold_batchnorm`` was given a spec that has no BatchNorm left to fold."""
 
 
-def _sequences(spec: ResNetSpec):
-    """Every chain of layers in forward order within which a conv feeds the next layer."""
+def _chains(spec: ResNetSpec):
+    """Every chain of layers in forward order within which each layer feeds the next."""
     yield spec.stem()
     for block in spec.blocks():
-        yield block.main
-        yield block.shortcut
+        yield from (block.pre, block.main, block.shortcut, block.out)
     yield spec.head()
 
 
+def _batchnorms(spec: ResNetSpec) -> list[BatchNorm]:
+    return [layer for layer in spec.layers() if isinstance(layer, BatchNorm)]
+
+
+def kept_batchnorms(spec: ResNetSpec) -> list[BatchNorm]:
+    """The BatchNorms of ``spec`` that its folded spec keeps (none in V1; V2: every block's
+    pre-activation BN and ``post_bn``)."""
+    kept = {bn.name for bn in _batchnorms(spec.replace(folded=True))}
+    return [bn for bn in _batchnorms(spec) if bn.name in kept]
+
+
+def fold_note(spec: ResNetSpec) -> str:
+    """One line saying which BatchNorms a fold of ``spec`` leaves, and why."""
+    kept = kept_batchnorms(spec)
+    if not kept:
+        return "every BatchNorm folded into the conv before it"
+    names = [bn.name for bn in kept]
+    shown = ", ".join(names if len(names) <= 4 else [*names[:3], "...", names[-1]])
+    return (f"BatchNorms after convs folded; {len(kept)} kept ({shown}): each follows an add or a pool, "
+            "so no single conv computes its input, and a ReLU comes between it and the next (zero-"
+            "padded) conv, so neither conv can absorb it exactly")
+
+
 def foldable_pairs(spec: ResNetSpec) -> list[tuple[Conv, BatchNorm]]:
-    """(conv, the BatchNorm right after it) for every BatchNorm of ``spec``; ValueError naming a
-    BatchNorm that does not directly follow a conv of its width (it cannot be folded exactly)."""
+    """(conv, the BatchNorm right after it) for every BatchNorm the folded spec drops;
+    ValueError naming one that does not directly follow a conv of its width (it could not be
+    folded exactly: the spec's ``after_conv`` and its layer order disagree)."""
+    kept = {bn.name for bn in kept_batchnorms(spec)}
     pairs = []
-    for chain in _sequences(spec):
+    for chain in _chains(spec):
         for i, layer in enumerate(chain):
-            if not isinstance(layer, BatchNorm):
+            if not isinstance(layer, BatchNorm) or layer.name in kept:
                 continue
             before = chain[i - 1] if i else None
             if not (isinstance(before, Conv) and before.out_channels == layer.channels):
@@ -58,11 +87,13 @@ def foldable_pairs(spec: ResNetSpec) -> list[tuple[Conv, BatchNorm]]:
     return pairs
 
 
-def fold_batchnorm(spec: ResNetSpec, weights: Mapping[str, np.ndarray],
+def fold_batchnorm(spec: ResNetSpec, weights: Mapping[str, np.ndarray], dtype=DTYPE,
                    ) -> tuple[ResNetSpec, dict[str, np.ndarray]]:
-    """(eval-only folded spec, its float32 weights). Weights that do not fit ``spec`` raise
+    """(eval-only folded spec, its float32 weights): every BatchNorm right after a conv folded
+    into it, the others kept as they are (``fold_note`` says which). Weights that do not fit ``spec`` raise
     ``WeightsError`` naming each bad key; a spec that is already folded comes back unchanged,
-    with a ``NothingToFold`` warning."""
+    with a ``NothingToFold`` warning. ``dtype=np.float64`` keeps the fold unrounded (the exact
+    function, for float64 analysis; checkpoints and frameworks take the float32 default)."""
     if not isinstance(spec, ResNetSpec):
         raise TypeError(f"spec: expected a shared.spec.ResNetSpec, got {type(spec).__name__}")
     validate(spec, weights)
@@ -86,8 +117,9 @@ def fold_batchnorm(spec: ResNetSpec, weights: Mapping[str, np.ndarray],
         out[f"{conv.name}.bias"] = (bias - p["mean"]) * scale + p["beta"]
         for k in ("gamma", "beta", "mean", "var"):
             del out[f"{bn.name}.{k}"]
-    out = {k: np.ascontiguousarray(out[k], dtype=DTYPE) for k in folded_spec.param_shapes()}
-    validate(folded_spec, out, source="folded weights")  # e.g. a huge gamma over a tiny var -> inf
+    out = {k: np.ascontiguousarray(out[k], dtype=dtype) for k in folded_spec.param_shapes()}
+    # e.g. a huge gamma over a tiny var -> inf in float32
+    validate(folded_spec, {k: v.astype(DTYPE, copy=False) for k, v in out.items()}, source="folded weights")
     return folded_spec, out
 
 

@@ -7,10 +7,13 @@ mutant changes the function is decided here from the spec, mode and precision (`
 never from the check's own verdict.
 
 How each is injected, so the same bug reaches all three frameworks:
-- ``spec``: the framework is built from a spec with other field values (epsilon, stride, momentum);
-- ``layers``: the framework walks a spec whose layers were altered (a ReLU gone, 'SAME'
-  padding, a max pool padded with 0): every framework builds what the spec enumerates;
-- ``weights``: the framework loads altered weights (two kernels swapped, conv biases dropped);
+- ``spec``: the framework is built from a spec with other field values (epsilon, which block
+  downsamples, momentum);
+- ``layers``: the framework walks a spec whose layers or blocks were altered (a ReLU gone, a
+  stride moved, 'SAME' padding, the other pool padding, a V2 shortcut from the raw input): every
+  framework builds what the spec enumerates, so every framework can be caught;
+- ``weights``: the framework loads altered weights (two kernels swapped, conv biases dropped,
+  grouped filters in the wrong group order);
 - ``stats``: the running statistics the framework returns are those of the other variance rule;
 - ``native``: framework code swapped in the worker (``resnet_*/runner.py``: a ReLU whose
   backward is scaled, BatchNorm statistics reduced in bf16).
@@ -23,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from shared.spec import Block, Conv, MaxPool, ReLU, ResNetSpec
+from shared.spec import BatchNorm, Block, Conv, MaxPool, ReLU, ResNetSpec, _out_size
 
 MODES = ("eval", "train")
 
@@ -58,17 +61,64 @@ def _pool_after_relu(spec: ResNetSpec) -> str | None:
 
 
 def _no_conv_bias(spec: ResNetSpec) -> str | None:
-    return None if spec.conv_bias else "the spec has no conv biases to drop"
+    biased = any(isinstance(layer, Conv) and layer.bias for layer in spec.layers())
+    return None if biased else "the spec has no conv biases to drop"
+
+
+def _no_batchnorm(spec: ResNetSpec) -> str | None:
+    return None if any(isinstance(layer, BatchNorm) for layer in spec.layers()) else "the spec has no BatchNorm"
+
+
+def _no_strided_block(spec: ResNetSpec) -> str | None:
+    return None if any(b.stride > 1 for b in spec.blocks()) else "no block downsamples (one stage)"
+
+
+def _other_stride_block(spec: ResNetSpec) -> ResNetSpec:
+    return spec.replace(stride_block="last" if spec.stride_block == "first" else "first")
+
+
+def _stride_block_excluded(spec: ResNetSpec) -> str | None:
+    reason = _no_strided_block(spec)
+    if reason:
+        return reason
+    if _other_stride_block(spec).param_shapes() != spec.param_shapes():
+        return ("moving the stride changes which blocks need a projection shortcut: such a port fails "
+                "to load the weights instead of computing another function")
+    return None
+
+
+def _no_preact_shortcut(spec: ResNetSpec) -> str | None:
+    if any(b.shortcut and b.shortcut_from == "pre" for b in spec.blocks()):
+        return None
+    return "no shortcut starts from a pre-activation (V1 blocks have none)"
+
+
+def _grouped(spec: ResNetSpec) -> list[Conv]:
+    """The grouped convs with more than one output channel per group (others have no order)."""
+    return [layer for layer in spec.layers()
+            if isinstance(layer, Conv) and layer.groups > 1 and layer.out_channels > layer.groups]
+
+
+def _no_groups(spec: ResNetSpec) -> str | None:
+    return None if _grouped(spec) else "the spec has no grouped conv with several channels per group"
 
 
 CATALOGUE = {m.name: m for m in (
-    Mutant("bn_epsilon", "BatchNorm epsilon 1e-3 instead of the spec's", "spec"),
-    Mutant("stride_on", "stride on the other conv of the bottleneck (1x1 <-> 3x3)", "spec"),
+    Mutant("bn_epsilon", "BatchNorm epsilon 1e-3 instead of the spec's", "spec", excluded=_no_batchnorm),
+    Mutant("stride_on", "a strided block's stride on its other conv (bottleneck 1x1 <-> 3x3, basic: the "
+           "second 3x3, V2: the first 1x1)", "layers", excluded=_no_strided_block),
+    Mutant("stride_block", "the other block of each stage downsamples (V1: the last, V2: the first)", "spec",
+           excluded=_stride_block_excluded),
     Mutant("same_padding", "'SAME' padding on strided convs and the pool (odd pixel bottom/right)", "layers"),
-    Mutant("pool_zero_pad", "max pool padded with 0 instead of -inf", "layers", excluded=_pool_after_relu),
-    Mutant("missing_relu", "the first block's middle ReLU left out", "layers"),
+    Mutant("pool_zero_pad", "max pool padded with the other value (0 <-> -inf)", "layers", excluded=_pool_after_relu),
+    Mutant("missing_relu", "the first block's last inner ReLU left out", "layers"),
+    Mutant("shortcut_from_input", "V2's projection shortcut fed the raw block input, not the pre-activation",
+           "layers", excluded=_no_preact_shortcut),
+    Mutant("groups_interleaved", "grouped convs' filters in interleaved group order (the output axis read as "
+           "(per group, groups), a converter's reshape the wrong way round)", "weights", excluded=_no_groups),
     Mutant("swapped_weights", "two kernels of the same shape swapped", "weights"),
-    Mutant("conv_bias_dropped", "conv biases dropped (keras style)", "weights", excluded=_no_conv_bias),
+    Mutant("conv_bias_dropped", "conv biases dropped (keras style, V2's unnormalised convs)", "weights",
+           excluded=_no_conv_bias),
     Mutant("bn_momentum", "BatchNorm momentum 0.5 instead of the spec's", "spec", modes=("train",)),
     Mutant("variance_rule", "running variance updated with the other rule (biased <-> unbiased)", "stats",
            modes=("train",)),
@@ -79,8 +129,9 @@ CATALOGUE = {m.name: m for m in (
 
 
 class MutatedSpec(ResNetSpec):
-    """A spec whose stem and blocks pass through ``layer_fn`` (and blocks through
-    ``block_fn``): what a framework builds when its port has the bug."""
+    """A spec whose layers (stem, every part of every block, head) pass through ``layer_fn``
+    and whose blocks then pass through ``block_fn``: what a framework builds when its port has
+    the bug."""
 
     def __init__(self, base: ResNetSpec, layer_fn=None, block_fn=None):
         super().__init__(**{f.name: getattr(base, f.name) for f in dataclasses.fields(ResNetSpec)})
@@ -88,15 +139,17 @@ class MutatedSpec(ResNetSpec):
         object.__setattr__(self, "_block_fn", block_fn or (lambda block: block))
 
     def stem(self):
-        return tuple(self._layer_fn(layer) for layer in super().stem())
+        return tuple(map(self._layer_fn, super().stem()))
 
     def blocks(self):
         out = []
         for block in super().blocks():
-            block = dataclasses.replace(block, main=tuple(map(self._layer_fn, block.main)),
-                                        shortcut=tuple(map(self._layer_fn, block.shortcut)))
-            out.append(self._block_fn(block))
+            parts = {part: tuple(map(self._layer_fn, getattr(block, part))) for part in ("pre", "main", "shortcut", "out")}
+            out.append(self._block_fn(dataclasses.replace(block, **parts)))
         return tuple(out)
+
+    def head(self):
+        return tuple(map(self._layer_fn, super().head()))
 
     def __hash__(self):
         return hash((ResNetSpec.__hash__(self), id(self._layer_fn), id(self._block_fn)))
@@ -112,25 +165,50 @@ def _same_padding(layer):
 
 
 def _drop_relu(block: Block) -> Block:
+    """The last ReLU of the first block's main path (bottleneck and V2: ``_2_relu``, basic: ``_1_relu``)."""
     if block.stage == 0 and block.index == 0:
-        return dataclasses.replace(block, main=tuple(l for l in block.main if l.name != f"{block.name}_2_relu"))
+        last = [layer for layer in block.main if isinstance(layer, ReLU)][-1]
+        return dataclasses.replace(block, main=tuple(layer for layer in block.main if layer is not last))
     return block
+
+
+def _move_stride(block: Block) -> Block:
+    """A strided block's stride on the other of its first two convs (the padding stays each conv's)."""
+    if block.stride == 1:
+        return block
+    first, second = (layer for layer in block.main if layer.name in (f"{block.name}_1_conv", f"{block.name}_2_conv"))
+    moved = {first.name: dataclasses.replace(first, stride=second.stride),
+             second.name: dataclasses.replace(second, stride=first.stride)}
+    return dataclasses.replace(block, main=tuple(moved.get(layer.name, layer) for layer in block.main))
+
+
+def _shortcut_from_input(block: Block) -> Block:
+    return dataclasses.replace(block, shortcut_from="input") if block.shortcut else block
+
+
+def _pad_swapped(layer):
+    if isinstance(layer, MaxPool):
+        return dataclasses.replace(layer, pad_value=0.0 if layer.pad_value == float("-inf") else float("-inf"))
+    return layer
 
 
 def mutate_spec(name: str, spec: ResNetSpec) -> ResNetSpec:
     """The spec a framework with mutant ``name`` builds (the spec itself for other kinds)."""
     if name == "bn_epsilon":
-        return spec.replace(bn_epsilon=1e-3)
-    if name == "stride_on":
-        return spec.replace(stride_on="1x1" if spec.stride_on == "3x3" else "3x3")
+        return spec.replace(bn_epsilon=1e-3 if spec.bn_epsilon != 1e-3 else 1e-5)
+    if name == "stride_block":
+        return spec if _stride_block_excluded(spec) else _other_stride_block(spec)
     if name == "bn_momentum":
         return spec.replace(bn_momentum=0.5 if spec.bn_momentum != 0.5 else 0.3)
-    if name == "same_padding":
-        return MutatedSpec(spec, layer_fn=_same_padding)
-    if name == "pool_zero_pad":
-        return MutatedSpec(spec, layer_fn=lambda l: dataclasses.replace(l, pad_value=0.0) if isinstance(l, MaxPool) else l)
-    if name == "missing_relu":
-        return MutatedSpec(spec, block_fn=_drop_relu)
+    layer_fn, block_fn = {
+        "stride_on": (None, _move_stride),
+        "same_padding": (_same_padding, None),
+        "pool_zero_pad": (_pad_swapped, None),
+        "missing_relu": (None, _drop_relu),
+        "shortcut_from_input": (None, _shortcut_from_input),
+    }.get(name, (None, None))
+    if layer_fn or block_fn:
+        return MutatedSpec(spec, layer_fn=layer_fn, block_fn=block_fn)
     return spec
 
 
@@ -145,6 +223,13 @@ def mutate_weights(name: str, spec: ResNetSpec, weights: dict) -> dict:
     if name == "conv_bias_dropped":
         return {k: (np.zeros_like(v) if k.endswith(".bias") and not k.startswith("predictions") else v)
                 for k, v in weights.items()}
+    if name == "groups_interleaved":  # output axis read as (per group, groups) instead of (groups, per group)
+        out = dict(weights)
+        for conv in _grouped(spec):
+            kernel = weights[f"{conv.name}.kernel"]
+            out[f"{conv.name}.kernel"] = np.ascontiguousarray(
+                kernel.reshape(*kernel.shape[:3], conv.groups, -1).swapaxes(3, 4).reshape(kernel.shape))
+        return out
     return weights
 
 
@@ -168,20 +253,18 @@ def mutate_stats(name: str, stats: dict[str, np.ndarray], weights: dict, counts:
 
 def bn_counts(spec: ResNetSpec, batch: int, height: int, width: int) -> dict[str, int]:
     """For every BatchNorm: how many values per channel its batch statistics average over."""
-    from shared.spec import BatchNorm, _out_size
+    counts = {}
 
-    counts, h, w = {}, height, width
-
-    def walk(layers, h, w):
+    def chain(layers, size):
         for layer in layers:
             if isinstance(layer, (Conv, MaxPool)):
-                h, w = _out_size(h, w, layer)
+                size = _out_size(*size, layer)
             elif isinstance(layer, BatchNorm):
-                counts[layer.name] = batch * h * w
-        return h, w
+                counts[layer.name] = batch * size[0] * size[1]
+        return size
 
-    h, w = walk(spec.stem(), h, w)
+    size = chain(spec.stem(), (height, width))
     for block in spec.blocks():
-        walk(block.shortcut, h, w)
-        h, w = walk(block.main, h, w)
+        size = block.walk(size, chain, lambda add, main, shortcut: main)
+    chain(spec.head(), size)
     return counts

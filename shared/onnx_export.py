@@ -2,9 +2,12 @@
 
 No deep-learning framework is involved: a user with only numpy and ``onnx`` installed can turn a
 canonical checkpoint into a model onnxruntime (or any ONNX runtime) deploys. The graph is the
-spec's walk, one ONNX node per spec layer (Conv, BatchNormalization, Relu, MaxPool, Add,
-GlobalAveragePool/GlobalMaxPool + Flatten, Gemm), named after the spec layer; the weights are
-initializers with the canonical names. Fold first (``shared.fold.fold_batchnorm``, or
+spec's walk, one ONNX node per spec layer (Conv with its ``group``, BatchNormalization, Relu,
+MaxPool, Add, GlobalAveragePool/GlobalMaxPool + Flatten, Gemm), named after the spec layer, each
+block wired by ``Block.walk`` (pre-activation, shortcut from the input or the pre-activation,
+what follows the add); the weights are initializers with the canonical names. A max pool that
+pads with a value other than -inf (V2's 0) gets an explicit Pad node before it: ONNX MaxPool
+never picks its padding. Fold first (``shared.fold.fold_batchnorm``, or
 ``--fold`` on the command line) for the fastest graph.
 
 - Layout: ``"NCHW"`` (ONNX's own) or ``"NHWC"`` (the canonical layout: the model transposes
@@ -68,6 +71,10 @@ def build_model(spec: ResNetSpec, weights: Mapping[str, np.ndarray], *, layout: 
         inits.append(numpy_helper.from_array(np.ascontiguousarray(array, dtype=np.float32), name))
         return name
 
+    def constant(name: str, array: np.ndarray) -> str:  # not a weight: a node, not an initializer
+        nodes.append(helper.make_node("Constant", [], [name], name=name, value=numpy_helper.from_array(array, name)))
+        return name
+
     def apply(layer, x: str) -> str:
         out = layer.name
         if isinstance(layer, Conv):
@@ -76,14 +83,20 @@ def build_model(spec: ResNetSpec, weights: Mapping[str, np.ndarray], *, layout: 
             if layer.bias:
                 inputs.append(init(f"{layer.name}.bias", weights[f"{layer.name}.bias"]))
             nodes.append(helper.make_node("Conv", inputs, [out], name=layer.name, kernel_shape=[layer.kernel_size] * 2,
-                                          strides=[layer.stride] * 2, pads=[t, l, b, r]))
+                                          strides=[layer.stride] * 2, pads=[t, l, b, r], group=layer.groups))
         elif isinstance(layer, BatchNorm):
             inputs = [x] + [init(f"{layer.name}.{p}", weights[f"{layer.name}.{p}"]) for p in ("gamma", "beta", "mean", "var")]
             nodes.append(helper.make_node("BatchNormalization", inputs, [out], name=layer.name, epsilon=layer.epsilon))
         elif isinstance(layer, ReLU):
             nodes.append(helper.make_node("Relu", [x], [out], name=layer.name))
         elif isinstance(layer, MaxPool):
-            t, b, l, r = layer.padding  # ONNX MaxPool never picks a pad: -inf padding, the spec's rule
+            t, b, l, r = layer.padding  # ONNX MaxPool never picks a pad: -inf padding
+            if any(layer.padding) and layer.pad_value != float("-inf"):
+                pads = constant(f"{layer.name}/pads", np.array([0, 0, t, l, 0, 0, b, r], np.int64))
+                value = constant(f"{layer.name}/pad_value", np.array(layer.pad_value, np.float32))
+                nodes.append(helper.make_node("Pad", [x, pads, value], [f"{out}/padded"], name=f"{layer.name}_pad",
+                                              mode="constant"))
+                x, (t, b, l, r) = f"{out}/padded", (0, 0, 0, 0)
             nodes.append(helper.make_node("MaxPool", [x], [out], name=layer.name, kernel_shape=[layer.size] * 2,
                                           strides=[layer.stride] * 2, pads=[t, l, b, r]))
         elif isinstance(layer, GlobalPool):
@@ -103,6 +116,10 @@ def build_model(spec: ResNetSpec, weights: Mapping[str, np.ndarray], *, layout: 
             x = apply(layer, x)
         return x
 
+    def add(layer, main: str, shortcut: str) -> str:
+        nodes.append(helper.make_node("Add", [main, shortcut], [layer.name], name=layer.name))
+        return layer.name
+
     traced = []
     x = INPUT
     if layout == "NHWC":
@@ -111,10 +128,7 @@ def build_model(spec: ResNetSpec, weights: Mapping[str, np.ndarray], *, layout: 
     x = chain(spec.stem(), x)
     traced.append(("stem", x))
     for block in spec.blocks():
-        h = chain(block.main, x)
-        s = chain(block.shortcut, x)
-        nodes.append(helper.make_node("Add", [h, s], [block.add.name], name=block.add.name))
-        x = apply(block.out, block.add.name)
+        x = block.walk(x, chain, add)
         traced.append((block.name, x))
     x = chain(spec.head(), x)
     if spec.head():

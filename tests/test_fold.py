@@ -13,7 +13,7 @@ from hypothesis import given, settings
 
 from shared import parity, reference, spec as S, weights as W
 from shared.check import fp32_budget, installed
-from shared.fold import NothingToFold, fold_batchnorm
+from shared.fold import NothingToFold, fold_batchnorm, fold_note, kept_batchnorms
 from shared.spec import BatchNorm, Conv
 from strategies import small_specs
 
@@ -57,6 +57,62 @@ def test_fold_is_exact_for_any_small_spec(spec):
     peer = parity.rel_error(reference.forward(spec, weights, images, dtype=np.float32), ref)
     fspec, fweights = fold_batchnorm(spec, weights)
     assert parity.rel_error(reference.forward(fspec, fweights, images), ref) <= fp32_budget(peer)
+
+
+# Every block kind, on a spec small enough to run in milliseconds: two stages of two blocks,
+# so V2 has a strided block with a max-pool shortcut and one with an identity shortcut.
+KINDS = {
+    "basic": ("torchvision", dict(block="basic")),
+    "basic-keras": ("keras", dict(block="basic")),
+    "resnext": ("torchvision", dict(groups=2, width_per_group=32)),
+    "resnext-keras": ("keras", dict(groups=2, width_per_group=32)),
+    "preact": ("keras", dict(block="preact")),
+}
+KIND_TINY = dict(depths=(2, 2), width=8, num_classes=10)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fold_is_exact_for_every_block_kind(kind, monkeypatch):
+    """Folded weights fit ``spec.replace(folded=True)``; V2 keeps exactly its pre-activation
+    BNs and post_bn; folded in float64, the reference computes the unfolded function to 1e-12."""
+    style, fields = KINDS[kind]
+    spec = S.preset_spec(style, **KIND_TINY, **fields)
+    weights = reference.calibrated_weights(spec, seed=3, size=32)
+    images = reference.random_images(spec, 2, 32, seed=4)
+    ref = reference.forward(spec, weights, images)
+    fspec, fweights = fold_batchnorm(spec, weights)
+    assert fspec == spec.replace(folded=True)
+    W.validate(spec.replace(folded=True), fweights)
+    kept = {layer.name for layer in fspec.layers() if isinstance(layer, BatchNorm)}
+    if spec.block == "preact":
+        assert kept == {"conv2_block1_preact_bn", "conv2_block2_preact_bn", "conv3_block1_preact_bn",
+                        "conv3_block2_preact_bn", "post_bn"}
+        assert "5 kept" in fold_note(spec) and "ReLU" in fold_note(spec)
+    else:
+        assert kept == set() and fold_note(spec) == "every BatchNorm folded into the conv before it"
+    assert {bn.name for bn in kept_batchnorms(spec)} == kept
+    # float32 folded weights: within the fp32 budget of the unfolded float64 function.
+    peer = parity.rel_error(reference.forward(spec, weights, images, dtype=np.float32), ref)
+    assert parity.rel_error(reference.forward(fspec, fweights, images), ref) <= fp32_budget(peer)
+    # Unrounded, the fold is exact: only float64 rounding is left.
+    _, exact = fold_batchnorm(spec, weights, dtype=np.float64)
+    monkeypatch.setattr(reference, "validate", lambda *a, **k: None)  # float64 weights
+    assert parity.rel_error(reference.forward(fspec, exact, images), ref) <= 1e-12
+
+
+def test_a_wrong_grouped_fold_is_caught(monkeypatch):
+    """The 1e-12 can fail: a grouped kernel scaled with its output channels' scales reversed
+    within each group is far from the unfolded function."""
+    spec = S.preset_spec("torchvision", **KIND_TINY, groups=2, width_per_group=32)
+    weights = reference.calibrated_weights(spec, seed=3, size=32)
+    images = reference.random_images(spec, 2, 32, seed=4)
+    ref = reference.forward(spec, weights, images)
+    fspec, exact = fold_batchnorm(spec, weights, dtype=np.float64)
+    key, bn = "conv2_block1_2_conv.kernel", "conv2_block1_2_bn"
+    scale = weights[f"{bn}.gamma"] / np.sqrt(weights[f"{bn}.var"].astype(np.float64) + spec.bn_epsilon)
+    broken = {**exact, key: exact[key] / scale * scale.reshape(2, -1)[:, ::-1].reshape(-1)}
+    monkeypatch.setattr(reference, "validate", lambda *a, **k: None)  # float64 weights
+    assert parity.rel_error(reference.forward(fspec, broken, images), ref) > 1e-3
 
 
 def test_a_wrong_fold_is_caught():
@@ -119,12 +175,19 @@ FRAMEWORKS = [
 ]
 
 
-@pytest.mark.parametrize("style", S.STYLES)
+FOLDED_CASES = {"torchvision": ("torchvision", {}), "keras": ("keras", {}),
+                **{kind: (style, {**fields, "depths": KIND_TINY["depths"]})
+                   for kind, (style, fields) in KINDS.items() if kind in ("basic", "resnext-keras", "preact")}}
+
+
+@pytest.mark.parametrize("case", FOLDED_CASES)
 @pytest.mark.parametrize("framework", FRAMEWORKS)
-def test_each_framework_runs_the_folded_spec(framework, style):
-    """Folded model vs the UNFOLDED float64 reference, within the fp32 budget; its weights
-    export back bit-exact under the folded spec's names."""
-    spec, weights, images, ref, budget = _case(style)
+def test_each_framework_runs_the_folded_spec(framework, case):
+    """Folded model (V2: pre-activation BNs and post_bn kept) vs the UNFOLDED float64
+    reference, within the fp32 budget; its weights export back bit-exact under the folded
+    spec's names."""
+    style, fields = FOLDED_CASES[case]
+    spec, weights, images, ref, budget = _case(style, **fields)
     fspec, fweights = fold_batchnorm(spec, weights)
     runner = importlib.import_module(f"resnet_{framework}.runner")
     logits = runner.run(fspec, fweights, images)["logits"]

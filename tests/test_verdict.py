@@ -80,9 +80,11 @@ def _catch(frameworks, keras_backends=("tensorflow",), style="torchvision", prec
         expected = "caught" if cell.applies else "passes"
         assert cell.outcome == expected, (f"{cell.mutant} in {cell.target} {cell.mode} {cell.precision}: "
                                           f"{cell.outcome} ({cell.detail})")
-    # Every mutant applies somewhere in these specs except the harmless ones of V1.
+    # Every mutant applies somewhere in these specs except the harmless ones of V1 and those of
+    # other block kinds (V2's shortcut source, ResNeXt's groups).
     applied = {c.mutant for c in table["cells"] if c.applies}
-    harmless = {"pool_zero_pad"} | ({"conv_bias_dropped"} if style == "torchvision" else set())
+    harmless = {"pool_zero_pad", "shortcut_from_input", "groups_interleaved"} | (
+        {"conv_bias_dropped"} if style == "torchvision" else set())
     assert applied == set(mutants.CATALOGUE) - harmless
     return table
 
@@ -114,6 +116,67 @@ def test_mutant_applicability_is_decided_by_the_spec():
     assert not mutants.CATALOGUE["conv_bias_dropped"].applies(v1, "train", "fp32")
     assert mutants.CATALOGUE["conv_bias_dropped"].applies(S.resnet50("keras"), "eval", "fp32")
     assert mutants.CATALOGUE["bn_stats_bf16"].precisions == ("bf16",)
+    v2 = S.preset("resnet50v2")
+    assert mutants.CATALOGUE["pool_zero_pad"].applies(v2, "eval", "fp32")  # the pool follows a conv
+    assert mutants.CATALOGUE["conv_bias_dropped"].applies(v2, "eval", "fp32")  # conv1, _3_conv, _0_conv
+    assert mutants.CATALOGUE["shortcut_from_input"].applies(v2, "eval", "fp32")
+    assert not mutants.CATALOGUE["shortcut_from_input"].applies(v1, "eval", "fp32")
+    assert mutants.CATALOGUE["groups_interleaved"].applies(S.preset("resnext50_32x4d"), "eval", "fp32")
+    assert not mutants.CATALOGUE["groups_interleaved"].applies(v1, "eval", "fp32")
+    assert "projection" in mutants.CATALOGUE["stride_block"].why_not(v1, "eval", "fp32")
+    assert mutants.CATALOGUE["stride_block"].applies(v2, "eval", "fp32")
+
+
+# One tiny spec per block kind (two stages of two blocks: V2 has a max-pool shortcut and an
+# identity one), and the eval-mode mutants that apply to each: stated here, not derived.
+KIND_SPECS = {
+    "basic": S.preset_spec("torchvision", block="basic", depths=(2, 2), width=8, num_classes=10),
+    "resnext": S.preset_spec("torchvision", groups=2, width_per_group=32, depths=(2, 2), width=8, num_classes=10),
+    # width 16: at width 8 (seed 0, 32 px) no all-negative border window of the stem pool meets a
+    # negative pre-activation gamma, and the pool's padding value never reaches the logits
+    "preact": S.preset_spec("keras", block="preact", depths=(2, 2), width=16, num_classes=10),
+    "bottleneck-1-1": S.preset_spec("torchvision", **TINY),
+}
+COMMON = {"bn_epsilon", "stride_on", "same_padding", "missing_relu", "swapped_weights"}
+APPLIES_IN_EVAL = {
+    # basic and resnext: moving the stride to a stage's last block would need a projection there
+    "basic": COMMON,
+    "resnext": COMMON | {"groups_interleaved"},
+    "preact": COMMON | {"stride_block", "pool_zero_pad", "shortcut_from_input", "conv_bias_dropped"},
+    "bottleneck-1-1": COMMON | {"stride_block"},
+}
+
+
+@pytest.mark.parametrize("kind", KIND_SPECS)
+def test_every_mutant_changes_the_reference_where_it_applies(kind):
+    """Each eval-mode mutant, built as every framework builds it (``mutate_spec`` and
+    ``mutate_weights``), moves the float64 reference's logits beyond the fp32 budget where it
+    applies, and changes nothing (0.0) where it does not."""
+    spec = KIND_SPECS[kind]
+    weights = reference.calibrated_weights(spec, seed=0, size=32)
+    images = reference.random_images(spec, 2, 32, seed=1)
+    ref = reference.forward(spec, weights, images)
+    budget = check.fp32_budget(parity.rel_error(reference.forward(spec, weights, images, dtype=np.float32), ref))
+    eval_mutants = [n for n, m in mutants.CATALOGUE.items() if "eval" in m.modes]
+    assert {n for n in eval_mutants if mutants.CATALOGUE[n].applies(spec, "eval", "fp32")} == APPLIES_IN_EVAL[kind]
+    for name in eval_mutants:
+        out = reference.forward(mutants.mutate_spec(name, spec), mutants.mutate_weights(name, spec, weights), images)
+        rel = parity.rel_error(out, ref)
+        if name in APPLIES_IN_EVAL[kind]:
+            assert rel > 10 * budget, f"{name}: rel {rel:.3g}, budget {budget:.3g}"
+        else:
+            assert rel == 0.0, f"{name}: does not apply ({mutants.CATALOGUE[name].why_not(spec, 'eval', 'fp32')}) " \
+                               f"but moved the logits by {rel:.3g}"
+
+
+@pytest.mark.parametrize("kind", ["basic", "resnext", "preact"])
+def test_bn_counts_are_what_the_reference_averages_over(kind):
+    """``bn_counts`` (the variance-rule mutant's n) equals, for every BatchNorm, the count the
+    train-mode reference normalised with."""
+    spec = KIND_SPECS[kind]
+    weights = reference.calibrated_weights(spec, seed=0, size=32)
+    _, stats = reference.train_statistics(spec, weights, reference.random_images(spec, 3, 32, seed=1))
+    assert mutants.bn_counts(spec, 3, 32, 32) == {name: n for name, (_, _, n) in stats.items()}
 
 
 def test_a_broken_port_fails_at_bf16_where_the_old_budget_passed_it():
