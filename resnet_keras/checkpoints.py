@@ -29,7 +29,7 @@ import keras
 import numpy as np
 
 from shared import keras_h5
-from shared.spec import ResNetSpec, preset_spec
+from shared.spec import STYLES, ResNetSpec, conventions, preset_spec
 from shared.weights import WeightsError, validate
 from resnet_keras.model import build
 from resnet_keras.weights import export_weights, load_weights
@@ -202,7 +202,13 @@ def spec_from_model(model: keras.Model, source: str = "Keras model") -> ResNetSp
     if bn is not None:
         fields["bn_epsilon"] = float(bn.epsilon)
         fields["bn_momentum"] = round(1.0 - float(bn.momentum), 12)  # Keras' momentum weighs the old value
-    return spec.replace(**fields)
+    spec = spec.replace(**fields)
+    if spec.block == "basic":  # no 1x1 conv to stride: the stride_on of the style the rest matches
+        for style in STYLES:
+            conv = conventions(style, spec.block)
+            if all(getattr(spec, k) == v for k, v in conv.items() if k != "stride_on"):
+                return spec.replace(stride_on=conv["stride_on"])
+    return spec
 
 
 def read_keras(path: str | os.PathLike, spec: ResNetSpec | None = None,
