@@ -3,7 +3,8 @@
 
 Layer for layer what ``keras.applications`` ResNet50/101/152 and ResNet50V2/101V2/152V2 build
 (keras/src/applications/resnet.py, resnet_v2.py): ZeroPadding2D + valid conv/pool wherever the
-padding is not plain 'same' (in V2 wherever a layer pads), grouped convs as
+padding is not plain 'same' (in V2 wherever a layer pads; a max pool that pads with -inf
+where no ReLU comes first: ``ConstantPadding2D``), grouped convs as
 ``Conv2D(groups=...)``, a block's shortcut created before its main path and added as
 ``Add()([shortcut, main])`` (which fixes the order ``model.layers`` lists them in, and so the
 order of ``get_weights()`` and of legacy ``.h5`` files), BatchNormalization on the last axis.
@@ -26,15 +27,42 @@ from shared.spec import ResNetSpec
 _NHWC = "channels_last"
 
 
-def _padded(layer, x, explicit):
-    """Explicit (top, bottom, left, right) zero padding as its own layer, when 'same' won't do
-    (or, in Keras' V2, wherever a layer pads: ``keras_padding``)."""
+def _padded(layer, x, explicit, value=0.0):
+    """Explicit (top, bottom, left, right) padding as its own layer, when 'same' won't do (or,
+    in Keras' V2, wherever a layer pads: ``keras_padding``): Keras' ZeroPadding2D, or for
+    another value ``ConstantPadding2D``."""
     mode = keras_padding(layer, explicit)
     if mode == "pad":
         t, b, l, r = layer.padding
-        x = layers.ZeroPadding2D(((t, b), (l, r)), data_format=_NHWC, name=pad_name(layer))(x)
+        if value == 0.0:
+            x = layers.ZeroPadding2D(((t, b), (l, r)), data_format=_NHWC, name=pad_name(layer))(x)
+        else:
+            x = ConstantPadding2D(((t, b), (l, r)), value, name=pad_name(layer))(x)
         mode = "valid"
     return x, mode
+
+
+@keras.saving.register_keras_serializable(package="resnet_parity")
+class ConstantPadding2D(layers.Layer):
+    """ZeroPadding2D with another value (NHWC): a max pool's -inf where its input may be
+    negative (no ReLU before it). Registered, so ``.keras`` files that hold it load."""
+
+    def __init__(self, padding, value, **kwargs):
+        super().__init__(**kwargs)
+        self.padding = tuple(tuple(int(p) for p in pair) for pair in padding)
+        self.value = float(value)
+
+    def call(self, x):
+        (t, b), (l, r) = self.padding
+        return keras.ops.pad(x, ((0, 0), (t, b), (l, r), (0, 0)), constant_values=self.value)
+
+    def compute_output_shape(self, shape):
+        (t, b), (l, r) = self.padding
+        grow = lambda n, extra: None if n is None else n + extra  # noqa: E731
+        return (shape[0], grow(shape[1], t + b), grow(shape[2], l + r), shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "padding": self.padding, "value": self.value}
 
 
 def _conv(layer, x, opts):
@@ -55,13 +83,10 @@ def _relu(layer, x, _):
 
 
 def _maxpool(layer, x, opts):
-    # ZeroPadding2D pads with 0: the spec's pad value where it is 0 (V2's stem), and equal to
-    # its -inf where a ReLU comes first (V1's stem: the input is >= 0). Anywhere else it is not.
-    if any(layer.padding) and layer.pad_value != 0.0 and opts.previous != "relu":
-        raise ValueError(f"{layer.name}: a max pool padding with {layer.pad_value} after a "
-                         f"{opts.previous or 'block input'} (not a ReLU) has no Keras layer here; "
-                         "only zero padding (pool_pad_value=0.0) or a pool after a ReLU")
-    x, padding = _padded(layer, x, opts.explicit_padding)
+    # Keras' ZeroPadding2D where the spec pads with 0 (V2's stem) and where it pads with -inf
+    # after a ReLU (V1's stem, as keras.applications: the input is >= 0, so the two agree).
+    value = 0.0 if opts.previous == "relu" else layer.pad_value
+    x, padding = _padded(layer, x, opts.explicit_padding, value)
     return layers.MaxPooling2D(layer.size, strides=layer.stride, padding=padding, data_format=_NHWC,
                                name=layer.name)(x)
 

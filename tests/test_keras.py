@@ -247,6 +247,30 @@ def test_torchvision_style_against_reference_and_torchvision(torchvision_model, 
         assert model.get_layer("conv2_block1_2_conv").groups == spec.groups
 
 
+@pytest.mark.parametrize("pad_value", [0.0, float("-inf")])
+def test_v2_stem_pool_pads_with_the_spec_value(pad_value):
+    """V2 max-pools the raw stem conv output (no ReLU first), so the pad value is part of the
+    function: 0 as Keras' ZeroPadding2D, -inf (a spec no preset has, a mutant's) through
+    ConstantPadding2D; each stem output and each logit against float64, at an odd size."""
+    spec = S.preset("resnet50v2", "keras", **TINY).replace(pool_pad_value=pad_value)
+    weights = reference.calibrated_weights(spec, seed=9, size=33)
+    images = reference.random_images(spec, batch=4, size=33, seed=10)
+    stems = {}
+    expected = reference.forward(spec, weights, images, hook=lambda name, x: stems.setdefault(name, x))
+    model = rk.build(spec)
+    rk.load_weights(model, weights)
+    pad = model.get_layer("pool1_pad")
+    assert type(pad).__name__ == ("ZeroPadding2D" if pad_value == 0.0 else "ConstantPadding2D")
+    stem = rk.features(model, images)["stem"]
+    assert parity.rel_error(stem, stems["stem"]) <= 1e-6
+    other = reference.forward(spec.replace(pool_pad_value=0.0 if pad_value else float("-inf")), weights,
+                              images, hook=lambda name, x: stems.setdefault(f"other_{name}", x))
+    assert parity.rel_error(stems["other_stem"], stems["stem"]) > 1e-3  # the padding reaches the stem output
+    peer = parity.rel_error(reference.forward(spec, weights, images, dtype=np.float32), expected)
+    assert parity.rel_error(rk.predict(model, images), expected) <= fp32_budget(peer)
+    assert parity.rel_error(other, expected) > fp32_budget(peer)
+
+
 # With batch 4, >= 32 logits: fewer make rel_error a coin toss of a few ulps.
 KERAS_SMALL_SPECS = small_specs(classes=(8, 16), heads=((True, "avg"), (True, "max"), (False, "max"), (False, None)))
 
