@@ -1,12 +1,11 @@
 """The contract (``shared.contract``), identical in resnet_torch, resnet_keras and resnet_flax:
-the constructors ``ResNet50/101/152``, ``predict`` and ``features``; and the Keras-native way
+one constructor per preset of ``shared.spec.PRESETS`` (``ResNet18`` .. ``ResNet152V2``),
+``predict`` and ``features``; and the Keras-native way
 to the stage features, ``feature_extractor(model)``: a ``keras.Model`` with one output per stage."""
 
 from __future__ import annotations
 
-import os
 import weakref
-from typing import Mapping
 
 import keras
 import numpy as np
@@ -62,31 +61,7 @@ def _constructed(arch, img_channel, num_classes, style, weights, include_top, po
     return model if found is None else load_weights(model, found)
 
 
-def ResNet50(img_channel: int = 3, num_classes: int = 1000, *, style: str = "torchvision",
-             weights: str | os.PathLike | Mapping[str, np.ndarray] | None = None, include_top: bool = True,
-             pooling: str | None = None, classifier_activation: str | None = None) -> keras.Model:
-    """The seed article's ResNet-50 (torchvision v1.5 by default; ``style="keras"`` gives
-    ``keras.applications.ResNet50`` layer for layer). ``weights``: None (Keras' random init), a
-    canonical dict, a ``.safetensors``/``.pth``/``.h5`` file or a ``shared.hub`` name such as
-    ``"keras/resnet50.imagenet"``; a checkpoint of another architecture, style or class count is
-    a ValueError. ``include_top``, ``pooling``, ``classifier_activation``: Keras Applications'
-    meaning, except that the default None gives logits (keras.applications: 'softmax'). Any
-    input size; for a fixed one use ``resnet_keras.keras_model(spec, input_shape=...)``."""
-    return _constructed("resnet50", img_channel, num_classes, style, weights, include_top, pooling,
-                        classifier_activation)
-
-
-def ResNet101(img_channel: int = 3, num_classes: int = 1000, *, style: str = "torchvision",
-              weights: str | os.PathLike | Mapping[str, np.ndarray] | None = None, include_top: bool = True,
-              pooling: str | None = None, classifier_activation: str | None = None) -> keras.Model:
-    """ResNet-101; the arguments as for ``ResNet50``."""
-    return _constructed("resnet101", img_channel, num_classes, style, weights, include_top, pooling,
-                        classifier_activation)
-
-
-def ResNet152(img_channel: int = 3, num_classes: int = 1000, *, style: str = "torchvision",
-              weights: str | os.PathLike | Mapping[str, np.ndarray] | None = None, include_top: bool = True,
-              pooling: str | None = None, classifier_activation: str | None = None) -> keras.Model:
-    """ResNet-152; the arguments as for ``ResNet50``."""
-    return _constructed("resnet152", img_channel, num_classes, style, weights, include_top, pooling,
-                        classifier_activation)
+# ResNet18 .. ResNet152V2: one per preset of shared.spec.PRESETS, the signature and docs from
+# shared.contract (identical in the three packages); a new preset needs no code here.
+CONSTRUCTORS = contract.constructors(_constructed)
+globals().update(CONSTRUCTORS)

@@ -6,10 +6,13 @@ BatchNormalization of ``model.layers`` is ``layers/batch_normalization_n/vars/{0
 is read by building the model it belongs to (``resnet_keras.build(spec)``, whose layers are, in
 keras style, keras.applications' layer for layer), checking every path's shape against that
 model (an error names the first layer that does not fit, with both shapes), loading it with
-Keras and exporting canonical weights. Without a spec, the spec is read off the file: depths
-from the 3x3 kernels (one per block, its channels give the stage), width, channels, expansion,
-classes, top and pooling from the shapes and the layers present; stride placement, epsilon and
-momentum from ``style``, as for any weights-only file. A ``.keras`` file carries its config:
+Keras and exporting canonical weights. Without a spec, the spec is read off the file: the block
+kind (pre-activation V2 where the stem conv has a bias and the next conv none, basic where the
+first block starts with a 3x3 kernel), depths from the 3x3 kernels (one per block, two in a
+basic one; their output channels give the stage), groups and width per group from the first
+3x3 kernel, width, channels, expansion, classes, top and pooling from the shapes and the layers
+present; stride placement, epsilon and momentum from ``style`` (V2: Keras'), as for any
+weights-only file. A ``.keras`` file carries its config:
 Keras rebuilds the model and every convention is read off its layers.
 
 Used through ``shared.formats`` (``resnet-parity convert``, ``check --weights``).
@@ -26,7 +29,7 @@ import keras
 import numpy as np
 
 from shared import keras_h5
-from shared.spec import ResNetSpec, preset_spec
+from shared.spec import STYLES, ResNetSpec, conventions, preset_spec
 from shared.weights import WeightsError, validate
 from resnet_keras.model import build
 from resnet_keras.weights import export_weights, load_weights
@@ -91,21 +94,34 @@ def spec_from_weights_h5(path: str | os.PathLike, style: str | None = None) -> R
         classes = _by_class(f)
     convs, bns = classes.get("conv2d", []), classes.get("batch_normalization", [])
     if not convs or not bns or not convs[0] or len(convs[0][0]) != 4 or convs[0][0][0] != 7:
-        raise WeightsError(f"{path}: no 7x7 stem Conv2D first (layers/conv2d): not a bottleneck ResNet's weights")
-    stem = convs[0][0]
+        raise WeightsError(f"{path}: no 7x7 stem Conv2D first (layers/conv2d): not a ResNet's weights")
+    if any(k.startswith(("conv1d", "conv3d", "depthwise")) for k in classes) or len(convs[0]) not in (1, 2):
+        raise WeightsError(f"{path}: layers other than a ResNet's ({sorted(classes)})")
+    if len(convs) < 2 or not convs[1]:
+        raise WeightsError(f"{path}: no convolution after the stem: not a ResNet's weights")
+    stem, first = convs[0][0], convs[1]  # first: the first block's first conv; a BN follows it
     width, channels = stem[3], stem[2]
+    conv_bias = len(first) == 2
+    # V2: the stem conv has a bias (no BN follows it), the blocks' first convs have none.
+    kind = "preact" if len(convs[0]) == 2 and not conv_bias else "basic" if first[0][:2] == (3, 3) else "bottleneck"
+    threes = [shapes[0] for shapes in convs[1:] if shapes and shapes[0][:2] == (3, 3)]
+    if not threes:
+        raise WeightsError(f"{path}: no 3x3 convolutions: not a ResNet's weights")
+    per_block = 2 if kind == "basic" else 1  # 3x3 convs per block; their output channels name the stage
     depths: list[int] = []
     last = None
-    for shapes in convs:
-        if shapes and shapes[0][:2] == (3, 3):  # one 3x3 conv per block; its channels name the stage
-            if shapes[0][2] != last:
-                depths.append(0)
-                last = shapes[0][2]
-            depths[-1] += 1
-    if not depths:
-        raise WeightsError(f"{path}: no 3x3 convolutions: not a bottleneck ResNet's weights")
-    if any(k.startswith(("conv1d", "conv3d", "depthwise")) for k in classes) or len(convs[0]) not in (1, 2):
-        raise WeightsError(f"{path}: layers other than a bottleneck ResNet's ({sorted(classes)})")
+    for kernel in threes:
+        if kernel[3] != last:
+            depths.append(0)
+            last = kernel[3]
+        depths[-1] += 1
+    if any(d % per_block for d in depths):
+        raise WeightsError(f"{path}: a stage with {depths} 3x3 convolutions: not {per_block} per block")
+    depths = [d // per_block for d in depths]
+    grouped = {}
+    if kind != "basic":  # the first 3x3 kernel: (3, 3, inner / groups, inner)
+        groups = threes[0][3] // max(threes[0][2], 1)
+        grouped = dict(groups=groups, width_per_group=threes[0][2] * 64 // width)
     out_channels = bns[-1][0][0] if bns[-1] else 0
     expansion = out_channels // (width * 2 ** (len(depths) - 1))
     dense = classes.get("dense", [])
@@ -113,11 +129,11 @@ def spec_from_weights_h5(path: str | os.PathLike, style: str | None = None) -> R
     if include_top and (len(dense) != 1 or not dense[0]):
         raise WeightsError(f"{path}: expected one Dense classifier, found {len(dense)}")
     pooling = "avg" if "global_average_pooling2d" in classes else "max" if "global_max_pooling2d" in classes else None
-    conv_bias = len(convs[0]) == 2
-    return preset_spec(style or ("keras" if conv_bias else "torchvision"), depths=tuple(depths), width=width,
-                       expansion=max(expansion, 1), conv_bias=conv_bias, image_channels=channels,
+    style = style or ("keras" if conv_bias or kind == "preact" else "torchvision")
+    return preset_spec(style, block=kind, depths=tuple(depths), width=width, expansion=max(expansion, 1),
+                       conv_bias=conv_bias, image_channels=channels,
                        num_classes=dense[0][0][1] if include_top else 1000, include_top=include_top,
-                       pooling=pooling or ("avg" if include_top else None))
+                       pooling=pooling or ("avg" if include_top else None), **grouped)
 
 
 def _fit_problems(model: keras.Model, f: h5py.File) -> list[str]:
@@ -169,21 +185,30 @@ def write_weights_h5(spec: ResNetSpec, weights, path: str | os.PathLike) -> None
 # ----------------------------------------------------------------------------- .keras
 
 def spec_from_model(model: keras.Model, source: str = "Keras model") -> ResNetSpec:
-    """Every convention of a ResNet ``keras.Model`` read off its layers: depths, width, top and
-    pooling off names and shapes (``shared.keras_h5.spec_from_keras_layers``), the stride
-    placement off the strides, epsilon and momentum off the BatchNormalization config."""
+    """Every convention of a ResNet ``keras.Model`` read off its layers: the structure off names
+    and shapes (``shared.keras_h5.spec_from_keras_layers``); the stride placement off the first
+    strided conv after the stem (its kernel: which conv; its stage: conv2 strides only where the
+    last block of a stage does); epsilon and momentum off the first BatchNormalization."""
     names, arrays = keras_h5._read_model(model)
     spec = keras_h5.spec_from_keras_layers(names, arrays, source)
-    layers = {layer.name: layer for layer in model.layers}
     fields = {}
-    strided = [n for n in (f"conv{s}_block1_1_conv" for s in range(3, 2 + len(spec.depths))) if n in layers]
-    if strided:
-        fields["stride_on"] = "1x1" if tuple(layers[strided[0]].strides) == (2, 2) else "3x3"
-    bn = layers["conv1_bn"] if "conv1_bn" in layers else None
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)][1:]
+    strided = next((c for c in convs if tuple(c.strides) != (1, 1) and not c.name.endswith("_0_conv")), None)
+    if strided is not None:
+        if spec.block != "basic":  # a basic block has no 1x1 conv to stride
+            fields["stride_on"] = "1x1" if tuple(strided.kernel_size) == (1, 1) else "3x3"
+        fields["stride_block"] = "last" if strided.name.startswith("conv2_") else "first"
+    bn = next((layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)), None)
     if bn is not None:
         fields["bn_epsilon"] = float(bn.epsilon)
         fields["bn_momentum"] = round(1.0 - float(bn.momentum), 12)  # Keras' momentum weighs the old value
-    return spec.replace(**fields)
+    spec = spec.replace(**fields)
+    if spec.block == "basic":  # no 1x1 conv to stride: the stride_on of the style the rest matches
+        for style in STYLES:
+            conv = conventions(style, spec.block)
+            if all(getattr(spec, k) == v for k, v in conv.items() if k != "stride_on"):
+                return spec.replace(stride_on=conv["stride_on"])
+    return spec
 
 
 def read_keras(path: str | os.PathLike, spec: ResNetSpec | None = None,

@@ -1,40 +1,74 @@
-"""``build(spec)`` / ``keras_model(spec, ...)``: walk the spec's layers and express each one as a Keras layer of the same name.
+"""``build(spec)`` / ``keras_model(spec, ...)``: walk the spec (``stem()``, each block through
+``Block.walk``, ``head()``) and express each layer as a Keras layer of the same name.
 
-Layer for layer what ``keras.applications`` ResNet50/101/152 builds (keras/src/applications/
-resnet.py): ZeroPadding2D + valid conv/pool wherever the padding is not plain 'same', a block's
-shortcut created before its main path and added as ``Add()([shortcut, main])`` (which fixes the
-order ``model.layers`` lists them in, and so the order of ``get_weights()`` and of legacy
-``.h5`` files), BatchNormalization on the last axis. Always channels_last, whatever
-``keras.config.image_data_format()`` says, because the canonical layout is NHWC.
+Layer for layer what ``keras.applications`` ResNet50/101/152 and ResNet50V2/101V2/152V2 build
+(keras/src/applications/resnet.py, resnet_v2.py): ZeroPadding2D + valid conv/pool wherever the
+padding is not plain 'same' (in V2 wherever a layer pads; a max pool that pads with -inf
+where no ReLU comes first: ``ConstantPadding2D``), grouped convs as
+``Conv2D(groups=...)``, a block's shortcut created before its main path and added as
+``Add()([shortcut, main])`` (which fixes the order ``model.layers`` lists them in, and so the
+order of ``get_weights()`` and of legacy ``.h5`` files), BatchNormalization on the last axis.
+Always channels_last, whatever ``keras.config.image_data_format()`` says, because the canonical
+layout is NHWC.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import keras
 from keras import layers
 
-from shared.keras_h5 import INPUT_LAYER, keras_padding, pad_name
+from shared.keras_h5 import INPUT_LAYER, keras_explicit_padding, keras_padding, pad_name
 from shared.fold import refuse_training
 from shared.parity import depth_name
-from shared.spec import Block, ResNetSpec
+from shared.spec import ResNetSpec
 
 _NHWC = "channels_last"
 
 
-def _padded(layer, x):
-    """Explicit (top, bottom, left, right) zero padding as its own layer, when 'same' won't do."""
-    mode = keras_padding(layer)
+def _padded(layer, x, explicit, value=0.0):
+    """Explicit (top, bottom, left, right) padding as its own layer, when 'same' won't do (or,
+    in Keras' V2, wherever a layer pads: ``keras_padding``): Keras' ZeroPadding2D, or for
+    another value ``ConstantPadding2D``."""
+    mode = keras_padding(layer, explicit)
     if mode == "pad":
         t, b, l, r = layer.padding
-        x = layers.ZeroPadding2D(((t, b), (l, r)), data_format=_NHWC, name=pad_name(layer))(x)
+        if value == 0.0:
+            x = layers.ZeroPadding2D(((t, b), (l, r)), data_format=_NHWC, name=pad_name(layer))(x)
+        else:
+            x = ConstantPadding2D(((t, b), (l, r)), value, name=pad_name(layer))(x)
         mode = "valid"
     return x, mode
 
 
-def _conv(layer, x, _):
-    x, padding = _padded(layer, x)
+@keras.saving.register_keras_serializable(package="resnet_parity")
+class ConstantPadding2D(layers.Layer):
+    """ZeroPadding2D with another value (NHWC): a max pool's -inf where its input may be
+    negative (no ReLU before it). Registered, so ``.keras`` files that hold it load."""
+
+    def __init__(self, padding, value, **kwargs):
+        super().__init__(**kwargs)
+        self.padding = tuple(tuple(int(p) for p in pair) for pair in padding)
+        self.value = float(value)
+
+    def call(self, x):
+        (t, b), (l, r) = self.padding
+        return keras.ops.pad(x, ((0, 0), (t, b), (l, r), (0, 0)), constant_values=self.value)
+
+    def compute_output_shape(self, shape):
+        (t, b), (l, r) = self.padding
+        grow = lambda n, extra: None if n is None else n + extra  # noqa: E731
+        return (shape[0], grow(shape[1], t + b), grow(shape[2], l + r), shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "padding": self.padding, "value": self.value}
+
+
+def _conv(layer, x, opts):
+    x, padding = _padded(layer, x, opts.explicit_padding)
     return layers.Conv2D(layer.out_channels, layer.kernel_size, strides=layer.stride, padding=padding,
-                         use_bias=layer.bias, data_format=_NHWC, name=layer.name)(x)
+                         groups=layer.groups, use_bias=layer.bias, data_format=_NHWC, name=layer.name)(x)
 
 
 def _bn(layer, x, _):
@@ -48,9 +82,11 @@ def _relu(layer, x, _):
     return layers.Activation("relu", name=layer.name)(x)
 
 
-def _maxpool(layer, x, _):
-    # Zero padding where the spec pads with -inf: equal because a ReLU comes first (x >= 0).
-    x, padding = _padded(layer, x)
+def _maxpool(layer, x, opts):
+    # Keras' ZeroPadding2D where the spec pads with 0 (V2's stem) and where it pads with -inf
+    # after a ReLU (V1's stem, as keras.applications: the input is >= 0, so the two agree).
+    value = 0.0 if opts.previous == "relu" else layer.pad_value
+    x, padding = _padded(layer, x, opts.explicit_padding, value)
     return layers.MaxPooling2D(layer.size, strides=layer.stride, padding=padding, data_format=_NHWC,
                                name=layer.name)(x)
 
@@ -60,25 +96,37 @@ def _globalpool(layer, x, _):
     return pool(data_format=_NHWC, name=layer.name)(x)
 
 
-def _dense(layer, x, classifier_activation):
-    return layers.Dense(layer.out_features, activation=classifier_activation, name=layer.name)(x)
+def _dense(layer, x, opts):
+    return layers.Dense(layer.out_features, activation=opts.classifier_activation, name=layer.name)(x)
 
 
 _APPLY = {"conv": _conv, "bn": _bn, "relu": _relu, "maxpool": _maxpool, "globalpool": _globalpool,
           "dense": _dense}
 
 
-def _chain(spec_layers, x, classifier_activation=None):
-    for layer in spec_layers:
-        x = _APPLY[layer.kind](layer, x, classifier_activation)
-    return x
+@dataclass(frozen=True)
+class _Options:
+    explicit_padding: bool  # a ZeroPadding2D before every padded layer (Keras' V2)
+    classifier_activation: str | None
+    previous: str | None = None  # the kind of the layer before, within one chain
 
 
-def _block(block: Block, x):
-    shortcut = _chain(block.shortcut, x)  # first, as Keras Applications creates it
-    main = _chain(block.main, x)
-    x = layers.Add(name=block.add.name)([shortcut, main])
-    return _chain((block.out,), x)
+def _chainer(spec: ResNetSpec, classifier_activation):
+    """``chain(layers, x)`` and ``add(layer, main, shortcut)`` for ``Block.walk``."""
+    options = _Options(keras_explicit_padding(spec), classifier_activation)
+
+    def chain(spec_layers, x):
+        previous = None
+        for layer in spec_layers:
+            x = _APPLY[layer.kind](layer, x, replace(options, previous=previous))
+            previous = layer.kind
+        return x
+
+    def add(layer, main, shortcut):
+        # [shortcut, main], as Keras Applications: the order model.layers lists the branches in
+        return layers.Add(name=layer.name)([shortcut, main])
+
+    return chain, add
 
 
 def _input_shape(spec: ResNetSpec, input_shape) -> tuple:
@@ -110,10 +158,11 @@ def keras_model(spec: ResNetSpec, input_shape=None, classifier_activation=None, 
     ``training=False`` (or ``predict``), as for any Keras model with BatchNormalization.
     """
     inputs = keras.Input(shape=_input_shape(spec, input_shape), name=INPUT_LAYER)
-    x = _chain(spec.stem(), inputs)
+    chain, add = _chainer(spec, classifier_activation)
+    x = chain(spec.stem(), inputs)
     for block in spec.blocks():
-        x = _block(block, x)
-    x = _chain(spec.head(), x, classifier_activation)
+        x = block.walk(x, chain, add)  # the shortcut before the main path, as Keras Applications
+    x = chain(spec.head(), x)
     model = keras.Model(inputs, x, name=name or depth_name(spec.depths) or "resnet")
     model.spec = spec
     if spec.folded:  # eval only: Keras' training entry points refuse, before touching any state

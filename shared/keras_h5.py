@@ -1,8 +1,9 @@
 """Keras Applications' weight files <-> canonical weights, with h5py alone (no Keras import).
 
-So a PyTorch or Flax user can read ``resnet50_weights_tf_dim_ordering_tf_kernels.h5`` (with or
-without top) and anyone can write a file that ``keras.applications.ResNet50(...).load_weights``
-takes unchanged. The layout is Keras' legacy HDF5 one: a root attribute ``layer_names`` listing
+So a PyTorch or Flax user can read ``resnet50_weights_tf_dim_ordering_tf_kernels.h5`` or
+``resnet50v2_weights_tf_dim_ordering_tf_kernels.h5`` (with or without top) and anyone can write a
+file that ``keras.applications.ResNet50(...)`` or ``ResNet50V2(...)``'s ``load_weights`` takes
+unchanged. The layout is Keras' legacy HDF5 one: a root attribute ``layer_names`` listing
 every layer in ``model.layers`` order, and per layer a group whose attribute ``weight_names``
 lists its datasets (``conv1_conv/kernel:0``) in the order Keras loads them: kernel, bias; gamma,
 beta, moving_mean, moving_variance. A full-model file (``model.save("x.h5")``) holds the same
@@ -37,14 +38,22 @@ _STAGE = re.compile(r"conv(\d+)_block(\d+)_")
 
 # ----------------------------------------------------------------------------- layer order
 
-def keras_padding(layer: Conv | MaxPool) -> str:
+def keras_explicit_padding(spec: ResNetSpec) -> bool:
+    """Whether Keras Applications writes a ZeroPadding2D before every padded layer of this kind
+    of ResNet: V2 (``residual_block_v2``'s ``_2_pad`` at every stride) does, V1 writes 'same'
+    where that pads the same pixels."""
+    return spec.block == "preact"
+
+
+def keras_padding(layer: Conv | MaxPool, explicit: bool = False) -> str:
     """How Keras expresses a layer's explicit padding: ``"valid"`` (none), ``"same"`` (stride 1,
-    odd kernel, symmetric (k-1)/2: the same pixels), or ``"pad"`` (a ZeroPadding2D then valid).
-    Never 'same' on a strided layer: TF and XLA put the odd pixel at the bottom/right there."""
+    odd kernel, symmetric (k-1)/2: the same pixels; not with ``explicit``), or ``"pad"`` (a
+    ZeroPadding2D then valid). Never 'same' on a strided layer: TF and XLA put the odd pixel at
+    the bottom/right there."""
     k = layer.kernel_size if isinstance(layer, Conv) else layer.size
     if not any(layer.padding):
         return "valid"
-    if layer.stride == 1 and k % 2 == 1 and layer.padding == ((k - 1) // 2,) * 4:
+    if not explicit and layer.stride == 1 and k % 2 == 1 and layer.padding == ((k - 1) // 2,) * 4:
         return "same"
     return "pad"
 
@@ -54,32 +63,40 @@ def pad_name(layer: Conv | MaxPool) -> str:
     return layer.name.rsplit("_", 1)[0] + "_pad"
 
 
-def _expanded(layers: Iterable) -> list[str]:
+def _expanded(layers: Iterable, explicit: bool) -> list[str]:
     names = []
     for layer in layers:
-        if isinstance(layer, (Conv, MaxPool)) and keras_padding(layer) == "pad":
+        if isinstance(layer, (Conv, MaxPool)) and keras_padding(layer, explicit) == "pad":
             names.append(pad_name(layer))
         names.append(layer.name)
     return names
 
 
-def _block_order(block: Block) -> list[str]:
-    # A Keras functional model lists layers by decreasing distance from the output, ties in
-    # the order a depth-first walk from the output meets them; the block's Add takes
-    # [shortcut, main], so the shortcut branch wins ties: ... 2_relu, 0_conv, 3_conv, 0_bn, 3_bn.
-    main, shortcut = _expanded(block.main), _expanded(block.shortcut)
+def _block_order(block: Block, explicit: bool) -> list[str]:
+    # A Keras functional model lists layers by decreasing depth (the longest path to the
+    # output), ties in the order a depth-first walk from the output meets them; the block's Add
+    # takes [shortcut, main], so the shortcut branch wins ties: ... 2_relu, 0_conv, 3_conv, 0_bn,
+    # 3_bn (V1); ... 2_relu, 0_conv or the shortcut's pool, 3_conv (V2). The pre-activation
+    # feeds both branches (or the main one only): it lies deeper than either.
+    pre, main, shortcut = (_expanded(part, explicit) for part in (block.pre, block.main, block.shortcut))
     ranked = [(len(shortcut) - i, 0, n) for i, n in enumerate(shortcut)]
     ranked += [(len(main) - i, 1, n) for i, n in enumerate(main)]
-    return [n for _, _, n in sorted(ranked, key=lambda r: (-r[0], r[1]))] + [block.add.name, block.out.name]
+    below = max(len(main), len(shortcut) if block.shortcut_from == "pre" else 0)
+    ranked += [(below + len(pre) - i, 2, n) for i, n in enumerate(pre)]
+    ordered = [n for _, _, n in sorted(ranked, key=lambda r: (-r[0], r[1]))]
+    return ordered + [block.add.name, *_expanded(block.out, explicit)]
 
 
 def keras_layer_names(spec: ResNetSpec) -> list[str]:
     """Every layer name in the order ``model.layers`` lists them for ``resnet_keras.build(spec)``
-    (and, for the keras style, ``keras.applications.ResNet50/101/152``), input layer first."""
-    names = [INPUT_LAYER, *_expanded(spec.stem())]
+    (and, for the keras style, ``keras.applications.ResNet50/101/152`` and ResNet50V2/101V2/152V2,
+    whose shortcut max pools Keras names itself, ``max_pooling2d_N``, where the spec says
+    ``{block}_0_pool``), input layer first."""
+    explicit = keras_explicit_padding(spec)
+    names = [INPUT_LAYER, *_expanded(spec.stem(), explicit)]
     for block in spec.blocks():
-        names += _block_order(block)
-    return names + [layer.name for layer in spec.head()]
+        names += _block_order(block, explicit)
+    return names + _expanded(spec.head(), explicit)
 
 
 def _weighted_layers(spec: ResNetSpec) -> dict:
@@ -114,8 +131,9 @@ def _write_layer(f, name: str, layer, weights: Mapping[str, np.ndarray]) -> None
 def to_keras_applications_h5(spec: ResNetSpec, weights: Mapping[str, np.ndarray],
                              path: str | os.PathLike) -> None:
     """Write canonical weights as a Keras Applications legacy HDF5 weights file, which
-    ``model.load_weights(path)`` of ``keras.applications.ResNet50/101/152`` (keras style,
-    same top) and of ``resnet_keras.build(spec)`` load unchanged. The spec travels in the root
+    ``model.load_weights(path)`` of ``keras.applications.ResNet50/101/152`` and
+    ``ResNet50V2/101V2/152V2`` (keras style, same top) and of ``resnet_keras.build(spec)`` load
+    unchanged. The spec travels in the root
     attribute ``resnet_parity_spec``, so any spec reads back exactly. Written to a temporary
     file beside ``path`` and renamed: a failed write leaves no file and never touches ``path``."""
     import h5py
@@ -208,15 +226,22 @@ def _read_model(model) -> tuple[list[str], dict[str, dict[str, np.ndarray]]]:
     return [layer.name for layer in model.layers], arrays
 
 
+def _kernel(arrays, name: str, source: str, why: str = "") -> np.ndarray:
+    kernel = arrays.get(name, {}).get("kernel")
+    if kernel is None:
+        raise WeightsError(f"{source}: no layer {name} with a kernel{why}")
+    return kernel
+
+
 def spec_from_keras_layers(layer_names: list[str], arrays: Mapping[str, Mapping[str, np.ndarray]],
                            source: str = "Keras model") -> ResNetSpec:
-    """Depths, width, expansion, channels, classes, top, pooling and conv bias read off the
-    layer names and kernel shapes; the rest are Keras Applications' (v1) conventions."""
-    if any(n.endswith("_preact_bn") or n == "post_bn" for n in layer_names):
-        raise WeightsError(f"{source}: a pre-activation ResNetV2 (preact/post BatchNorm layers); "
-                           "only the v1 ResNet50/101/152 are supported")
-    if "conv1_conv" not in arrays or "kernel" not in arrays["conv1_conv"]:
-        raise WeightsError(f"{source}: no layer conv1_conv with a kernel (is this a Keras Applications ResNet?)")
+    """The structure read off the layer names and kernel shapes: block kind (pre-activation V2
+    where ``_preact_bn`` or ``post_bn`` layers are, basic where the first block has no
+    ``_3_conv``), depths, width, groups and width per group (off the first 3x3 kernel),
+    expansion, channels, classes, top, pooling and conv bias; the rest are Keras Applications'
+    conventions for that block kind (v1: stride on the 1x1 conv; V2 its own)."""
+    preact = any(n.endswith("_preact_bn") or n == "post_bn" for n in layer_names)
+    stem = _kernel(arrays, "conv1_conv", source, " (is this a Keras Applications ResNet?)")
     blocks: dict[int, int] = {}
     for name in arrays:
         m = _STAGE.match(name)
@@ -229,26 +254,33 @@ def spec_from_keras_layers(layer_names: list[str], arrays: Mapping[str, Mapping[
     if stages != list(range(2, 2 + len(stages))):
         found = [f"conv{s}" for s in stages]
         raise WeightsError(f"{source}: stages must be conv2, conv3, ... without gaps, got {found}")
-    stem = arrays["conv1_conv"]["kernel"]
     width = stem.shape[-1]
-    last_conv = arrays.get("conv2_block1_3_conv", {}).get("kernel")
-    if last_conv is None:
-        raise WeightsError(f"{source}: no layer conv2_block1_3_conv with a kernel (a basic-block ResNet?)")
+    basic = not preact and "conv2_block1_3_conv" not in arrays
+    kind = "preact" if preact else "basic" if basic else "bottleneck"
+    last = _kernel(arrays, "conv2_block1_2_conv" if basic else "conv2_block1_3_conv", source)
+    grouped = {}
+    if not basic:  # the 3x3 kernel is (3, 3, inner / groups, inner), inner = planes * wpg / 64 * groups
+        inner = _kernel(arrays, "conv2_block1_2_conv", source)
+        groups = inner.shape[3] // max(inner.shape[2], 1)
+        grouped = dict(groups=groups, width_per_group=inner.shape[2] * 64 // width)
     include_top = "predictions" in arrays
     if include_top:
         pooling = "max" if "max_pool" in layer_names else "avg"
     else:
         pooling = "avg" if "avg_pool" in layer_names else "max" if "max_pool" in layer_names else None
+    first = arrays.get("conv2_block1_1_conv", {})  # a BatchNorm follows it in every block kind
     return preset_spec(
         "keras",
+        block=kind,
         depths=tuple(blocks[s] for s in stages),
         width=width,
-        expansion=last_conv.shape[-1] // width,
-        conv_bias="bias" in arrays["conv1_conv"],
+        expansion=last.shape[-1] // width,
+        conv_bias="bias" in first,
         image_channels=stem.shape[2],
         num_classes=arrays["predictions"]["kernel"].shape[-1] if include_top else 1000,
         include_top=include_top,
         pooling=pooling,
+        **grouped,
     )
 
 
@@ -280,9 +312,10 @@ def canonical_from_keras_layers(spec: ResNetSpec, arrays: Mapping[str, Mapping[s
 
 def from_keras_applications(model_or_h5_path, spec: ResNetSpec | None = None,
                             ) -> tuple[ResNetSpec, dict[str, np.ndarray]]:
-    """A Keras Applications ResNet50/101/152 (a legacy ``.h5`` weights or full-model file, or a
-    live ``keras.Model``) -> (spec, canonical weights). Depth, classes, channels and top are read
-    off the file; pass ``spec`` to impose one (e.g. a torchvision-style spec)."""
+    """A Keras Applications ResNet50/101/152 or ResNet50V2/101V2/152V2 (a legacy ``.h5`` weights
+    or full-model file, or a live ``keras.Model``), or any model ``resnet_keras`` builds ->
+    (spec, canonical weights). The structure is read off the file (``spec_from_keras_layers``);
+    pass ``spec`` to impose one (e.g. a torchvision-style spec)."""
     if isinstance(model_or_h5_path, (str, os.PathLike)):
         path = Path(model_or_h5_path)
         layer_names, arrays, stored = _read_h5(path)

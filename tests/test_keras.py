@@ -2,7 +2,9 @@
 float64 reference (both styles, generated small specs), torchvision, and the contract (round
 trips, errors). CI runs this file once per backend: KERAS_BACKEND=tensorflow|jax|torch pytest -m keras."""
 
+import functools
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -30,42 +32,69 @@ import resnet_keras as rk  # noqa: E402
 from resnet_keras import runner  # noqa: E402
 
 BACKEND = keras.backend.backend()
-APPS = {"resnet50": keras.applications.ResNet50, "resnet101": keras.applications.ResNet101,
-        "resnet152": keras.applications.ResNet152}
-OURS = {"resnet50": rk.ResNet50, "resnet101": rk.ResNet101, "resnet152": rk.ResNet152}
-PUBLISHED_PARAMS = {"resnet50": 25_636_712, "resnet101": 44_707_176, "resnet152": 60_419_944}
-FULL_SIZE = [a if a == "resnet50" else pytest.param(a, marks=pytest.mark.slow) for a in S.ARCHS]  # 101/152: slow
+# The presets keras.applications has (ResNet50/101/152 in keras style, ResNet50V2/101V2/152V2).
+APPS = {a: getattr(keras.applications, p.constructor) for a, p in S.PRESETS.items()
+        if hasattr(keras.applications, p.constructor)}
+V2 = [a for a in APPS if S.preset(a, "keras").block == "preact"]
+# Keras Applications' published counts (its summaries count BatchNorm statistics), typed here.
+PUBLISHED_PARAMS = {"resnet50": 25_636_712, "resnet101": 44_707_176, "resnet152": 60_419_944,
+                    "resnet50v2": 25_613_800, "resnet101v2": 44_675_560, "resnet152v2": 60_380_648}
+FULL_SIZE = [a if a in ("resnet50", "resnet50v2") else pytest.param(a, marks=pytest.mark.slow) for a in APPS]
 SIZE = 64  # keras.applications needs >= 32 px; 64 keeps ResNet-152 cheap on two cores
 # One tiny spec (and batch 4 at 40 px) for the small tests: on the jax backend every new shape
 # costs an XLA compile, of the initializers too.
 TINY = dict(depths=(1, 1), width=8, num_classes=5)
-
+KERAS_AUTO_POOL = re.compile(r"max_pooling2d(_\d+)?$")  # V2's shortcut pools: Keras names them itself
 
 
 def _numpy(x):
     return np.asarray(keras.ops.convert_to_numpy(x), dtype=np.float32)
 
 
+class _Pair:
+    """keras.applications' model and ours (keras style, 64 px, random init), images; the
+    calibrated canonical weights and their float64 logits when first asked for."""
+
+    def __init__(self, arch):
+        self.spec = S.preset(arch, "keras")
+        self.images = reference.random_images(self.spec, batch=2, size=SIZE, seed=1)
+        self.app = APPS[arch](weights=None, input_shape=(SIZE, SIZE, 3), classifier_activation=None)
+        self.ours = rk.keras_model(self.spec, input_shape=(SIZE, SIZE, 3))
+
+    @functools.cached_property
+    def weights(self):
+        return reference.calibrated_weights(self.spec, seed=0, size=SIZE)
+
+    @functools.cached_property
+    def expected(self):
+        return reference.forward(self.spec, self.weights, self.images)
+
+
 @pytest.fixture(scope="module")
 def pair():
-    """``pair(arch)``: keras.applications' model and ours (keras style, 64 px, random init),
-    calibrated canonical weights, images and their float64 logits; built once per arch."""
+    """``pair(arch)``: a ``_Pair``, built once per arch."""
     cache = {}
 
     def make(arch):
         if arch not in cache:
-            spec = S.preset(arch, "keras")
-            images = reference.random_images(spec, batch=2, size=SIZE, seed=1)
-            weights = reference.calibrated_weights(spec, seed=0, size=SIZE)
-            cache[arch] = SimpleNamespace(
-                spec=spec, weights=weights, images=images,
-                expected=reference.forward(spec, weights, images),
-                app=APPS[arch](weights=None, input_shape=(SIZE, SIZE, 3), classifier_activation=None),
-                ours=rk.keras_model(spec, input_shape=(SIZE, SIZE, 3)),
-            )
+            cache[arch] = _Pair(arch)
         return cache[arch]
 
     return make
+
+
+def _randomise_by_keras(model, seed):
+    """Every BatchNorm variable and every bias random, set through Keras' own layer objects (not
+    our name mapping); kernels keep Keras' init. Variances in [0.5, 1.5]."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.gamma.shape
+            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.2, c), rng.normal(0, 0.2, c),
+                               rng.uniform(0.5, 1.5, c)])
+        elif getattr(layer, "bias", None) is not None:
+            layer.bias.assign(rng.normal(0, 0.2, layer.bias.shape).astype(np.float32))
+    return model
 
 
 # ----------------------------------------------------------------------------- keras.applications
@@ -75,13 +104,18 @@ def test_same_layers_as_keras_applications(pair, arch):
     p = pair(arch)
     app, ours = p.app, p.ours
     assert ours.spec == p.spec
-    assert [layer.name for layer in ours.layers][1:] == [layer.name for layer in app.layers][1:]  # [0]: input
+    theirs, mine = [layer.name for layer in app.layers][1:], [layer.name for layer in ours.layers][1:]  # [0]: input
+    renamed = [(a, b) for a, b in zip(theirs, mine, strict=True) if a != b]
+    assert all(KERAS_AUTO_POOL.match(a) and b.endswith("_0_pool") for a, b in renamed), renamed[:3]
+    assert len(renamed) == (len(p.spec.depths) - 1 if arch in V2 else 0)  # one strided identity block a stage
     assert [layer.name for layer in ours.layers] == keras_h5.keras_layer_names(p.spec)
     for a, b in zip(app.layers[1:], ours.layers[1:], strict=True):
         assert type(a) is type(b), a.name
         theirs, mine = a.get_config(), b.get_config()
         if type(a).__name__ == "BatchNormalization":  # 3 there, -1 here: the same last axis of NHWC
             assert (theirs.pop("axis"), mine.pop("axis")) == (3, -1)
+        if KERAS_AUTO_POOL.match(a.name):
+            theirs.pop("name"), mine.pop("name")
         assert theirs == mine, a.name
     assert [(w.path, tuple(w.shape)) for w in ours.weights] == [(w.path, tuple(w.shape)) for w in app.weights]
     assert ours.count_params() == app.count_params() == PUBLISHED_PARAMS[arch] == p.spec.num_params(True)
@@ -104,8 +138,58 @@ def test_logits_equal_keras_applications(pair, arch, tmp_path):
     print(f"{BACKEND} {arch}: ours vs keras.applications {parity.rel_error(mine, theirs):.1e}, "
           f"vs float64 {error:.2e} (keras.applications {peer:.2e})")
     assert parity.rel_error(mine, theirs) == 0.0  # layer for layer keras.applications: bit-identical (README)
-    assert peer <= parity.budget(depth=arch), f"keras.applications itself is off: {peer:.2e}"
+    assert peer <= parity.budget(depth=parity.depth_name(p.spec.depths)), f"keras.applications itself is off: {peer:.2e}"
     assert error <= parity.budget(peer)
+
+
+@pytest.mark.parametrize("arch", V2)
+def test_v2_equals_keras_applications(arch, tmp_path):
+    """ResNet50V2/101V2/152V2 (64 px, batch 2): keras.applications' model with random
+    BatchNorms and biases, read by ``from_keras_applications`` into our constructor's model:
+    the same spec, count and logits, bit for bit; and back through our ``.h5`` writer into a
+    fresh keras.applications model (``weights=path``, Keras' own loader), bit for bit."""
+    app = _randomise_by_keras(APPS[arch](weights=None, input_shape=(SIZE, SIZE, 3), classifier_activation=None), 3)
+    spec, weights = keras_h5.from_keras_applications(app)
+    assert spec == S.preset(arch, "keras") and spec.arch == arch
+    ours = getattr(rk, S.PRESETS[arch].constructor)(style="keras", weights=weights)
+    assert ours.count_params() == app.count_params() == PUBLISHED_PARAMS[arch]
+    for mine, theirs in zip(ours.get_weights(), app.get_weights(), strict=True):  # Keras' order: by position
+        assert mine.tobytes() == theirs.tobytes()
+    images = reference.random_images(spec, batch=2, size=SIZE, seed=4)
+    expected = _numpy(app(images, training=False))
+    error = parity.rel_error(rk.predict(ours, images), expected)
+    print(f"{BACKEND} {arch}: ours vs keras.applications {error:.1e}")
+    assert error == 0.0 and np.isfinite(expected).all()
+
+    keras_h5.to_keras_applications_h5(spec, rk.export_weights(ours), tmp_path / "ours.h5")
+    back = APPS[arch](weights=str(tmp_path / "ours.h5"), input_shape=(SIZE, SIZE, 3), classifier_activation=None)
+    for mine, theirs in zip(back.get_weights(), app.get_weights(), strict=True):
+        assert mine.tobytes() == theirs.tobytes()
+
+
+def test_v2_weight_files_keras_writes(tmp_path):
+    """ResNet50V2 files Keras writes (legacy weights .h5 with top; a full-model .h5 without top)
+    read by ``from_keras_applications`` into our model; features and logits equal Keras'."""
+    from keras.src.legacy.saving import legacy_h5_format
+    import h5py
+
+    images = reference.random_images(S.preset("resnet50v2", "keras"), batch=2, size=SIZE, seed=5)
+    for include_top in (True, False):
+        app = _randomise_by_keras(keras.applications.ResNet50V2(
+            weights=None, include_top=include_top, pooling=None if include_top else "avg",
+            input_shape=(SIZE, SIZE, 3), classifier_activation=None), 6)
+        if include_top:
+            with h5py.File(tmp_path / "top.h5", "w") as f:
+                legacy_h5_format.save_weights_to_hdf5_group(f, app)
+            path = tmp_path / "top.h5"
+        else:
+            app.save(tmp_path / "notop.h5")  # the legacy full-model layout: weights under model_weights
+            path = tmp_path / "notop.h5"
+        spec, weights = keras_h5.from_keras_applications(path)
+        assert spec == S.preset("resnet50v2", "keras", include_top=include_top, pooling="avg")
+        ours = rk.keras_model(spec)
+        rk.load_weights(ours, weights)
+        assert parity.rel_error(rk.predict(ours, images), _numpy(app(images, training=False))) == 0.0
 
 
 def test_keras_weight_files_load_unchanged(pair, tmp_path):
@@ -136,24 +220,55 @@ def test_keras_weight_files_load_unchanged(pair, tmp_path):
 
 # ----------------------------------------------------------------------------- float64 reference
 
-def test_torchvision_style_against_reference_and_torchvision(torchvision_model):
+@pytest.mark.parametrize("arch", ["resnet50", "resnet18", "resnext50_32x4d"])
+def test_torchvision_style_against_reference_and_torchvision(torchvision_model, arch):
+    """The bottleneck, the basic block and the grouped (ResNeXt) one, torchvision style, with
+    torchvision's own weights layout: within 4x torchvision's error against float64."""
     import torch
 
-    tv, spec, weights = torchvision_model("resnet50")
+    tv, spec, weights = torchvision_model(arch)
     images = reference.random_images(spec, batch=2, size=SIZE, seed=2)
     expected = reference.forward(spec, weights, images)
     with torch.no_grad():
         peer = parity.rel_error(tv(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy(), expected)
-    model = rk.ResNet50()
-    assert model.spec == spec
+    model = getattr(rk, S.PRESETS[arch].constructor)()
+    assert model.spec == spec == S.preset(arch)
     rk.load_weights(model, weights)
     error = parity.rel_error(rk.predict(model, images), expected)
-    print(f"{BACKEND} torchvision-style resnet50 vs float64 {error:.2e} (torchvision {peer:.2e})")
+    print(f"{BACKEND} torchvision-style {arch} vs float64 {error:.2e} (torchvision {peer:.2e})")
     assert error <= parity.budget(peer)
+    assert model.count_params() == S.PRESETS[arch].params + sum(  # torchvision's count, plus Keras' BN statistics
+        w.size for k, w in weights.items() if S.is_statistic(k))
     for layer in model.layers:  # never 'same' on a strided layer (TF/XLA pad bottom/right there)
         if hasattr(layer, "strides") and max(layer.strides) > 1:
             assert layer.padding == "valid", layer.name
-    assert model.get_layer("conv3_block1_2_pad").padding == ((1, 1), (1, 1))
+    assert model.get_layer("conv3_block1_2_pad" if spec.block == "bottleneck" else "conv3_block1_1_pad").padding == ((1, 1), (1, 1))
+    if spec.groups > 1:
+        assert model.get_layer("conv2_block1_2_conv").groups == spec.groups
+
+
+@pytest.mark.parametrize("pad_value", [0.0, float("-inf")])
+def test_v2_stem_pool_pads_with_the_spec_value(pad_value):
+    """V2 max-pools the raw stem conv output (no ReLU first), so the pad value is part of the
+    function: 0 as Keras' ZeroPadding2D, -inf (a spec no preset has, a mutant's) through
+    ConstantPadding2D; each stem output and each logit against float64, at an odd size."""
+    spec = S.preset("resnet50v2", "keras", **TINY).replace(pool_pad_value=pad_value)
+    weights = reference.calibrated_weights(spec, seed=9, size=33)
+    images = reference.random_images(spec, batch=4, size=33, seed=10)
+    stems = {}
+    expected = reference.forward(spec, weights, images, hook=lambda name, x: stems.setdefault(name, x))
+    model = rk.build(spec)
+    rk.load_weights(model, weights)
+    pad = model.get_layer("pool1_pad")
+    assert type(pad).__name__ == ("ZeroPadding2D" if pad_value == 0.0 else "ConstantPadding2D")
+    stem = rk.features(model, images)["stem"]
+    assert parity.rel_error(stem, stems["stem"]) <= 1e-6
+    other = reference.forward(spec.replace(pool_pad_value=0.0 if pad_value else float("-inf")), weights,
+                              images, hook=lambda name, x: stems.setdefault(f"other_{name}", x))
+    assert parity.rel_error(stems["other_stem"], stems["stem"]) > 1e-3  # the padding reaches the stem output
+    peer = parity.rel_error(reference.forward(spec, weights, images, dtype=np.float32), expected)
+    assert parity.rel_error(rk.predict(model, images), expected) <= fp32_budget(peer)
+    assert parity.rel_error(other, expected) > fp32_budget(peer)
 
 
 # With batch 4, >= 32 logits: fewer make rel_error a coin toss of a few ulps.
@@ -274,6 +389,24 @@ def test_preprocess_input():
     assert np.abs(keras.ops.convert_to_numpy(tensor) - by_hand).max() <= 1e-6
     with pytest.raises(ValueError, match="style: expected 'keras' or 'torchvision'"):
         rk.preprocess_input(pixels, style="caffe")
+
+
+def test_preprocess_input_v2():
+    """A pre-activation spec selects Keras' ResNet V2 preprocessing ('tf' mode: to [-1, 1])."""
+    from keras.applications import resnet_v2
+
+    spec = S.preset("resnet50v2", "keras")
+    pixels = np.random.default_rng(1).integers(0, 256, (2, 5, 4, 3)).astype(np.uint8)
+    for x in (pixels, pixels.astype(np.float32), pixels.astype(np.float64)):
+        ours, expected = rk.preprocess_input(x, style=spec), resnet_v2.preprocess_input(x.copy())
+        assert ours.dtype == expected.dtype and np.array_equal(ours, expected)
+        assert ours.min() >= -1 and ours.max() <= 1
+    floats = pixels.astype(np.float32)
+    tensor = keras.ops.convert_to_numpy(rk.preprocess_input(keras.ops.convert_to_tensor(floats), style=spec))
+    # Keras' own tensor path on this backend (XLA divides by a reciprocal: not numpy's bits)
+    assert np.array_equal(tensor, keras.ops.convert_to_numpy(resnet_v2.preprocess_input(keras.ops.convert_to_tensor(floats))))
+    assert np.abs(tensor - resnet_v2.preprocess_input(floats.copy())).max() <= 1e-6
+    assert not np.array_equal(rk.preprocess_input(pixels, style="keras"), rk.preprocess_input(pixels, style=spec))
 
 
 # ----------------------------------------------------------------------------- imports

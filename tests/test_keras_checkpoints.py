@@ -82,14 +82,51 @@ def test_keras_applications_keras_file_both_ways(tmp_path, include_top, pooling)
             assert ours.tobytes() == theirs.tobytes()
 
 
-@pytest.mark.parametrize("style", S.STYLES)
-def test_resnet_keras_files_round_trip(tmp_path, style):
-    """resnet_keras models saved by Keras: the .keras file gives back the whole spec (stride
-    placement, epsilon and momentum read off the layers), the .weights.h5 with the style's
-    conventions; both bit-exact; and our writes load back through Keras unchanged."""
-    spec = S.preset("resnet50", style, **TINY)
+def _small_app_v2(include_top=True, pooling=None):
+    """keras.applications' own ResNet V2 builder (pre-activation blocks), two stages, 32 px."""
+    def stack_fn(x):
+        x = keras_resnet.stack_residual_blocks_v2(x, 64, 2, name="conv2")  # Keras' V2 stack needs >= 2 blocks
+        return keras_resnet.stack_residual_blocks_v2(x, 128, 2, stride1=1, name="conv3")
+
+    return keras_resnet.ResNet(stack_fn, True, True, include_top=include_top, weights=None, input_shape=(32, 32, 3),
+                               pooling=pooling, classes=5, classifier_activation=None, name="small_v2")
+
+
+@pytest.mark.parametrize("include_top, pooling", [(True, None), (False, "avg")])
+def test_keras_applications_v2_files_both_ways(tmp_path, include_top, pooling):
+    """Keras' ResNet V2 builder's .keras and .weights.h5 read as the pre-activation spec (stride
+    on the last block of a stage, read off the layers or Keras' V2 conventions); ours load back
+    into a fresh one, bit for bit."""
+    app = _randomise(_small_app_v2(include_top, pooling), 4)
+    app.save(str(tmp_path / "app.keras"))
+    app.save_weights(str(tmp_path / "app.weights.h5"))
+    expected = S.preset_spec("keras", block="preact", depths=(2, 2), num_classes=5 if include_top else 1000,
+                             include_top=include_top, pooling=pooling or "avg")
+    for name in ("app.keras", "app.weights.h5"):
+        spec, weights = formats.read(tmp_path / name)
+        assert spec == expected, name
+        _same(weights, _by_layer(app, spec))
+    formats.write(spec, weights, tmp_path / "ours.weights.h5")
+    fresh = _small_app_v2(include_top, pooling)
+    fresh.load_weights(str(tmp_path / "ours.weights.h5"))
+    for ours, theirs in zip(fresh.get_weights(), app.get_weights(), strict=True):
+        assert ours.tobytes() == theirs.tobytes()
+
+
+KINDS = [("resnet50", "torchvision", TINY), ("resnet50", "keras", TINY),
+         ("resnet18", "torchvision", TINY), ("resnext50_32x4d", "torchvision", dict(TINY, width=16)),
+         ("resnet50v2", "keras", TINY)]
+
+
+@pytest.mark.parametrize("arch, style, fields", KINDS, ids=[f"{a}-{s}" for a, s, _ in KINDS])
+def test_resnet_keras_files_round_trip(tmp_path, arch, style, fields):
+    """resnet_keras models saved by Keras, every block kind: the .keras file gives back the
+    whole spec (stride placement, epsilon and momentum read off the layers), the .weights.h5
+    with the style's conventions; both bit-exact; and our writes load back through Keras."""
+    spec = S.preset(arch, style, **fields)
     weights = _weights(spec, 2)
     model = rk.build(spec)
+    assert [layer.name for layer in model.layers] == keras_h5.keras_layer_names(spec)
     rk.load_weights(model, weights)
     model.save(str(tmp_path / "m.keras"))
     model.save_weights(str(tmp_path / "m.weights.h5"))

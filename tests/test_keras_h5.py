@@ -188,12 +188,54 @@ def test_errors_name_the_layer_and_shapes(tmp_path):
         keras_h5.from_keras_applications(tmp_path / "absent.h5")
 
 
-def test_non_resnet_v1_files_are_refused():
-    v2 = ["input_layer", "conv1_conv", "conv2_block1_preact_bn", "post_bn"]
-    with pytest.raises(WeightsError, match="pre-activation ResNetV2"):
-        keras_h5.spec_from_keras_layers(v2, {"conv1_conv": {"kernel": np.zeros((7, 7, 3, 64))}})
+def test_non_resnet_files_are_refused():
     with pytest.raises(WeightsError, match="no layer conv1_conv with a kernel"):
         keras_h5.spec_from_keras_layers(["dense"], {"dense": {"kernel": np.zeros((2, 2))}})
+    with pytest.raises(WeightsError, match=r"no conv\{stage\}_block\{n\}_\* layers found"):
+        keras_h5.spec_from_keras_layers(["conv1_conv"], {"conv1_conv": {"kernel": np.zeros((7, 7, 3, 64))}})
+
+
+# The block kinds (basic, grouped bottleneck, wide, pre-activation V2), small, with a head each.
+KINDS = [S.preset("resnet18", "keras", depths=(1, 2), width=8, num_classes=5),
+         S.preset("resnext50_32x4d", "keras", depths=(2, 1), width=16, image_channels=1, include_top=False,
+                  pooling="max"),
+         S.preset("wide_resnet50_2", "keras", depths=(1, 1), width=8, num_classes=3),
+         S.preset("resnet50v2", "keras", depths=(2, 1, 2), width=8, include_top=False, pooling=None)]
+
+
+@pytest.mark.parametrize("spec", KINDS, ids=["basic", "grouped", "wide", "preact"])
+def test_every_block_kind_read_off_a_file_without_ours(tmp_path, spec):
+    """Block kind (V2 by its preact/post BatchNorms, basic by the missing _3_conv), groups and
+    width per group (off the first 3x3 kernel) come from the names and shapes alone."""
+    weights = _weights(spec)
+    path = tmp_path / "w.h5"
+    keras_h5.to_keras_applications_h5(spec, weights, path)
+    _drop_spec_attr(path)
+    back_spec, back = keras_h5.from_keras_applications(path)
+    assert back_spec == spec
+    _same(back, weights)
+
+
+def test_v2_file_layout_is_keras_applications(tmp_path):
+    """ResNet50V2's layer order as keras.applications lists it (read 2026-11-27 off Keras 3.15:
+    the shortcut before _3_conv, the stride-2 pool of the raw input in each stage's last block;
+    Keras names those pools max_pooling2d_N, the spec _0_pool) and its published count."""
+    spec = S.preset("resnet50v2", "keras")
+    path = tmp_path / "v2.h5"
+    keras_h5.to_keras_applications_h5(spec, _weights(spec), path)
+    with h5py.File(path, "r") as f:
+        names = [n.decode() for n in f.attrs["layer_names"]]
+        count = sum(f[name][w].size for name in names for w in f[name].attrs["weight_names"])
+    assert len(names) == 192 and count == 25_613_800
+    assert names[:8] == ["input_layer", "conv1_pad", "conv1_conv", "pool1_pad", "pool1_pool",
+                         "conv2_block1_preact_bn", "conv2_block1_preact_relu", "conv2_block1_1_conv"]
+    i = names.index("conv2_block1_2_relu")
+    assert names[i - 3:i] == ["conv2_block1_2_pad", "conv2_block1_2_conv", "conv2_block1_2_bn"]  # V2 pads at stride 1 too
+    assert names[i:i + 4] == ["conv2_block1_2_relu", "conv2_block1_0_conv", "conv2_block1_3_conv", "conv2_block1_out"]
+    i = names.index("conv2_block3_2_relu")
+    assert names[i:i + 5] == ["conv2_block3_2_relu", "conv2_block3_0_pool", "conv2_block3_3_conv", "conv2_block3_out",
+                              "conv3_block1_preact_bn"]
+    assert names[-6:] == ["conv5_block3_3_conv", "conv5_block3_out", "post_bn", "post_relu", "avg_pool", "predictions"]
 
 
 def test_long_attributes_are_chunked_like_keras(tmp_path, monkeypatch):
