@@ -21,7 +21,6 @@ from keras import layers
 
 from shared.keras_h5 import INPUT_LAYER, keras_explicit_padding, keras_padding, pad_name
 from shared.fold import refuse_training
-from shared.parity import depth_name
 from shared.spec import ResNetSpec
 
 _NHWC = "channels_last"
@@ -163,7 +162,7 @@ def keras_model(spec: ResNetSpec, input_shape=None, classifier_activation=None, 
     for block in spec.blocks():
         x = block.walk(x, chain, add)  # the shortcut before the main path, as Keras Applications
     x = chain(spec.head(), x)
-    model = keras.Model(inputs, x, name=name or depth_name(spec.depths) or "resnet")
+    model = keras.Model(inputs, x, name=name or spec.arch or "resnet")
     model.spec = spec
     if spec.folded:  # eval only: Keras' training entry points refuse, before touching any state
         model.fit = _refuses("fit()", spec)

@@ -183,7 +183,7 @@ def read(path: str | os.PathLike, spec: ResNetSpec | None = None, style: str | N
     if fmt in ("torchvision-safetensors", "pth"):
         state = _load_safetensors(path) if fmt == "torchvision-safetensors" else _load_pth(path)
         if spec is None and style is not None:  # torchvision's keys, another style's conventions
-            spec = interop.spec_from_torchvision(state).replace(**{**_conventions(style), "conv_bias": "conv1.bias" in state})
+            spec = _with_conventions(interop.spec_from_torchvision(state), style)
         return interop.from_torchvision(state, spec=spec)
     if fmt == "keras-h5":
         return keras_h5.from_keras_applications(str(path), spec=spec)
@@ -216,11 +216,15 @@ def _readable_container(path: Path, fmt: str) -> None:
         raise WeightsError(f"{path}: not a readable HDF5 file ({e})") from None
 
 
-def _conventions(style: str) -> dict:
-    from shared.spec import preset_spec
+def _with_conventions(inferred: ResNetSpec, style: str) -> ResNetSpec:
+    """The structure read off the weights, with one style's numeric conventions (stride
+    placement, epsilon, momentum, pool padding); the conv bias stays as the weights have it."""
+    from shared.spec import conventions
 
-    spec = preset_spec(style)
-    return dict(stride_on=spec.stride_on, bn_epsilon=spec.bn_epsilon, bn_momentum=spec.bn_momentum)
+    fields = conventions(style, inferred.block)
+    if fields is None:
+        raise ValueError(f"style: {style!r} has no {inferred.block!r} ResNet (the checkpoint's block kind)")
+    return inferred.replace(**{k: v for k, v in fields.items() if k != "conv_bias"})
 
 
 def _load_safetensors(path: Path) -> dict[str, np.ndarray]:

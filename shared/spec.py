@@ -173,8 +173,8 @@ class Block:
 
     @property
     def layers(self) -> tuple[Layer, ...]:
-        # Keras Applications order: the shortcut's layers first (V1 creates its conv before the
-        # main path's). Any order that keeps data dependencies computes the same function.
+        # Forward order, main path before shortcut (``shared.keras_h5`` writes Keras' own order,
+        # shortcut first). Any order that keeps data dependencies computes the same function.
         return (*self.pre, *self.main, *self.shortcut, self.add, *self.out)
 
     @property
