@@ -298,7 +298,7 @@ def test_constructor_spec_refuses_unknown_arguments():
         contract.constructor_spec("resnet50", 3, 1000, "torchvision", True, None, "tanh")
     with pytest.raises(ValueError, match=r"pooling: expected 'avg', 'max' or None, got 'mean'"):
         contract.constructor_spec("resnet50", 3, 1000, "torchvision", False, "mean", None)
-    with pytest.raises(ValueError, match=r"style: unknown style 'caffe'"):
+    with pytest.raises(ValueError, match=r"style: resnet50 exists in style\(s\) \('torchvision', 'keras'\), got 'caffe'"):
         contract.constructor_spec("resnet50", 3, 1000, "caffe", True, None, None)
 
 
