@@ -24,21 +24,16 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from shared import backprop, check_fast, mutants, parity, reference, weights as W
+from shared import backprop, mutants, parity, reference, weights as W
 from shared.spec import ResNetSpec
-from shared.worker import Job
-
-FRAMEWORKS = ("torch", "keras", "flax", "onnx")
-PRECISIONS = ("fp32", "tf32", "bf16")
-KERAS_BACKENDS = ("tensorflow", "jax", "torch")
+from shared.tools import check_fast
+from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS, PRECISIONS
+from shared.tools.jobs import Job, environment, launch, read_result
 # What a framework (or Keras backend) needs installed, by import name.
 REQUIRES = {"torch": ("torch",), "flax": ("jax", "flax"), "keras": ("keras",),
             "tensorflow": ("tensorflow",), "jax": ("jax",), "onnx": ("onnx", "onnxruntime")}
@@ -107,33 +102,10 @@ class Report:
                 "pairwise": self.pairwise, "versions": self.versions}
 
 
-def run_jobs(target: Target, jobs: list[Job], timeout: float) -> list[dict[str, np.ndarray]]:
+def run_jobs(target: Target, jobs: list[Job], workdir: Path, timeout: float) -> list[dict[str, np.ndarray]]:
     """Run ``jobs`` in one worker process for ``target``; each job's arrays, or {"error": ...}."""
-    paths = []
-    for job in jobs:
-        path = Path(job.out).with_suffix(".json")
-        job.write(path)
-        paths.append(str(path))
-    env = dict(os.environ, PYTHONUNBUFFERED="1", XLA_PYTHON_CLIENT_PREALLOCATE="false",
-               TF_CPP_MIN_LOG_LEVEL="3")
-    if target.backend:
-        env["KERAS_BACKEND"] = target.backend
-    try:
-        proc = subprocess.run([sys.executable, "-m", "shared.worker", *paths], env=env, timeout=timeout,
-                              capture_output=True, text=True)
-        why = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
-        why = f"worker exited {proc.returncode}: {why}"
-    except subprocess.TimeoutExpired:
-        why = f"timed out after {timeout:.0f} s"
-    results = []
-    for job in jobs:
-        out = Path(job.out)
-        if not out.exists():
-            results.append({"error": np.array(why)})
-            continue
-        with np.load(out) as data:
-            results.append({k: data[k] for k in data.files})
-    return results
+    why = launch(jobs, workdir, environment(backend=target.backend, device=jobs[0].device), timeout)
+    return [read_result(job.out) or {"error": np.array(why or "the worker wrote nothing")} for job in jobs]
 
 
 LOW_PRECISION_ALT = {"bf16": "bf16-operands", "tf32": "tf32-outputs"}  # the other legitimate rounding
@@ -287,7 +259,7 @@ def check(spec: ResNetSpec, weights: dict, *, frameworks=FRAMEWORKS, keras_backe
             fields = {**run_spec.to_dict(), **(overrides or {}).get(t.framework, {})}
             jobs = [_job(t, files, fields, device, p, mode, trace and p == precision, mutant, f"{t.label}-{p}")
                     for p in dict.fromkeys((precision, "fp32"))]
-            done = run_jobs(t, jobs, timeout)
+            done = run_jobs(t, jobs, Path(tmp), timeout)
             results[t.label] = done[0]
             if low:
                 structure[t.label] = done[1]
@@ -325,9 +297,10 @@ def _inputs(workdir: Path, weights: dict, images: np.ndarray, labels: np.ndarray
 
 def _job(t: Target, files: dict, fields: dict, device: str, precision: str, mode: str, trace: bool,
          mutant: str, name: str) -> Job:
-    return Job(t.framework, device, precision, mode, fields, str(files["weights"]), str(files["images"]),
-               str(files["labels"]) if mode == "train" else None, trace,
-               str(files["dir"] / f"{name}.npz".replace("[", "-").replace("]", "")), mutant)
+    return Job("check", t.framework, fields, str(files["dir"] / f"{name}.npz".replace("[", "-").replace("]", "")),
+               device=device, precision=precision, mode=mode, weights=str(files["weights"]),
+               images=str(files["images"]), labels=str(files["labels"]) if mode == "train" else None, trace=trace,
+               mutant=mutant)
 
 
 def _judge(t: Target, res: dict, fp32_res: dict | None, oracle: Oracle, mode: str, precision: str,
@@ -463,7 +436,7 @@ def catch_table(spec: ResNetSpec, weights: dict, *, names=None, modes=("eval", "
                     runs = dict.fromkeys((p, "fp32"))
                     plan.append((name, m, p, [_job(t, files, fields, device, q, m, False, name,
                                                    f"{t.label}-{name or 'clean'}-{m}-{p}-{q}") for q in runs]))
-            done = iter(run_jobs(t, [j for *_, jobs in plan for j in jobs], timeout))
+            done = iter(run_jobs(t, [j for *_, jobs in plan for j in jobs], Path(tmp), timeout))
             for name, m, p, jobs in plan:
                 res = [next(done) for _ in jobs]
                 row = _judge(t, res[0], res[1] if len(res) > 1 else None, oracles[m, p], m, p, False)

@@ -1,5 +1,9 @@
-"""resnet_flax's side of ``resnet-parity check`` (called by ``shared.worker`` in its own process):
-run the model at a device, precision and mode and return named numpy arrays."""
+"""The Flax adapter (``shared.tools.adapter.Adapter``): resnet_flax for ``check`` and ``bench``,
+under ``jax.jit`` (always: it is how Flax runs), bf16 as the model's compute dtype, training with
+optax SGD. ``bench`` uses the split/merge pattern so each step is one compiled call on the
+model's state, not a Python walk of the module graph. Flax ships no ResNet of its own: its bench
+reference is keras.applications on the jax backend (``shared.tools.bench_plan``).
+"""
 
 from __future__ import annotations
 
@@ -12,15 +16,24 @@ from flax import nnx
 
 from resnet_flax.model import ResNet
 from resnet_flax.weights import _variables, load_weights
+from shared.spec import is_statistic
+from shared.tools.adapter import tf32
+from shared.tools.bench_timing import LEARNING_RATE, MOMENTUM, Step
+from shared.tools.jobs import Job
 
-# fp32 on a GPU means TF32 off: XLA's default precision runs f32 convs and matmuls as TF32.
-MATMUL_PRECISION = {"fp32": "highest", "tf32": "default", "bf16": "default"}
+NAME = "flax"
 
 
 def versions() -> dict:
     import flax
 
-    return {"jax": jax.__version__, "flax": flax.__version__, "device": str(jax.devices()[0].device_kind)}
+    out = {"jax": jax.__version__, "flax": flax.__version__, "device": str(jax.devices()[0].device_kind)}
+    with contextlib.suppress(ImportError):
+        import jaxlib
+        import optax
+
+        out.update(jaxlib=jaxlib.__version__, optax=optax.__version__)
+    return out
 
 
 def _device(device: str):
@@ -32,12 +45,26 @@ def _device(device: str):
     return jax.devices("cpu")[0]
 
 
-def run(spec, weights, images, *, labels=None, device="cpu", precision="fp32", mode="eval", trace=False):
-    if precision not in MATMUL_PRECISION:
-        raise ValueError(f"precision: resnet_flax runs fp32, tf32 or bf16, got {precision!r}")
+@contextlib.contextmanager
+def setup_precision(precision: str, device: str):
+    """JAX's default precision runs float32 convolutions and matmuls as TF32 on a GPU: "highest"
+    unless the precision is tf32. bf16 is the model's compute dtype (``dtype``)."""
+    matmul = "default" if tf32(precision) else "highest"
+    with jax.default_device(_device(device)), jax.default_matmul_precision(matmul):
+        yield {"default_matmul_precision": matmul, "tf32": device == "gpu" and tf32(precision),
+               "compute_dtype": "bfloat16" if precision == "bf16" else "float32"}
+
+
+def dtype(precision: str):
+    return jnp.bfloat16 if precision == "bf16" else None
+
+
+# ----------------------------------------------------------------------------------- check
+
+def run_check(spec, weights, images, *, labels=None, device="cpu", precision="fp32", mode="eval", trace=False):
     out: dict[str, np.ndarray] = {}
-    with jax.default_device(_device(device)), jax.default_matmul_precision(MATMUL_PRECISION[precision]):
-        model = ResNet(spec, dtype=jnp.bfloat16 if precision == "bf16" else None)  # a shell, filled below
+    with setup_precision(precision, device):
+        model = ResNet(spec, dtype=dtype(precision))  # a shell, filled below
         load_weights(model, weights)
         x = jnp.asarray(images)
         if mode == "train":
@@ -55,17 +82,70 @@ def run(spec, weights, images, *, labels=None, device="cpu", precision="fp32", m
             out["loss"] = np.asarray(loss)
             graphdef, _, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
             grad_model = nnx.merge(graphdef, grads, stats)  # the model's layout, holding gradients
-            for key, variable in _variables(grad_model):
-                if key.endswith((".mean", ".var")):
-                    out[f"stats/{key}"] = np.asarray(variable[...], np.float32)  # updated running stats
-                else:
-                    out[f"grad/{key}"] = np.asarray(variable[...], np.float32)
+            for key, variable in _variables(grad_model):  # statistics: the updated running ones
+                out[f"{'stats' if is_statistic(key) else 'grad'}/{key}"] = np.asarray(variable[...], np.float32)
         else:
             model.eval()
             hook = (lambda name, a: out.__setitem__(f"trace/{name}", np.asarray(a, np.float32))) if trace else None
             logits = model(x, hook=hook) if trace else nnx.jit(lambda m, v: m(v))(model, x)
         out["logits"] = np.asarray(logits, np.float32)
     return out
+
+
+# ----------------------------------------------------------------------------------- bench
+
+def _train_step(graphdef):
+    import optax
+
+    def step(state, x, y):
+        model, optimizer = nnx.merge(graphdef, state)
+
+        def loss_fn(model):
+            logits = model(x).astype(jnp.float32)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss, nnx.state((model, optimizer))
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def run_bench(job: Job, spec, weights) -> Step:
+    """One jitted eval-mode forward (infer), or one jitted optax SGD step (train)."""
+    import optax
+
+    if job.impl != "ours":
+        raise ValueError("flax: no Flax reference model ships as a package (bench pairs keras.applications[jax])")
+    model = load_weights(ResNet(spec, dtype=dtype(job.precision)), weights)
+    images, labels = job.inputs(spec)
+    x, y = jax.device_put(images), jax.device_put(labels)
+
+    if job.mode == "train":
+        model.train()
+        optimizer = nnx.Optimizer(model, optax.sgd(LEARNING_RATE, momentum=MOMENTUM), wrt=nnx.Param)
+        graphdef, state = nnx.split((model, optimizer))
+        train = _train_step(graphdef)
+        holder = [state]
+
+        def step():
+            loss, holder[0] = train(holder[0], x, y)
+            return loss, holder[0]
+    else:
+        model.eval()
+        graphdef, state = nnx.split(model)
+        forward = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
+
+        def step():
+            return forward(state, x)
+
+    device = _device(job.device)
+    gpu = job.device == "gpu"
+
+    def peak():
+        return (device.memory_stats() or {}).get("peak_bytes_in_use") if gpu else None
+
+    return Step(step, jax.block_until_ready, device.device_kind if gpu else "cpu", {"jit": True}, peak)
 
 
 # ----------------------------------------------------------------- broken ports (shared.mutants)

@@ -1,11 +1,11 @@
-"""resnet_keras's side of ``resnet-parity check`` (called by ``shared.worker`` in its own process,
-on the backend KERAS_BACKEND chose there): run the model at a device, precision and mode and
-return named numpy arrays: ``logits``; with ``trace``, ``trace/stem``, ``trace/<block>`` and
-``trace/head``; in train mode ``loss``, ``grad/<weight>`` and ``stats/<bn>.mean|var`` (the
-running statistics after one update, from Keras' biased batch variance).
+"""The Keras adapter (``shared.tools.adapter.Adapter``), on the backend KERAS_BACKEND chose for
+this worker process: resnet_keras for ``check`` and, for ``bench``, resnet_keras or
+keras.applications' ResNet through the calls a Keras user makes (``predict_on_batch``,
+``train_on_batch``) with the same compile settings for both: XLA as Keras chooses it ("auto";
+``--compile`` forces ``jit_compile=True``), ``mixed_bfloat16`` for bf16.
 
-Keras has no backend-neutral gradient, so train mode takes each backend's own: jax.grad over
-``stateless_call``, torch autograd, tf.GradientTape.
+Keras has no backend-neutral gradient, so ``check --mode train`` takes each backend's own:
+jax.grad over ``stateless_call``, torch autograd, tf.GradientTape.
 """
 
 from __future__ import annotations
@@ -17,11 +17,19 @@ import keras
 import numpy as np
 from keras import ops
 
-from resnet_keras.model import build
-from resnet_keras.weights import _variables, export_weights, load_weights
+from resnet_keras import build, keras_model, load_weights
+from resnet_keras.weights import _variables, export_weights
+from shared.keras_h5 import KERAS_PARAM
+from shared.spec import is_statistic
+from shared.tools.adapter import tf32
+from shared.tools.bench_timing import LEARNING_RATE, MOMENTUM, Step
+from shared.tools.jobs import Job
 
+NAME = "keras"
 BACKEND = keras.backend.backend()
-PRECISIONS = ("fp32", "tf32", "bf16")
+# keras.applications' class of each architecture it ships
+APPLICATIONS = {"resnet50": "ResNet50", "resnet101": "ResNet101", "resnet152": "ResNet152",
+                "resnet50v2": "ResNet50V2", "resnet101v2": "ResNet101V2", "resnet152v2": "ResNet152V2"}
 
 
 def versions() -> dict:
@@ -41,32 +49,31 @@ def has_gpu() -> bool:
 
 
 @contextlib.contextmanager
-def precision_scope(device: str = "cpu", precision: str = "fp32"):
-    """Place work on the device and set the precision: fp32 with TF32 off (every framework's
-    GPU convs default to TF32), tf32 on, bf16 as Keras' mixed_bfloat16 policy. Restores all."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: resnet_keras runs {PRECISIONS}, got {precision!r}")
+def setup_precision(precision: str, device: str):
+    """Place work on the device and apply the precision rule (``shared.tools.adapter``) through
+    the backend's own switch, bf16 as Keras' mixed_bfloat16 policy. Restores all on exit."""
+    use_tf32 = tf32(precision)
     if device == "gpu" and not has_gpu():
         raise RuntimeError(f"the {BACKEND} backend sees no GPU")
     with contextlib.ExitStack() as undo:
-        if BACKEND == "jax" and precision == "fp32":
+        if BACKEND == "jax":
             import jax
-            undo.enter_context(jax.default_matmul_precision("highest"))
-        elif BACKEND == "torch" and precision != "bf16":
+            undo.enter_context(jax.default_matmul_precision("default" if use_tf32 else "highest"))
+        elif BACKEND == "torch":
             import torch
             for flags in (torch.backends.cudnn, torch.backends.cuda.matmul):
                 undo.callback(setattr, flags, "allow_tf32", flags.allow_tf32)
-                flags.allow_tf32 = precision == "tf32"
-        elif BACKEND == "tensorflow" and precision != "bf16":
+                flags.allow_tf32 = use_tf32
+        else:
             import tensorflow as tf
             undo.callback(tf.config.experimental.enable_tensor_float_32_execution,
                           tf.config.experimental.tensor_float_32_execution_enabled())
-            tf.config.experimental.enable_tensor_float_32_execution(precision == "tf32")
+            tf.config.experimental.enable_tensor_float_32_execution(use_tf32)
         if precision == "bf16":
             undo.callback(keras.config.set_dtype_policy, keras.config.dtype_policy())
             keras.config.set_dtype_policy("mixed_bfloat16")
         undo.enter_context(keras.device(device))  # "cpu:0" would copy torch variables off their leaves
-        yield
+        yield {"tf32": use_tf32 and device == "gpu", "dtype_policy": keras.config.dtype_policy().name}
 
 
 def _numpy(x) -> np.ndarray:
@@ -77,7 +84,7 @@ def _eval(model, x, trace: bool) -> dict:
     if not trace:
         return {"logits": _numpy(model(x, training=False))}
     spec = model.spec
-    taps = {"stem": spec.stem()[-1].name, **{block.name: block.out.name for block in spec.blocks()}}
+    taps = {"stem": spec.stem()[-1].name, **{block.name: block.output.name for block in spec.blocks()}}
     traced = keras.Model(model.inputs, [model.get_layer(n).output for n in taps.values()] + model.outputs)
     *activations, logits = traced(x, training=False)
     out = {f"trace/{name}": _numpy(a) for name, a in zip(taps, activations)}
@@ -122,18 +129,109 @@ def _train(model, x, labels) -> dict:
     key_of = {id(v): key for key, v in _variables(model)}
     out = {"loss": np.asarray(keras.ops.convert_to_numpy(loss)), "logits": _numpy(logits)}
     out.update({f"grad/{key_of[id(v)]}": _numpy(g) for v, g in zip(model.trainable_variables, grads)})
-    out.update({f"stats/{k}": v for k, v in export_weights(model).items() if k.endswith((".mean", ".var"))})
+    out.update({f"stats/{k}": v for k, v in export_weights(model).items() if is_statistic(k)})
     return out
 
 
-def run(spec, weights, images, *, labels=None, device="cpu", precision="fp32", mode="eval", trace=False):
+# ----------------------------------------------------------------------------------- check
+
+def run_check(spec, weights, images, *, labels=None, device="cpu", precision="fp32", mode="eval", trace=False):
     if mode not in ("eval", "train"):
         raise ValueError(f"mode: expected 'eval' or 'train', got {mode!r}")
-    with precision_scope(device, precision):
-        model = build(spec)
-        load_weights(model, weights)
+    with setup_precision(precision, device):
+        model = load_weights(build(spec), weights)
         x = keras.ops.convert_to_tensor(np.asarray(images, dtype=np.float32))
         return _train(model, x, labels) if mode == "train" else _eval(model, x, trace)
+
+
+# ----------------------------------------------------------------------------------- bench
+
+def _assign_by_name(model: keras.Model, spec, weights) -> None:
+    """Canonical weights into a keras.applications model: its layers carry the spec's names."""
+    for layer in spec.layers():
+        if layer.params:
+            native = model.get_layer(layer.name)
+            for param in layer.params:
+                getattr(native, KERAS_PARAM[param]).assign(weights[f"{layer.name}.{param}"])
+
+
+def _custom_depth(depths):
+    """keras.applications' ResNet builder with other stage depths (a private module: tests only)."""
+    from keras.src.applications import resnet
+
+    def stack_fn(x):
+        for i, depth in enumerate(depths):
+            x = resnet.stack_residual_blocks_v1(x, 64 * 2**i, depth, stride1=1 if i == 0 else 2, name=f"conv{i + 2}")
+        return x
+
+    def build(**kwargs):
+        return resnet.ResNet(stack_fn, preact=False, use_bias=True, name="resnet", **kwargs)
+
+    return build
+
+
+def _bench_model(job: Job, spec, weights) -> keras.Model:
+    shape = (job.size, job.size, spec.image_channels)
+    if job.impl == "ours":
+        return load_weights(keras_model(spec, input_shape=shape), weights)
+    if spec.arch in APPLICATIONS:
+        build = getattr(keras.applications, APPLICATIONS[spec.arch])
+    elif len(spec.depths) == 4 and spec.block == "bottleneck":  # a smaller network (tests)
+        build = _custom_depth(spec.depths)
+    else:
+        raise ValueError(f"keras.applications has no ResNet with {spec.block} blocks and depths {spec.depths}")
+    model = build(weights=None, input_shape=shape, classes=spec.num_classes, classifier_activation=None)
+    _assign_by_name(model, spec, weights)
+    return model
+
+
+def _peak_memory() -> int | None:
+    if BACKEND == "jax":
+        import jax
+        return (jax.local_devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
+    if BACKEND == "torch":
+        import torch
+        return torch.cuda.max_memory_allocated()
+    import tensorflow as tf
+    return tf.config.experimental.get_memory_info("GPU:0")["peak"]
+
+
+def _device_name(device: str) -> str:
+    if device != "gpu":
+        return "cpu"
+    if BACKEND == "jax":
+        import jax
+        return jax.local_devices()[0].device_kind
+    if BACKEND == "torch":
+        import torch
+        return torch.cuda.get_device_name()
+    import tensorflow as tf
+    return tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0]).get("device_name", "GPU")
+
+
+def run_bench(job: Job, spec, weights) -> Step:
+    """One ``predict_on_batch`` (infer: BatchNorm in inference mode) or ``train_on_batch``."""
+    model = _bench_model(job, spec, weights)
+    jit = True if job.compile else "auto"
+    if job.mode == "train":
+        model.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE, momentum=MOMENTUM),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit)
+    else:
+        model.compile(jit_compile=jit)
+    images, labels = job.inputs(spec)
+    x, y = keras.ops.convert_to_tensor(images), keras.ops.convert_to_tensor(labels)
+
+    if job.mode == "train":
+        def step():
+            return model.train_on_batch(x, y)
+    else:
+        def step():
+            return model.predict_on_batch(x)
+
+    settings = {"jit_compile": model.jit_compile, "keras_backend": BACKEND}
+    # Both calls hand back numpy (or Python floats): the device work is done when they return.
+    return Step(step, np.asarray, _device_name(job.device), settings,
+                _peak_memory if job.device == "gpu" else (lambda: None))
 
 
 # ----------------------------------------------------------------- broken ports (shared.mutants)
@@ -174,6 +272,7 @@ def _scaled_grad_relu(x):
 def inject(mutant: str):
     """Swap in the framework code of a ``native`` mutant while models are built and run."""
     from keras import layers
+
     from resnet_keras import model as model_module
 
     global _keras_moments

@@ -1,39 +1,64 @@
-"""resnet_torch's side of ``resnet-parity check`` (called by ``shared.worker`` in its own process):
-run the model at a device, precision and mode and return named numpy arrays."""
+"""The PyTorch adapter (``shared.tools.adapter.Adapter``): resnet_torch for ``check`` and, for
+``bench``, resnet_torch or torchvision's ResNet with the fast paths a PyTorch user reaches for
+(channels_last, bf16 autocast, torch.compile), the same ones for both. Runs in a worker process.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import platform
+from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from resnet_torch import build, load_weights
 from shared import interop
-from resnet_torch.model import Bottleneck, build
-from resnet_torch.weights import load_weights
+from shared.spec import is_statistic
+from shared.tools.adapter import tf32
+from shared.tools.bench_timing import LEARNING_RATE, MOMENTUM, Step
+from shared.tools.jobs import Job
+
+NAME = "torch"
+
+# Loaded on both sides of a benchmark, before the worker's baseline: peak RSS then compares the
+# models, not whether torchvision's libraries (about 250 MiB) were imported.
+with contextlib.suppress(ImportError):
+    import torchvision  # noqa: F401
 
 
 def versions() -> dict:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
-    return {"torch": torch.__version__, "device": device}
+    out = {"torch": torch.__version__, "device": device}
+    with contextlib.suppress(PackageNotFoundError):
+        out["torchvision"] = version("torchvision")
+    return out
+
+
+def _device(device: str) -> torch.device:
+    if device == "gpu" and not torch.cuda.is_available():
+        raise RuntimeError("torch sees no CUDA GPU")
+    return torch.device("cuda" if device == "gpu" else "cpu")
 
 
 @contextlib.contextmanager
-def precision_mode(device: torch.device, precision: str):
-    """fp32/fp64: TF32 off; tf32: TF32 on (GPU convs and matmuls); bf16: autocast."""
+def setup_precision(precision: str, device: str):
+    """TF32 for convolutions and matmuls exactly when ``precision`` is tf32; bf16's autocast is
+    ``autocast`` (it wraps the forward pass only)."""
+    _device(device)
     flags = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    tf32 = precision == "tf32"
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32(precision)
     try:
-        if precision == "bf16":
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                yield
-        else:
-            yield
+        yield {"cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+               "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+               "autocast": "bfloat16" if precision == "bf16" else None}
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+
+def autocast(precision: str, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def _nhwc(t: torch.Tensor) -> np.ndarray:
@@ -41,10 +66,10 @@ def _nhwc(t: torch.Tensor) -> np.ndarray:
     return (t.permute(0, 2, 3, 1) if t.ndim == 4 else t).numpy()
 
 
-def run(spec, weights, images, *, labels=None, device="cpu", precision="fp32", mode="eval", trace=False):
-    if device == "gpu" and not torch.cuda.is_available():
-        raise RuntimeError("torch sees no CUDA GPU")
-    dev = torch.device("cuda" if device == "gpu" else "cpu")
+# ----------------------------------------------------------------------------------- check
+
+def run_check(spec, weights, images, *, labels=None, device="cpu", precision="fp32", mode="eval", trace=False):
+    dev = _device(device)
     dtype = torch.float64 if precision == "fp64" else torch.float32
     model = load_weights(build(spec), weights).to(dev, dtype).train(mode == "train")
     x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(dev, dtype)
@@ -54,11 +79,13 @@ def run(spec, weights, images, *, labels=None, device="cpu", precision="fp32", m
     if trace:
         hooks.append(model.maxpool.register_forward_hook(lambda m, i, o: out.__setitem__("trace/stem", _nhwc(o))))
         for module in model.modules():
-            if isinstance(module, Bottleneck):
+            if hasattr(module, "block_name"):  # one per spec Block
                 hooks.append(module.register_forward_hook(
                     lambda m, i, o: out.__setitem__(f"trace/{m.block_name}", _nhwc(o))))
-    with precision_mode(dev, precision), torch.set_grad_enabled(mode == "train"):
-        logits = model(x)
+    with setup_precision("fp32" if precision == "fp64" else precision, device), \
+            torch.set_grad_enabled(mode == "train"):
+        with autocast(precision, dev):
+            logits = model(x)
         if mode == "train":
             loss = F.cross_entropy(logits.float(), torch.from_numpy(labels).long().to(dev))
             loss.backward()
@@ -77,11 +104,65 @@ def run(spec, weights, images, *, labels=None, device="cpu", precision="fp32", m
                  for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
         canonical = interop.from_torchvision({k: v.numpy() for k, v in state.items()}, spec=spec)[1]
         for key, value in canonical.items():
-            if key.endswith((".mean", ".var")):
-                out[f"stats/{key}"] = value
-            else:
-                out[f"grad/{key}"] = value
+            out[f"{'stats' if is_statistic(key) else 'grad'}/{key}"] = value
     return out
+
+
+# ----------------------------------------------------------------------------------- bench
+
+def _bench_model(job: Job, spec, weights) -> torch.nn.Module:
+    if job.impl == "ours":
+        return load_weights(build(spec), weights)
+    import torchvision
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    if spec.arch and hasattr(torchvision.models, spec.arch):
+        model = getattr(torchvision.models, spec.arch)(weights=None, num_classes=spec.num_classes)
+    elif len(spec.depths) == 4 and spec.block == "bottleneck":  # a smaller network (tests)
+        model = ResNet(Bottleneck, list(spec.depths), num_classes=spec.num_classes)
+    else:
+        raise ValueError(f"torchvision has no ResNet with {spec.block} blocks and depths {spec.depths}")
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in interop.to_torchvision(spec, weights).items()})
+    return model
+
+
+def run_bench(job: Job, spec, weights) -> Step:
+    """One step: an eval-mode forward (infer), or forward, backward and SGD (train)."""
+    device = _device(job.device)
+    layout = torch.channels_last if job.channels_last else torch.contiguous_format
+    model = _bench_model(job, spec, weights).to(device, memory_format=layout).train(job.mode == "train")
+    images, labels = job.inputs(spec)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).to(device, memory_format=layout)
+    y = torch.from_numpy(labels).long().to(device)
+    net = torch.compile(model) if job.compile else model
+    cast = autocast(job.precision, device)
+
+    if job.mode == "train":
+        optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
+
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            with cast:
+                logits = net(x)
+            loss = F.cross_entropy(logits.float(), y)
+            loss.backward()
+            optimizer.step()
+            return loss
+    else:
+        def step():
+            with torch.inference_mode(), cast:
+                return net(x)
+
+    def sync(_):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    settings = {"channels_last": job.channels_last, "compile": job.compile, "threads": torch.get_num_threads()}
+    peak = (lambda: torch.cuda.max_memory_allocated()) if device.type == "cuda" else (lambda: None)
+    return Step(step, sync, name, settings, peak)
 
 
 # ----------------------------------------------------------------- broken ports (shared.mutants)
