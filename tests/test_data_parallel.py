@@ -19,6 +19,7 @@ import pytest
 
 from shared import reference, spec as S
 from shared.tools import check_dp as C
+from shared.tools.jobs import Job
 
 SPEC = S.preset_spec("torchvision", depths=(1, 1, 1, 1), width=8, num_classes=10)
 REPLICAS, BATCH, SIZE = 2, 4, 64
@@ -143,9 +144,9 @@ def test_a_timed_out_engine_leaves_no_process_behind(tmp_path, monkeypatch):
     W.save(weights, tmp_path / "w.safetensors")
     np.save(tmp_path / "x.npy", reference.random_images(SPEC, BATCH, SIZE))
     np.save(tmp_path / "y.npy", np.zeros(BATCH, np.int64))
-    job = dict(spec=SPEC.to_dict(), weights=str(tmp_path / "w.safetensors"), images=str(tmp_path / "x.npy"),
-               labels=str(tmp_path / "y.npy"), replicas=REPLICAS, lr=0.1, momentum=0.9)
-    res = C.run_engine(engine, job, tmp_path, REPLICAS, timeout=8)
+    job = Job("data_parallel", "", SPEC.to_dict(), "", mode="train", weights=str(tmp_path / "w.safetensors"),
+              images=str(tmp_path / "x.npy"), labels=str(tmp_path / "y.npy"), replicas=REPLICAS, lr=0.1, momentum=0.9)
+    res = C.run_engine(engine, job, tmp_path, timeout=8)
     assert "timed out after 8 s" in str(res["error"])
     pid = int((tmp_path / "pid").read_text())
     for _ in range(50):  # reparented to init, which reaps it

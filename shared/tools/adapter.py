@@ -30,6 +30,10 @@ from shared.tools.jobs import Job
 PRECISIONS = ("fp32", "tf32", "bf16")
 NAMES = ("torch", "keras", "flax", "onnx")
 KERAS_BACKENDS = ("tensorflow", "jax", "torch")
+# What each adapter needs installed, by import name (a Keras backend needs itself).
+REQUIRES = {"torch": ("torch",), "keras": ("keras",), "flax": ("jax", "flax", "optax"), "onnx": ("onnx", "onnxruntime")}
+# The running-variance rule each framework's BatchNorm update uses (reference.VARIANCES).
+VARIANCE = {"torch": "unbiased", "keras": "biased", "flax": "biased"}
 
 
 def tf32(precision: str) -> bool:

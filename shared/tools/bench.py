@@ -32,7 +32,8 @@ def add_parser(sub) -> None:
     p.add_argument("--mode", type=_csv(MODES), default=list(MODES),
                    help="infer (eval-mode forward) and/or train (forward, backward, SGD momentum 0.9)")
     p.add_argument("--precision", type=_csv(PRECISIONS), default=["fp32"],
-                   help="fp32 (TF32 off on a GPU), tf32 (the frameworks' GPU defaults), bf16 (autocast / mixed)")
+                   help="fp32 (TF32 off on a GPU), tf32 (TF32 convolutions and matmuls), bf16 (autocast / "
+                        "mixed): the meanings check gives them (shared.tools.adapter)")
     p.add_argument("--batch", type=_positive, default=32)
     p.add_argument("--size", type=_positive, default=224)
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 
-from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS
+from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS, REQUIRES
 
 MODES = ("infer", "train")
 
@@ -45,8 +45,7 @@ class Run:
     @property
     def requires(self) -> tuple[str, ...]:
         """Import names this run needs."""
-        needs = {"torch": ("torch",), "keras": ("keras",), "flax": ("jax", "flax", "optax"),
-                 "onnx": ("onnx", "onnxruntime")}[self.framework]
+        needs = REQUIRES[self.framework]
         if self.framework == "torch" and self.impl == "reference":
             needs += ("torchvision",)
         if self.backend:

@@ -32,17 +32,14 @@ import numpy as np
 from shared import backprop, mutants, parity, reference, weights as W
 from shared.spec import ResNetSpec
 from shared.tools import check_fast
-from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS, PRECISIONS
+from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS, PRECISIONS, REQUIRES, VARIANCE
 from shared.tools.jobs import Job, environment, launch, read_result
-# What a framework (or Keras backend) needs installed, by import name.
-REQUIRES = {"torch": ("torch",), "flax": ("jax", "flax"), "keras": ("keras",),
-            "tensorflow": ("tensorflow",), "jax": ("jax",), "onnx": ("onnx", "onnxruntime")}
-# Running-variance convention each framework's BatchNorm update uses (see reference.forward_train).
-VARIANCE = {"torch": "unbiased", "keras": "biased", "flax": "biased"}
+
 FP32_FLOOR = 1e-6  # a peer error of exactly 0 (identical arithmetic) would give a zero budget
 
 
 def installed(name: str) -> bool:
+    """Whether a framework (``REQUIRES``) or a Keras backend (its own import name) is installed."""
     return all(importlib.util.find_spec(m) is not None for m in REQUIRES.get(name, (name,)))
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -122,15 +123,15 @@ def run_engine(engine: Engine, job: Job, workdir: Path, timeout: float) -> dict:
                               out=str(workdir / f"{stem}.npz"))
     env = dict(engine.env)
     if engine.virtual_devices:
-        flags = [f for f in environment().get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+        flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
         env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={job.replicas}"])
     why = launch([job], workdir, environment(env=env), timeout)
     result = read_result(job.out)
     if result is None:
         return {"error": np.array(why or "the worker wrote nothing")}
     if "error" in result:
-        lines = str(result["error"]).strip().splitlines()
-        result["error"] = np.array(f"{lines[0].split(':')[0]}: {lines[-1]}" if len(lines) > 1 else lines[0])
+        kind, _, message = str(result["error"]).partition(": ")
+        result["error"] = np.array(f"{kind}: {(message.strip().splitlines() or [''])[-1]}")
     return result
 
 

@@ -57,8 +57,7 @@ def run_check(job: Job) -> dict:
     if name and job.mode == "train":
         stats = {k[len("stats/"):]: v for k, v in result.items() if k.startswith("stats/")}
         counts = M.bn_counts(spec, *images.shape[:3])
-        variance = "unbiased" if job.framework == "torch" else "biased"
-        stats = M.mutate_stats(name, stats, weights, counts, built_spec.bn_momentum, variance)
+        stats = M.mutate_stats(name, stats, weights, counts, built_spec.bn_momentum, A.VARIANCE[job.framework])
         result.update({f"stats/{k}": v for k, v in stats.items()})
     result["versions"] = np.array(json.dumps(adapter.versions()))
     return result

@@ -22,12 +22,6 @@ from shared.tools.jobs import Job
 
 NAME = "torch"
 
-# Loaded on both sides of a benchmark, before the worker's baseline: peak RSS then compares the
-# models, not whether torchvision's libraries (about 250 MiB) were imported.
-with contextlib.suppress(ImportError):
-    import torchvision  # noqa: F401
-
-
 def versions() -> dict:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
     out = {"torch": torch.__version__, "device": device}
@@ -128,6 +122,11 @@ def _bench_model(job: Job, spec, weights) -> torch.nn.Module:
 
 def run_bench(job: Job, spec, weights) -> Step:
     """One step: an eval-mode forward (infer), or forward, backward and SGD (train)."""
+    # Loaded on both sides: peak RSS then compares the models, not whether torchvision's
+    # libraries (about 250 MiB) were imported.
+    with contextlib.suppress(ImportError):
+        import torchvision  # noqa: F401
+
     device = _device(job.device)
     layout = torch.channels_last if job.channels_last else torch.contiguous_format
     model = _bench_model(job, spec, weights).to(device, memory_format=layout).train(job.mode == "train")
