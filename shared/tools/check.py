@@ -33,7 +33,7 @@ from shared import backprop, mutants, parity, reference, weights as W
 from shared.spec import ResNetSpec
 from shared.tools import check_fast
 from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS, PRECISIONS, REQUIRES, VARIANCE
-from shared.tools.jobs import Job, environment, launch, read_result
+from shared.tools.jobs import Job, environment, launch, random_labels, read_result, stage
 
 FP32_FLOOR = 1e-6  # a peer error of exactly 0 (identical arithmetic) would give a zero budget
 
@@ -236,7 +236,7 @@ def check(spec: ResNetSpec, weights: dict, *, frameworks=FRAMEWORKS, keras_backe
     validate_request(device, precision, mode, trace, mutant)
     W.validate(spec, weights)
     images = reference.random_images(spec, batch, size, seed)
-    labels = np.random.Generator(np.random.PCG64(seed)).integers(0, max(spec.num_classes, 1), batch)
+    labels = random_labels(spec, batch, seed)
     found, missing = targets(frameworks, keras_backends)
     rows = [Row(t.label, "not installed") for t in missing]
     run_spec, run_weights, found, note = check_fast.prepare(spec, weights, found, fold=fold, mode=mode,
@@ -249,7 +249,7 @@ def check(spec: ResNetSpec, weights: dict, *, frameworks=FRAMEWORKS, keras_backe
     results: dict[str, dict] = {}
     structure: dict[str, dict] = {}  # low precision: the same framework at fp32
     with tempfile.TemporaryDirectory(prefix="resnet-parity-") as tmp:
-        files = _inputs(Path(tmp), run_weights, images, labels)
+        files = stage(Path(tmp), run_weights, images, labels)
         for t in found:
             if progress:
                 progress(t.label)
@@ -283,21 +283,11 @@ def check(spec: ResNetSpec, weights: dict, *, frameworks=FRAMEWORKS, keras_backe
     return Report(config, rows, pairwise, versions)
 
 
-def _inputs(workdir: Path, weights: dict, images: np.ndarray, labels: np.ndarray) -> dict:
-    files = {"weights": workdir / "weights.safetensors", "images": workdir / "images.npy",
-             "labels": workdir / "labels.npy", "dir": workdir}
-    W.save(weights, files["weights"])
-    np.save(files["images"], images)
-    np.save(files["labels"], labels)
-    return files
-
-
 def _job(t: Target, files: dict, fields: dict, device: str, precision: str, mode: str, trace: bool,
          mutant: str, name: str) -> Job:
-    return Job("check", t.framework, fields, str(files["dir"] / f"{name}.npz".replace("[", "-").replace("]", "")),
-               device=device, precision=precision, mode=mode, weights=str(files["weights"]),
-               images=str(files["images"]), labels=str(files["labels"]) if mode == "train" else None, trace=trace,
-               mutant=mutant)
+    out = Path(files["images"]).parent / f"{name}.npz".replace("[", "-").replace("]", "")
+    return Job("check", t.framework, fields, str(out), device=device, precision=precision, mode=mode, trace=trace,
+               mutant=mutant, **{**files, "labels": files["labels"] if mode == "train" else None})
 
 
 def _judge(t: Target, res: dict, fp32_res: dict | None, oracle: Oracle, mode: str, precision: str,
@@ -410,7 +400,7 @@ def catch_table(spec: ResNetSpec, weights: dict, *, names=None, modes=("eval", "
     for p in precisions:
         validate_request(device, p, "eval", False)
     images = reference.random_images(spec, batch, size, seed)
-    labels = np.random.Generator(np.random.PCG64(seed)).integers(0, max(spec.num_classes, 1), batch)
+    labels = random_labels(spec, batch, seed)
     # onnxruntime runs eval fp32 only and has no framework code to break: the table covers the
     # three framework packages.
     found, missing = targets([f for f in frameworks if f != check_fast.ONNX], keras_backends)
@@ -422,7 +412,7 @@ def catch_table(spec: ResNetSpec, weights: dict, *, names=None, modes=("eval", "
         oracles[m, p] = _oracle(spec, weights, images, labels, m, p, False)
     cells, baseline = [], []
     with tempfile.TemporaryDirectory(prefix="resnet-parity-mutants-") as tmp:
-        files = _inputs(Path(tmp), weights, images, labels)
+        files = stage(Path(tmp), weights, images, labels)
         fields = spec.to_dict()
         for t in found:
             if progress:

@@ -26,7 +26,7 @@ import numpy as np
 from shared import parity, reference, reference_dp
 from shared import weights as W
 from shared.spec import ResNetSpec
-from shared.tools.jobs import Job, environment, launch, read_result, write_json
+from shared.tools.jobs import Job, environment, launch, random_labels, read_result, stage, write_json
 
 FLOOR = 1e-6
 LR, MOMENTUM = 0.1, 0.9
@@ -181,7 +181,7 @@ def check_dp(spec: ResNetSpec, weights: dict, *, replicas: int, frameworks=("tor
     if not spec.include_top:
         raise ValueError("--mode train: the loss needs the classifier; got a spec without include_top")
     images = reference.random_images(spec, batch, size, seed)
-    labels = np.random.Generator(np.random.PCG64(seed)).integers(0, spec.num_classes, batch)
+    labels = random_labels(spec, batch, seed)
     config = dict(spec=spec.to_dict(), mode="train", replicas=replicas, batch=batch, size=size, seed=seed,
                   lr=LR, momentum=MOMENTUM, device="cpu", frameworks=list(frameworks),
                   keras_backends=list(keras_backends))
@@ -192,12 +192,8 @@ def check_dp(spec: ResNetSpec, weights: dict, *, replicas: int, frameworks=("tor
     rows, versions, results = [], {}, {}
     with tempfile.TemporaryDirectory(prefix="resnet-parity-dp-") as tmp:
         workdir = Path(tmp)
-        W.save(weights, workdir / "weights.safetensors")
-        np.save(workdir / "images.npy", images)
-        np.save(workdir / "labels.npy", labels)
-        job = Job("data_parallel", "", spec.to_dict(), "", mode="train", weights=str(workdir / "weights.safetensors"),
-                  images=str(workdir / "images.npy"), labels=str(workdir / "labels.npy"), replicas=replicas, lr=LR,
-                  momentum=MOMENTUM)
+        job = Job("data_parallel", "", spec.to_dict(), "", mode="train", replicas=replicas, lr=LR, momentum=MOMENTUM,
+                  **stage(workdir, weights, images, labels))
         for engine in chosen:
             row = DPRow(engine.name, "", promised=engine.bn, kept=engine.kept, variance=engine.variance)
             rows.append(row)

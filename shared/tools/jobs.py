@@ -99,6 +99,22 @@ class Job:
         return images, rng.integers(0, max(spec.num_classes, 1), self.batch).astype(np.int32)
 
 
+def stage(workdir: Path, weights: dict, images: np.ndarray, labels: np.ndarray) -> dict[str, str]:
+    """Write a run's inputs once for every worker: {"weights", "images", "labels"} -> path,
+    the ``Job`` fields that name them."""
+    files = {"weights": workdir / "weights.safetensors", "images": workdir / "images.npy",
+             "labels": workdir / "labels.npy"}
+    W.save(weights, files["weights"])
+    np.save(files["images"], images)
+    np.save(files["labels"], labels)
+    return {k: str(v) for k, v in files.items()}
+
+
+def random_labels(spec: S.ResNetSpec, batch: int, seed: int) -> np.ndarray:
+    """The labels a check trains on: seeded class indices."""
+    return np.random.Generator(np.random.PCG64(seed)).integers(0, max(spec.num_classes, 1), batch)
+
+
 def environment(*, backend: str = "", device: str = "", env: dict | None = None) -> dict:
     """The worker's environment: unbuffered output, no JAX preallocation, quiet TensorFlow; the
     Keras ``backend``; with ``device="cpu"`` every framework kept off any GPU the machine has."""
