@@ -7,7 +7,8 @@ source with ``ast`` (nothing is imported, so the test needs no framework and cos
   the tools; the tools outside their adapters import no framework at all;
 - a framework package imports no other framework, no other framework package, and not the tools;
 - every adapter keeps the ``Adapter`` protocol;
-- the README's layout table names paths that exist, and every package in the tree.
+- the README's layout table names paths that exist, and every package in the tree;
+- pyproject ships every package, and its console script names the cli's ``main``.
 """
 
 from __future__ import annotations
@@ -208,3 +209,18 @@ def test_readme_layout_table_matches_the_tree():
     packages |= {str(p.parent.relative_to(ROOT)) + "/" for p in (ROOT / "shared").rglob("__init__.py")}
     missing = (packages | {"tests/"}) - set(named)
     assert not missing, f"README's layout table leaves out {sorted(missing)}"
+
+
+def test_every_package_ships_and_the_command_points_at_the_cli():
+    """pyproject's package patterns take every package of the tree (``shared.tools`` too: the
+    pattern "shared" alone does not), and the console script names a function that exists."""
+    import fnmatch
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = project["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {name for name, path in MODULES.items() if path.name == "__init__.py"}
+    unshipped = {p for p in packages if not any(fnmatch.fnmatchcase(p, pat) for pat in patterns)}
+    assert not unshipped, f"pyproject's packages.find.include leaves out {sorted(unshipped)}"
+    module, _, function = project["project"]["scripts"]["resnet-parity"].partition(":")
+    assert function in _functions(MODULES[module])
