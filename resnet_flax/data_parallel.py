@@ -5,7 +5,7 @@ XLA's partitioner, not this code, decides every collective: BatchNorm's batch me
 reduce over the sharded batch axis, so they are the global batch's statistics, and the gradient
 of the mean loss over the global batch comes out replicated. On a CPU the N devices are virtual:
 ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` must be set before jax is imported, so
-``shared.check_dp`` runs this in a process of its own.
+``shared.tools.check_dp`` runs this in a process of its own.
 """
 
 from __future__ import annotations

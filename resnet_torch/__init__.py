@@ -14,13 +14,13 @@ The module itself is plain PyTorch: NCHW tensors in, ``model.load_state_dict(tor
 """
 
 from resnet_torch.api import CONSTRUCTORS
-from resnet_torch.model import Bottleneck, ResidualBlock, ResNet, build
+from resnet_torch.model import ResidualBlock, ResNet, build
 from resnet_torch.predict import features, predict
 from resnet_torch.weights import export_weights, load_checkpoint, load_weights
 
 globals().update(CONSTRUCTORS)  # ResNet18 .. ResNet152V2: one per preset (shared.contract)
 
 __all__ = [
-    *CONSTRUCTORS, "Bottleneck", "ResidualBlock", "ResNet", "build",
+    *CONSTRUCTORS, "ResidualBlock", "ResNet", "build",
     "export_weights", "features", "load_checkpoint", "load_weights", "predict",
 ]

@@ -14,7 +14,7 @@ Every rank writes what it holds after the step (``loss``, ``grad/<weight>``, ``w
 every other rank's statistics as ``rank<r>/stats/...``; ``next/stats/...`` (and
 ``rank<r>/next/stats/...``) are each rank's running statistics after one more forward, in eval
 mode, which shows whose statistics DDP carries on with. A rank that fails makes
-``torch.multiprocessing.start_processes`` terminate the others; the caller (``shared.check_dp``)
+``torch.multiprocessing.start_processes`` terminate the others; the caller (``shared.tools.check_dp``)
 kills the whole process group on a timeout.
 """
 
@@ -69,7 +69,7 @@ def _rank(rank, world, port, spec_fields, weights, images, labels, lr, momentum,
         loss = F.cross_entropy(ddp(x.contiguous()), y)
         loss.backward()
         # DDP has all-reduced (averaged) the gradients; map them to canonical names by the
-        # state_dict rule, as resnet_torch.runner does.
+        # state_dict rule, as the torch adapter (shared.tools.adapters.torch) does.
         grads = {k: p.grad for k, p in model.named_parameters()}
         state = {k: (grads[k] if k in grads else v).detach().float().numpy()
                  for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}

@@ -67,7 +67,6 @@ class ResidualBlock(nn.Module):
         return self.block_name
 
 
-Bottleneck = ResidualBlock  # the name resnet_torch.runner (and older code) imports
 
 
 class ResNet(nn.Module):

@@ -21,18 +21,15 @@ conversion leaves nothing new at the destination and never touches an existing f
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import numpy as np
 
 from shared.spec import ResNetSpec
-from shared.weights import WeightsError
+from shared.weights import WeightsError, atomic_path
 
 FORMATS = ("safetensors", "torchvision-safetensors", "pth", "keras-h5", "keras-weights-h5", "keras", "orbax")
 # format -> (import names it needs, the pip extra that brings them)
@@ -128,31 +125,6 @@ def destination_format(path: str | os.PathLike, format: str | None = None) -> st
         return by_suffix[path.suffix.lower()]
     raise ValueError(f"{path}: unknown output type {path.suffix!r}; expected .safetensors, .pth/.pt, .h5, "
                      ".weights.h5, .keras, or a directory (no suffix) for an Orbax checkpoint")
-
-
-# ----------------------------------------------------------------------------- atomic writes
-
-@contextlib.contextmanager
-def atomic_destination(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a path with ``path``'s own name inside a fresh temporary folder beside it (Keras
-    insists on ``.weights.h5``/``.keras`` names, Orbax on a directory); on success rename it over
-    ``path``, on failure delete the folder. A directory destination that exists is refused
-    before anything is written (an Orbax checkpoint is never merged into another)."""
-    path = Path(path)
-    parent = path.parent
-    if not parent.is_dir():
-        raise FileNotFoundError(f"{path}: the folder {parent} does not exist")
-    if path.is_dir():
-        raise FileExistsError(f"{path}: a directory already exists there; remove it or choose another name")
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
-    try:
-        tmp = tmpdir / path.name
-        yield tmp
-        if not tmp.exists():
-            raise WeightsError(f"{path}: the writer produced nothing")
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -274,22 +246,22 @@ def write(spec: ResNetSpec, weights: Mapping[str, np.ndarray], path: str | os.Pa
     elif fmt == "torchvision-safetensors":
         from safetensors.numpy import save_file
 
-        with atomic_destination(path) as tmp:
+        with atomic_path(path) as tmp:
             save_file(interop.to_torchvision(spec, weights), str(tmp))
     elif fmt == "pth":
         import torch
 
-        with atomic_destination(path) as tmp:
+        with atomic_path(path) as tmp:
             torch.save({k: torch.from_numpy(v) for k, v in interop.to_torchvision(spec, weights).items()}, tmp)
     elif fmt == "keras-h5":
         keras_h5.to_keras_applications_h5(spec, weights, path)
     elif fmt in ("keras-weights-h5", "keras"):
         module = importlib.import_module("resnet_keras.checkpoints")
         writer = module.write_weights_h5 if fmt == "keras-weights-h5" else module.write_keras
-        with atomic_destination(path) as tmp:
+        with atomic_path(path) as tmp:
             writer(spec, weights, tmp)
     elif fmt == "orbax":
         module = importlib.import_module("resnet_flax.checkpoints")
-        with atomic_destination(path) as tmp:
+        with atomic_path(path) as tmp:
             module.write_orbax(spec, weights, tmp)
     return fmt

@@ -15,7 +15,7 @@ How each is injected, so the same bug reaches all three frameworks:
 - ``weights``: the framework loads altered weights (two kernels swapped, conv biases dropped,
   grouped filters in the wrong group order);
 - ``stats``: the running statistics the framework returns are those of the other variance rule;
-- ``native``: framework code swapped in the worker (``resnet_*/runner.py``: a ReLU whose
+- ``native``: framework code swapped in the worker (``shared/tools/adapters/*.py``: a ReLU whose
   backward is scaled, BatchNorm statistics reduced in bf16).
 """
 

@@ -5,7 +5,7 @@ The rule: an implementation's error against the float64 reference may be at most
 weights and input. Where no peer runs, the measured fp32 table below stands in for the peer, per
 depth and device, with the same margin. TF32 and bf16 have no table here: 4x their error against
 float64 (0.1-0.3 on random weights) could not tell a broken port from a correct one, so
-``shared.check`` judges them against the reference with their rounding emulated.
+``shared.tools.check`` judges them against the reference with their rounding emulated.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 import zlib
 from pathlib import Path
@@ -137,17 +138,26 @@ def save(weights: Mapping[str, np.ndarray], path: str | os.PathLike, spec: ResNe
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it over ``path``, on failure
-    delete it. A reader never sees a half-written file, and a failed write leaves the old one."""
+    """Yield a path with ``path``'s own name inside a fresh temporary folder beside it (Keras
+    insists on ``.weights.h5``/``.keras`` names, Orbax on a directory); on success rename it over
+    ``path``, on failure delete the folder. A reader never sees a half-written file, and a failed
+    write leaves the old one. A directory destination that exists is refused before anything is
+    written (an Orbax checkpoint is never merged into another). The one atomic writer."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    parent = path.parent
+    if not parent.is_dir():
+        raise FileNotFoundError(f"{path}: the folder {parent} does not exist")
+    if path.is_dir():
+        raise FileExistsError(f"{path}: a directory already exists there; remove it or choose another name")
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
     try:
-        yield Path(tmp)
+        tmp = tmpdir / path.name
+        yield tmp
+        if not tmp.exists():
+            raise WeightsError(f"{path}: the writer produced nothing")
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def load(path: str | os.PathLike, spec: ResNetSpec | None = None) -> dict[str, np.ndarray]:

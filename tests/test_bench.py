@@ -3,6 +3,7 @@ a real tiny benchmark's JSON, the plot, and missing frameworks reported as not i
 No assertion on speed: these tests prove the figures are measured and recorded, not how big
 they are."""
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -11,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from shared import bench, bench_plan, bench_report, bench_worker
-from shared.bench_timing import Step, measure
-from shared.cli import build_parser, main
+from shared import spec as S
+from shared.tools import bench, bench_plan, bench_report, worker
+from shared.tools.bench_timing import Step, measure
+from shared.tools.cli import build_parser, main
+from shared.tools.jobs import Job
 
 # A one-block-per-stage ResNet (hidden --depths; the references are built to match) at 32 px.
 TINY = ["bench", "--depths", "1,1,1,1", "--size", "32", "--batch", "2", "--iters", "2", "--warmup", "1"]
@@ -102,18 +105,30 @@ def test_worker_times_a_fake_model_whose_first_call_sleeps(monkeypatch, tmp_path
         if state["calls"] == 1:
             time.sleep(0.3)
 
-    fake = types.SimpleNamespace(
-        prepare=lambda job, spec, weights: Step(fake_step, lambda _: None, "fake device", {"jit": False}),
-        versions=lambda: {"fake": "1.0"})
-    monkeypatch.setitem(sys.modules, "shared.bench_fake", fake)
-    job = bench_worker.Job("fake", "ours", "", "infer", "fp32", "torchvision", "resnet50", "cpu", 4, 32, 5, 1,
-                           False, False, 0, str(tmp_path / "out.json"))
-    result = bench_worker.run(job)
+    fake = _fake_adapter(lambda job, spec, weights: Step(fake_step, lambda _: None, "fake device", {"jit": False}),
+                         {"fake": "1.0"})
+    monkeypatch.setattr(worker.A, "load", lambda name: fake)
+    result = worker.run_bench(_bench_job(tmp_path, mode="infer", batch=4, iters=5, warmup=1))
     assert state["calls"] == 6 and len(result["times_s"]) == 5
     assert result["first_call_s"] >= 0.3
     assert max(result["times_s"]) < 0.3
     assert result["memory_kind"] == "peak RSS" and result["peak_memory_bytes"] > 0
     assert result["versions"] == {"fake": "1.0"} and result["device_name"] == "fake device"
+    assert result["settings"] == {"precision": "fp32", "jit": False}  # the precision's, then the step's
+
+
+def _fake_adapter(run_bench, versions=None):
+    @contextlib.contextmanager
+    def setup_precision(precision, device):
+        yield {"precision": precision}
+
+    return types.SimpleNamespace(NAME="fake", run_bench=run_bench, versions=lambda: versions or {},
+                                 setup_precision=setup_precision)
+
+
+def _bench_job(tmp_path, **fields) -> Job:
+    spec = S.preset("resnet50", depths=(1, 1), width=8)  # seeded weights of a tiny spec: fast
+    return Job("bench", "fake", spec.to_dict(), str(tmp_path / "out.json"), size=32, **fields)
 
 
 def test_worker_interleaves_ours_and_its_partner(monkeypatch, tmp_path):
@@ -123,14 +138,13 @@ def test_worker_interleaves_ours_and_its_partner(monkeypatch, tmp_path):
     def prepare(job, spec, weights):
         return Step(lambda: order.append(job.impl), lambda _: None, "fake device", {"impl": job.impl})
 
-    monkeypatch.setitem(sys.modules, "shared.bench_fake", types.SimpleNamespace(prepare=prepare, versions=dict))
-    job = bench_worker.Job("fake", "ours", "", "train", "fp32", "torchvision", "resnet50", "cpu", 2, 32, 3, 2,
-                           False, False, 0, str(tmp_path / "out.json"),
-                           partner={"runner": "fake", "impl": "reference", "backend": "", "style": "torchvision"})
-    result = bench_worker.run(job)
+    monkeypatch.setattr(worker.A, "load", lambda name: _fake_adapter(prepare))
+    job = _bench_job(tmp_path, mode="train", batch=2, iters=3, warmup=2, partner={"impl": "reference"})
+    result = worker.run_bench(job)
     assert order == ["ours", "ours", "reference", "reference"] + ["ours", "reference"] * 3
     partner = result["partner"]
-    assert result["settings"] == {"impl": "ours"} and partner["settings"] == {"impl": "reference"}
+    assert result["settings"] == {"precision": "fp32", "impl": "ours"}
+    assert partner["settings"] == {"precision": "fp32", "impl": "reference"}
     assert len(result["times_s"]) == len(partner["times_s"]) == 3
     assert result["peak_memory_bytes"] is None and result["memory_kind"] == "not separable (interleaved)"
 

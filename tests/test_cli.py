@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from shared import interop, reference, spec as S, weights as W
-from shared.cli import main
+from shared.tools.cli import main
 
 
 def cli(*args, timeout=900):
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "shared.tools.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def test_info_prints_published_count(capsys):
@@ -50,7 +50,7 @@ def test_broken_weights_file_gives_one_line(tmp_path):
     assert proc.returncode == 2 and "model.pth is not a readable torch checkpoint" in proc.stderr
 
 
-torch_only = pytest.mark.skipif(not __import__("shared.check", fromlist=["installed"]).installed("torch"),
+torch_only = pytest.mark.skipif(not __import__("shared.tools.check", fromlist=["installed"]).installed("torch"),
                                 reason="needs torch")
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from shared import checkpoint, contract, interop, parity, reference, spec as S, weights as W
-from shared.check import fp32_budget
+from shared.tools.check import fp32_budget
 
 PACKAGES = {"torch": "resnet_torch", "keras": "resnet_keras", "flax": "resnet_flax"}
 NEEDS = {"torch": "torch", "keras": "keras", "flax": "flax"}

@@ -17,7 +17,9 @@ import time
 import numpy as np
 import pytest
 
-from shared import check_dp as C, reference, spec as S
+from shared import reference, spec as S
+from shared.tools import check_dp as C
+from shared.tools.jobs import Job
 
 SPEC = S.preset_spec("torchvision", depths=(1, 1, 1, 1), width=8, num_classes=10)
 REPLICAS, BATCH, SIZE = 2, 4, 64
@@ -142,9 +144,9 @@ def test_a_timed_out_engine_leaves_no_process_behind(tmp_path, monkeypatch):
     W.save(weights, tmp_path / "w.safetensors")
     np.save(tmp_path / "x.npy", reference.random_images(SPEC, BATCH, SIZE))
     np.save(tmp_path / "y.npy", np.zeros(BATCH, np.int64))
-    job = dict(spec=SPEC.to_dict(), weights=str(tmp_path / "w.safetensors"), images=str(tmp_path / "x.npy"),
-               labels=str(tmp_path / "y.npy"), replicas=REPLICAS, lr=0.1, momentum=0.9)
-    res = C.run_engine(engine, job, tmp_path, REPLICAS, timeout=8)
+    job = Job("data_parallel", "", SPEC.to_dict(), "", mode="train", weights=str(tmp_path / "w.safetensors"),
+              images=str(tmp_path / "x.npy"), labels=str(tmp_path / "y.npy"), replicas=REPLICAS, lr=0.1, momentum=0.9)
+    res = C.run_engine(engine, job, tmp_path, timeout=8)
     assert "timed out after 8 s" in str(res["error"])
     pid = int((tmp_path / "pid").read_text())
     for _ in range(50):  # reparented to init, which reaps it
@@ -166,7 +168,7 @@ def test_a_timed_out_engine_leaves_no_process_behind(tmp_path, monkeypatch):
     (["--replicas", "2"], "add --mode train"),
 ])
 def test_cli_refuses_bad_replicas(capsys, argv, message):
-    from shared import cli
+    from shared.tools import cli
 
     assert cli.main(["check", *argv]) == 2
     assert message in capsys.readouterr().err
@@ -175,7 +177,7 @@ def test_cli_refuses_bad_replicas(capsys, argv, message):
 def test_the_core_modules_import_no_framework():
     import subprocess
 
-    code = ("import sys, shared.check_dp, shared.reference_dp, shared.dp_worker; "
+    code = ("import sys, shared.tools.check_dp, shared.reference_dp, shared.tools.worker; "
             "print(sorted(m for m in ('torch', 'tensorflow', 'keras', 'jax', 'flax') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from shared import formats, parity, reference, spec as S
-from shared.check import fp32_budget
-from shared.cli import main
+from shared.tools.check import fp32_budget
+from shared.tools.cli import main
 
 pytestmark = pytest.mark.keras
 torch = pytest.importorskip("torch")

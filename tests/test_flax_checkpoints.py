@@ -117,8 +117,8 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
 def test_check_weights_takes_an_orbax_directory(tmp_path, capsys):
     """``resnet-parity check --weights DIR``: the spec read off the checkpoint, judged as usual;
     a directory missing its parts ends in one line, exit code 2."""
-    from shared.check import installed
-    from shared.cli import main
+    from shared.tools.check import installed
+    from shared.tools.cli import main
 
     spec = S.preset("resnet50", "torchvision", **TINY)
     path = _user_save(_model(spec, _weights(spec)), tmp_path / "state")

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 
 from shared import parity, reference, spec as S, weights as W
-from shared.check import fp32_budget, installed
+from shared.tools import adapter
+from shared.tools.check import fp32_budget, installed
 from shared.fold import NothingToFold, fold_batchnorm, fold_note, kept_batchnorms
 from shared.spec import BatchNorm, Conv
 from strategies import small_specs
@@ -160,7 +161,7 @@ def test_training_a_folded_spec_is_refused():
     fspec, fweights = fold_batchnorm(spec, weights)
     with pytest.raises(ValueError, match="folded .*eval only"):
         reference.forward_train(fspec, fweights, images)
-    from shared import check
+    from shared.tools import check
 
     with pytest.raises(ValueError, match="check --fold --mode train"):
         check.check(spec, weights, frameworks=(), mode="train", fold=True, size=64, batch=2)
@@ -189,8 +190,7 @@ def test_each_framework_runs_the_folded_spec(framework, case):
     style, fields = FOLDED_CASES[case]
     spec, weights, images, ref, budget = _case(style, **fields)
     fspec, fweights = fold_batchnorm(spec, weights)
-    runner = importlib.import_module(f"resnet_{framework}.runner")
-    logits = runner.run(fspec, fweights, images)["logits"]
+    logits = adapter.load(framework).run_check(fspec, fweights, images)["logits"]
     assert parity.rel_error(logits, ref) <= budget
     api = importlib.import_module(f"resnet_{framework}")
     model = api.build(fspec)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from shared import formats, interop, spec as S
-from shared.cli import main
+from shared.tools.cli import main
+from shared import weights as W
 from shared.weights import WeightsError, init, randomize_batchnorm
 from helpers import random_weights as _weights, assert_same as _same
 
@@ -22,7 +23,7 @@ TINY = dict(depths=(1, 2), width=8, num_classes=5)
 
 
 def test_import_needs_no_framework():
-    code = ("import sys, shared.formats, shared.interop, shared.cli; "
+    code = ("import sys, shared.formats, shared.interop, shared.tools.cli; "
             "print(sorted(m for m in ('torch', 'tensorflow', 'keras', 'jax', 'flax', 'orbax') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -140,13 +141,13 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
         formats.write(spec, w, tmp_path / "new.npz")
     (tmp_path / "ckpt").mkdir()
     with pytest.raises(FileExistsError, match="ckpt: a directory already exists there"):
-        formats.atomic_destination(tmp_path / "ckpt").__enter__()
+        W.atomic_path(tmp_path / "ckpt").__enter__()
     assert sorted(os.listdir(tmp_path)) == ["ckpt", "out.safetensors"]
 
 
 def test_cli_convert_failure_writes_nothing(tmp_path):
     (tmp_path / "cut.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 20)
-    proc = subprocess.run([sys.executable, "-m", "shared.cli", "convert", str(tmp_path / "cut.weights.h5"),
+    proc = subprocess.run([sys.executable, "-m", "shared.tools.cli", "convert", str(tmp_path / "cut.weights.h5"),
                            str(tmp_path / "out.safetensors")], capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "cut.weights.h5: not a readable HDF5 file" in proc.stderr

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from shared import hub, interop, reference, spec as S, weights as W
-from shared.cli import main
+from shared.tools.cli import main
 from local_server import serving
 
 TINY = S.ResNetSpec(depths=(1, 1, 1, 1), width=8, num_classes=10)

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from shared.check import fp32_budget, low_precision_oracle
+from shared.tools.check import fp32_budget, low_precision_oracle
 from hypothesis import given, settings, strategies as st
 
 from shared import keras_h5, parity, reference, spec as S
@@ -29,7 +29,7 @@ except ImportError:
 pytestmark = pytest.mark.keras
 keras = pytest.importorskip("keras")
 import resnet_keras as rk  # noqa: E402
-from resnet_keras import runner  # noqa: E402
+from shared.tools.adapters import keras as runner  # noqa: E402
 
 BACKEND = keras.backend.backend()
 # The presets keras.applications has (ResNet50/101/152 in keras style, ResNet50V2/101V2/152V2).
@@ -463,7 +463,7 @@ def test_runner_trace_names_every_block():
     hooked, peer = {}, {}
     reference.forward(spec, weights, images, hook=hooked.__setitem__)
     reference.forward(spec, weights, images, hook=peer.__setitem__, dtype=np.float32)
-    out = runner.run(spec, weights, images, trace=True)
+    out = runner.run_check(spec, weights, images, trace=True)
     assert sorted(out) == sorted(["logits", *(f"trace/{name}" for name in hooked)])
     for name, expected in hooked.items():
         peer_error = parity.rel_error(peer[name], expected)
@@ -488,9 +488,9 @@ def gpu_case():
 @pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
 def test_gpu_precision_against_measured_budget(gpu_case, precision):
     """fp32 with TF32 off within 4x its measured error; TF32 and Keras' mixed_bfloat16 against
-    the reference with their rounding emulated (shared.check.low_precision_oracle)."""
+    the reference with their rounding emulated (shared.tools.check.low_precision_oracle)."""
     spec, weights, images, expected = gpu_case
-    out = runner.run(spec, weights, images, device="gpu", precision=precision)["logits"]
+    out = runner.run_check(spec, weights, images, device="gpu", precision=precision)["logits"]
     assert keras.config.dtype_policy().name == "float32"  # restored
     error = parity.rel_error(out, expected)
     tolerance = parity.budget(depth="resnet50", device="gpu", precision="fp32")

@@ -15,8 +15,9 @@ import pytest
 pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from shared import check, onnx_export, parity, reference, spec as S, weights as W  # noqa: E402
-from shared.check import fp32_budget, installed  # noqa: E402
+from shared import onnx_export, parity, reference, spec as S, weights as W  # noqa: E402
+from shared.tools import check  # noqa: E402
+from shared.tools.check import fp32_budget, installed  # noqa: E402
 from shared.fold import fold_batchnorm  # noqa: E402
 from shared.onnx_export import to_onnx  # noqa: E402
 
@@ -223,13 +224,13 @@ def test_cli_export_from_a_checkpoint(tmp_path):
     spec = S.preset_spec("keras", **TINY)
     weights, images, ref, budget = _case(spec)
     W.save(weights, tmp_path / "w.safetensors", spec=spec)
-    proc = subprocess.run([sys.executable, "-m", "shared.cli", "export", "--format", "onnx", "--fold",
+    proc = subprocess.run([sys.executable, "-m", "shared.tools.cli", "export", "--format", "onnx", "--fold",
                            str(tmp_path / "w.safetensors"), str(tmp_path / "m.onnx")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "BatchNorm folded" in proc.stdout
     assert parity.rel_error(_run(tmp_path / "m.onnx", images), ref) <= budget
-    bad = subprocess.run([sys.executable, "-m", "shared.cli", "export", "resnet50", str(tmp_path / "no" / "m.onnx")],
+    bad = subprocess.run([sys.executable, "-m", "shared.tools.cli", "export", "resnet50", str(tmp_path / "no" / "m.onnx")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "no such folder" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -244,7 +245,8 @@ def test_check_fold_and_onnx_rows(monkeypatch):
     assert all(r.rel <= r.budget for r in rows.values())
     assert report.config["fold"] and "unfolded" in report.config["note"]
     # The verdict can fail: a fold that forgets the running mean is caught in every row.
-    from shared import check_fast, fold
+    from shared import fold
+    from shared.tools import check_fast
 
     def forgets_mean(spec, weights):
         fspec, fweights = fold.fold_batchnorm(spec, weights)
@@ -260,7 +262,7 @@ def test_check_fold_and_onnx_rows(monkeypatch):
 def test_check_leaves_onnx_out_of_train_mode():
     spec = S.preset_spec("torchvision", **TINY)
     found, _ = check.targets(("onnx",), ())
-    _, _, kept, note = __import__("shared.check_fast", fromlist=["prepare"]).prepare(
+    _, _, kept, note = __import__("shared.tools.check_fast", fromlist=["prepare"]).prepare(
         spec, W.init(spec), found, fold=False, mode="train", device="cpu", precision="fp32")
     assert kept == [] and "eval-mode fp32 CPU checks only" in note
 
@@ -269,7 +271,7 @@ def test_check_leaves_onnx_out_of_train_mode():
 
 
 def test_bench_plan_adds_fold_and_onnx_rows(monkeypatch):
-    from shared import bench_plan
+    from shared.tools import bench_plan
 
     monkeypatch.setattr(bench_plan, "installed", lambda m: True)
     pairs = bench_plan.plan(("torch", "onnx"), (), ("infer", "train"), ("fp32",), "cpu", fold=True)
@@ -284,7 +286,7 @@ def test_bench_plan_adds_fold_and_onnx_rows(monkeypatch):
 def test_tiny_bench_runs_onnxruntime_and_folded_rows(tmp_path):
     import json
 
-    proc = subprocess.run([sys.executable, "-m", "shared.cli", "bench", "--frameworks", "onnx", "--mode", "infer",
+    proc = subprocess.run([sys.executable, "-m", "shared.tools.cli", "bench", "--frameworks", "onnx", "--mode", "infer",
                            "--fold", "--interleave", "--depths", "1,1,1,1", "--batch", "2", "--size", "32",
                            "--iters", "1", "--warmup", "1", "--json", str(tmp_path / "b.json")],
                           capture_output=True, text=True, timeout=600)

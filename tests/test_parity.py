@@ -1,7 +1,7 @@
 """The cross-framework parity harness: one set of cases, parametrized over framework x precision
 x style x depth x mode, each judged against the float64 reference and pairwise.
 
-Frameworks run in this process through their ``runner`` (the same code ``resnet-parity check``
+Frameworks run in this process through their adapter (``shared.tools.adapters``, the same code ``resnet-parity check``
 runs in its workers); Keras runs on whatever KERAS_BACKEND this pytest process has (CI runs the
 keras-marked cases once per backend). Budgets follow design.md: 4x the error of a trusted fp32
 peer on the same weights and input, measured here. The peer is the reference's own arithmetic
@@ -12,14 +12,14 @@ test_reference_float32_is_a_fair_peer); for bf16 on the CPU the measured table (
 from __future__ import annotations
 
 import functools
-import importlib
 
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from shared import parity, reference, spec as S
-from shared.check import fp32_budget, installed, low_precision_oracle
+from shared.tools import adapter
+from shared.tools.check import fp32_budget, installed, low_precision_oracle
 from shared.spec import ResNetSpec
 from strategies import HEADS, block_specs, small_specs
 
@@ -32,8 +32,7 @@ FRAMEWORKS = [
 
 
 def run(framework: str, spec, weights, images, **kwargs) -> dict:
-    runner = importlib.import_module(f"resnet_{framework}.runner")
-    return runner.run(spec, weights, images, **kwargs)
+    return adapter.load(framework).run_check(spec, weights, images, **kwargs)
 
 
 @functools.cache

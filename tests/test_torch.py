@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from shared.check import fp32_budget, low_precision_oracle
+from shared.tools.check import fp32_budget, low_precision_oracle
 from hypothesis import given, settings, strategies as st
 
 from shared import interop, reference, spec as S
@@ -519,7 +519,7 @@ def test_gpu_precision_against_reference(precision, gpu_case, tf32_flags):
     err = rel_error(out, ref)
     if precision == "fp32":
         tol = budget(depth="resnet50", device="gpu", precision=precision)
-    else:  # judged against the reference with this precision's rounding emulated (shared.check)
+    else:  # judged against the reference with this precision's rounding emulated (shared.tools.check)
         ref, tol = low_precision_oracle(gpu_case[2], gpu_case[3], gpu_case[4], precision)
         assert err > budget(depth="resnet50", device="gpu", precision="fp32")  # it really ran at low precision
         err = rel_error(out, ref)

@@ -7,8 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared import backprop, check, mutants, parity, reference, spec as S
-from shared.cli import main
+from shared import backprop, mutants, parity, reference, spec as S
+from shared.tools import check
+from shared.tools.cli import main
 
 TINY = dict(depths=(1, 1), width=8, num_classes=10)
 

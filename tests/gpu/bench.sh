@@ -63,7 +63,7 @@ for name in $STEPS; do
   limit=$((left < STEP_S ? left : STEP_S))
   echo "== $name ($limit s max): resnet-parity bench ${common[*]} $opts" | tee -a "$OUT/summary.txt"
   # shellcheck disable=SC2086  # $opts is a list of words on purpose
-  timeout "$limit" python3 -m shared.cli bench "${common[@]}" $opts --timeout "$limit" \
+  timeout "$limit" python3 -m shared.tools.cli bench "${common[@]}" $opts --timeout "$limit" \
     --json "$OUT/bench-$name.json" --markdown "$OUT/bench-$name.md" > "$OUT/bench-$name.log" 2>&1
   rc=$?
   echo "   rc=$rc after $((SECONDS - start)) s" | tee -a "$OUT/summary.txt"

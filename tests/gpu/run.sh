@@ -38,9 +38,9 @@ for backend in jax torch; do
   KERAS_BACKEND=$backend step "pytest-gpu-keras-$backend" python3 -m pytest -q -m "gpu and keras" -p no:cacheprovider tests/
 done
 for precision in fp32 tf32 bf16; do
-  step "check-$precision" python3 -m shared.cli check --device gpu --precision "$precision" \
+  step "check-$precision" python3 -m shared.tools.cli check --device gpu --precision "$precision" \
     --keras-backends jax,torch --size 224 --batch 16 --trace --json "$OUT/check-$precision.json"
 done
-step check-train python3 -m shared.cli check --device gpu --mode train --keras-backends jax,torch \
+step check-train python3 -m shared.tools.cli check --device gpu --mode train --keras-backends jax,torch \
   --size 224 --batch 16 --json "$OUT/check-train.json"
 exit $status

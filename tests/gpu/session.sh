@@ -46,14 +46,14 @@ if [ "$DEVICE" = gpu ]; then
   bounded calibrate python3 tests/gpu/calibrate.py "$OUT/calibrate.npz"
 fi
 # The GPU half of the mutant table (README): every broken port at every GPU precision.
-bounded mutants python3 -m shared.cli check --mutants --device "$DEVICE" --keras-backends "$BACKENDS" \
+bounded mutants python3 -m shared.tools.cli check --mutants --device "$DEVICE" --keras-backends "$BACKENDS" \
   --mutant-precisions "$( [ "$DEVICE" = cpu ] && echo fp32,bf16 || echo fp32,tf32,bf16 )" \
   --depths 1,1 --width 8 --size 32 --json "$OUT/mutants.json"
 for mode in eval train; do
   for precision in fp32 tf32 bf16; do
     [ "$DEVICE" = cpu ] && [ "$precision" = tf32 ] && continue
     trace=(); [ "$mode" = eval ] && trace=(--trace)
-    bounded "check-$mode-$precision" python3 -m shared.cli check --device "$DEVICE" --precision "$precision" \
+    bounded "check-$mode-$precision" python3 -m shared.tools.cli check --device "$DEVICE" --precision "$precision" \
       --mode "$mode" --keras-backends "$BACKENDS" --size "$CHECK_SIZE" --batch "$CHECK_BATCH" "${trace[@]}" \
       --json "$OUT/check-$mode-$precision.json"
   done

@@ -24,30 +24,22 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from shared import backprop, check_fast, mutants, parity, reference, weights as W
+from shared import backprop, mutants, parity, reference, weights as W
 from shared.spec import ResNetSpec
-from shared.worker import Job
+from shared.tools import check_fast
+from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS, PRECISIONS, REQUIRES, VARIANCE
+from shared.tools.jobs import Job, environment, launch, random_labels, read_result, stage
 
-FRAMEWORKS = ("torch", "keras", "flax", "onnx")
-PRECISIONS = ("fp32", "tf32", "bf16")
-KERAS_BACKENDS = ("tensorflow", "jax", "torch")
-# What a framework (or Keras backend) needs installed, by import name.
-REQUIRES = {"torch": ("torch",), "flax": ("jax", "flax"), "keras": ("keras",),
-            "tensorflow": ("tensorflow",), "jax": ("jax",), "onnx": ("onnx", "onnxruntime")}
-# Running-variance convention each framework's BatchNorm update uses (see reference.forward_train).
-VARIANCE = {"torch": "unbiased", "keras": "biased", "flax": "biased"}
 FP32_FLOOR = 1e-6  # a peer error of exactly 0 (identical arithmetic) would give a zero budget
 
 
 def installed(name: str) -> bool:
+    """Whether a framework (``REQUIRES``) or a Keras backend (its own import name) is installed."""
     return all(importlib.util.find_spec(m) is not None for m in REQUIRES.get(name, (name,)))
 
 
@@ -107,33 +99,10 @@ class Report:
                 "pairwise": self.pairwise, "versions": self.versions}
 
 
-def run_jobs(target: Target, jobs: list[Job], timeout: float) -> list[dict[str, np.ndarray]]:
+def run_jobs(target: Target, jobs: list[Job], workdir: Path, timeout: float) -> list[dict[str, np.ndarray]]:
     """Run ``jobs`` in one worker process for ``target``; each job's arrays, or {"error": ...}."""
-    paths = []
-    for job in jobs:
-        path = Path(job.out).with_suffix(".json")
-        job.write(path)
-        paths.append(str(path))
-    env = dict(os.environ, PYTHONUNBUFFERED="1", XLA_PYTHON_CLIENT_PREALLOCATE="false",
-               TF_CPP_MIN_LOG_LEVEL="3")
-    if target.backend:
-        env["KERAS_BACKEND"] = target.backend
-    try:
-        proc = subprocess.run([sys.executable, "-m", "shared.worker", *paths], env=env, timeout=timeout,
-                              capture_output=True, text=True)
-        why = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
-        why = f"worker exited {proc.returncode}: {why}"
-    except subprocess.TimeoutExpired:
-        why = f"timed out after {timeout:.0f} s"
-    results = []
-    for job in jobs:
-        out = Path(job.out)
-        if not out.exists():
-            results.append({"error": np.array(why)})
-            continue
-        with np.load(out) as data:
-            results.append({k: data[k] for k in data.files})
-    return results
+    why = launch(jobs, workdir, environment(backend=target.backend, device=jobs[0].device), timeout)
+    return [read_result(job.out) or {"error": np.array(why or "the worker wrote nothing")} for job in jobs]
 
 
 LOW_PRECISION_ALT = {"bf16": "bf16-operands", "tf32": "tf32-outputs"}  # the other legitimate rounding
@@ -267,7 +236,7 @@ def check(spec: ResNetSpec, weights: dict, *, frameworks=FRAMEWORKS, keras_backe
     validate_request(device, precision, mode, trace, mutant)
     W.validate(spec, weights)
     images = reference.random_images(spec, batch, size, seed)
-    labels = np.random.Generator(np.random.PCG64(seed)).integers(0, max(spec.num_classes, 1), batch)
+    labels = random_labels(spec, batch, seed)
     found, missing = targets(frameworks, keras_backends)
     rows = [Row(t.label, "not installed") for t in missing]
     run_spec, run_weights, found, note = check_fast.prepare(spec, weights, found, fold=fold, mode=mode,
@@ -280,14 +249,14 @@ def check(spec: ResNetSpec, weights: dict, *, frameworks=FRAMEWORKS, keras_backe
     results: dict[str, dict] = {}
     structure: dict[str, dict] = {}  # low precision: the same framework at fp32
     with tempfile.TemporaryDirectory(prefix="resnet-parity-") as tmp:
-        files = _inputs(Path(tmp), run_weights, images, labels)
+        files = stage(Path(tmp), run_weights, images, labels)
         for t in found:
             if progress:
                 progress(t.label)
             fields = {**run_spec.to_dict(), **(overrides or {}).get(t.framework, {})}
             jobs = [_job(t, files, fields, device, p, mode, trace and p == precision, mutant, f"{t.label}-{p}")
                     for p in dict.fromkeys((precision, "fp32"))]
-            done = run_jobs(t, jobs, timeout)
+            done = run_jobs(t, jobs, Path(tmp), timeout)
             results[t.label] = done[0]
             if low:
                 structure[t.label] = done[1]
@@ -314,20 +283,11 @@ def check(spec: ResNetSpec, weights: dict, *, frameworks=FRAMEWORKS, keras_backe
     return Report(config, rows, pairwise, versions)
 
 
-def _inputs(workdir: Path, weights: dict, images: np.ndarray, labels: np.ndarray) -> dict:
-    files = {"weights": workdir / "weights.safetensors", "images": workdir / "images.npy",
-             "labels": workdir / "labels.npy", "dir": workdir}
-    W.save(weights, files["weights"])
-    np.save(files["images"], images)
-    np.save(files["labels"], labels)
-    return files
-
-
 def _job(t: Target, files: dict, fields: dict, device: str, precision: str, mode: str, trace: bool,
          mutant: str, name: str) -> Job:
-    return Job(t.framework, device, precision, mode, fields, str(files["weights"]), str(files["images"]),
-               str(files["labels"]) if mode == "train" else None, trace,
-               str(files["dir"] / f"{name}.npz".replace("[", "-").replace("]", "")), mutant)
+    out = Path(files["images"]).parent / f"{name}.npz".replace("[", "-").replace("]", "")
+    return Job("check", t.framework, fields, str(out), device=device, precision=precision, mode=mode, trace=trace,
+               mutant=mutant, **{**files, "labels": files["labels"] if mode == "train" else None})
 
 
 def _judge(t: Target, res: dict, fp32_res: dict | None, oracle: Oracle, mode: str, precision: str,
@@ -440,7 +400,7 @@ def catch_table(spec: ResNetSpec, weights: dict, *, names=None, modes=("eval", "
     for p in precisions:
         validate_request(device, p, "eval", False)
     images = reference.random_images(spec, batch, size, seed)
-    labels = np.random.Generator(np.random.PCG64(seed)).integers(0, max(spec.num_classes, 1), batch)
+    labels = random_labels(spec, batch, seed)
     # onnxruntime runs eval fp32 only and has no framework code to break: the table covers the
     # three framework packages.
     found, missing = targets([f for f in frameworks if f != check_fast.ONNX], keras_backends)
@@ -452,7 +412,7 @@ def catch_table(spec: ResNetSpec, weights: dict, *, names=None, modes=("eval", "
         oracles[m, p] = _oracle(spec, weights, images, labels, m, p, False)
     cells, baseline = [], []
     with tempfile.TemporaryDirectory(prefix="resnet-parity-mutants-") as tmp:
-        files = _inputs(Path(tmp), weights, images, labels)
+        files = stage(Path(tmp), weights, images, labels)
         fields = spec.to_dict()
         for t in found:
             if progress:
@@ -463,7 +423,7 @@ def catch_table(spec: ResNetSpec, weights: dict, *, names=None, modes=("eval", "
                     runs = dict.fromkeys((p, "fp32"))
                     plan.append((name, m, p, [_job(t, files, fields, device, q, m, False, name,
                                                    f"{t.label}-{name or 'clean'}-{m}-{p}-{q}") for q in runs]))
-            done = iter(run_jobs(t, [j for *_, jobs in plan for j in jobs], timeout))
+            done = iter(run_jobs(t, [j for *_, jobs in plan for j in jobs], Path(tmp), timeout))
             for name, m, p, jobs in plan:
                 res = [next(done) for _ in jobs]
                 row = _judge(t, res[0], res[1] if len(res) > 1 else None, oracles[m, p], m, p, False)

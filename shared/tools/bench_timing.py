@@ -14,6 +14,10 @@ import sys
 import time
 from typing import Callable
 
+# A bench train step is one SGD update with momentum, the same in every framework.
+LEARNING_RATE = 0.01
+MOMENTUM = 0.9
+
 
 @dataclasses.dataclass
 class Step:

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
 from shared import mutants, spec as S
+from shared.tools import bench
+from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS, PRECISIONS
+from shared.tools.jobs import write_json
+from shared.tools.options import CliError, csv_choices, depths, literal
 from shared.weights import WeightsError
-
-
-class CliError(Exception):
-    """A one-line error for the user (exit code 2, no traceback)."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -25,17 +24,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _csv(choices):
-    def parse(text: str) -> list[str]:
-        items = [t.strip() for t in text.split(",") if t.strip()]
-        bad = [t for t in items if t not in choices]
-        if bad:
-            raise argparse.ArgumentTypeError(f"unknown {', '.join(map(repr, bad))}; expected some of {', '.join(choices)}")
-        return items
-
-    return parse
 
 
 def read_weights(path: str, style: str | None):
@@ -131,11 +119,12 @@ def cmd_check(args) -> int:
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from shared import check, reference
+    from shared import reference
+    from shared.tools import check
 
     console = Console(width=None if sys.stdout.isatty() else 150)
     if args.replicas is not None:  # bad --replicas fails before any weights are made
-        from shared import check_dp
+        from shared.tools import check_dp
 
         check_dp.check_args(args)
     check.validate_request(args.device, args.precision, args.mode, args.trace, args.mutant or "")
@@ -148,15 +137,15 @@ def cmd_check(args) -> int:
         if args.depths or args.width:  # a smaller network of the same style (the mutant table's)
             spec = spec.replace(depths=args.depths or spec.depths, width=args.width or spec.width)
         weights = reference.calibrated_weights(spec, seed=args.seed, size=args.size)
-    if args.replicas is not None:  # data-parallel engines: shared.check_dp
+    if args.replicas is not None:  # data-parallel engines: shared.tools.check_dp
         return check_dp.cli(args, spec, weights, console)
     overrides = {}
     for item in args.override or []:
         fw, _, assignment = item.partition(":")
         field, _, value = assignment.partition("=")
-        if fw not in check.FRAMEWORKS or not field:
+        if fw not in FRAMEWORKS or not field:
             raise CliError(f"--override: expected FRAMEWORK:FIELD=VALUE, got {item!r}")
-        overrides.setdefault(fw, {})[field] = _literal(value)
+        overrides.setdefault(fw, {})[field] = literal(value)
         S.ResNetSpec.from_dict({**spec.to_dict(), **overrides[fw]})  # a bad override fails here, not in a worker
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
                   transient=True) as progress:
@@ -184,7 +173,7 @@ def cmd_check(args) -> int:
                 console.print(f"{r.target}: first leaves its budget at {r.first_diverging} "
                               f"(rel {t['rel']:.2e} > {t['budget']:.2e})")
     if args.json:
-        _write_json(args.json, report.to_json())
+        write_json(args.json, report.to_json())
     return 0 if report.ok else 1
 
 
@@ -223,28 +212,9 @@ def print_catch_table(table: dict, console, json_path: str | None) -> int:
     console.print(f"caught {caught} of {applicable} applicable cells; "
                   f"{sum(c.outcome == 'passes' for c in table['cells'])} cells where the port changes nothing pass")
     if json_path:
-        _write_json(json_path, {**table, "cells": [dataclasses.asdict(c) | {"outcome": c.outcome} for c in table["cells"]],
+        write_json(json_path, {**table, "cells": [dataclasses.asdict(c) | {"outcome": c.outcome} for c in table["cells"]],
                                 "baseline": [dataclasses.asdict(c) for c in table["baseline"]]})
     return 0 if not bad else 1
-
-
-def _literal(text: str):
-    """A JSON value (``1e-3``, ``true``, ``[1, 2]``), else the text itself (``1x1``)."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _write_json(path: str, data: dict) -> None:
-    import os
-    import tempfile
-
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, target)
 
 
 def cmd_info(args) -> int:
@@ -319,19 +289,16 @@ def add_export_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from shared.bench import _depths
-    from shared.check import FRAMEWORKS, KERAS_BACKENDS
-
     parser = Parser(prog="resnet-parity", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     check = sub.add_parser("check", help="prove the frameworks compute the same function (default job)")
     check.add_argument("--arch", choices=S.ARCHS, default=None)
     check.add_argument("--style", choices=S.STYLES, default=None)
-    check.add_argument("--frameworks", type=_csv(FRAMEWORKS), default=list(FRAMEWORKS))
-    check.add_argument("--keras-backends", type=_csv(KERAS_BACKENDS), default=list(KERAS_BACKENDS))
+    check.add_argument("--frameworks", type=csv_choices(FRAMEWORKS), default=list(FRAMEWORKS))
+    check.add_argument("--keras-backends", type=csv_choices(KERAS_BACKENDS), default=list(KERAS_BACKENDS))
     check.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    check.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32")
+    check.add_argument("--precision", choices=PRECISIONS, default="fp32")
     check.add_argument("--weights", help="a checkpoint: .safetensors (canonical or torchvision keys), torchvision "
                        ".pth/.pt, Keras .h5, .weights.h5 or .keras, an Orbax checkpoint directory, or a "
                        "shared.hub name (torchvision/resnet50.IMAGENET1K_V2)")
@@ -345,14 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--fold", action="store_true",
                        help="run every target with BatchNorm folded into the convs, judged against the unfolded reference")
     check.add_argument("--json", help="write every figure to this file")
-    check.add_argument("--depths", type=_depths, default=None,
+    check.add_argument("--depths", type=depths, default=None,
                        help="blocks per stage instead of the arch's (e.g. 1,1 for a quick mutant table)")
     check.add_argument("--width", type=int, default=None, help="stem width instead of 64")
     check.add_argument("--mutant", choices=list(mutants.CATALOGUE), default=None,
                        help="inject one broken port (shared.mutants) into every framework: the check must fail")
     check.add_argument("--mutants", action="store_true",
                        help="the catch table: every broken port x framework x eval/train x --mutant-precisions")
-    check.add_argument("--mutant-precisions", type=_csv(("fp32", "tf32", "bf16")), default=["fp32", "bf16"])
+    check.add_argument("--mutant-precisions", type=csv_choices(PRECISIONS), default=["fp32", "bf16"])
     check.add_argument("--override", action="append", metavar="FRAMEWORK:FIELD=VALUE",
                        help="build one framework from a changed spec (proves a broken port is caught)")
     check.set_defaults(func=cmd_check)
@@ -376,8 +343,6 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--style", choices=S.STYLES, default=None,
                          help="conventions for a weights-only file without a stored spec")
     convert.set_defaults(func=cmd_convert)
-
-    from shared import bench
 
     bench.add_parser(sub)
     add_export_parser(sub)

@@ -13,11 +13,9 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 
-from shared.check import FRAMEWORKS, KERAS_BACKENDS
+from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS, REQUIRES
 
 MODES = ("infer", "train")
-PRECISIONS = ("fp32", "tf32", "bf16")
-ARCH_CLASS = {"resnet50": "ResNet50", "resnet101": "ResNet101", "resnet152": "ResNet152"}
 
 
 def installed(module: str) -> bool:
@@ -28,7 +26,7 @@ def installed(module: str) -> bool:
 class Run:
     """One model measured in one mode and precision, in a process of its own."""
 
-    runner: str  # which shared.bench_<runner> module drives it: "torch", "keras", "flax", "onnx"
+    framework: str  # the adapter that drives it (shared.tools.adapters): "torch", "keras", "flax", "onnx"
     impl: str  # "ours" or "reference"
     backend: str  # Keras backend; "" for the others
     mode: str
@@ -40,16 +38,15 @@ class Run:
     def label(self) -> str:
         name = {("torch", "ours"): "resnet_torch", ("torch", "reference"): "torchvision",
                 ("keras", "ours"): "resnet_keras", ("keras", "reference"): "keras.applications",
-                ("flax", "ours"): "resnet_flax", ("onnx", "ours"): "onnxruntime"}[(self.runner, self.impl)]
+                ("flax", "ours"): "resnet_flax", ("onnx", "ours"): "onnxruntime"}[(self.framework, self.impl)]
         name += "+fold" if self.fold else ""
         return f"{name}[{self.backend}]" if self.backend else name
 
     @property
     def requires(self) -> tuple[str, ...]:
         """Import names this run needs."""
-        needs = {"torch": ("torch",), "keras": ("keras",), "flax": ("jax", "flax", "optax"),
-                 "onnx": ("onnx", "onnxruntime")}[self.runner]
-        if self.runner == "torch" and self.impl == "reference":
+        needs = REQUIRES[self.framework]
+        if self.framework == "torch" and self.impl == "reference":
             needs += ("torchvision",)
         if self.backend:
             needs += (self.backend,)
@@ -113,9 +110,9 @@ def plan(frameworks=FRAMEWORKS, keras_backends=KERAS_BACKENDS, modes=MODES, prec
                         pair.skipped = f"not installed: {', '.join(missing)}"
                     elif precision == "tf32" and device == "cpu":
                         pair.skipped = "skipped: tf32 is a GPU mode"
-                    elif mode == "train" and (folded or pair.ours.runner == "onnx"):
+                    elif mode == "train" and (folded or pair.ours.framework == "onnx"):
                         pair.skipped = "skipped: inference only"
-                    elif device == "gpu" and pair.ours.runner == "onnx":
+                    elif device == "gpu" and pair.ours.framework == "onnx":
                         pair.skipped = "skipped: onnxruntime runs on the CPU here"
                     pairs.append(pair)
     return pairs

@@ -2,7 +2,7 @@
 beside its framework's own reference measured in the same run with the same settings.
 
 Every measurement (one model, one mode, one precision) runs in a fresh process
-(``shared.bench_worker``) so TensorFlow, JAX and PyTorch never share one, Keras gets its backend,
+(``shared.tools.worker``) so TensorFlow, JAX and PyTorch never share one, Keras gets its backend,
 and peak memory belongs to that model alone; this parent only plans, collects the JSON each
 worker writes, and reports. Missing frameworks are reported as not installed, not as failures.
 """
@@ -10,52 +10,21 @@ worker writes, and reports. Missing frameworks are reported as not installed, no
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
-import json
-import os
 import shlex
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from shared import spec as S
-from shared.bench_plan import MODES, PRECISIONS, Pair, Run, plan, unique_runs
-from shared.bench_worker import Job
-
-
-def _csv(choices):
-    def parse(text: str) -> list[str]:
-        items = [t.strip() for t in text.split(",") if t.strip()]
-        bad = [t for t in items if t not in choices]
-        if bad or not items:
-            raise argparse.ArgumentTypeError(f"unknown {', '.join(map(repr, bad)) or 'empty list'}; "
-                                             f"expected some of {', '.join(choices)}")
-        return list(dict.fromkeys(items))
-
-    return parse
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _depths(text: str) -> tuple[int, ...]:
-    try:
-        depths = tuple(int(t) for t in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected stage depths like 1,1,1,1, got {text!r}") from None
-    if not depths or min(depths) < 1:
-        raise argparse.ArgumentTypeError(f"every stage needs at least 1 block, got {text!r}")
-    return depths
+from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS, PRECISIONS
+from shared.tools.bench_plan import MODES, Pair, Run, plan, unique_runs
+from shared.tools.jobs import Job, environment, launch, read_result, write_json
+from shared.tools.options import CliError, csv_choices as _csv, depths as _depths, positive as _positive
 
 
 def add_parser(sub) -> None:
-    from shared.check import FRAMEWORKS, KERAS_BACKENDS
-
     p = sub.add_parser("bench", help="images/s and peak memory, ours beside each framework's reference")
     p.add_argument("--arch", choices=S.ARCHS, default="resnet50")
     p.add_argument("--frameworks", type=_csv(FRAMEWORKS), default=list(FRAMEWORKS))
@@ -63,7 +32,8 @@ def add_parser(sub) -> None:
     p.add_argument("--mode", type=_csv(MODES), default=list(MODES),
                    help="infer (eval-mode forward) and/or train (forward, backward, SGD momentum 0.9)")
     p.add_argument("--precision", type=_csv(PRECISIONS), default=["fp32"],
-                   help="fp32 (TF32 off on a GPU), tf32 (the frameworks' GPU defaults), bf16 (autocast / mixed)")
+                   help="fp32 (TF32 off on a GPU), tf32 (TF32 convolutions and matmuls), bf16 (autocast / "
+                        "mixed): the meanings check gives them (shared.tools.adapter)")
     p.add_argument("--batch", type=_positive, default=32)
     p.add_argument("--size", type=_positive, default=224)
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
@@ -103,14 +73,12 @@ def command_line(args) -> str:
     return shlex.join(words)
 
 
-def _env(runs: list[Run], device: str) -> dict:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", XLA_PYTHON_CLIENT_PREALLOCATE="false", TF_CPP_MIN_LOG_LEVEL="3")
-    for run in runs:
-        if run.backend:  # a process holds one Keras backend; plan() pairs at most one
-            env["KERAS_BACKEND"] = run.backend
-    if device == "cpu":  # keep every framework off any GPU the machine may have
-        env.update(CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
-    return env
+def _job(run: Run, args, out: Path) -> Job:
+    spec = S.preset(args.arch, run.style, **({"depths": tuple(args.depths)} if args.depths else {}))
+    return Job("bench", run.framework, spec.to_dict(), str(out), device=args.device, precision=run.precision,
+               mode=run.mode, seed=args.seed, batch=args.batch, size=args.size, fold=run.fold, impl=run.impl,
+               backend=run.backend, iters=args.iters, warmup=args.warmup, compile=args.compile,
+               channels_last=args.channels_last)
 
 
 def measure(run: Run, args, workdir: Path, timeout: float, partner: Run | None = None) -> dict:
@@ -118,23 +86,18 @@ def measure(run: Run, args, workdir: Path, timeout: float, partner: Run | None =
     models share the process and are timed in turn; the partner's figures come under "partner"."""
     name = f"{run.label}-{run.mode}-{run.precision}".replace("[", "-").replace("]", "")
     name += f"-with-{partner.label}".replace("[", "-").replace("]", "") if partner else ""
-    out = workdir / f"{name}.json"
-    with_partner = {k: getattr(partner, k) for k in ("runner", "impl", "backend", "style", "fold")} if partner else None
-    job = Job(run.runner, run.impl, run.backend, run.mode, run.precision, run.style, args.arch, args.device,
-              args.batch, args.size, args.iters, args.warmup, args.compile, args.channels_last, args.seed, str(out),
-              args.depths, with_partner, run.fold)
-    job.write(workdir / f"{name}.job.json")
+    job = _job(run, args, workdir / f"{name}.json")
+    if partner:  # the fields where the partner's job differs
+        other = dataclasses.asdict(_job(partner, args, workdir / f"{name}.json"))
+        job.partner = {k: v for k, v in other.items() if v != getattr(job, k)}
     heads = [{"label": r.label, "style": r.style} for r in (run, partner) if r]
-    try:
-        proc = subprocess.run([sys.executable, "-m", "shared.bench_worker", str(workdir / f"{name}.job.json")],
-                              env=_env([r for r in (run, partner) if r], args.device), timeout=timeout,
-                              capture_output=True, text=True)
-        result = json.loads(out.read_text()) if out.exists() else None
-    except subprocess.TimeoutExpired:
-        result = {"status": "timed out", "error": f"after {timeout:.0f} s"}
+    backend = next((r.backend for r in (run, partner) if r and r.backend), "")  # plan() pairs at most one
+    why = launch([job], workdir, environment(backend=backend, device=args.device), timeout)
+    result = read_result(job.out)
     if result is None:
-        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
-        result = {"error": f"worker exited {proc.returncode}: {tail}"}
+        result = {"status": "timed out", "error": why} if why.startswith("timed out") else {"error": why}
+    elif "error" in result:
+        result["error"] = result["error"].strip().splitlines()[0]
     results = [result, result.pop("partner", result)] if partner else [result]
     merged = [{**head, "status": "error" if "error" in r else "ok", **r} for head, r in zip(heads, results)]
     if partner:
@@ -171,7 +134,7 @@ def _row(pair: Pair, results: dict) -> dict:
 def run_bench(args, progress=None, partial=None) -> dict:
     """Plan, run every measurement once, pair them up. ``progress(label)`` before each run;
     ``partial(report)`` after each, with the runs still to come marked "not run"."""
-    from shared.bench_report import machine
+    from shared.tools.bench_report import machine
 
     pairs = plan(args.frameworks, args.keras_backends, args.mode, args.precision, args.device,
                  getattr(args, "fold", False))
@@ -210,8 +173,7 @@ def cmd_bench(args) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from shared import bench_report
-    from shared.cli import CliError, _write_json
+    from shared.tools import bench_report
 
     if args.plot:
         try:
@@ -232,14 +194,14 @@ def cmd_bench(args) -> int:
             progress.update(task, description=f"timing {label}")
 
         # With --json, the file holds every figure so far after each run: a killed run keeps them.
-        report = run_bench(args, step, (lambda r: _write_json(args.json, r)) if args.json else None)
+        report = run_bench(args, step, (lambda r: write_json(args.json, r)) if args.json else None)
     console = Console()
     if not console.is_terminal:  # a pipe or a log file: don't squeeze the table to 80 columns
         console = Console(width=200)
     bench_report.print_table(report, console)
     console.print(f"[dim]{report['command']}  ({report['date']})[/]")
     if args.json:
-        _write_json(args.json, report)
+        write_json(args.json, report)
     if args.plot:
         bench_report.plot(report, args.plot)
     if args.markdown:

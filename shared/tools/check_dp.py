@@ -18,9 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -29,6 +26,7 @@ import numpy as np
 from shared import parity, reference, reference_dp
 from shared import weights as W
 from shared.spec import ResNetSpec
+from shared.tools.jobs import Job, environment, launch, random_labels, read_result, stage, write_json
 
 FLOOR = 1e-6
 LR, MOMENTUM = 0.1, 0.9
@@ -117,34 +115,24 @@ def check_replicas(replicas, batch: int) -> None:
         raise ValueError(f"--replicas: a batch of {batch} images does not split into {replicas} equal shards")
 
 
-def run_engine(engine: Engine, job: dict, workdir: Path, replicas: int, timeout: float) -> dict:
-    """Run one engine's worker in a new process group; on a timeout kill the whole group (the
-    worker and every process it spawned)."""
+def run_engine(engine: Engine, job: Job, workdir: Path, timeout: float) -> dict:
+    """Run one engine's step in a worker of its own (killed with every process it started on a
+    timeout); its arrays, or {"error": ...} with the error's last line (a rank's traceback ends there)."""
     stem = "".join(c if c.isalnum() else "-" for c in engine.name)
-    path, out = workdir / f"{stem}.json", workdir / f"{stem}.npz"
-    path.write_text(json.dumps({**job, "module": engine.module, "options": engine.options, "out": str(out)}))
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3", **engine.env)
+    job = dataclasses.replace(job, framework=engine.framework, engine=engine.module, options=engine.options,
+                              out=str(workdir / f"{stem}.npz"))
+    env = dict(engine.env)
     if engine.virtual_devices:
-        flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
-        env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={replicas}"])
-    proc = subprocess.Popen([sys.executable, "-m", "shared.dp_worker", str(path)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        return {"error": np.array(f"timed out after {timeout:.0f} s; its process group was killed")}
-    finally:
-        try:  # a worker that died leaves no orphan: whatever is left of its group goes too
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    if not out.exists():
-        tail = (stderr or stdout).strip().splitlines()[-3:]
-        return {"error": np.array(f"worker exited {proc.returncode}: {' | '.join(tail)}")}
-    with np.load(out) as data:
-        return {k: data[k] for k in data.files}
+        flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+        env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={job.replicas}"])
+    why = launch([job], workdir, environment(env=env), timeout)
+    result = read_result(job.out)
+    if result is None:
+        return {"error": np.array(why or "the worker wrote nothing")}
+    if "error" in result:
+        kind, _, message = str(result["error"]).partition(": ")
+        result["error"] = np.array(f"{kind}: {(message.strip().splitlines() or [''])[-1]}")
+    return result
 
 
 def _figures(res: dict, oracle: reference_dp.DPStep, weights: dict, replicas: int) -> dict[str, float]:
@@ -193,7 +181,7 @@ def check_dp(spec: ResNetSpec, weights: dict, *, replicas: int, frameworks=("tor
     if not spec.include_top:
         raise ValueError("--mode train: the loss needs the classifier; got a spec without include_top")
     images = reference.random_images(spec, batch, size, seed)
-    labels = np.random.Generator(np.random.PCG64(seed)).integers(0, spec.num_classes, batch)
+    labels = random_labels(spec, batch, seed)
     config = dict(spec=spec.to_dict(), mode="train", replicas=replicas, batch=batch, size=size, seed=seed,
                   lr=LR, momentum=MOMENTUM, device="cpu", frameworks=list(frameworks),
                   keras_backends=list(keras_backends))
@@ -204,12 +192,8 @@ def check_dp(spec: ResNetSpec, weights: dict, *, replicas: int, frameworks=("tor
     rows, versions, results = [], {}, {}
     with tempfile.TemporaryDirectory(prefix="resnet-parity-dp-") as tmp:
         workdir = Path(tmp)
-        W.save(weights, workdir / "weights.safetensors")
-        np.save(workdir / "images.npy", images)
-        np.save(workdir / "labels.npy", labels)
-        job = dict(spec=spec.to_dict(), weights=str(workdir / "weights.safetensors"),
-                   images=str(workdir / "images.npy"), labels=str(workdir / "labels.npy"),
-                   replicas=replicas, lr=LR, momentum=MOMENTUM)
+        job = Job("data_parallel", "", spec.to_dict(), "", mode="train", replicas=replicas, lr=LR, momentum=MOMENTUM,
+                  **stage(workdir, weights, images, labels))
         for engine in chosen:
             row = DPRow(engine.name, "", promised=engine.bn, kept=engine.kept, variance=engine.variance)
             rows.append(row)
@@ -219,7 +203,7 @@ def check_dp(spec: ResNetSpec, weights: dict, *, replicas: int, frameworks=("tor
                 continue
             if progress:
                 progress(f"running {engine.name} on {replicas} replicas")
-            res = run_engine(engine, job, workdir, replicas, timeout)
+            res = run_engine(engine, job, workdir, timeout)
             if "error" in res:
                 message = str(res["error"])
                 gpu = bool(engine.gpu_only) and engine.gpu_only in message
@@ -356,14 +340,12 @@ def check_args(args) -> None:
 
 
 def cli(args, spec: ResNetSpec, weights: dict, console) -> int:
-    """``check --mode train --replicas N`` (called by ``shared.cli.cmd_check``)."""
+    """``check --mode train --replicas N`` (called by ``shared.tools.cli.cmd_check``)."""
     with console.status("data-parallel step") as status:
         report = check_dp(spec, weights, replicas=args.replicas, frameworks=args.frameworks,
                           keras_backends=args.keras_backends, batch=args.batch, size=args.size, seed=args.seed,
                           progress=status.update)
     print_report(report, console)
     if args.json:
-        from shared.cli import _write_json
-
-        _write_json(args.json, report.to_json())
+        write_json(args.json, report.to_json())
     return 0 if report.ok else 1

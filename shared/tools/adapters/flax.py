@@ -1,0 +1,199 @@
+"""The Flax adapter (``shared.tools.adapter.Adapter``): resnet_flax for ``check`` and ``bench``,
+under ``jax.jit`` (always: it is how Flax runs), bf16 as the model's compute dtype, training with
+optax SGD. ``bench`` uses the split/merge pattern so each step is one compiled call on the
+model's state, not a Python walk of the module graph. Flax ships no ResNet of its own: its bench
+reference is keras.applications on the jax backend (``shared.tools.bench_plan``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from resnet_flax.model import ResNet
+from resnet_flax.weights import _variables, load_weights
+from shared.spec import is_statistic
+from shared.tools.adapter import tf32
+from shared.tools.bench_timing import LEARNING_RATE, MOMENTUM, Step
+from shared.tools.jobs import Job
+
+NAME = "flax"
+
+
+def versions() -> dict:
+    import flax
+
+    out = {"jax": jax.__version__, "flax": flax.__version__, "device": str(jax.devices()[0].device_kind)}
+    with contextlib.suppress(ImportError):
+        import jaxlib
+        import optax
+
+        out.update(jaxlib=jaxlib.__version__, optax=optax.__version__)
+    return out
+
+
+def _device(device: str):
+    if device == "gpu":
+        gpus = [d for d in jax.devices() if d.platform == "gpu"]
+        if not gpus:
+            raise RuntimeError("jax sees no GPU")
+        return gpus[0]
+    return jax.devices("cpu")[0]
+
+
+@contextlib.contextmanager
+def setup_precision(precision: str, device: str):
+    """JAX's default precision runs float32 convolutions and matmuls as TF32 on a GPU: "highest"
+    unless the precision is tf32. bf16 is the model's compute dtype (``dtype``)."""
+    matmul = "default" if tf32(precision) else "highest"
+    with jax.default_device(_device(device)), jax.default_matmul_precision(matmul):
+        yield {"default_matmul_precision": matmul, "tf32": device == "gpu" and tf32(precision),
+               "compute_dtype": "bfloat16" if precision == "bf16" else "float32"}
+
+
+def dtype(precision: str):
+    return jnp.bfloat16 if precision == "bf16" else None
+
+
+# ----------------------------------------------------------------------------------- check
+
+def run_check(spec, weights, images, *, labels=None, device="cpu", precision="fp32", mode="eval", trace=False):
+    out: dict[str, np.ndarray] = {}
+    with setup_precision(precision, device):
+        model = ResNet(spec, dtype=dtype(precision))  # a shell, filled below
+        load_weights(model, weights)
+        x = jnp.asarray(images)
+        if mode == "train":
+            model.train()
+            y = jnp.asarray(labels)
+
+            def loss_fn(m):
+                logits = m(x)
+                logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+                loss = -jnp.take_along_axis(logp, y[:, None], axis=-1).mean()
+                return loss, logits
+
+            # Under nnx.jit, as a training loop runs it (and as the max pool must differentiate).
+            (loss, logits), grads = nnx.jit(nnx.value_and_grad(loss_fn, has_aux=True))(model)
+            out["loss"] = np.asarray(loss)
+            graphdef, _, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+            grad_model = nnx.merge(graphdef, grads, stats)  # the model's layout, holding gradients
+            for key, variable in _variables(grad_model):  # statistics: the updated running ones
+                out[f"{'stats' if is_statistic(key) else 'grad'}/{key}"] = np.asarray(variable[...], np.float32)
+        else:
+            model.eval()
+            hook = (lambda name, a: out.__setitem__(f"trace/{name}", np.asarray(a, np.float32))) if trace else None
+            logits = model(x, hook=hook) if trace else nnx.jit(lambda m, v: m(v))(model, x)
+        out["logits"] = np.asarray(logits, np.float32)
+    return out
+
+
+# ----------------------------------------------------------------------------------- bench
+
+def _train_step(graphdef):
+    import optax
+
+    def step(state, x, y):
+        model, optimizer = nnx.merge(graphdef, state)
+
+        def loss_fn(model):
+            logits = model(x).astype(jnp.float32)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss, nnx.state((model, optimizer))
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def run_bench(job: Job, spec, weights) -> Step:
+    """One jitted eval-mode forward (infer), or one jitted optax SGD step (train)."""
+    import optax
+
+    if job.impl != "ours":
+        raise ValueError("flax: no Flax reference model ships as a package (bench pairs keras.applications[jax])")
+    model = load_weights(ResNet(spec, dtype=dtype(job.precision)), weights)
+    images, labels = job.inputs(spec)
+    x, y = jax.device_put(images), jax.device_put(labels)
+
+    if job.mode == "train":
+        model.train()
+        optimizer = nnx.Optimizer(model, optax.sgd(LEARNING_RATE, momentum=MOMENTUM), wrt=nnx.Param)
+        graphdef, state = nnx.split((model, optimizer))
+        train = _train_step(graphdef)
+        holder = [state]
+
+        def step():
+            loss, holder[0] = train(holder[0], x, y)
+            return loss, holder[0]
+    else:
+        model.eval()
+        graphdef, state = nnx.split(model)
+        forward = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
+
+        def step():
+            return forward(state, x)
+
+    device = _device(job.device)
+    gpu = job.device == "gpu"
+
+    def peak():
+        return (device.memory_stats() or {}).get("peak_bytes_in_use") if gpu else None
+
+    return Step(step, jax.block_until_ready, device.device_kind if gpu else "cpu", {"jit": True}, peak)
+
+
+# ----------------------------------------------------------------- broken ports (shared.mutants)
+
+@jax.custom_vjp
+def _scaled_grad_relu(x):
+    return jnp.maximum(x, 0)
+
+
+_scaled_grad_relu.defvjp(lambda x: (jnp.maximum(x, 0), x), lambda x, g: (g * (x > 0) * 1.5,))
+
+
+def _bf16_sum(x):
+    """(N, C) -> (C,): a pairwise reduction whose every partial sum is stored in bf16."""
+    x = x.astype(jnp.bfloat16)
+    while x.shape[0] > 1:
+        if x.shape[0] % 2:
+            x = jnp.concatenate([x, jnp.zeros((1, x.shape[1]), x.dtype)])
+        x = x[0::2] + x[1::2]
+    return x[0].astype(jnp.float32)
+
+
+def _bf16_stats_call(self, x, use_running_average=None, *, mask=None):
+    running = self.use_running_average if use_running_average is None else use_running_average
+    if running or x.dtype != jnp.bfloat16:  # the bug lives on the bf16 path
+        return _batchnorm_call(self, x, use_running_average, mask=mask)
+    flat = x.astype(jnp.float32).reshape(-1, x.shape[-1])
+    n = flat.shape[0]
+    mean = _bf16_sum(flat) / n
+    var = (_bf16_sum(flat * flat) / n - mean * mean).astype(jnp.bfloat16).astype(jnp.float32)  # one pass, in bf16
+    self.mean.value = self.momentum * self.mean.value + (1 - self.momentum) * mean
+    self.var.value = self.momentum * self.var.value + (1 - self.momentum) * var
+    y = (x.astype(jnp.float32) - mean) / jnp.sqrt(var + self.epsilon)
+    return (y * self.scale.value + self.bias.value).astype(x.dtype)
+
+
+_batchnorm_call = nnx.BatchNorm.__call__
+
+
+@contextlib.contextmanager
+def inject(mutant: str):
+    """Swap in the framework code of a ``native`` mutant while models are built and run."""
+    saved = nnx.relu, nnx.BatchNorm.__call__
+    if mutant == "relu_backward":
+        nnx.relu = _scaled_grad_relu
+    elif mutant == "bn_stats_bf16":
+        nnx.BatchNorm.__call__ = _bf16_stats_call
+    try:
+        yield
+    finally:
+        nnx.relu, nnx.BatchNorm.__call__ = saved

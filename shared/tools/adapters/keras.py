@@ -1,0 +1,288 @@
+"""The Keras adapter (``shared.tools.adapter.Adapter``), on the backend KERAS_BACKEND chose for
+this worker process: resnet_keras for ``check`` and, for ``bench``, resnet_keras or
+keras.applications' ResNet through the calls a Keras user makes (``predict_on_batch``,
+``train_on_batch``) with the same compile settings for both: XLA as Keras chooses it ("auto";
+``--compile`` forces ``jit_compile=True``), ``mixed_bfloat16`` for bf16.
+
+Keras has no backend-neutral gradient, so ``check --mode train`` takes each backend's own:
+jax.grad over ``stateless_call``, torch autograd, tf.GradientTape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+
+import keras
+import numpy as np
+from keras import ops
+
+from resnet_keras import build, keras_model, load_weights
+from resnet_keras.weights import _variables, export_weights
+from shared.keras_h5 import KERAS_PARAM
+from shared.spec import is_statistic
+from shared.tools.adapter import tf32
+from shared.tools.bench_timing import LEARNING_RATE, MOMENTUM, Step
+from shared.tools.jobs import Job
+
+NAME = "keras"
+BACKEND = keras.backend.backend()
+# keras.applications' class of each architecture it ships
+APPLICATIONS = {"resnet50": "ResNet50", "resnet101": "ResNet101", "resnet152": "ResNet152",
+                "resnet50v2": "ResNet50V2", "resnet101v2": "ResNet101V2", "resnet152v2": "ResNet152V2"}
+
+
+def versions() -> dict:
+    return {"keras": keras.__version__, "keras_backend": BACKEND,
+            BACKEND: importlib.import_module(BACKEND).__version__}
+
+
+def has_gpu() -> bool:
+    if BACKEND == "jax":
+        import jax
+        return any(d.platform == "gpu" for d in jax.devices())
+    if BACKEND == "torch":
+        import torch
+        return torch.cuda.is_available()
+    import tensorflow as tf
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+@contextlib.contextmanager
+def setup_precision(precision: str, device: str):
+    """Place work on the device and apply the precision rule (``shared.tools.adapter``) through
+    the backend's own switch, bf16 as Keras' mixed_bfloat16 policy. Restores all on exit."""
+    use_tf32 = tf32(precision)
+    if device == "gpu" and not has_gpu():
+        raise RuntimeError(f"the {BACKEND} backend sees no GPU")
+    with contextlib.ExitStack() as undo:
+        if BACKEND == "jax":
+            import jax
+            undo.enter_context(jax.default_matmul_precision("default" if use_tf32 else "highest"))
+        elif BACKEND == "torch":
+            import torch
+            for flags in (torch.backends.cudnn, torch.backends.cuda.matmul):
+                undo.callback(setattr, flags, "allow_tf32", flags.allow_tf32)
+                flags.allow_tf32 = use_tf32
+        else:
+            import tensorflow as tf
+            undo.callback(tf.config.experimental.enable_tensor_float_32_execution,
+                          tf.config.experimental.tensor_float_32_execution_enabled())
+            tf.config.experimental.enable_tensor_float_32_execution(use_tf32)
+        if precision == "bf16":
+            undo.callback(keras.config.set_dtype_policy, keras.config.dtype_policy())
+            keras.config.set_dtype_policy("mixed_bfloat16")
+        undo.enter_context(keras.device(device))  # "cpu:0" would copy torch variables off their leaves
+        yield {"tf32": use_tf32 and device == "gpu", "dtype_policy": keras.config.dtype_policy().name}
+
+
+def _numpy(x) -> np.ndarray:
+    return np.asarray(keras.ops.convert_to_numpy(x), dtype=np.float32)
+
+
+def _eval(model, x, trace: bool) -> dict:
+    if not trace:
+        return {"logits": _numpy(model(x, training=False))}
+    spec = model.spec
+    taps = {"stem": spec.stem()[-1].name, **{block.name: block.output.name for block in spec.blocks()}}
+    traced = keras.Model(model.inputs, [model.get_layer(n).output for n in taps.values()] + model.outputs)
+    *activations, logits = traced(x, training=False)
+    out = {f"trace/{name}": _numpy(a) for name, a in zip(taps, activations)}
+    if spec.head():
+        out["trace/head"] = _numpy(logits)
+    return {**out, "logits": _numpy(logits)}
+
+
+def _train(model, x, labels) -> dict:
+    y = keras.ops.convert_to_tensor(np.asarray(labels, dtype=np.int32))
+
+    def loss_of(logits):
+        logits = keras.ops.cast(logits, "float32")
+        return keras.ops.mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
+
+    if BACKEND == "jax":
+        import jax
+
+        frozen = [v.value for v in model.non_trainable_variables]
+
+        def loss_fn(trainable):
+            logits, updated = model.stateless_call(trainable, frozen, x, training=True)
+            return loss_of(logits), (logits, updated)
+
+        (loss, (logits, updated)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            [v.value for v in model.trainable_variables])
+        for variable, value in zip(model.non_trainable_variables, updated):
+            variable.assign(value)
+    elif BACKEND == "torch":
+        logits = model(x, training=True)
+        loss = loss_of(logits)
+        loss.backward()
+        grads = [v.value.grad for v in model.trainable_variables]
+    else:
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)
+            loss = loss_of(logits)
+        grads = tape.gradient(loss, model.trainable_variables)
+
+    key_of = {id(v): key for key, v in _variables(model)}
+    out = {"loss": np.asarray(keras.ops.convert_to_numpy(loss)), "logits": _numpy(logits)}
+    out.update({f"grad/{key_of[id(v)]}": _numpy(g) for v, g in zip(model.trainable_variables, grads)})
+    out.update({f"stats/{k}": v for k, v in export_weights(model).items() if is_statistic(k)})
+    return out
+
+
+# ----------------------------------------------------------------------------------- check
+
+def run_check(spec, weights, images, *, labels=None, device="cpu", precision="fp32", mode="eval", trace=False):
+    if mode not in ("eval", "train"):
+        raise ValueError(f"mode: expected 'eval' or 'train', got {mode!r}")
+    with setup_precision(precision, device):
+        model = load_weights(build(spec), weights)
+        x = keras.ops.convert_to_tensor(np.asarray(images, dtype=np.float32))
+        return _train(model, x, labels) if mode == "train" else _eval(model, x, trace)
+
+
+# ----------------------------------------------------------------------------------- bench
+
+def _assign_by_name(model: keras.Model, spec, weights) -> None:
+    """Canonical weights into a keras.applications model: its layers carry the spec's names."""
+    for layer in spec.layers():
+        if layer.params:
+            native = model.get_layer(layer.name)
+            for param in layer.params:
+                getattr(native, KERAS_PARAM[param]).assign(weights[f"{layer.name}.{param}"])
+
+
+def _custom_depth(depths):
+    """keras.applications' ResNet builder with other stage depths (a private module: tests only)."""
+    from keras.src.applications import resnet
+
+    def stack_fn(x):
+        for i, depth in enumerate(depths):
+            x = resnet.stack_residual_blocks_v1(x, 64 * 2**i, depth, stride1=1 if i == 0 else 2, name=f"conv{i + 2}")
+        return x
+
+    def build(**kwargs):
+        return resnet.ResNet(stack_fn, preact=False, use_bias=True, name="resnet", **kwargs)
+
+    return build
+
+
+def _bench_model(job: Job, spec, weights) -> keras.Model:
+    shape = (job.size, job.size, spec.image_channels)
+    if job.impl == "ours":
+        return load_weights(keras_model(spec, input_shape=shape), weights)
+    if spec.arch in APPLICATIONS:
+        build = getattr(keras.applications, APPLICATIONS[spec.arch])
+    elif len(spec.depths) == 4 and spec.block == "bottleneck":  # a smaller network (tests)
+        build = _custom_depth(spec.depths)
+    else:
+        raise ValueError(f"keras.applications has no ResNet with {spec.block} blocks and depths {spec.depths}")
+    model = build(weights=None, input_shape=shape, classes=spec.num_classes, classifier_activation=None)
+    _assign_by_name(model, spec, weights)
+    return model
+
+
+def _peak_memory() -> int | None:
+    if BACKEND == "jax":
+        import jax
+        return (jax.local_devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
+    if BACKEND == "torch":
+        import torch
+        return torch.cuda.max_memory_allocated()
+    import tensorflow as tf
+    return tf.config.experimental.get_memory_info("GPU:0")["peak"]
+
+
+def _device_name(device: str) -> str:
+    if device != "gpu":
+        return "cpu"
+    if BACKEND == "jax":
+        import jax
+        return jax.local_devices()[0].device_kind
+    if BACKEND == "torch":
+        import torch
+        return torch.cuda.get_device_name()
+    import tensorflow as tf
+    return tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0]).get("device_name", "GPU")
+
+
+def run_bench(job: Job, spec, weights) -> Step:
+    """One ``predict_on_batch`` (infer: BatchNorm in inference mode) or ``train_on_batch``."""
+    model = _bench_model(job, spec, weights)
+    jit = True if job.compile else "auto"
+    if job.mode == "train":
+        model.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE, momentum=MOMENTUM),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit)
+    else:
+        model.compile(jit_compile=jit)
+    images, labels = job.inputs(spec)
+    x, y = keras.ops.convert_to_tensor(images), keras.ops.convert_to_tensor(labels)
+
+    if job.mode == "train":
+        def step():
+            return model.train_on_batch(x, y)
+    else:
+        def step():
+            return model.predict_on_batch(x)
+
+    settings = {"jit_compile": model.jit_compile, "keras_backend": BACKEND}
+    # Both calls hand back numpy (or Python floats): the device work is done when they return.
+    return Step(step, np.asarray, _device_name(job.device), settings,
+                _peak_memory if job.device == "gpu" else (lambda: None))
+
+
+# ----------------------------------------------------------------- broken ports (shared.mutants)
+
+def _bf16_sum(x):
+    """(N, C) -> (C,): a pairwise reduction whose every partial sum is stored in bf16."""
+    x = ops.cast(x, "bfloat16")
+    while x.shape[0] > 1:
+        if x.shape[0] % 2:
+            x = ops.concatenate([x, ops.zeros((1, x.shape[1]), "bfloat16")])
+        x = x[0::2] + x[1::2]
+    return ops.cast(x[0], "float32")
+
+
+def _bf16_moments(self, inputs, mask):
+    if self.compute_dtype != "bfloat16":  # the bug lives on the bf16 path
+        return _keras_moments(self, inputs, mask)
+    flat = ops.reshape(ops.cast(inputs, "float32"), (-1, inputs.shape[-1]))
+    n = flat.shape[0]
+    mean = _bf16_sum(flat) / n
+    var = ops.cast(ops.cast(_bf16_sum(flat * flat) / n - mean * mean, "bfloat16"), "float32")  # one pass, in bf16
+    return mean, var
+
+
+_keras_moments = None  # BatchNormalization._moments, while a mutant replaces it
+
+
+@ops.custom_gradient
+def _scaled_grad_relu(x):
+    def grad(*args, upstream=None):
+        upstream = args[0] if upstream is None else upstream
+        return upstream * ops.cast(x > 0, upstream.dtype) * 1.5
+
+    return ops.relu(x), grad
+
+
+@contextlib.contextmanager
+def inject(mutant: str):
+    """Swap in the framework code of a ``native`` mutant while models are built and run."""
+    from keras import layers
+
+    from resnet_keras import model as model_module
+
+    global _keras_moments
+    saved = model_module._APPLY["relu"], layers.BatchNormalization._moments
+    _keras_moments = saved[1]
+    if mutant == "relu_backward":
+        model_module._APPLY["relu"] = lambda layer, x, _: layers.Activation(_scaled_grad_relu, name=layer.name)(x)
+    elif mutant == "bn_stats_bf16":
+        layers.BatchNormalization._moments = _bf16_moments
+    try:
+        yield
+    finally:
+        model_module._APPLY["relu"], layers.BatchNormalization._moments = saved

@@ -1,0 +1,223 @@
+"""The PyTorch adapter (``shared.tools.adapter.Adapter``): resnet_torch for ``check`` and, for
+``bench``, resnet_torch or torchvision's ResNet with the fast paths a PyTorch user reaches for
+(channels_last, bf16 autocast, torch.compile), the same ones for both. Runs in a worker process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+from importlib.metadata import PackageNotFoundError, version
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from resnet_torch import build, load_weights
+from shared import interop
+from shared.spec import is_statistic
+from shared.tools.adapter import tf32
+from shared.tools.bench_timing import LEARNING_RATE, MOMENTUM, Step
+from shared.tools.jobs import Job
+
+NAME = "torch"
+
+def versions() -> dict:
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
+    out = {"torch": torch.__version__, "device": device}
+    with contextlib.suppress(PackageNotFoundError):
+        out["torchvision"] = version("torchvision")
+    return out
+
+
+def _device(device: str) -> torch.device:
+    if device == "gpu" and not torch.cuda.is_available():
+        raise RuntimeError("torch sees no CUDA GPU")
+    return torch.device("cuda" if device == "gpu" else "cpu")
+
+
+@contextlib.contextmanager
+def setup_precision(precision: str, device: str):
+    """TF32 for convolutions and matmuls exactly when ``precision`` is tf32; bf16's autocast is
+    ``autocast`` (it wraps the forward pass only)."""
+    _device(device)
+    flags = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32(precision)
+    try:
+        yield {"cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+               "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+               "autocast": "bfloat16" if precision == "bf16" else None}
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+
+def autocast(precision: str, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def _nhwc(t: torch.Tensor) -> np.ndarray:
+    t = t.detach().float().cpu()
+    return (t.permute(0, 2, 3, 1) if t.ndim == 4 else t).numpy()
+
+
+# ----------------------------------------------------------------------------------- check
+
+def run_check(spec, weights, images, *, labels=None, device="cpu", precision="fp32", mode="eval", trace=False):
+    dev = _device(device)
+    dtype = torch.float64 if precision == "fp64" else torch.float32
+    model = load_weights(build(spec), weights).to(dev, dtype).train(mode == "train")
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(dev, dtype)
+
+    out: dict[str, np.ndarray] = {}
+    hooks = []
+    if trace:
+        hooks.append(model.maxpool.register_forward_hook(lambda m, i, o: out.__setitem__("trace/stem", _nhwc(o))))
+        for module in model.modules():
+            if hasattr(module, "block_name"):  # one per spec Block
+                hooks.append(module.register_forward_hook(
+                    lambda m, i, o: out.__setitem__(f"trace/{m.block_name}", _nhwc(o))))
+    with setup_precision("fp32" if precision == "fp64" else precision, device), \
+            torch.set_grad_enabled(mode == "train"):
+        with autocast(precision, dev):
+            logits = model(x)
+        if mode == "train":
+            loss = F.cross_entropy(logits.float(), torch.from_numpy(labels).long().to(dev))
+            loss.backward()
+    for h in hooks:
+        h.remove()
+    out["logits"] = _nhwc(logits)
+    if trace and spec.head():
+        out["trace/head"] = out["logits"]
+    if mode == "train":
+        out["loss"] = np.array(loss.item())
+        # The state_dict with every parameter replaced by its gradient maps to canonical names
+        # through the same rule as the weights: grads of kernels, gammas...; buffers stay the
+        # updated running statistics.
+        grads = {k: p.grad for k, p in model.named_parameters()}
+        state = {k: (grads[k] if k in grads else v).detach().float().cpu()
+                 for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+        canonical = interop.from_torchvision({k: v.numpy() for k, v in state.items()}, spec=spec)[1]
+        for key, value in canonical.items():
+            out[f"{'stats' if is_statistic(key) else 'grad'}/{key}"] = value
+    return out
+
+
+# ----------------------------------------------------------------------------------- bench
+
+def _bench_model(job: Job, spec, weights) -> torch.nn.Module:
+    if job.impl == "ours":
+        return load_weights(build(spec), weights)
+    import torchvision
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    if spec.arch and hasattr(torchvision.models, spec.arch):
+        model = getattr(torchvision.models, spec.arch)(weights=None, num_classes=spec.num_classes)
+    elif len(spec.depths) == 4 and spec.block == "bottleneck":  # a smaller network (tests)
+        model = ResNet(Bottleneck, list(spec.depths), num_classes=spec.num_classes)
+    else:
+        raise ValueError(f"torchvision has no ResNet with {spec.block} blocks and depths {spec.depths}")
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in interop.to_torchvision(spec, weights).items()})
+    return model
+
+
+def run_bench(job: Job, spec, weights) -> Step:
+    """One step: an eval-mode forward (infer), or forward, backward and SGD (train)."""
+    # Loaded on both sides: peak RSS then compares the models, not whether torchvision's
+    # libraries (about 250 MiB) were imported.
+    with contextlib.suppress(ImportError):
+        import torchvision  # noqa: F401
+
+    device = _device(job.device)
+    layout = torch.channels_last if job.channels_last else torch.contiguous_format
+    model = _bench_model(job, spec, weights).to(device, memory_format=layout).train(job.mode == "train")
+    images, labels = job.inputs(spec)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).to(device, memory_format=layout)
+    y = torch.from_numpy(labels).long().to(device)
+    net = torch.compile(model) if job.compile else model
+    cast = autocast(job.precision, device)
+
+    if job.mode == "train":
+        optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
+
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            with cast:
+                logits = net(x)
+            loss = F.cross_entropy(logits.float(), y)
+            loss.backward()
+            optimizer.step()
+            return loss
+    else:
+        def step():
+            with torch.inference_mode(), cast:
+                return net(x)
+
+    def sync(_):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    settings = {"channels_last": job.channels_last, "compile": job.compile, "threads": torch.get_num_threads()}
+    peak = (lambda: torch.cuda.max_memory_allocated()) if device.type == "cuda" else (lambda: None)
+    return Step(step, sync, name, settings, peak)
+
+
+# ----------------------------------------------------------------- broken ports (shared.mutants)
+
+def _bf16_sum(x: torch.Tensor) -> torch.Tensor:
+    """(N, C) -> (C,): a pairwise reduction whose every partial sum is stored in bf16."""
+    x = x.to(torch.bfloat16)
+    while x.shape[0] > 1:
+        if x.shape[0] % 2:
+            x = torch.cat([x, x.new_zeros(1, x.shape[1])])
+        x = x[0::2] + x[1::2]
+    return x[0].float()
+
+
+class _ScaledGradReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * (x > 0) * 1.5
+
+
+@contextlib.contextmanager
+def inject(mutant: str):
+    """Swap in the framework code of a ``native`` mutant while models are built and run."""
+    saved = torch.nn.ReLU, torch.nn.BatchNorm2d
+    relu_cls, bn_cls = saved
+
+    class ScaledReLU(relu_cls):
+        def forward(self, x):
+            return _ScaledGradReLU.apply(x)
+
+    class BF16StatsBatchNorm(bn_cls):
+        def forward(self, x):
+            if not self.training or x.dtype != torch.bfloat16:  # the bug lives on the bf16 path
+                return super().forward(x)
+            flat = x.float().permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+            n = flat.shape[0]
+            mean = _bf16_sum(flat) / n
+            var = (_bf16_sum(flat * flat) / n - mean * mean).to(torch.bfloat16).float()  # one pass, in bf16
+            with torch.no_grad():
+                self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean)
+                self.running_var.mul_(1 - self.momentum).add_(self.momentum * var * n / max(n - 1, 1))
+            shape = (1, -1, 1, 1)
+            y = (x.float() - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
+            return (y * self.weight.view(shape) + self.bias.view(shape)).to(x.dtype)
+
+    if mutant == "relu_backward":
+        torch.nn.ReLU = ScaledReLU
+    elif mutant == "bn_stats_bf16":
+        torch.nn.BatchNorm2d = BF16StatsBatchNorm
+    try:
+        yield
+    finally:
+        torch.nn.ReLU, torch.nn.BatchNorm2d = saved
