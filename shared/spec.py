@@ -565,6 +565,12 @@ class Preset:
     peer: str
     params: int
     params_count_bn_statistics: bool = False
+    keras_applications: str | None = None  # the keras.applications class of this architecture
+
+    @property
+    def torchvision(self) -> str | None:
+        """The torchvision.models builder of this architecture, if torchvision has one."""
+        return self.arch if self.peer.startswith("torchvision.") else None
 
     def spec(self, style: str | None = None, **overrides) -> "ResNetSpec":
         style = self.styles[0] if style is None else style
@@ -573,17 +579,20 @@ class Preset:
         return preset_spec(style, **{**self.fields, **overrides})
 
 
-def _p(arch, constructor, styles, peer, params, counts_stats=False, **fields) -> Preset:
-    return Preset(arch, constructor, MappingProxyType(fields), styles, peer, params, counts_stats)
+def _p(arch, constructor, styles, peer, params, counts_stats=False, keras_applications=None, **fields) -> Preset:
+    return Preset(arch, constructor, MappingProxyType(fields), styles, peer, params, counts_stats, keras_applications)
 
 
 _TV = ("torchvision", "keras")
 PRESETS: dict[str, Preset] = {p.arch: p for p in (
     _p("resnet18", "ResNet18", _TV, "torchvision.models.resnet18", 11_689_512, block="basic", depths=(2, 2, 2, 2)),
     _p("resnet34", "ResNet34", _TV, "torchvision.models.resnet34", 21_797_672, block="basic", depths=(3, 4, 6, 3)),
-    _p("resnet50", "ResNet50", _TV, "torchvision.models.resnet50", 25_557_032, depths=(3, 4, 6, 3)),
-    _p("resnet101", "ResNet101", _TV, "torchvision.models.resnet101", 44_549_160, depths=(3, 4, 23, 3)),
-    _p("resnet152", "ResNet152", _TV, "torchvision.models.resnet152", 60_192_808, depths=(3, 8, 36, 3)),
+    _p("resnet50", "ResNet50", _TV, "torchvision.models.resnet50", 25_557_032, keras_applications="ResNet50",
+       depths=(3, 4, 6, 3)),
+    _p("resnet101", "ResNet101", _TV, "torchvision.models.resnet101", 44_549_160, keras_applications="ResNet101",
+       depths=(3, 4, 23, 3)),
+    _p("resnet152", "ResNet152", _TV, "torchvision.models.resnet152", 60_192_808, keras_applications="ResNet152",
+       depths=(3, 8, 36, 3)),
     _p("resnext50_32x4d", "ResNeXt50_32x4d", _TV, "torchvision.models.resnext50_32x4d", 25_028_904,
        depths=(3, 4, 6, 3), groups=32, width_per_group=4),
     _p("resnext101_32x8d", "ResNeXt101_32x8d", _TV, "torchvision.models.resnext101_32x8d", 88_791_336,
@@ -594,11 +603,11 @@ PRESETS: dict[str, Preset] = {p.arch: p for p in (
        depths=(3, 4, 6, 3), width_per_group=128),
     _p("wide_resnet101_2", "WideResNet101_2", _TV, "torchvision.models.wide_resnet101_2", 126_886_696,
        depths=(3, 4, 23, 3), width_per_group=128),
-    _p("resnet50v2", "ResNet50V2", ("keras",), "keras.applications.ResNet50V2", 25_613_800, True,
+    _p("resnet50v2", "ResNet50V2", ("keras",), "keras.applications.ResNet50V2", 25_613_800, True, "ResNet50V2",
        block="preact", depths=(3, 4, 6, 3)),
-    _p("resnet101v2", "ResNet101V2", ("keras",), "keras.applications.ResNet101V2", 44_675_560, True,
+    _p("resnet101v2", "ResNet101V2", ("keras",), "keras.applications.ResNet101V2", 44_675_560, True, "ResNet101V2",
        block="preact", depths=(3, 4, 23, 3)),
-    _p("resnet152v2", "ResNet152V2", ("keras",), "keras.applications.ResNet152V2", 60_380_648, True,
+    _p("resnet152v2", "ResNet152V2", ("keras",), "keras.applications.ResNet152V2", 60_380_648, True, "ResNet152V2",
        block="preact", depths=(3, 8, 36, 3)),
 )}
 ARCHS = tuple(PRESETS)

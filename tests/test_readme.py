@@ -57,6 +57,6 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     assert namespace["logits"].shape == (2, 1000) and namespace["logits"].dtype == np.float32
     assert list(namespace["feats"]) == ["stem", "stage1", "stage2", "stage3", "stage4"]
     assert all(v.dtype == np.float32 and v.ndim == 4 for v in namespace["feats"].values())
-    assert namespace["spec"] == S.resnet101() and set(namespace["weights"]) == set(S.resnet101().param_shapes())
+    assert namespace["spec"] == S.preset("resnext50_32x4d") and set(namespace["weights"]) == set(S.preset("resnext50_32x4d").param_shapes())
     assert len(namespace["backbone"].outputs) == 5
     assert sorted(hits) == sorted(f"/{n}/{hub.entry(n).filename}" for n in MIRRORED)  # each fetched once, then cached

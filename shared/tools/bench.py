@@ -137,7 +137,7 @@ def run_bench(args, progress=None, partial=None) -> dict:
     from shared.tools.bench_report import machine
 
     pairs = plan(args.frameworks, args.keras_backends, args.mode, args.precision, args.device,
-                 getattr(args, "fold", False))
+                 getattr(args, "fold", False), args.arch)
     config = {k: getattr(args, k, False) for k in ("arch", "frameworks", "keras_backends", "mode", "precision", "batch",
                                                    "size", "device", "compile", "channels_last", "iters", "warmup",
                                                    "seed", "depths", "interleave", "fold")}
@@ -181,7 +181,7 @@ def cmd_bench(args) -> int:
         except bench_report.PlotUnavailable as e:
             raise CliError(str(e)) from None
     total = len(_batches(plan(args.frameworks, args.keras_backends, args.mode, args.precision, args.device,
-                              args.fold), args.interleave))
+                              args.fold, args.arch), args.interleave))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("bench", total=total)

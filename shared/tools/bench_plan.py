@@ -5,7 +5,9 @@ Each pair compares like with like: ours is built from the spec of the reference'
 (torchvision v1.5 beside torchvision, Keras Applications v1 beside keras.applications), and
 both sides run with the same settings. resnet_flax has no Flax reference that ships as a
 package, so its reference is keras.applications on the jax backend: the same run as
-keras[jax]'s reference, measured once when both are asked for.
+keras[jax]'s reference, measured once when both are asked for. An architecture a framework
+does not ship (torchvision has no V2, keras.applications no ResNet-18 or ResNeXt) runs without
+a reference, in the style it exists in.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 
+from shared import spec as S
 from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS, REQUIRES
 
 MODES = ("infer", "train")
@@ -73,24 +76,30 @@ class Pair:
         return [r for r in (self.ours, self.reference) if r is not None and not r.missing()]
 
 
-def _pair(target: str, mode: str, precision: str) -> Pair:
+def _style(preset: S.Preset, wanted: str) -> str:
+    return wanted if wanted in preset.styles else preset.styles[0]
+
+
+def _pair(target: str, mode: str, precision: str, preset: S.Preset) -> Pair:
+    """Ours beside the framework's own model of this architecture, where the framework has one
+    (torchvision: every torchvision preset; keras.applications: ResNet50/101/152 and V2)."""
     framework, _, backend = target.partition("[")
     backend = backend.rstrip("]")
-    if framework == "onnx":  # the spec's ONNX model in onnxruntime, beside torchvision
-        ours = Run("onnx", "ours", "", mode, precision, "torchvision")
-        ref = Run("torch", "reference", "", mode, precision, "torchvision")
-    elif framework == "torch":
-        ours, ref = (Run("torch", impl, "", mode, precision, "torchvision") for impl in ("ours", "reference"))
-    elif framework == "keras":
-        ours, ref = (Run("keras", impl, backend, mode, precision, "keras") for impl in ("ours", "reference"))
+    if framework in ("onnx", "torch"):  # the spec's ONNX model in onnxruntime, beside torchvision
+        style = _style(preset, "torchvision")
+        ours = Run(framework, "ours", "", mode, precision, style)
+        has_ref = preset.torchvision and style == "torchvision"
+        ref = Run("torch", "reference", "", mode, precision, style) if has_ref else None
     else:
-        ours = Run("flax", "ours", "", mode, precision, "keras")
-        ref = Run("keras", "reference", "jax", mode, precision, "keras")
+        style = _style(preset, "keras")
+        ours = Run(framework, "ours", backend if framework == "keras" else "", mode, precision, style)
+        has_ref = preset.keras_applications and style == "keras"
+        ref = Run("keras", "reference", backend or "jax", mode, precision, style) if has_ref else None
     return Pair(target, mode, precision, ours, ref)
 
 
 def plan(frameworks=FRAMEWORKS, keras_backends=KERAS_BACKENDS, modes=MODES, precisions=("fp32",),
-         device: str = "cpu", fold: bool = False) -> list[Pair]:
+         device: str = "cpu", fold: bool = False, arch: str = "resnet50") -> list[Pair]:
     """Every row, in table order; rows that cannot run say why in ``skipped``. ``fold`` adds,
     after each target's row, one whose ours runs the BatchNorm-folded spec (same reference)."""
     targets = []
@@ -101,7 +110,7 @@ def plan(frameworks=FRAMEWORKS, keras_backends=KERAS_BACKENDS, modes=MODES, prec
         for mode in modes:
             for precision in precisions:
                 for folded in (False, True) if fold else (False,):
-                    pair = _pair(target, mode, precision)
+                    pair = _pair(target, mode, precision, S.PRESETS[arch])
                     if folded:
                         pair = dataclasses.replace(pair, target=f"{target}+fold",
                                                    ours=dataclasses.replace(pair.ours, fold=True))

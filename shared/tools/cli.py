@@ -221,16 +221,20 @@ def cmd_info(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    spec = S.preset(args.arch, args.style)
-    table = Table(title=f"{args.arch} ({args.style})")
+    preset = S.PRESETS[args.arch]
+    spec = preset.spec(args.style)
+    table = Table(title=f"{args.arch} ({spec.style})")
     table.add_column("fact")
     table.add_column("value", justify="right")
+    table.add_row("peer", preset.peer)
+    table.add_row("block / groups / width per group", f"{spec.block} / {spec.groups} / {spec.width_per_group}")
     table.add_row("stage depths", str(spec.depths))
-    table.add_row("stride on", spec.stride_on)
+    table.add_row("stride on / in block", f"{spec.stride_on} / {spec.stride_block}")
     table.add_row("conv bias / BN epsilon / BN momentum (torch meaning)",
                   f"{spec.conv_bias} / {spec.bn_epsilon} / {spec.bn_momentum}")
     table.add_row("learnable parameters", f"{spec.num_params():,}")
     table.add_row("with BatchNorm statistics", f"{spec.num_params(True):,}")
+    table.add_row("published (peer's count)", f"{preset.params:,}" if spec.style == preset.styles[0] else "-")
     table.add_row(f"output shape at {args.size}px", str(spec.output_shape(args.size)))
     table.add_row("layers", str(len(spec.layers())))
     Console().print(table)
@@ -255,7 +259,7 @@ def cmd_export(args) -> int:
     from shared import fold, onnx_export, weights as W
 
     if args.source in S.ARCHS:
-        spec = S.preset(args.source, args.style or "torchvision")
+        spec = S.preset(args.source, args.style)
         weights = W.init(spec, seed=args.seed)
         what = f"{args.source} with random weights (seed {args.seed})"
     else:
@@ -326,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="facts of a preset: parameters, conventions, output shape")
     info.add_argument("--arch", choices=S.ARCHS, default="resnet50")
-    info.add_argument("--style", choices=S.STYLES, default="torchvision")
+    info.add_argument("--style", choices=S.STYLES, default=None, help="default: the architecture's first style")
     info.add_argument("--size", type=int, default=224)
     info.set_defaults(func=cmd_info)
 
@@ -354,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "check":
         args.arch_given, args.style_given = args.arch is not None, args.style is not None
-        args.arch, args.style = args.arch or "resnet50", args.style or "torchvision"
+        args.arch = args.arch or "resnet50"
+        args.style = args.style or S.PRESETS[args.arch].styles[0]
         if args.batch < 1 or args.size < 1:
             parser.error("--batch and --size must be >= 1")
     try:

@@ -20,6 +20,7 @@ from keras import ops
 from resnet_keras import build, keras_model, load_weights
 from resnet_keras.weights import _variables, export_weights
 from shared.keras_h5 import KERAS_PARAM
+from shared import spec as S
 from shared.spec import is_statistic
 from shared.tools.adapter import tf32
 from shared.tools.bench_timing import LEARNING_RATE, MOMENTUM, Step
@@ -27,9 +28,8 @@ from shared.tools.jobs import Job
 
 NAME = "keras"
 BACKEND = keras.backend.backend()
-# keras.applications' class of each architecture it ships
-APPLICATIONS = {"resnet50": "ResNet50", "resnet101": "ResNet101", "resnet152": "ResNet152",
-                "resnet50v2": "ResNet50V2", "resnet101v2": "ResNet101V2", "resnet152v2": "ResNet152V2"}
+# keras.applications' class of each architecture it ships (from the presets table)
+APPLICATIONS = {a: p.keras_applications for a, p in S.PRESETS.items() if p.keras_applications}
 
 
 def versions() -> dict:
