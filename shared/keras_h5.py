@@ -17,14 +17,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
 
 from shared.spec import Block, Conv, MaxPool, ResNetSpec, preset_spec
-from shared.weights import DTYPE, WeightsError, validate
+from shared.weights import DTYPE, WeightsError, atomic_path, validate
 
 # canonical param -> Keras variable name
 KERAS_PARAM = {"kernel": "kernel", "bias": "bias", "gamma": "gamma", "beta": "beta",
@@ -142,18 +141,11 @@ def to_keras_applications_h5(spec: ResNetSpec, weights: Mapping[str, np.ndarray]
     path = Path(path)
     layers = _weighted_layers(spec)
     names = keras_layer_names(spec)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            _string_attr(f, "layer_names", names)
-            f.attrs[SPEC_ATTR] = json.dumps(spec.to_dict())
-            for name in sorted(names):  # as Keras: groups in name order
-                _write_layer(f, name, layers.get(name), weights)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        _string_attr(f, "layer_names", names)
+        f.attrs[SPEC_ATTR] = json.dumps(spec.to_dict())
+        for name in sorted(names):  # as Keras: groups in name order
+            _write_layer(f, name, layers.get(name), weights)
 
 
 # ----------------------------------------------------------------------------- reading
