@@ -203,6 +203,3 @@ def to_torchvision(spec: ResNetSpec, weights: Mapping[str, np.ndarray]) -> dict[
 
 
 from shared.keras_h5 import from_keras_applications, to_keras_applications_h5  # noqa: E402
-# Every checkpoint type by file (Keras 3 .weights.h5/.keras, Orbax directories, torchvision-keyed
-# safetensors, ...): shared.formats, which imports a framework only for a format that needs one.
-from shared.formats import detect as detect_checkpoint, read as read_checkpoint, write as write_checkpoint  # noqa: E402
