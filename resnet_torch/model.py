@@ -67,8 +67,6 @@ class ResidualBlock(nn.Module):
         return self.block_name
 
 
-
-
 class ResNet(nn.Module):
     """Stem, stages ``layer1..layerN`` of residual blocks, head; all read off ``spec``.
 
