@@ -187,6 +187,7 @@ def tiny_bench(tmp_path_factory):
     return code, json.loads((out / "b.json").read_text()), out, plot
 
 
+@pytest.mark.slow  # skipped by the development run (README); CI runs it
 def test_tiny_bench_json_has_every_figure(tiny_bench):
     code, report, out, _ = tiny_bench
     assert code == 0
@@ -211,6 +212,7 @@ def test_tiny_bench_json_has_every_figure(tiny_bench):
     assert report["command"] in md and "| torch | train | fp32 | resnet_torch |" in md
 
 
+@pytest.mark.slow  # skipped by the development run (README); CI runs it
 def test_missing_framework_is_reported_not_installed(tiny_bench):
     code, report, _, _ = tiny_bench
     flax = [r for r in report["rows"] if r["target"] == "flax"]
@@ -236,6 +238,7 @@ def test_missing_reference_is_reported_not_installed(monkeypatch, tmp_path):
     assert row["reference"] == {"label": "torchvision", "style": "torchvision", "status": "not installed: torchvision"}
 
 
+@pytest.mark.slow  # skipped by the development run (README); CI runs it
 def test_plot_is_written(tiny_bench):
     pytest.importorskip("matplotlib")
     _, _, _, plot = tiny_bench
@@ -285,6 +288,7 @@ def test_tiny_gpu_bench_reads_device_memory(tmp_path):
     assert all(r["ours"]["settings"]["cudnn.allow_tf32"] is False for r in fp32)
 
 
+@pytest.mark.slow  # skipped by the development run (README); CI runs it
 @pytest.mark.keras
 def test_tiny_keras_bench_on_this_backend(tmp_path):
     """resnet_keras beside keras.applications on the backend CI runs this marker under, in one
@@ -303,6 +307,7 @@ def test_tiny_keras_bench_on_this_backend(tmp_path):
     assert row["ours"]["settings"]["dtype_policy"] == row["reference"]["settings"]["dtype_policy"] == "float32"
 
 
+@pytest.mark.slow  # skipped by the development run (README); CI runs it
 def test_tiny_flax_bench_beside_keras_on_jax(tmp_path):
     """Both in one process (--interleave): one jax start-up instead of two."""
     for module in ("flax", "jax", "keras"):

@@ -106,6 +106,7 @@ def test_convert_round_trip(tmp_path):
     assert all(np.array_equal(back[k], weights[k]) for k in weights)
 
 
+@pytest.mark.slow  # skipped by the development run (README); CI runs it
 def test_default_check_passes(tmp_path):
     """The README's main job exactly as written: every installed framework and Keras backend,
     ResNet-50, CPU, fp32, within budget, pairwise too; absent ones reported, not failed."""

@@ -47,6 +47,7 @@ def _row(report, name):
     return row
 
 
+@pytest.mark.slow  # skipped by the development run (README); CI runs it
 @pytest.mark.parametrize("name", list(DOCUMENTED))
 def test_engine_step_matches_the_oracle_under_its_documented_semantics(report, name):
     row = _row(report, name)
@@ -127,6 +128,7 @@ def test_an_engine_not_installed_is_not_a_pass():
     assert not rep.ok  # nothing passed
 
 
+@pytest.mark.slow  # skipped by the development run (README); CI runs it
 def test_a_timed_out_engine_leaves_no_process_behind(tmp_path, monkeypatch):
     """run_engine kills the worker's whole process group: the worker and its children."""
     (tmp_path / "sleepy_engine.py").write_text(textwrap.dedent(f"""

@@ -116,6 +116,7 @@ def _convert(source, dest, *extra):
     assert main(["convert", str(source), str(dest), *extra]) == 0
 
 
+@pytest.mark.slow  # skipped by the development run (README); CI runs it
 @pytest.mark.parametrize("trainer", ["torch", "keras", "flax"])
 def test_finetuned_model_predicts_the_same_in_the_other_two(tmp_path, trainer):
     start = reference.calibrated_weights(SPEC, seed=0, size=SIZE)

@@ -282,6 +282,7 @@ def test_bench_plan_adds_fold_and_onnx_rows(monkeypatch):
     assert all(p.skipped == "skipped: inference only" for p in pairs if p.mode == "train" and p.target != "torch")
 
 
+@pytest.mark.slow  # skipped by the development run (README); CI runs it
 @pytest.mark.skipif(not installed("torch") or not installed("torchvision"), reason="torch/torchvision not installed")
 def test_tiny_bench_runs_onnxruntime_and_folded_rows(tmp_path):
     import json

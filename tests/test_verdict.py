@@ -90,17 +90,20 @@ def _catch(frameworks, keras_backends=("tensorflow",), style="torchvision", prec
     return table
 
 
+@pytest.mark.slow  # skipped by the development run (README); CI runs it
 @pytest.mark.parametrize("style", ["torchvision", "keras"])
 def test_every_broken_port_is_caught_in_torch(style):
     pytest.importorskip("torch")
     _catch(["torch"], style=style)
 
 
+@pytest.mark.slow  # skipped by the development run (README); CI runs it
 def test_every_broken_port_is_caught_in_flax():
     pytest.importorskip("flax")
     _catch(["flax"], style="keras")
 
 
+@pytest.mark.slow  # skipped by the development run (README); CI runs it
 @pytest.mark.keras
 def test_every_broken_port_is_caught_in_keras():
     pytest.importorskip("keras")
