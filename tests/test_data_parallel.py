@@ -62,6 +62,7 @@ def test_engine_step_matches_the_oracle_under_its_documented_semantics(report, n
     assert row.errors[other]["gradients"] > 1000 * row.budgets[other]["gradients"]
 
 
+@pytest.mark.slow  # skipped by the development run (README); CI runs it
 @pytest.mark.parametrize("name, differ", [("torch DDP (gloo)", True),
                                           ("keras[tensorflow] MirroredStrategy", True),
                                           ("keras[tensorflow] MirroredStrategy, synchronized BN", False)])

@@ -80,16 +80,6 @@ def _deep_is_slow(archs):
     return [pytest.param(a, marks=pytest.mark.slow) if sum(S.preset(a).depths) > 16 else a for a in archs]
 
 
-def _reference_has_groups() -> bool:
-    """Whether shared.reference computes grouped convolutions (generalised in a separate change)."""
-    spec = S.ResNetSpec(depths=(1,), width=8, groups=2, width_per_group=32, num_classes=2)
-    try:
-        reference.forward(spec, W.init(spec), reference.random_images(spec, 1, 8))
-    except ValueError:
-        return False
-    return True
-
-
 def _randomised_torchvision(arch):
     """torchvision's own model (its random init) with every BatchNorm's affine and running
     statistics randomised too, so a swapped or ignored statistic cannot go unseen; eval mode."""
@@ -130,8 +120,6 @@ def test_every_torchvision_arch_equals_torchvision(arch):
 @pytest.mark.parametrize("arch", _deep_is_slow(TORCHVISION_ARCHS))
 def test_same_function_and_layout_as_torchvision(arch, torchvision_model):
     """Calibrated weights: the same function as torchvision, and both judged against float64."""
-    if S.preset(arch).groups > 1 and not _reference_has_groups():
-        pytest.skip("shared.reference has no grouped convolution yet (being generalised separately)")
     tv, spec, w = torchvision_model(arch)
     model = rt.build(spec)
     theirs_sd, ours_sd = tv.state_dict(), model.state_dict()
