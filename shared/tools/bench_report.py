@@ -140,8 +140,9 @@ def print_table(report: dict, console) -> None:
     kinds = {r[s]["memory_kind"] for r in report["rows"] for s in ("ours", "reference")
              if r.get(s) and r[s].get("status") == "ok"}
     if kinds:
-        console.print(f"peak memory: {', '.join(sorted(kinds))}; spec styles: torch pairs torchvision (v1.5), "
-                      f"keras and flax pairs keras (v1), as their references")
+        console.print(f"peak memory: {', '.join(sorted(kinds))}; each ours runs its reference's spec style "
+                      f"(torchvision beside torch, keras beside keras and flax); '-': the framework ships no "
+                      f"model of this architecture")
 
 
 def arch_label(cfg: dict) -> str:
