@@ -173,7 +173,7 @@ def test_train_mode(framework, style):
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 @settings(max_examples=6, deadline=None)
-@given(spec=block_specs(mixed=True, classes=(2, 20), heads=HEADS[:2]), size=st.integers(16, 64),
+@given(spec=block_specs(mixed=True, classes=(8, 20), heads=HEADS[:2]), size=st.integers(16, 64),
        seed=st.integers(0, 1000))
 def test_generated_specs_agree_with_reference(framework, spec, size, seed):
     """Every block kind (basic, bottleneck, pre-activation), groups, width per group, expansion,
@@ -181,7 +181,10 @@ def test_generated_specs_agree_with_reference(framework, spec, size, seed):
     reference's error (floor 1e-6)."""
     size = max(size, spec.min_input_size)
     weights = reference.calibrated_weights(spec, seed=seed, size=size)
-    images = reference.random_images(spec, 2, size, seed)
+    # Batch 4 and >= 8 classes: >= 32 logits. With 4-6 (batch 2, 2-3 classes) the ratio of two
+    # float32 errors of a width-4 network is a coin toss of a few ulps (measured: keras 2.99e-6
+    # against a peer of 5.8e-7 on 6 logits; 1.2x-2.5x the peer on 64 logits of the same spec).
+    images = reference.random_images(spec, 4, size, seed)
     ref = reference.forward(spec, weights, images)
     peer = parity.rel_error(reference.forward(spec, weights, images, dtype=np.float32), ref)
     out = run(framework, spec, weights, images)["logits"]
