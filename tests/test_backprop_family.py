@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from helpers import assert_backprop_matches_central_differences, train_loss
 from shared import backprop, interop, parity, reference, spec as S
 
 TINY = {
@@ -22,13 +23,6 @@ TINY = {
     # with its 1x1/2 max-pool shortcut of the raw input; stem pool pads with 0; post BN/ReLU
     "preact": S.preset_spec("keras", block="preact", depths=(3, 1), width=4, num_classes=5),
 }
-
-
-def _loss(spec, weights, images, labels):
-    logits, _ = reference.forward_train(spec, weights, images)
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    return -logp[np.arange(len(labels)), labels].mean()
 
 
 def test_tiny_specs_hold_every_block_feature():
@@ -50,19 +44,7 @@ def test_backprop_equals_central_differences(kind, monkeypatch):
     pre-activation, has no effect on the loss: both sides are then ~0.)"""
     monkeypatch.setattr(reference, "validate", lambda *a, **k: None)  # float64 perturbed weights
     spec = TINY[kind]
-    weights = reference.calibrated_weights(spec, seed=0, size=32)
-    images, labels = reference.random_images(spec, 3, 32, seed=1), np.array([0, 3, 4])
-    loss, _, grads = backprop.loss_and_grads(spec, weights, images, labels)
-    w64 = {k: v.astype(np.float64) for k, v in weights.items()}
-    assert loss == pytest.approx(_loss(spec, w64, images, labels), rel=1e-12)
-    assert set(grads) == {k for k in spec.param_shapes() if not S.is_statistic(k)}
-    rng, h = np.random.default_rng(0), 1e-7
-    for key, g in grads.items():
-        v = rng.standard_normal(g.shape)
-        plus = _loss(spec, {**w64, key: w64[key] + h * v}, images, labels)
-        minus = _loss(spec, {**w64, key: w64[key] - h * v}, images, labels)
-        fd = (plus - minus) / (2 * h)
-        assert abs(fd - (g * v).sum()) <= 1e-5 * abs(fd) + 1e-7, key  # 1e-7: roundoff of 2 h = 2e-7
+    assert_backprop_matches_central_differences(spec)
 
 
 def test_a_lost_shortcut_gradient_is_caught(monkeypatch):
@@ -81,8 +63,8 @@ def test_a_lost_shortcut_gradient_is_caught(monkeypatch):
     right = backprop.loss_and_grads(spec, weights, images, labels)[2][key]
     w64 = {k: v.astype(np.float64) for k, v in weights.items()}
     v, h = np.random.default_rng(0).standard_normal(g.shape), 1e-7
-    fd = (_loss(spec, {**w64, key: w64[key] + h * v}, images, labels)
-          - _loss(spec, {**w64, key: w64[key] - h * v}, images, labels)) / (2 * h)
+    fd = (train_loss(spec, {**w64, key: w64[key] + h * v}, images, labels)
+          - train_loss(spec, {**w64, key: w64[key] - h * v}, images, labels)) / (2 * h)
     assert abs(fd - (right * v).sum()) <= 1e-5 * abs(fd) + 1e-7
     assert abs(fd - (g * v).sum()) > 1e-3 * abs(fd)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers import assert_backprop_matches_central_differences
 from shared import backprop, mutants, parity, reference, spec as S
 from shared.tools import check
 from shared.tools.cli import main
@@ -14,31 +15,12 @@ from shared.tools.cli import main
 TINY = dict(depths=(1, 1), width=8, num_classes=10)
 
 
-def _loss(spec, weights, images, labels):
-    logits, _ = reference.forward_train(spec, weights, images)
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    return -logp[np.arange(len(labels)), labels].mean()
-
-
 @pytest.mark.parametrize("style", ["torchvision", "keras"])
 def test_backprop_equals_central_differences(style, monkeypatch):
     """Directional derivatives of the float64 forward, one random direction per weight."""
     monkeypatch.setattr(reference, "validate", lambda *a, **k: None)  # float64 perturbed weights
     spec = S.preset_spec(style, depths=(1,), width=4, num_classes=5)
-    weights = reference.calibrated_weights(spec, seed=0, size=32)
-    images, labels = reference.random_images(spec, 3, 32, seed=1), np.array([0, 3, 4])
-    loss, _, grads = backprop.loss_and_grads(spec, weights, images, labels)
-    w64 = {k: v.astype(np.float64) for k, v in weights.items()}
-    assert loss == pytest.approx(_loss(spec, w64, images, labels), rel=1e-12)
-    assert set(grads) == {k for k in spec.param_shapes() if not k.endswith((".mean", ".var"))}
-    rng, h = np.random.default_rng(0), 1e-7
-    for key, g in grads.items():
-        v = rng.standard_normal(g.shape)
-        plus = _loss(spec, {**w64, key: w64[key] + h * v}, images, labels)
-        minus = _loss(spec, {**w64, key: w64[key] - h * v}, images, labels)
-        fd = (plus - minus) / (2 * h)
-        assert abs(fd - (g * v).sum()) <= 1e-5 * abs(fd) + 1e-7, key  # 1e-7: roundoff of 2 h = 2e-7
+    assert_backprop_matches_central_differences(spec)
 
 
 def test_backprop_equals_torchvision_autograd_in_float64():
