@@ -405,6 +405,12 @@ class ResNetSpec:
             return ()
         return _present(self._conv(f"{name}_0", cin, cout, 1, stride), self._bn(f"{name}_0", cout))
 
+    def _v1_block(self, name, stage, index, cin, width, cout, stride, main) -> Block:
+        """``relu(main(x) + projection(x))``: what the basic and bottleneck blocks share."""
+        return Block(name, stage, index, cin, width, cout, stride, (), main,
+                     self._projection(name, cin, cout, stride), "input", Add(f"{name}_add"),
+                     (ReLU(f"{name}_out"),))
+
     def _basic(self, name, stage, index, cin, width, cout, stride) -> Block:
         """torchvision's BasicBlock: 3x3 (stride), 3x3."""
         main = _present(
@@ -414,9 +420,7 @@ class ResNetSpec:
             self._conv(f"{name}_2", width, cout, 3, 1),
             self._bn(f"{name}_2", cout, zero_init=self.zero_init_residual),
         )
-        return Block(name, stage, index, cin, width, cout, stride, (), main,
-                     self._projection(name, cin, cout, stride), "input", Add(f"{name}_add"),
-                     (ReLU(f"{name}_out"),))
+        return self._v1_block(name, stage, index, cin, width, cout, stride, main)
 
     def _bottleneck(self, name, stage, index, cin, width, cout, stride) -> Block:
         s1, s3 = (1, stride) if self.stride_on == "3x3" else (stride, 1)
@@ -430,9 +434,7 @@ class ResNetSpec:
             self._conv(f"{name}_3", width, cout, 1, 1),
             self._bn(f"{name}_3", cout, zero_init=self.zero_init_residual),
         )
-        return Block(name, stage, index, cin, width, cout, stride, (), main,
-                     self._projection(name, cin, cout, stride), "input", Add(f"{name}_add"),
-                     (ReLU(f"{name}_out"),))
+        return self._v1_block(name, stage, index, cin, width, cout, stride, main)
 
     def _preact(self, name, stage, index, cin, width, cout, stride) -> Block:
         """Keras Applications' ``residual_block_v2``: BN, ReLU, then 1x1, 3x3 (stride, groups),
