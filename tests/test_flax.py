@@ -140,18 +140,23 @@ def test_bf16_block_kinds_against_emulated_bf16_reference(arch, overrides):
 # ----------------------------------------------------------------- against the reference
 
 
-@pytest.mark.parametrize("style", S.STYLES)
-@settings(max_examples=5, deadline=None)
-@given(data=st.data())
-def test_small_specs_match_reference(style, data):
-    spec = data.draw(small_specs(styles=(style,), classes=(2, 20)))
-    size = data.draw(st.integers(max(32, spec.min_input_size), 96))
+def _assert_matches_reference(spec, size):
+    """Calibrated weights, two images: resnet_flax within the fp32 budget of float64."""
     weights = reference.calibrated_weights(spec, seed=size)
     images = reference.random_images(spec, 2, size, seed=1)
     ref, budget = _fp32_budget(spec, weights, images)
     out = rf.predict(_loaded(spec, weights), images)
     assert out.shape == (2, *spec.output_shape(size))
     assert parity.rel_error(out, ref) <= budget
+
+
+@pytest.mark.parametrize("style", S.STYLES)
+@settings(max_examples=5, deadline=None)
+@given(data=st.data())
+def test_small_specs_match_reference(style, data):
+    spec = data.draw(small_specs(styles=(style,), classes=(2, 20)))
+    size = data.draw(st.integers(max(32, spec.min_input_size), 96))
+    _assert_matches_reference(spec, size)
 
 
 # Each block kind at its preset's full depth, on small images: basic (ResNet-18), grouped
@@ -180,12 +185,7 @@ def test_presets_match_reference(arch):
 def test_generated_block_specs_match_reference(spec, data):
     """Every block kind, groups, width per group, expansion and stride block."""
     size = data.draw(st.integers(max(16, spec.min_input_size), 48))
-    weights = reference.calibrated_weights(spec, seed=size)
-    images = reference.random_images(spec, 2, size, seed=1)
-    ref, budget = _fp32_budget(spec, weights, images)
-    out = rf.predict(_loaded(spec, weights), images)
-    assert out.shape == (2, *spec.output_shape(size))
-    assert parity.rel_error(out, ref) <= budget
+    _assert_matches_reference(spec, size)
 
 
 def test_v2_stem_pool_pads_with_zero():

@@ -82,12 +82,9 @@ def _drop_spec_attr(path):
         del f.attrs[keras_h5.SPEC_ATTR]
 
 
-@pytest.mark.parametrize("include_top, pooling", [(True, "avg"), (False, None), (False, "avg"), (False, "max")])
-def test_spec_read_off_a_file_without_ours(tmp_path, include_top, pooling):
-    """Keras' own files carry no spec: depths, width, channels, classes, top and pooling come
-    from the layer names and kernel shapes, the rest from Keras Applications' conventions."""
-    spec = S.preset("resnet50", "keras", depths=(2, 1, 3), width=16, image_channels=1,
-                    num_classes=7 if include_top else 1000, include_top=include_top, pooling=pooling)
+def _read_back_without_our_spec(tmp_path, spec):
+    """Write ``spec``'s weights, strip our spec attribute (as a Keras-written file has none),
+    read back: the same spec and the same weights."""
     weights = _weights(spec)
     path = tmp_path / "w.h5"
     keras_h5.to_keras_applications_h5(spec, weights, path)
@@ -95,6 +92,15 @@ def test_spec_read_off_a_file_without_ours(tmp_path, include_top, pooling):
     back_spec, back = keras_h5.from_keras_applications(path)
     assert back_spec == spec
     _same(back, weights)
+
+
+@pytest.mark.parametrize("include_top, pooling", [(True, "avg"), (False, None), (False, "avg"), (False, "max")])
+def test_spec_read_off_a_file_without_ours(tmp_path, include_top, pooling):
+    """Keras' own files carry no spec: depths, width, channels, classes, top and pooling come
+    from the layer names and kernel shapes, the rest from Keras Applications' conventions."""
+    spec = S.preset("resnet50", "keras", depths=(2, 1, 3), width=16, image_channels=1,
+                    num_classes=7 if include_top else 1000, include_top=include_top, pooling=pooling)
+    _read_back_without_our_spec(tmp_path, spec)
 
 
 def test_torchvision_style_spec_travels_in_the_file(tmp_path):
@@ -207,13 +213,7 @@ KINDS = [S.preset("resnet18", "keras", depths=(1, 2), width=8, num_classes=5),
 def test_every_block_kind_read_off_a_file_without_ours(tmp_path, spec):
     """Block kind (V2 by its preact/post BatchNorms, basic by the missing _3_conv), groups and
     width per group (off the first 3x3 kernel) come from the names and shapes alone."""
-    weights = _weights(spec)
-    path = tmp_path / "w.h5"
-    keras_h5.to_keras_applications_h5(spec, weights, path)
-    _drop_spec_attr(path)
-    back_spec, back = keras_h5.from_keras_applications(path)
-    assert back_spec == spec
-    _same(back, weights)
+    _read_back_without_our_spec(tmp_path, spec)
 
 
 def test_v2_file_layout_is_keras_applications(tmp_path):
