@@ -7,6 +7,19 @@ from shared import backprop, reference, spec as S
 from shared.weights import init, randomize_batchnorm
 
 
+# The development run (README: ``pytest -m "not slow"``) checks one architecture per block kind;
+# CI, which runs every test, checks all thirteen.
+DEV_ARCHS = ("resnet18", "resnet50", "resnext50_32x4d", "resnet50v2")
+
+
+def dev_or_slow(cases, dev=DEV_ARCHS, also=()):
+    """``cases`` (arch names, or tuples that start with one) as parametrize values, each marked
+    slow (and with the marks ``also``) unless its architecture is in ``dev``."""
+    arch = lambda case: case[0] if isinstance(case, tuple) else case
+    return [case if arch(case) in dev else pytest.param(*(case if isinstance(case, tuple) else (case,)),
+                                                        marks=[pytest.mark.slow, *also]) for case in cases]
+
+
 def random_weights(spec, seed=0):
     """Canonical init with every BatchNorm (and conv bias) randomised: nothing can be ignored."""
     return randomize_batchnorm(spec, init(spec, seed), seed)

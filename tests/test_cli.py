@@ -69,7 +69,7 @@ def test_check_passes_and_writes_json(tmp_path):
 @pytest.mark.parametrize(
     "override, first",
     [("torch:bn_epsilon=1e-3", "stem"),  # the stem's BatchNorm is the first to see the epsilon
-     ("torch:stride_on=1x1", "conv3_block1")],  # the first strided bottleneck
+     pytest.param("torch:stride_on=1x1", "conv3_block1", marks=pytest.mark.slow)],  # the first strided bottleneck
 )
 def test_broken_framework_fails_and_trace_names_the_block(override, first):
     proc = cli("check", "--frameworks", "torch", "--size", "64", "--batch", "2", "--trace", "--override", override)
@@ -79,6 +79,7 @@ def test_broken_framework_fails_and_trace_names_the_block(override, first):
 
 
 @torch_only
+@pytest.mark.slow  # an end-to-end check run; skipped by the development run (README), CI runs it
 def test_check_reads_torchvision_pth(tmp_path):
     torch = pytest.importorskip("torch")
     spec = S.ResNetSpec(depths=(1, 1, 1, 1), width=8, num_classes=10)
@@ -122,6 +123,7 @@ def test_default_check_passes(tmp_path):
 
 
 @torch_only
+@pytest.mark.slow  # an end-to-end check run; skipped by the development run (README), CI runs it
 def test_train_mode_check_reports_conventions(tmp_path):
     out = tmp_path / "train.json"
     proc = cli("check", "--frameworks", "torch", "--mode", "train", "--size", "64", "--batch", "4", "--json", str(out))

@@ -261,7 +261,8 @@ def keras_resnet50():
 
 
 @pytest.mark.keras
-@pytest.mark.parametrize("include_top, pooling, activation", [(True, "max", "softmax"), (False, "max", "softmax")],
+@pytest.mark.parametrize("include_top, pooling, activation", [(True, "max", "softmax"),
+                                                               pytest.param(False, "max", "softmax", marks=pytest.mark.slow)],
                          ids=["top-pooling-ignored", "no-top-activation-ignored"])
 def test_constructor_arguments_mean_what_keras_applications_means(keras_resnet50, include_top, pooling, activation):
     """keras.applications.ResNet50 with the same arguments and weights is the peer: it must give

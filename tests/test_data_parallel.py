@@ -72,6 +72,7 @@ def test_running_statistics_per_replica(report, name, differ):
     assert _row(report, name).replicas_differ is differ
 
 
+@pytest.mark.slow  # skipped by the development run (README); CI runs it
 def test_ddp_carries_on_with_rank_0s_running_statistics(report):
     """After one more forward every rank holds exactly rank 0's statistics (DDP's buffer
     broadcast), where right after the step rank 1 held its own."""
@@ -80,11 +81,13 @@ def test_ddp_carries_on_with_rank_0s_running_statistics(report):
     assert row.next_forward == "rank 0's on every rank"
 
 
+@pytest.mark.slow  # skipped by the development run (README); CI runs it
 def test_sharded_engines_really_shard_the_batch(report):
     for name in ("flax nnx.jit + NamedSharding", "keras[jax] DataParallel"):
         assert _row(report, name).shards == REPLICAS
 
 
+@pytest.mark.slow  # skipped by the development run (README); CI runs it
 def test_syncbatchnorm_on_cpu_is_reported_as_needing_a_gpu(report):
     import torch
 
@@ -96,6 +99,7 @@ def test_syncbatchnorm_on_cpu_is_reported_as_needing_a_gpu(report):
     assert report.ok  # not a pass, not a failure: the other engines passed
 
 
+@pytest.mark.slow  # skipped by the development run (README); CI runs it
 @pytest.mark.parametrize("name", list(DOCUMENTED))
 def test_a_port_whose_statistics_differ_from_its_promise_fails(report, name):
     """The verdict can fail: the same arrays judged against the other promise, or against the
@@ -112,6 +116,7 @@ def test_a_port_whose_statistics_differ_from_its_promise_fails(report, name):
     assert row.status == "FAIL" and "running stats" in row.detail
 
 
+@pytest.mark.slow  # skipped by the development run (README); CI runs it
 def test_a_gradient_summed_instead_of_averaged_fails(report):
     name = "torch DDP (gloo)"
     res = dict(report.results[name])
@@ -186,6 +191,7 @@ def test_the_core_modules_import_no_framework():
     assert out.strip() == "[]"
 
 
+@pytest.mark.slow  # skipped by the development run (README); CI runs it
 def test_the_printed_table_names_each_engines_semantics(report):
     from rich.console import Console
 

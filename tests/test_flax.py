@@ -25,6 +25,7 @@ import resnet_flax as rf  # noqa: E402
 from resnet_flax.model import ResNet, _max_pool  # noqa: E402
 from shared import interop, parity, reference, spec as S, weights as W  # noqa: E402
 from strategies import block_specs, small_specs  # noqa: E402
+from helpers import dev_or_slow  # noqa: E402
 
 BN_NAMES = {"scale": "gamma", "bias": "beta", "mean": "mean", "var": "var"}
 
@@ -61,7 +62,6 @@ def _loaded(spec, weights, **native_kwargs):
 # Image sizes: compile and float64 reference cost grow with depth and width.
 TORCHVISION_SIZES = {"resnet50": 96, "resnet18": 64, "resnext50_32x4d": 64, "resnet101": 64, "resnet152": 64,
                      "wide_resnet50_2": 64}
-FAST_TORCHVISION = ("resnet50", "resnet18", "resnext50_32x4d")
 
 
 def _constructor(arch):
@@ -93,8 +93,7 @@ def torchvision_case(torchvision_model):
     return case
 
 
-@pytest.mark.parametrize("arch", [a if a in FAST_TORCHVISION else pytest.param(a, marks=pytest.mark.slow)
-                                  for a in TORCHVISION_SIZES])
+@pytest.mark.parametrize("arch", dev_or_slow(TORCHVISION_SIZES))
 def test_matches_torchvision_fp32_cpu(arch, torchvision_case):
     c = torchvision_case(arch)
     assert c.model.spec == c.spec == S.preset(arch)

@@ -5,6 +5,7 @@ import pytest
 
 from shared import interop, spec as S
 from shared.weights import WeightsError
+from helpers import dev_or_slow
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -20,7 +21,7 @@ def _randomised(model):
 TORCHVISION_ARCHS = [a for a, p in S.PRESETS.items() if p.peer.startswith("torchvision.")]
 
 
-@pytest.mark.parametrize("arch", TORCHVISION_ARCHS)
+@pytest.mark.parametrize("arch", dev_or_slow(TORCHVISION_ARCHS))
 def test_torchvision_round_trip_bit_exact(arch):
     state = _randomised(getattr(torchvision.models, arch)())
     spec, weights = interop.from_torchvision(state)

@@ -18,7 +18,7 @@ from hypothesis import given, settings, strategies as st
 
 from shared import keras_h5, parity, reference, spec as S
 from shared.weights import WeightsError, init
-from helpers import assert_same as _same
+from helpers import assert_same as _same, dev_or_slow
 from strategies import small_specs
 
 try:  # the torchvision peer; first, as importing it after TensorFlow segfaults (torch._dynamo)
@@ -39,7 +39,10 @@ V2 = [a for a in APPS if S.preset(a, "keras").block == "preact"]
 # Keras Applications' published counts (its summaries count BatchNorm statistics), typed here.
 PUBLISHED_PARAMS = {"resnet50": 25_636_712, "resnet101": 44_707_176, "resnet152": 60_419_944,
                     "resnet50v2": 25_613_800, "resnet101v2": 44_675_560, "resnet152v2": 60_380_648}
-FULL_SIZE = [a if a in ("resnet50", "resnet50v2") else pytest.param(a, marks=pytest.mark.slow) for a in APPS]
+# ResNet-101/152 and their V2 add depth, no backend op: the tensorflow pass (the whole suite)
+# checks them; the jax and torch passes check ResNet50 and ResNet50V2.
+DEEP = [pytest.mark.skipif(BACKEND != "tensorflow", reason="deep: the tensorflow pass checks it")]
+FULL_SIZE = dev_or_slow(APPS, also=DEEP)
 SIZE = 64  # keras.applications needs >= 32 px; 64 keeps ResNet-152 cheap on two cores
 # One tiny spec (and batch 4 at 40 px) for the small tests: on the jax backend every new shape
 # costs an XLA compile, of the initializers too.
@@ -142,7 +145,7 @@ def test_logits_equal_keras_applications(pair, arch, tmp_path):
     assert error <= parity.budget(peer)
 
 
-@pytest.mark.parametrize("arch", [a if a == "resnet50v2" else pytest.param(a, marks=pytest.mark.slow) for a in V2])
+@pytest.mark.parametrize("arch", dev_or_slow(V2, also=DEEP))
 def test_v2_equals_keras_applications(arch, tmp_path):
     """ResNet50V2/101V2/152V2 (64 px, batch 2): keras.applications' model with random
     BatchNorms and biases, read by ``from_keras_applications`` into our constructor's model:
@@ -167,6 +170,7 @@ def test_v2_equals_keras_applications(arch, tmp_path):
         assert mine.tobytes() == theirs.tobytes()
 
 
+@pytest.mark.slow  # full-size files; the development run keeps V1's (test_keras_weight_files_load_unchanged)
 def test_v2_weight_files_keras_writes(tmp_path):
     """ResNet50V2 files Keras writes (legacy weights .h5 with top; a full-model .h5 without top)
     read by ``from_keras_applications`` into our model; features and logits equal Keras'."""

@@ -60,7 +60,7 @@ def test_keras_applications_resnet50_weights_h5(tmp_path):
     _same(weights, _by_layer(app, spec))
 
 
-@pytest.mark.parametrize("include_top, pooling", [(True, None), (False, "max")])
+@pytest.mark.parametrize("include_top, pooling", [(True, None), pytest.param(False, "max", marks=pytest.mark.slow)])
 def test_keras_applications_keras_file_both_ways(tmp_path, include_top, pooling):
     app = _randomise(_small_app(include_top=include_top, pooling=pooling), 1)
     app.save(str(tmp_path / "app.keras"))
@@ -92,7 +92,7 @@ def _small_app_v2(include_top=True, pooling=None):
                                pooling=pooling, classes=5, classifier_activation=None, name="small_v2")
 
 
-@pytest.mark.parametrize("include_top, pooling", [(True, None), (False, "avg")])
+@pytest.mark.parametrize("include_top, pooling", [(True, None), pytest.param(False, "avg", marks=pytest.mark.slow)])
 def test_keras_applications_v2_files_both_ways(tmp_path, include_top, pooling):
     """Keras' ResNet V2 builder's .keras and .weights.h5 read as the pre-activation spec (stride
     on the last block of a stage, read off the layers or Keras' V2 conventions); ours load back

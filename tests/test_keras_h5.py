@@ -289,7 +289,7 @@ def _keras_writes(app, path, layout):
 
 
 @pytest.mark.keras
-@pytest.mark.parametrize("include_top, layout", [(True, "weights"), (False, "full_model")],
+@pytest.mark.parametrize("include_top, layout", [(True, "weights"), pytest.param(False, "full_model", marks=pytest.mark.slow)],
                          ids=["top-weights_file", "notop-full_model_file"])
 def test_keras_written_file_to_canonical_and_back(tmp_path, keras_app, include_top, layout):
     """Keras-written .h5 -> canonical (by name, spec read off the file) -> our .h5 -> a fresh

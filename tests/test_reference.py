@@ -6,6 +6,7 @@ import pytest
 
 from shared import parity, reference, spec as S, weights as W
 from shared.spec import ResNetSpec
+from helpers import dev_or_slow
 
 
 @pytest.mark.parametrize("arch, size", [pytest.param(*case, marks=pytest.mark.slow)
@@ -49,8 +50,8 @@ def _torchvision_peer(arch, spec, weights):
     return model.double()
 
 
-@pytest.mark.parametrize("arch, size", [("resnet18", 64), ("resnet34", 64), ("resnext50_32x4d", 64),
-                                        ("wide_resnet50_2", 64)])
+@pytest.mark.parametrize("arch, size", dev_or_slow([("resnet18", 64), ("resnet34", 64), ("resnext50_32x4d", 64),
+                                                    ("wide_resnet50_2", 64)]))
 def test_every_block_kind_equals_torchvision_float64(arch, size):
     """Basic blocks, grouped 3x3 convs and wide bottlenecks: float64 against float64 (measured
     2026-11-27, 2-core CPU: rel 5.1e-15 resnet18, 1.3e-14 resnet34, 3.8e-14 resnext50_32x4d,

@@ -6,6 +6,7 @@ import pytest
 
 from shared import spec as S
 from shared.spec import BatchNorm, Conv, ResNetSpec
+from helpers import dev_or_slow
 
 # Published counts: torchvision's model cards (learnable) and Keras Applications'
 # count_params() (learnable + BatchNorm moving statistics).
@@ -36,8 +37,7 @@ def test_parameter_counts_match_keras_applications(arch):
     assert S.preset(arch, style="keras").num_params(include_bn_statistics=True) == KERAS_PARAMS[arch]
 
 
-@pytest.mark.parametrize("arch", [a if sum(S.preset(a).depths) <= 16 else pytest.param(a, marks=pytest.mark.slow)
-                                  for a in sorted(TORCHVISION_PARAMS)])  # 101/152-deep: slow
+@pytest.mark.parametrize("arch", dev_or_slow(sorted(TORCHVISION_PARAMS)))
 def test_param_shapes_match_torchvision(arch):
     """Every canonical weight has a torchvision counterpart of the same size, and none is left."""
     torchvision = pytest.importorskip("torchvision")

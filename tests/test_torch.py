@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 from shared import interop, reference, spec as S
 from shared import weights as W
 from strategies import small_specs
-from helpers import random_weights
+from helpers import dev_or_slow, random_weights
 from shared.interop import torchvision_module
 from shared.parity import budget, rel_error
 
@@ -75,11 +75,6 @@ PUBLISHED_PARAMS = {
 KERAS_PUBLISHED_PARAMS = {"resnet50v2": 25_613_800, "resnet101v2": 44_675_560, "resnet152v2": 60_380_648}
 
 
-def _deep_is_slow(archs):
-    """The 101- and 152-deep ones are marked slow (two models of up to 127M parameters each)."""
-    return [pytest.param(a, marks=pytest.mark.slow) if sum(S.preset(a).depths) > 16 else a for a in archs]
-
-
 def _randomised_torchvision(arch):
     """torchvision's own model (its random init) with every BatchNorm's affine and running
     statistics randomised too, so a swapped or ignored statistic cannot go unseen; eval mode."""
@@ -96,7 +91,7 @@ def _randomised_torchvision(arch):
     return model
 
 
-@pytest.mark.parametrize("arch", _deep_is_slow(TORCHVISION_ARCHS))
+@pytest.mark.parametrize("arch", dev_or_slow(TORCHVISION_ARCHS))
 def test_every_torchvision_arch_equals_torchvision(arch):
     """torchvision's own state_dict loads as is (same keys, order, shapes) and gives bit-identical
     logits: the same modules in the same order. The spec read off that state_dict is the preset,
@@ -117,7 +112,7 @@ def test_every_torchvision_arch_equals_torchvision(arch):
     assert rel_error(ours, theirs) == 0.0, arch
 
 
-@pytest.mark.parametrize("arch", _deep_is_slow(TORCHVISION_ARCHS))
+@pytest.mark.parametrize("arch", dev_or_slow(TORCHVISION_ARCHS))
 def test_same_function_and_layout_as_torchvision(arch, torchvision_model):
     """Calibrated weights: the same function as torchvision, and both judged against float64."""
     tv, spec, w = torchvision_model(arch)
@@ -181,7 +176,7 @@ def _keras_v2_forward(w: dict, images: np.ndarray, depths, dtype) -> np.ndarray:
     return (x @ t["predictions.kernel"] + t["predictions.bias"]).numpy()
 
 
-@pytest.mark.parametrize("arch", _deep_is_slow(KERAS_ONLY_ARCHS))
+@pytest.mark.parametrize("arch", dev_or_slow(KERAS_ONLY_ARCHS))
 def test_resnet_v2_against_keras_definition_in_float64(arch):
     """Pre-activation blocks, the stem's zero-padded pool, post_bn/post_relu: within the fp32
     budget of a float64 computation written from Keras' code (its float32 run is the peer).
@@ -307,7 +302,7 @@ def test_asymmetric_padding_pads_like_the_reference():
 
 # --------------------------------------------------------------------- layout and names
 
-@pytest.mark.parametrize("arch, style", [(a, s) for a, p in S.PRESETS.items() for s in p.styles])
+@pytest.mark.parametrize("arch, style", dev_or_slow([(a, s) for a, p in S.PRESETS.items() for s in p.styles]))
 def test_names_and_shapes_follow_the_spec(arch, style):
     spec = S.preset(arch, style)
     model = rt.build(spec)
@@ -335,9 +330,8 @@ EXPECTED_CONSTRUCTORS = {  # typed: the names users write
 }
 
 
-@pytest.mark.parametrize("name", EXPECTED_CONSTRUCTORS)
-def test_every_preset_has_a_constructor(name):
-    arch = EXPECTED_CONSTRUCTORS[name]
+@pytest.mark.parametrize("arch, name", dev_or_slow([(arch, name) for name, arch in EXPECTED_CONSTRUCTORS.items()]))
+def test_every_preset_has_a_constructor(arch, name):
     make = getattr(rt, name)
     assert name in rt.__all__ and make.__name__ == name
     model = make(img_channel=1, num_classes=10, include_top=False, pooling="max")

@@ -417,22 +417,20 @@ def catch_table(spec: ResNetSpec, weights: dict, *, names=None, modes=("eval", "
         for t in found:
             if progress:
                 progress(f"{t.label}: {len(names) + 1} ports x {len(combos)} modes/precisions")
-            plan = []
+            # One job per (port, mode, precision run): a low-precision cell's fp32 structure run
+            # is the same job as that mode's fp32 cell, so it runs once.
+            jobs = {(name, m, q): _job(t, files, fields, device, q, m, False, name, f"{t.label}-{name or 'clean'}-{m}-{q}")
+                    for name in ["", *names] for m, p in combos for q in dict.fromkeys((p, "fp32"))}
+            results = dict(zip(jobs, run_jobs(t, list(jobs.values()), Path(tmp), timeout)))
             for name in ["", *names]:
                 for m, p in combos:
-                    runs = dict.fromkeys((p, "fp32"))
-                    plan.append((name, m, p, [_job(t, files, fields, device, q, m, False, name,
-                                                   f"{t.label}-{name or 'clean'}-{m}-{p}-{q}") for q in runs]))
-            done = iter(run_jobs(t, [j for *_, jobs in plan for j in jobs], Path(tmp), timeout))
-            for name, m, p, jobs in plan:
-                res = [next(done) for _ in jobs]
-                row = _judge(t, res[0], res[1] if len(res) > 1 else None, oracles[m, p], m, p, False)
-                status = "error" if row.status == "error" else row.status
-                if not name:
-                    baseline.append(Cell("(none)", t.label, m, p, False, status, row.detail))
-                    continue
-                applies = mutants.CATALOGUE[name].applies(spec, m, p)
-                cells.append(Cell(name, t.label, m, p, applies, status, row.detail))
+                    res = [results[name, m, q] for q in dict.fromkeys((p, "fp32"))]
+                    row = _judge(t, res[0], res[1] if len(res) > 1 else None, oracles[m, p], m, p, False)
+                    if name:
+                        cells.append(Cell(name, t.label, m, p, mutants.CATALOGUE[name].applies(spec, m, p),
+                                          row.status, row.detail))
+                    else:
+                        baseline.append(Cell("(none)", t.label, m, p, False, row.status, row.detail))
     return {"spec": spec.to_dict(), "device": device, "batch": batch, "size": size, "seed": seed,
             "targets": [t.label for t in found], "not_installed": [t.label for t in missing],
             "combos": combos, "cells": cells, "baseline": baseline,
