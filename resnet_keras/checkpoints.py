@@ -63,12 +63,7 @@ def object_paths(model: keras.Model) -> dict[str, str]:
 # ----------------------------------------------------------------------------- .weights.h5
 
 def _open_h5(path: Path) -> h5py.File:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise WeightsError(f"{path}: not a readable HDF5 file ({e})") from None
+    f = keras_h5.open_h5(path)
     if "layers" not in f:
         f.close()
         raise WeightsError(f"{path}: not a Keras 3 .weights.h5 file (no 'layers' group at the root)")

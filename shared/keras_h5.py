@@ -166,16 +166,20 @@ def _param(weight_name: str) -> str:
     return weight_name.rsplit("/", 1)[-1].split(":", 1)[0]
 
 
-def _read_h5(path: Path) -> tuple[list[str], dict[str, dict[str, np.ndarray]], ResNetSpec | None]:
+def open_h5(path: Path):
+    """``h5py.File(path, "r")``, or an error naming the file: missing, or not HDF5."""
     import h5py
 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:
-        f = h5py.File(path, "r")
+        return h5py.File(path, "r")
     except OSError as e:
         raise WeightsError(f"{path}: not a readable HDF5 file ({e})") from None
-    with f:
+
+
+def _read_h5(path: Path) -> tuple[list[str], dict[str, dict[str, np.ndarray]], ResNetSpec | None]:
+    with open_h5(path) as f:
         root = f
         if "layer_names" not in f.attrs and "layer_names0" not in f.attrs and "model_weights" in f:
             root = f["model_weights"]  # a full-model file: model.save("x.h5")

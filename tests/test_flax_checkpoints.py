@@ -111,6 +111,7 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     _same(formats.read(tmp_path / "ckpt")[1], weights)
 
 
+@pytest.mark.slow  # skipped by the development run (README); CI runs it
 def test_check_weights_takes_an_orbax_directory(tmp_path, capsys):
     """``resnet-parity check --weights DIR``: the spec read off the checkpoint, judged as usual;
     a directory missing its parts ends in one line, exit code 2."""

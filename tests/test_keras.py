@@ -441,6 +441,7 @@ def test_import_loads_no_framework_beyond_keras():
     assert after == before
 
 
+@pytest.mark.slow  # skipped by the development run (README); CI runs it
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="the tensorflow pass checks it once")
 def test_tensorflow_backend_needs_no_jax_torch_flax():
     """``import tensorflow`` itself imports jax when installed (tensorflow/lite/python/util.py);

@@ -236,6 +236,7 @@ def test_cli_export_from_a_checkpoint(tmp_path):
 
 
 @pytest.mark.skipif(not installed("torch"), reason="torch not installed")
+@pytest.mark.slow  # skipped by the development run (README); CI runs it
 def test_check_fold_and_onnx_rows(monkeypatch):
     spec = S.preset_spec("torchvision", **TINY)
     weights = reference.calibrated_weights(spec, seed=9)

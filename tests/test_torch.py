@@ -377,6 +377,7 @@ def test_channels_last_feature_map():
     assert err <= tol
 
 
+@pytest.mark.slow  # skipped by the development run (README); CI runs it
 def test_torch_compile_fullgraph():
     """fullgraph=True raises on any graph break. The aot_eager backend traces what inductor
     would (dynamo + AOTAutograd) without inductor's ~60 s of CPU code generation."""

@@ -229,6 +229,7 @@ def test_override_breaks_flax_alone():
     _override_fails("flax")
 
 
+@pytest.mark.slow  # skipped by the development run (README); CI runs it
 @pytest.mark.keras
 def test_override_breaks_keras_alone():
     keras = pytest.importorskip("keras")
