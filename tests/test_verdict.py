@@ -247,3 +247,37 @@ def test_a_check_without_a_limit_is_not_judged_and_fails(monkeypatch):
     (row,) = report.rows
     assert row.status == "not judged" and "not judged" in row.detail
     assert not report.ok
+
+
+@pytest.mark.parametrize("kind", ["basic", "resnext", "preact"])
+def test_published_catch_table_of_each_block_kind(kind):
+    """docs/mutants-cpu-{kind}.json (README, "Broken ports, caught"): all five targets in every
+    mode and precision; each cell caught exactly where the spec says the port applies (recomputed
+    here from the spec, not read from the run), passing elsewhere; every unbroken run passes; and
+    the README's row for each port counts the same."""
+    import collections
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    table = json.loads((root / "docs" / f"mutants-cpu-{kind}.json").read_text())
+    spec = S.ResNetSpec.from_dict(table["spec"])
+    assert spec.block == {"resnext": "bottleneck"}.get(kind, kind) and (spec.groups > 1) == (kind == "resnext")
+    assert table["targets"] == ["torch", "keras[tensorflow]", "keras[jax]", "keras[torch]", "flax"]
+    runs = {(t, m, p) for t in table["targets"] for m in ("eval", "train") for p in ("fp32", "bf16")}
+    assert {(c["target"], c["mode"], c["precision"]) for c in table["baseline"]} == runs
+    assert all(c["status"] == "pass" for c in table["baseline"])
+    counts = collections.defaultdict(collections.Counter)
+    for c in table["cells"]:
+        applies = mutants.CATALOGUE[c["mutant"]].applies(spec, c["mode"], c["precision"])
+        assert c["outcome"] == ("caught" if applies else "passes"), c
+        counts[c["mutant"]][c["outcome"]] += 1
+    assert set(counts) == set(mutants.CATALOGUE) and all(sum(n.values()) == len(runs) for n in counts.values())
+    readme = (root / "README.md").read_text()
+    header = next(line for line in readme.splitlines() if line.startswith("| broken port | basic ("))
+    column = [cell.strip() for cell in header.split("|")[2:-1]].index(next(
+        cell.strip() for cell in header.split("|")[2:-1] if cell.strip().startswith(kind + " (")))
+    block = readme[readme.index(header):].split("\n\n", 1)[0].splitlines()[3:]
+    rows = {line.split("|")[1].strip().strip("`"): line.split("|")[2 + column].strip() for line in block}
+    for name, n in counts.items():
+        assert rows[name] == ", ".join(f"{o} {k}" for o, k in sorted(n.items())), name
