@@ -12,12 +12,14 @@ from shared.weights import init, randomize_batchnorm
 DEV_ARCHS = ("resnet18", "resnet50", "resnext50_32x4d", "resnet50v2")
 
 
-def dev_or_slow(cases, dev=DEV_ARCHS, also=()):
+def dev_or_slow(cases):
     """``cases`` (arch names, or tuples that start with one) as parametrize values, each marked
-    slow (and with the marks ``also``) unless its architecture is in ``dev``."""
-    arch = lambda case: case[0] if isinstance(case, tuple) else case
-    return [case if arch(case) in dev else pytest.param(*(case if isinstance(case, tuple) else (case,)),
-                                                        marks=[pytest.mark.slow, *also]) for case in cases]
+    slow unless its architecture is in ``DEV_ARCHS``."""
+    params = []
+    for case in cases:
+        values = case if isinstance(case, tuple) else (case,)
+        params.append(case if values[0] in DEV_ARCHS else pytest.param(*values, marks=pytest.mark.slow))
+    return params
 
 
 def random_weights(spec, seed=0):

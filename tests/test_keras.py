@@ -39,10 +39,7 @@ V2 = [a for a in APPS if S.preset(a, "keras").block == "preact"]
 # Keras Applications' published counts (its summaries count BatchNorm statistics), typed here.
 PUBLISHED_PARAMS = {"resnet50": 25_636_712, "resnet101": 44_707_176, "resnet152": 60_419_944,
                     "resnet50v2": 25_613_800, "resnet101v2": 44_675_560, "resnet152v2": 60_380_648}
-# ResNet-101/152 and their V2 add depth, no backend op: the tensorflow pass (the whole suite)
-# checks them; the jax and torch passes check ResNet50 and ResNet50V2.
-DEEP = [pytest.mark.skipif(BACKEND != "tensorflow", reason="deep: the tensorflow pass checks it")]
-FULL_SIZE = dev_or_slow(APPS, also=DEEP)
+FULL_SIZE = dev_or_slow(APPS)
 SIZE = 64  # keras.applications needs >= 32 px; 64 keeps ResNet-152 cheap on two cores
 # One tiny spec (and batch 4 at 40 px) for the small tests: on the jax backend every new shape
 # costs an XLA compile, of the initializers too.
@@ -145,7 +142,7 @@ def test_logits_equal_keras_applications(pair, arch, tmp_path):
     assert error <= parity.budget(peer)
 
 
-@pytest.mark.parametrize("arch", dev_or_slow(V2, also=DEEP))
+@pytest.mark.parametrize("arch", dev_or_slow(V2))
 def test_v2_equals_keras_applications(arch, tmp_path):
     """ResNet50V2/101V2/152V2 (64 px, batch 2): keras.applications' model with random
     BatchNorms and biases, read by ``from_keras_applications`` into our constructor's model:

@@ -275,9 +275,10 @@ def test_published_catch_table_of_each_block_kind(kind):
     assert set(counts) == set(mutants.CATALOGUE) and all(sum(n.values()) == len(runs) for n in counts.values())
     readme = (root / "README.md").read_text()
     header = next(line for line in readme.splitlines() if line.startswith("| broken port | basic ("))
-    column = [cell.strip() for cell in header.split("|")[2:-1]].index(next(
-        cell.strip() for cell in header.split("|")[2:-1] if cell.strip().startswith(kind + " (")))
-    block = readme[readme.index(header):].split("\n\n", 1)[0].splitlines()[3:]
-    rows = {line.split("|")[1].strip().strip("`"): line.split("|")[2 + column].strip() for line in block}
+    rows = [[cell.strip().strip("`") for cell in line.split("|")[1:-1]]
+            for line in readme[readme.index(header):].split("\n\n", 1)[0].splitlines()]
+    column = next(i for i, cell in enumerate(rows[0]) if cell.startswith(kind + " ("))
+    rows = {row[0]: row[column] for row in rows[2:]}  # past the header and its rule
+    assert rows["unbroken port (must pass)"] == f"passes {len(runs)}"
     for name, n in counts.items():
         assert rows[name] == ", ".join(f"{o} {k}" for o, k in sorted(n.items())), name
