@@ -12,7 +12,10 @@ array against the model that spec builds (an error names the first key that does
 both shapes, before any array is read), restores into that model's abstract state with Orbax
 and exports canonical weights. A directory without its parts is refused naming the part.
 
-Used through ``shared.formats`` (``resnet-parity convert``, ``check --weights``).
+``READERS``/``WRITERS`` are what this package hands the core's dispatcher (``shared.formats``), so
+``load_weights`` and the constructors read these files; ``read_checkpoint`` reads any checkpoint
+``resnet_flax`` takes (the core's formats, these, or a ``shared.hub`` name). The tools reach them
+through their adapter (``resnet-parity convert``, ``check --weights``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from flax import nnx
 
 from shared.spec import ResNetSpec
 from shared.weights import WeightsError
-from resnet_flax.model import NATIVE_PARAM, ResNet
+from resnet_flax.layers import NATIVE_PARAM
+from resnet_flax.model import ResNet
 from resnet_flax.weights import export_weights, load_weights
 
 
@@ -159,3 +163,16 @@ def write_orbax(spec: ResNetSpec, weights, path: str | os.PathLike) -> None:
     with _checkpointer() as checkpointer:
         checkpointer.save(Path(path).absolute(), nnx.state(model))
         checkpointer.wait_until_finished()
+
+
+READERS = {"orbax": read_orbax}
+WRITERS = {"orbax": write_orbax}
+
+
+def read_checkpoint(source: str | os.PathLike, spec: ResNetSpec | None = None,
+                    style: str | None = None) -> tuple[ResNetSpec, dict[str, np.ndarray]]:
+    """(spec, canonical weights) of a checkpoint file or ``shared.hub`` name, in any format this
+    package reads; with ``spec`` a file that does not fit it is refused, naming the key."""
+    from shared import checkpoint, formats
+
+    return formats.read(checkpoint.resolve(source), spec=spec, style=style, readers=READERS)

@@ -13,10 +13,11 @@ import numpy as np
 
 from shared import checkpoint
 from shared.weights import DTYPE, WeightsError, validate
-from resnet_flax.model import NATIVE_PARAM, ResNet
+from resnet_flax.layers import NATIVE_PARAM
+from resnet_flax.model import ResNet
 
 
-def _variables(model: ResNet):
+def variables(model: ResNet):
     """(canonical key, nnx.Variable) for every weight, in the spec's order."""
     for layer in model.spec.layers():
         native = getattr(model, layer.name, None) if layer.params else None
@@ -55,7 +56,7 @@ def load_weights(model: ResNet, weights: Mapping[str, np.ndarray] | str | os.Pat
     mis-shaped or wrongly typed key, and any model variable that differs from the spec, before
     any parameter is touched.
     """
-    weights = checkpoint.canonical(model.spec, weights)
+    weights = checkpoint.canonical(model.spec, weights, _readers())
     validate(model.spec, weights)
     for key, variable in _check_fits(model):
         # A whole new value (also fills a model made by nnx.eval_shape). The numpy copy is ours:
@@ -68,4 +69,10 @@ def load_weights(model: ResNet, weights: Mapping[str, np.ndarray] | str | os.Pat
 
 def export_weights(model: ResNet) -> dict[str, np.ndarray]:
     """The model's weights as a canonical dict of float32 numpy arrays (fresh copies)."""
-    return {key: np.array(variable[...], dtype=DTYPE) for key, variable in _variables(model)}
+    return {key: np.array(variable[...], dtype=DTYPE) for key, variable in variables(model)}
+
+
+def _readers():
+    from resnet_flax.checkpoints import READERS  # here: checkpoints builds models with this module
+
+    return READERS

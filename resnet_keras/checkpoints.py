@@ -15,7 +15,10 @@ present; stride placement, epsilon and momentum from ``style`` (V2: Keras'), as 
 weights-only file. A ``.keras`` file carries its config:
 Keras rebuilds the model and every convention is read off its layers.
 
-Used through ``shared.formats`` (``resnet-parity convert``, ``check --weights``).
+``READERS``/``WRITERS`` are what this package hands the core's dispatcher (``shared.formats``), so
+``load_weights`` and the constructors read these files; ``read_checkpoint`` reads any checkpoint
+``resnet_keras`` takes (the core's formats, these, or a ``shared.hub`` name). The tools reach them
+through their adapter (``resnet-parity convert``, ``check --weights``).
 """
 
 from __future__ import annotations
@@ -235,3 +238,16 @@ def write_keras(spec: ResNetSpec, weights, path: str | os.PathLike) -> None:
     model = build(spec)
     load_weights(model, weights)
     model.save(str(path))
+
+
+READERS = {"keras-weights-h5": read_weights_h5, "keras": read_keras}
+WRITERS = {"keras-weights-h5": write_weights_h5, "keras": write_keras}
+
+
+def read_checkpoint(source: str | os.PathLike, spec: ResNetSpec | None = None,
+                    style: str | None = None) -> tuple[ResNetSpec, dict[str, np.ndarray]]:
+    """(spec, canonical weights) of a checkpoint file or ``shared.hub`` name, in any format this
+    package reads; with ``spec`` a file that does not fit it is refused, naming the key."""
+    from shared import checkpoint, formats
+
+    return formats.read(checkpoint.resolve(source), spec=spec, style=style, readers=READERS)

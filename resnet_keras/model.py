@@ -17,91 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import keras
-from keras import layers
-
-from shared.keras_h5 import INPUT_LAYER, keras_explicit_padding, keras_padding, pad_name
+from shared.keras_h5 import INPUT_LAYER, keras_explicit_padding
 from shared.fold import refuse_training
 from shared.spec import ResNetSpec
-
-_NHWC = "channels_last"
-
-
-def _padded(layer, x, explicit, value=0.0):
-    """Explicit (top, bottom, left, right) padding as its own layer, when 'same' won't do (or,
-    in Keras' V2, wherever a layer pads: ``keras_padding``): Keras' ZeroPadding2D, or for
-    another value ``ConstantPadding2D``."""
-    mode = keras_padding(layer, explicit)
-    if mode == "pad":
-        t, b, l, r = layer.padding
-        if value == 0.0:
-            x = layers.ZeroPadding2D(((t, b), (l, r)), data_format=_NHWC, name=pad_name(layer))(x)
-        else:
-            x = ConstantPadding2D(((t, b), (l, r)), value, name=pad_name(layer))(x)
-        mode = "valid"
-    return x, mode
-
-
-@keras.saving.register_keras_serializable(package="resnet_parity")
-class ConstantPadding2D(layers.Layer):
-    """ZeroPadding2D with another value (NHWC): a max pool's -inf where its input may be
-    negative (no ReLU before it). Registered, so ``.keras`` files that hold it load."""
-
-    def __init__(self, padding, value, **kwargs):
-        super().__init__(**kwargs)
-        self.padding = tuple(tuple(int(p) for p in pair) for pair in padding)
-        self.value = float(value)
-
-    def call(self, x):
-        (t, b), (l, r) = self.padding
-        return keras.ops.pad(x, ((0, 0), (t, b), (l, r), (0, 0)), constant_values=self.value)
-
-    def compute_output_shape(self, shape):
-        (t, b), (l, r) = self.padding
-        grow = lambda n, extra: None if n is None else n + extra  # noqa: E731
-        return (shape[0], grow(shape[1], t + b), grow(shape[2], l + r), shape[3])
-
-    def get_config(self):
-        return {**super().get_config(), "padding": self.padding, "value": self.value}
-
-
-def _conv(layer, x, opts):
-    x, padding = _padded(layer, x, opts.explicit_padding)
-    return layers.Conv2D(layer.out_channels, layer.kernel_size, strides=layer.stride, padding=padding,
-                         groups=layer.groups, use_bias=layer.bias, data_format=_NHWC, name=layer.name)(x)
-
-
-def _bn(layer, x, _):
-    # Keras' momentum is the weight of the old running value; the spec's is PyTorch's.
-    return layers.BatchNormalization(axis=-1, epsilon=layer.epsilon, momentum=1.0 - layer.momentum,
-                                     gamma_initializer="zeros" if layer.zero_init else "ones",
-                                     name=layer.name)(x)
-
-
-def _relu(layer, x, _):
-    return layers.Activation("relu", name=layer.name)(x)
-
-
-def _maxpool(layer, x, opts):
-    # Keras' ZeroPadding2D where the spec pads with 0 (V2's stem) and where it pads with -inf
-    # after a ReLU (V1's stem, as keras.applications: the input is >= 0, so the two agree).
-    value = 0.0 if opts.previous == "relu" else layer.pad_value
-    x, padding = _padded(layer, x, opts.explicit_padding, value)
-    return layers.MaxPooling2D(layer.size, strides=layer.stride, padding=padding, data_format=_NHWC,
-                               name=layer.name)(x)
-
-
-def _globalpool(layer, x, _):
-    pool = layers.GlobalAveragePooling2D if layer.mode == "avg" else layers.GlobalMaxPooling2D
-    return pool(data_format=_NHWC, name=layer.name)(x)
-
-
-def _dense(layer, x, opts):
-    return layers.Dense(layer.out_features, activation=opts.classifier_activation, name=layer.name)(x)
-
-
-_APPLY = {"conv": _conv, "bn": _bn, "relu": _relu, "maxpool": _maxpool, "globalpool": _globalpool,
-          "dense": _dense}
-
+from resnet_keras import layers
 
 @dataclass(frozen=True)
 class _Options:
@@ -117,13 +36,13 @@ def _chainer(spec: ResNetSpec, classifier_activation):
     def chain(spec_layers, x):
         previous = None
         for layer in spec_layers:
-            x = _APPLY[layer.kind](layer, x, replace(options, previous=previous))
+            x = layers.apply(layer, x, replace(options, previous=previous))
             previous = layer.kind
         return x
 
     def add(layer, main, shortcut):
         # [shortcut, main], as Keras Applications: the order model.layers lists the branches in
-        return layers.Add(name=layer.name)([shortcut, main])
+        return keras.layers.Add(name=layer.name)([shortcut, main])
 
     return chain, add
 
@@ -184,6 +103,6 @@ def spec_of(model) -> ResNetSpec:
         raise ValueError(
             f"model {getattr(model, 'name', model)!r}: has no ResNetSpec in .spec; build it with "
             "resnet_keras.build(spec), or read a keras.applications model with "
-            "shared.interop.from_keras_applications(model)"
+            "shared.keras_h5.from_keras_applications(model)"
         )
     return spec

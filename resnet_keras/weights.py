@@ -17,7 +17,7 @@ from shared.weights import DTYPE, WeightsError, validate
 from resnet_keras.model import spec_of
 
 
-def _variables(model: keras.Model):
+def variables(model: keras.Model):
     """(canonical key, Keras variable) for every weight, in the spec's order."""
     by_name = {layer.name: layer for layer in model.layers}
     for layer in spec_of(model).layers():
@@ -38,9 +38,9 @@ def load_weights(model: keras.Model, weights: Mapping[str, np.ndarray] | str | o
     mis-shaped or wrongly typed key, and any model variable whose shape differs from the
     spec's, before any variable is touched.
     """
-    weights = checkpoint.canonical(spec_of(model), weights)
+    weights = checkpoint.canonical(spec_of(model), weights, _readers())
     validate(spec_of(model), weights)
-    pairs = list(_variables(model))
+    pairs = list(variables(model))
     wrong = [f"{key}: model variable {v.path} has shape {tuple(v.shape)}, the weights {weights[key].shape}"
              for key, v in pairs if tuple(v.shape) != weights[key].shape]
     if wrong:
@@ -52,4 +52,10 @@ def load_weights(model: keras.Model, weights: Mapping[str, np.ndarray] | str | o
 
 def export_weights(model: keras.Model) -> dict[str, np.ndarray]:
     """The model's weights as a canonical dict of float32 numpy arrays (fresh copies)."""
-    return {key: np.array(keras.ops.convert_to_numpy(v), dtype=DTYPE) for key, v in _variables(model)}
+    return {key: np.array(keras.ops.convert_to_numpy(v), dtype=DTYPE) for key, v in variables(model)}
+
+
+def _readers():
+    from resnet_keras.checkpoints import READERS  # here: checkpoints builds models with this module
+
+    return READERS

@@ -1,16 +1,51 @@
 """One spec layer -> one torch module, with torchvision's initialisation.
 
 This is the only place that says how a Conv, BatchNorm, ReLU, pool or Dense of the spec is
-expressed in PyTorch; the model files only decide where each module lives.
+expressed in PyTorch; the model files only decide where each module lives. ``override`` is the
+public hook for building models with other ReLU or BatchNorm code (the tools' broken ports of
+``shared.mutants``, or a user's experiment), the same in resnet_keras and resnet_flax.
 """
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from shared.spec import Add, BatchNorm, Conv, Dense, GlobalPool, Layer, MaxPool, ReLU
+
+
+_OVERRIDES: contextvars.ContextVar[dict] = contextvars.ContextVar("resnet_torch_layers", default={})
+
+
+@contextlib.contextmanager
+def override(*, relu: Callable | None = None, batchnorm: type | None = None):
+    """Models built while the context is open use ``relu`` (a function of a tensor) for every
+    ReLU and ``batchnorm`` (a subclass of ``nn.BatchNorm2d``) for every BatchNorm; models built
+    before or after are untouched, and so is torch."""
+    if batchnorm is not None and not (isinstance(batchnorm, type) and issubclass(batchnorm, nn.BatchNorm2d)):
+        raise TypeError(f"batchnorm: expected a subclass of torch.nn.BatchNorm2d, got {batchnorm!r}")
+    token = _OVERRIDES.set({**_OVERRIDES.get(), **{k: v for k, v in (("relu", relu), ("batchnorm", batchnorm))
+                                                   if v is not None}})
+    try:
+        yield
+    finally:
+        _OVERRIDES.reset(token)
+
+
+class Activation(nn.Module):
+    """A ReLU given as a function (``override(relu=...)``)."""
+
+    def __init__(self, fn: Callable):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
 
 
 class PaddedConv2d(nn.Conv2d):
@@ -76,7 +111,8 @@ def conv(layer: Conv) -> nn.Conv2d:
 
 def batchnorm(layer: BatchNorm) -> nn.BatchNorm2d:
     # layer.momentum already has torch's meaning (weight of the new batch statistic).
-    module = nn.BatchNorm2d(layer.channels, eps=layer.epsilon, momentum=layer.momentum)
+    module = _OVERRIDES.get().get("batchnorm", nn.BatchNorm2d)(layer.channels, eps=layer.epsilon,
+                                                                momentum=layer.momentum)
     nn.init.constant_(module.weight, 0.0 if layer.zero_init else 1.0)
     nn.init.zeros_(module.bias)
     return module
@@ -96,7 +132,8 @@ def module(layer: Layer) -> nn.Module:
     if isinstance(layer, BatchNorm):
         return batchnorm(layer)
     if isinstance(layer, ReLU):
-        return nn.ReLU(inplace=True)
+        relu = _OVERRIDES.get().get("relu")
+        return nn.ReLU(inplace=True) if relu is None else Activation(relu)
     if isinstance(layer, MaxPool):
         return maxpool(layer)
     if isinstance(layer, GlobalPool):

@@ -7,8 +7,6 @@ state_dict *is* a torchvision-style state_dict); nothing here knows a layer name
 from __future__ import annotations
 
 import os
-import pickle
-from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -18,6 +16,7 @@ from torch import nn
 from shared import checkpoint, interop
 from shared import weights as canonical
 from shared.spec import ResNetSpec
+from resnet_torch.checkpoints import READERS
 from shared.weights import WeightsError
 
 
@@ -47,7 +46,7 @@ def load_weights(model: nn.Module, weights: Mapping[str, np.ndarray] | str | os.
     name (``shared.checkpoint``). Everything is checked before any tensor is touched, so a bad
     dict raises a WeightsError (a ValueError) naming each key and leaves the model as it was."""
     spec = _spec_of(model)
-    weights = checkpoint.canonical(spec, weights)
+    weights = checkpoint.canonical(spec, weights, READERS)
     canonical.validate(spec, weights)
     state = interop.to_torchvision(spec, weights)
     _check_fits(model, state)
@@ -66,22 +65,13 @@ def export_weights(model: nn.Module) -> dict[str, np.ndarray]:
     return interop.from_torchvision(state, spec=spec)[1]
 
 
-def load_checkpoint(path: str | os.PathLike, spec: ResNetSpec | None = None) -> dict[str, np.ndarray]:
-    """Canonical weights from a file: ``.safetensors`` in the canonical format, or a
-    torchvision-style state_dict saved with ``torch.save`` (``.pth``/``.pt``), read with
-    ``torch.load(weights_only=True)`` only. With ``spec``, a file that does not fit it is refused
-    naming the key; without, a ``.pth`` file's spec is read off its keys and shapes."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        return canonical.load(path, spec)
-    if path.suffix not in (".pth", ".pt"):
-        raise ValueError(f"{path}: unknown checkpoint type {path.suffix!r}, expected .safetensors, .pth or .pt")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        raise WeightsError(f"{path}: not a weights-only torch checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{path}: expected a state_dict (a mapping of names to tensors), got {type(state).__name__}")
-    return interop.from_torchvision(state, spec=spec)[1]
+def variables(model: nn.Module):
+    """(canonical key, the model's own parameter or buffer tensor) for every weight, in the
+    spec's order. torch keeps conv kernels OIHW and dense kernels (out, in): ``export_weights``
+    gives the canonical HWIO / (in, out) copies."""
+    spec = _spec_of(model)
+    state = model.state_dict(keep_vars=True)
+    for layer in spec.layers():
+        module = interop.torchvision_module(layer.name)
+        for param in layer.params:
+            yield f"{layer.name}.{param}", state[f"{module}.{interop.torchvision_param(layer, param)}"]

@@ -1,10 +1,11 @@
 """A checkpoint given by path or by name -> canonical weights for a model's spec, framework-free.
 
 What ``ResNet50(weights=...)`` and ``load_weights(model, path_or_name)`` accept in every framework
-package: any checkpoint ``shared.formats`` reads (canonical or torchvision-keyed
-``.safetensors``, torchvision ``.pth``/``.pt`` through ``torch.load(weights_only=True)``, Keras
-Applications ``.h5``, Keras 3 ``.weights.h5`` and ``.keras``, an Orbax directory; a format whose
-framework is missing says which extra to install), or a name registered in ``shared.hub``. An
+package: the core's formats (canonical or torchvision-keyed ``.safetensors``, Keras
+Applications ``.h5``) and the package's own native ones, whose readers it hands in
+(``resnet_torch``: ``.pth``/``.pt``; ``resnet_keras``: ``.weights.h5``, ``.keras``;
+``resnet_flax``: Orbax directories; another framework's format says which package reads it), or
+a name registered in ``shared.hub``. An
 existing path wins over a name. A checkpoint made for another architecture, style or class count is refused before
 any model is touched, with a ValueError that describes both.
 """
@@ -34,19 +35,19 @@ def resolve(source: str | os.PathLike) -> Path:
         return Path(source)
     if hub.is_registered(source):
         return hub.fetch(source)
-    if isinstance(source, str) and "/" in source and Path(source).suffix.lower() not in (
-            ".safetensors", ".pth", ".pt", ".h5", ".hdf5", ".keras"):
+    if isinstance(source, str) and "/" in source and not source.lower().endswith(formats.SUFFIXES):
         hub.entry(source)  # raises, naming close matches
     raise FileNotFoundError(f"{source}: no such checkpoint file, and not a registered name "
                             f"(shared.hub.names(): {', '.join(hub.names())})")
 
 
-def read(source: str | os.PathLike, style: str | None = None) -> tuple[ResNetSpec, dict[str, np.ndarray]]:
+def read(source: str | os.PathLike, style: str | None = None,
+         readers: formats.Readers | None = None) -> tuple[ResNetSpec, dict[str, np.ndarray]]:
     """(spec, canonical weights) of a path or name, in any format ``shared.formats`` reads (one
     dispatcher for the constructors, ``load_weights``, ``check --weights`` and ``convert``). The
     spec is the one stored in the file, else read off its names and shapes, with ``style`` for
-    what shapes cannot show."""
-    return formats.read(resolve(source), style=style)
+    what shapes cannot show. ``readers``: the framework formats' readers (``shared.formats``)."""
+    return formats.read(resolve(source), style=style, readers=readers)
 
 
 def describe(spec: ResNetSpec) -> str:
@@ -74,11 +75,12 @@ def differences(model: ResNetSpec, checkpoint: ResNetSpec) -> list[str]:
             for f in fields if getattr(checkpoint, f) != getattr(model, f)]
 
 
-def for_spec(spec: ResNetSpec, source: str | os.PathLike) -> dict[str, np.ndarray]:
+def for_spec(spec: ResNetSpec, source: str | os.PathLike,
+             readers: formats.Readers | None = None) -> dict[str, np.ndarray]:
     """Canonical weights of a file or name for a model of ``spec``. A checkpoint with a top
     serves a model without one (its classifier is dropped); anything else that differs is a
     ValueError naming both."""
-    found, weights = read(source, style=spec.style if spec.style in STYLES else None)
+    found, weights = read(source, style=spec.style if spec.style in STYLES else None, readers=readers)
     diff = differences(spec, found)
     if diff:
         raise ValueError(f"weights {source}: the checkpoint is {describe(found)}, the model is {describe(spec)}; "
@@ -90,11 +92,12 @@ def for_spec(spec: ResNetSpec, source: str | os.PathLike) -> dict[str, np.ndarra
     return weights
 
 
-def canonical(spec: ResNetSpec, weights) -> Mapping[str, np.ndarray]:
-    """What ``load_weights`` copies: a mapping as given, or a file or name read for ``spec``."""
+def canonical(spec: ResNetSpec, weights, readers: formats.Readers | None = None) -> Mapping[str, np.ndarray]:
+    """What ``load_weights`` copies: a mapping as given, or a file or name read for ``spec``
+    (``readers``: the calling package's native formats)."""
     if isinstance(weights, Mapping):
         return weights
     if isinstance(weights, (str, os.PathLike)):
-        return for_spec(spec, weights)
+        return for_spec(spec, weights, readers)
     raise TypeError(f"weights: expected a canonical dict, a checkpoint path or a registered name, "
                     f"got {type(weights).__name__}")

@@ -4,7 +4,8 @@ resnet_torch, resnet_keras and resnet_flax)::
     model = ResNet50(img_channel=3, num_classes=1000, *, style="torchvision", weights=None,
                      include_top=True, pooling=None, classifier_activation=None)
     # one constructor per preset (shared.spec.PRESETS): ResNet18 .. ResNet152, ResNeXt50_32x4d,
-    # WideResNet50_2, ResNet50V2 (style="keras") ...; made by ``constructors`` below
+    # WideResNet50_2, ResNet50V2 (style="keras") ...; written out in each package's api.py
+    # (shared.tools.constructors generates them; tests/test_contract.py checks them)
     model = build(spec)                   # native model, random init, eval mode
     model = load_weights(model, weights)  # a canonical dict, a checkpoint path or a hub name
     weights = export_weights(model)
@@ -20,8 +21,6 @@ from __future__ import annotations
 
 import numpy as np
 
-import os
-from typing import Callable, Mapping
 
 from shared.reference import check_images
 from shared.spec import PRESETS, ResNetSpec, preset
@@ -47,32 +46,19 @@ def constructor_spec(arch: str, img_channel: int, num_classes: int, style: str, 
                   pooling="avg" if include_top else pooling)
 
 
-def constructors(make: Callable) -> dict[str, Callable]:
-    """One constructor per preset, for a framework package to put in its namespace:
-    ``make(arch, img_channel, num_classes, style, weights, include_top, pooling,
-    classifier_activation)`` builds the native model. The signature and the documentation come
-    from here, so they are identical in all three packages and a new preset needs no framework
-    code."""
-    return {p.constructor: _constructor(p.arch, make) for p in PRESETS.values()}
-
-
-def _constructor(arch: str, make: Callable) -> Callable:
+def constructor_doc(arch: str) -> str:
+    """The docstring of ``arch``'s constructor, identical in the three packages (the constructors
+    are written out in each package's ``api.py`` by ``shared.tools.constructors``; a test checks
+    them against ``PRESETS``)."""
     p = PRESETS[arch]
-
-    def construct(img_channel: int = 3, num_classes: int = 1000, *, style: str = p.styles[0],
-                  weights: "str | os.PathLike | Mapping | None" = None, include_top: bool = True,
-                  pooling: str | None = None, classifier_activation: str | None = None):
-        return make(arch, img_channel, num_classes, style, weights, include_top, pooling, classifier_activation)
-
-    construct.__name__ = construct.__qualname__ = p.constructor
-    construct.__doc__ = (
+    return (
         f"{p.constructor} ({p.peer}; style(s) {', '.join(p.styles)}, default {p.styles[0]!r}), in eval "
-        "mode. ``weights``: None (random init), a canonical dict, a ``.safetensors``/``.pth``/``.h5`` "
-        "file or a ``shared.hub`` name; a checkpoint of another architecture, style or class count is "
-        "a ValueError. ``include_top``, ``pooling``, ``classifier_activation``: Keras Applications' "
+        "mode. ``weights``: None (random init), a canonical dict, a checkpoint file (the core's "
+        "``.safetensors`` and Keras Applications ``.h5``, and this package's native formats) or a "
+        "``shared.hub`` name; a checkpoint of another architecture, style or class count is a "
+        "ValueError. ``include_top``, ``pooling``, ``classifier_activation``: Keras Applications' "
         "meaning (``shared.contract.constructor_spec``); None gives logits."
     )
-    return construct
 
 
 def activation(spec: ResNetSpec, classifier_activation: str | None) -> str | None:

@@ -57,6 +57,12 @@ def torchvision_module(layer_name: str) -> str:
     return f"{prefix}.{kind}{k}"
 
 
+def torchvision_param(layer, param: str) -> str:
+    """The torchvision attribute of a canonical parameter (``gamma`` -> ``weight``, ``mean`` ->
+    ``running_mean``, a kernel -> ``weight``)."""
+    return _TV_BN[param] if isinstance(layer, BatchNorm) else _TV_PARAM[param]
+
+
 def _numpy(value) -> np.ndarray:
     if hasattr(value, "detach"):  # a torch tensor, without importing torch
         value = value.detach().cpu()
@@ -167,7 +173,7 @@ def from_torchvision(state_dict: Mapping[str, object], spec: ResNetSpec | None =
             continue
         module = torchvision_module(layer.name)
         for param in layer.params:
-            tv = f"{module}.{_TV_BN[param] if isinstance(layer, BatchNorm) else _TV_PARAM[param]}"
+            tv = f"{module}.{torchvision_param(layer, param)}"
             if tv not in state_dict:
                 raise WeightsError(f"torchvision state_dict: missing key {tv} (for {layer.name}.{param})")
             value = _numpy(state_dict[tv])
@@ -195,11 +201,7 @@ def to_torchvision(spec: ResNetSpec, weights: Mapping[str, np.ndarray]) -> dict[
             value = weights[f"{layer.name}.{param}"]
             if param == "kernel":
                 value = value.transpose(3, 2, 0, 1) if isinstance(layer, Conv) else value.T
-            name = _TV_BN[param] if isinstance(layer, BatchNorm) else _TV_PARAM[param]
-            out[f"{module}.{name}"] = np.ascontiguousarray(value)
+            out[f"{module}.{torchvision_param(layer, param)}"] = np.ascontiguousarray(value)
         if isinstance(layer, BatchNorm):
             out[f"{module}.num_batches_tracked"] = np.zeros((), dtype=np.int64)
     return out
-
-
-from shared.keras_h5 import from_keras_applications, to_keras_applications_h5  # noqa: E402

@@ -50,7 +50,7 @@ def test_broken_weights_file_gives_one_line(tmp_path):
     assert proc.returncode == 2 and "model.pth is not a readable torch checkpoint" in proc.stderr
 
 
-torch_only = pytest.mark.skipif(not __import__("shared.tools.check", fromlist=["installed"]).installed("torch"),
+torch_only = pytest.mark.skipif(not __import__("shared.tools.adapter", fromlist=["installed"]).installed("torch"),
                                 reason="needs torch")
 
 

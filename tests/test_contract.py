@@ -12,7 +12,7 @@ import inspect
 import numpy as np
 import pytest
 
-from shared import checkpoint, contract, interop, parity, reference, spec as S, weights as W
+from shared import checkpoint, contract, keras_h5, parity, reference, spec as S, weights as W
 from shared.tools.check import fp32_budget
 
 PACKAGES = {"torch": "resnet_torch", "keras": "resnet_keras", "flax": "resnet_flax"}
@@ -306,7 +306,7 @@ def test_constructor_spec_refuses_unknown_arguments():
 def test_a_checkpoint_with_a_top_serves_a_model_without_one(tmp_path):
     spec = TINY["keras"]
     weights = reference.calibrated_weights(spec)
-    interop.to_keras_applications_h5(spec, weights, tmp_path / "tiny.h5")
+    keras_h5.to_keras_applications_h5(spec, weights, tmp_path / "tiny.h5")
     notop = spec.replace(include_top=False, pooling=None)
     got = checkpoint.for_spec(notop, tmp_path / "tiny.h5")
     assert set(got) == set(notop.param_shapes()) and all(np.array_equal(got[k], weights[k]) for k in got)

@@ -10,7 +10,8 @@ Keras-marked (it loads Keras): CI runs it once per KERAS_BACKEND."""
 import numpy as np
 import pytest
 
-from shared import formats, parity, reference, spec as S
+from shared import parity, reference, spec as S
+from shared.tools import convert as formats  # every format, through the adapters
 from shared.tools.check import fp32_budget
 from shared.tools.cli import main
 

@@ -22,7 +22,8 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import resnet_flax as rf  # noqa: E402
-from resnet_flax.model import ResNet, _max_pool  # noqa: E402
+from resnet_flax.layers import max_pool as _max_pool  # noqa: E402
+from resnet_flax.model import ResNet  # noqa: E402
 from shared import interop, parity, reference, spec as S, weights as W  # noqa: E402
 from strategies import block_specs, small_specs  # noqa: E402
 from helpers import dev_or_slow  # noqa: E402

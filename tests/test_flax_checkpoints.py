@@ -7,7 +7,8 @@ import shutil
 
 import pytest
 
-from shared import formats, spec as S
+from shared import spec as S
+from shared.tools import convert as formats  # every format, through the adapters
 from shared.weights import WeightsError
 from helpers import random_weights as _weights, assert_same as _same
 
@@ -115,7 +116,7 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
 def test_check_weights_takes_an_orbax_directory(tmp_path, capsys):
     """``resnet-parity check --weights DIR``: the spec read off the checkpoint, judged as usual;
     a directory missing its parts ends in one line, exit code 2."""
-    from shared.tools.check import installed
+    from shared.tools.adapter import installed
     from shared.tools.cli import main
 
     spec = S.preset("resnet50", "torchvision", **TINY)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from shared import formats, interop, spec as S
+from shared.tools import convert
 from shared.tools.cli import main
 from shared import weights as W
 from shared.weights import WeightsError, init, randomize_batchnorm
@@ -135,7 +136,7 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.undo()
     bad = {**w, "conv1_conv.kernel": np.zeros((7, 7, 3, 9), np.float32)}
     with pytest.raises(WeightsError, match=r"conv1_conv.kernel: expected shape \(7, 7, 3, 8\), got \(7, 7, 3, 9\)"):
-        formats.write(spec, bad, tmp_path / "new.weights.h5")
+        convert.write(spec, bad, tmp_path / "new.weights.h5")
     with pytest.raises(ValueError, match=r"unknown output type '.npz'"):
         formats.write(spec, w, tmp_path / "new.npz")
     (tmp_path / "ckpt").mkdir()
@@ -163,12 +164,31 @@ def test_missing_framework_is_named(tmp_path, monkeypatch, name, module):
                         lambda n, *a: None if n.split(".")[0] in (module, "jax", "orbax") else real(n, *a))
     path = tmp_path / name
     path.mkdir() if name == "ckpt" else path.write_bytes(b"")
-    with pytest.raises(formats.FrameworkMissing, match=rf"pip install 'resnet-parity\[{module}\]'"):
-        formats.read(path)
+    with pytest.raises(convert.FrameworkMissing, match=rf"pip install 'resnet-parity\[{module}\]'"):
+        convert.read(path)
     spec = S.preset("resnet50", **TINY)
-    with pytest.raises(formats.FrameworkMissing, match=rf"pip install 'resnet-parity\[{module}\]'"):
-        formats.write(spec, _weights(spec), tmp_path / ("out" if name == "ckpt" else f"out.{name.split('.', 1)[1]}"))
+    with pytest.raises(convert.FrameworkMissing, match=rf"pip install 'resnet-parity\[{module}\]'"):
+        convert.write(spec, _weights(spec), tmp_path / ("out" if name == "ckpt" else f"out.{name.split('.', 1)[1]}"))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name, fmt, package", [("w.weights.h5", "keras-weights-h5", "resnet_keras"),
+                                                ("w.keras", "keras", "resnet_keras"), ("ckpt", "orbax", "resnet_flax"),
+                                                ("w.pth", "pth", "resnet_torch")])
+def test_the_core_reads_no_framework_format_itself(tmp_path, name, fmt, package):
+    """Without the reader a framework package hands in, the core refuses a framework's format,
+    naming the package that reads it (it imports nothing to try); with a reader, it calls it."""
+    path = tmp_path / name
+    path.mkdir() if name == "ckpt" else path.write_bytes(b"")
+    with pytest.raises(formats.FrameworkMissing, match=rf"a {fmt} checkpoint is read by {package}"):
+        formats.read(path, format=fmt)
+    spec = S.preset("resnet50", **TINY)
+    calls = []
+    got = formats.read(path, format=fmt, readers={fmt: lambda p, spec, style: calls.append(p) or (spec, {})})
+    assert calls == [path] and got == (None, {})
+    with pytest.raises(formats.FrameworkMissing, match=rf"a {fmt} checkpoint is written by {package}"):
+        formats.write(spec, _weights(spec), tmp_path / ("out" if name == "ckpt" else f"out.{name.split('.', 1)[1]}"),
+                      format=fmt)
 
 
 def test_load_weights_takes_every_format_by_path(tmp_path):

@@ -11,7 +11,7 @@ import socket
 import numpy as np
 import pytest
 
-from shared import hub, interop, reference, spec as S, weights as W
+from shared import hub, interop, keras_h5, reference, spec as S, weights as W
 from shared.tools.cli import main
 from local_server import serving
 
@@ -210,7 +210,7 @@ def test_cli_convert_and_check_take_a_name(server, tiny_checkpoint, tmp_path, ca
     files["/w/tiny.safetensors"] = data
     hub.register("test/tiny", f"{url}/w/tiny.safetensors", sha, "safetensors")
     assert main(["convert", "test/tiny", str(tmp_path / "out.h5")]) == 0
-    spec, back = interop.from_keras_applications(tmp_path / "out.h5")
+    spec, back = keras_h5.from_keras_applications(tmp_path / "out.h5")
     assert spec == TINY and all(np.array_equal(back[k], v) for k, v in weights.items())
     assert main(["check", "--weights", "test/tiny", "--frameworks", "torch", "--batch", "2", "--size", "32"]) == 0
     assert "all checks passed" in capsys.readouterr().out

@@ -10,7 +10,8 @@ import h5py
 import numpy as np
 import pytest
 
-from shared import formats, keras_h5, spec as S
+from shared import keras_h5, spec as S
+from shared.tools import convert as formats  # every format, through the adapters
 from shared.weights import WeightsError
 from helpers import random_weights as _weights, assert_same as _same
 

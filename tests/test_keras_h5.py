@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from shared import interop, keras_h5, parity, reference, spec as S
+from shared import keras_h5, parity, reference, spec as S
 from shared.weights import WeightsError
 from helpers import random_weights as _weights, assert_same as _same
 from strategies import small_specs
@@ -30,11 +30,6 @@ def test_import_needs_no_framework():
             "print(sorted(m for m in ('torch', 'tensorflow', 'keras', 'jax', 'flax') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-
-
-def test_interop_reexports():
-    assert interop.from_keras_applications is keras_h5.from_keras_applications
-    assert interop.to_keras_applications_h5 is keras_h5.to_keras_applications_h5
 
 
 @settings(max_examples=10, deadline=None)

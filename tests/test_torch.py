@@ -259,7 +259,7 @@ def test_small_specs_against_reference(tmp_path_factory, spec, zero_init, size, 
 
     path = tmp_path_factory.mktemp("w") / "w.safetensors"
     W.save(w, path)
-    again = rt.load_weights(rt.build(spec), rt.load_checkpoint(path, spec))
+    again = rt.load_weights(rt.build(spec), rt.read_checkpoint(path, spec)[1])
     assert np.array_equal(rt.predict(again, images), ours)
 
 
@@ -411,20 +411,23 @@ def test_checkpoint_files(tmp_path):
     w = reference.calibrated_weights(TINY, seed=6)
     model = rt.load_weights(rt.build(TINY), w)
     torch.save(model.state_dict(), tmp_path / "m.pth")
-    assert_bit_exact(rt.load_checkpoint(tmp_path / "m.pth", TINY), w)
-    assert_bit_exact(rt.load_checkpoint(tmp_path / "m.pth"), w)  # spec read off the keys
+    assert_bit_exact(rt.read_checkpoint(tmp_path / "m.pth", TINY)[1], w)
+    assert_bit_exact(rt.read_checkpoint(tmp_path / "m.pth")[1], w)  # spec read off the keys
+    torch.save({"state_dict": model.state_dict(), "epoch": 3}, tmp_path / "trained.pth")  # a training script's file
+    assert_bit_exact(rt.read_checkpoint(tmp_path / "trained.pth")[1], w)
     W.save(w, tmp_path / "m.safetensors")
-    assert_bit_exact(rt.load_checkpoint(tmp_path / "m.safetensors", TINY), w)
+    assert_bit_exact(rt.read_checkpoint(tmp_path / "m.safetensors", TINY)[1], w)
 
     torch.save({"conv1.weight": torch.zeros(1), "why": _NotATensor()}, tmp_path / "pickle.pth")
     with pytest.raises(W.WeightsError, match="not a weights-only torch checkpoint"):
-        rt.load_checkpoint(tmp_path / "pickle.pth")
+        rt.read_checkpoint(tmp_path / "pickle.pth")
     with pytest.raises(W.WeightsError, match=r"predictions.kernel: expected shape \(64, 7\), got \(64, 5\)"):
-        rt.load_checkpoint(tmp_path / "m.pth", TINY.replace(num_classes=7))
+        rt.read_checkpoint(tmp_path / "m.pth", TINY.replace(num_classes=7))
+    (tmp_path / "m.npz").write_bytes(b"")
     with pytest.raises(ValueError, match="unknown checkpoint type '.npz'"):
-        rt.load_checkpoint(tmp_path / "m.npz")
+        rt.read_checkpoint(tmp_path / "m.npz")
     with pytest.raises(FileNotFoundError, match="nope.pt"):
-        rt.load_checkpoint(tmp_path / "nope.pt")
+        rt.read_checkpoint(tmp_path / "nope.pt")
 
 
 class _NotATensor:

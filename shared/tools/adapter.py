@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import inspect
 from typing import ContextManager, Mapping, Protocol, runtime_checkable
 
@@ -34,6 +35,18 @@ KERAS_BACKENDS = ("tensorflow", "jax", "torch")
 REQUIRES = {"torch": ("torch",), "keras": ("keras",), "flax": ("jax", "flax", "optax"), "onnx": ("onnx", "onnxruntime")}
 # The running-variance rule each framework's BatchNorm update uses (reference.VARIANCES).
 VARIANCE = {"torch": "unbiased", "keras": "biased", "flax": "biased"}
+
+
+def installed(*names: str) -> bool:
+    """Whether every name is installed: a framework of ``REQUIRES`` (all it needs), else a module
+    by its import name (a Keras backend, torchvision, matplotlib). The one such test of the tools."""
+    def found(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # a dotted name whose parent is missing
+            return False
+
+    return all(found(m) for name in names for m in REQUIRES.get(name, (name,)))
 
 
 def tf32(precision: str) -> bool:

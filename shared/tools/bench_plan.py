@@ -13,16 +13,11 @@ a reference, in the style it exists in.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 
 from shared import spec as S
-from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS, REQUIRES
+from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS, REQUIRES, installed
 
 MODES = ("infer", "train")
-
-
-def installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
 
 
 @dataclasses.dataclass(frozen=True)

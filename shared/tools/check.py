@@ -22,7 +22,6 @@ one budget at TF32 and bf16 (so no pairwise budget reaches 0.5 either).
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import tempfile
 from pathlib import Path
@@ -32,15 +31,10 @@ import numpy as np
 from shared import backprop, mutants, parity, reference, weights as W
 from shared.spec import ResNetSpec
 from shared.tools import check_fast
-from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS, PRECISIONS, REQUIRES, VARIANCE
+from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS, PRECISIONS, VARIANCE, installed
 from shared.tools.jobs import Job, environment, launch, random_labels, read_result, stage
 
 FP32_FLOOR = 1e-6  # a peer error of exactly 0 (identical arithmetic) would give a zero budget
-
-
-def installed(name: str) -> bool:
-    """Whether a framework (``REQUIRES``) or a Keras backend (its own import name) is installed."""
-    return all(importlib.util.find_spec(m) is not None for m in REQUIRES.get(name, (name,)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,6 +26,7 @@ import numpy as np
 from shared import parity, reference, reference_dp
 from shared import weights as W
 from shared.spec import ResNetSpec
+from shared.tools.adapter import installed
 from shared.tools.jobs import Job, environment, launch, random_labels, read_result, stage, write_json
 
 FLOOR = 1e-6
@@ -48,27 +49,21 @@ class Engine:
 
 
 ENGINES = (
-    Engine("torch DDP (gloo)", "torch", "resnet_torch.data_parallel", ("torch",), "per_replica", "unbiased",
+    Engine("torch DDP (gloo)", "torch", "shared.tools.adapters.torch_dp", ("torch",), "per_replica", "unbiased",
            "each rank its own, until the next forward broadcasts rank 0's"),
-    Engine("torch DDP + SyncBatchNorm", "torch", "resnet_torch.data_parallel", ("torch",), "global", "unbiased",
+    Engine("torch DDP + SyncBatchNorm", "torch", "shared.tools.adapters.torch_dp", ("torch",), "global", "unbiased",
            "global", options={"sync_bn": True}, gpu_only="only work with GPU modules"),
-    Engine("flax nnx.jit + NamedSharding", "flax", "resnet_flax.data_parallel", ("jax", "flax", "optax"), "global",
+    Engine("flax nnx.jit + NamedSharding", "flax", "shared.tools.adapters.flax_dp", ("jax", "flax", "optax"), "global",
            "biased", "global (replicated)", virtual_devices=True),
-    Engine("keras[jax] DataParallel", "keras", "resnet_keras.data_parallel", ("keras", "jax"), "global", "biased",
+    Engine("keras[jax] DataParallel", "keras", "shared.tools.adapters.keras_dp", ("keras", "jax"), "global", "biased",
            "global (replicated)", env={"KERAS_BACKEND": "jax"}, virtual_devices=True),
-    Engine("keras[tensorflow] MirroredStrategy", "keras", "resnet_keras.data_parallel", ("keras", "tensorflow"),
+    Engine("keras[tensorflow] MirroredStrategy", "keras", "shared.tools.adapters.keras_dp", ("keras", "tensorflow"),
            "per_replica", "biased", "each replica its own", env={"KERAS_BACKEND": "tensorflow"}),
-    Engine("keras[tensorflow] MirroredStrategy, synchronized BN", "keras", "resnet_keras.data_parallel",
+    Engine("keras[tensorflow] MirroredStrategy, synchronized BN", "keras", "shared.tools.adapters.keras_dp",
            ("keras", "tensorflow"), "global", "biased", "global", options={"sync_bn": True},
            env={"KERAS_BACKEND": "tensorflow"}),
 )
 QUANTITIES = ("loss", "gradients", "running stats", "weight update")
-
-
-def installed(engine: Engine) -> bool:
-    import importlib.util
-
-    return all(importlib.util.find_spec(m) is not None for m in engine.requires)
 
 
 @dataclasses.dataclass
@@ -197,7 +192,7 @@ def check_dp(spec: ResNetSpec, weights: dict, *, replicas: int, frameworks=("tor
         for engine in chosen:
             row = DPRow(engine.name, "", promised=engine.bn, kept=engine.kept, variance=engine.variance)
             rows.append(row)
-            if not installed(engine):
+            if not installed(*engine.requires):
                 row.status = "not installed"
                 row.detail = "needs " + ", ".join(engine.requires)
                 continue

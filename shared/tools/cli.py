@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from pathlib import Path
 
 from shared import mutants, spec as S
 from shared.tools import bench
@@ -27,37 +26,24 @@ class Parser(argparse.ArgumentParser):
 
 
 def read_weights(path: str, style: str | None):
-    """(spec, canonical weights) from any checkpoint ``shared.formats`` reads (canonical or
-    torchvision-keyed safetensors, torchvision .pth/.pt, Keras .h5, Keras 3 .weights.h5 and
-    .keras, an Orbax checkpoint directory of a resnet_flax model), given by path or by a
-    ``shared.hub`` name (fetched into the cache)."""
-    from shared import formats
+    """(spec, canonical weights) from any checkpoint (``shared.tools.convert``: the core's formats,
+    and every framework's through its adapter), given by path or by a ``shared.hub`` name
+    (fetched into the cache; ``shared.checkpoint.resolve``, the one resolution)."""
+    from shared import checkpoint, hub
+    from shared.tools import convert
 
-    p = Path(path)
-    if not p.exists():
-        p = _fetch(path) or p
-    if not p.exists():
-        raise CliError(f"--weights: no such file {path}")
     try:
-        return formats.read(p, style=style)
-    except formats.FrameworkMissing as e:
+        p = checkpoint.resolve(path)
+    except FileNotFoundError:
+        raise CliError(f"--weights: no such file {path}") from None
+    except hub.HubError as e:
+        raise CliError(str(e)) from None
+    try:
+        return convert.read(p, style=style)
+    except convert.FrameworkMissing as e:
         raise CliError(f"--weights: {e}") from None
     except WeightsError as e:
         raise CliError(f"--weights: {str(e).splitlines()[0]} {' '.join(str(e).splitlines()[1:3]).strip()}".strip()) from None
-
-
-def _fetch(name: str) -> Path | None:
-    """The cached file of a registered name; None for a string that is no name (a missing path)."""
-    from shared import hub
-
-    if not hub.is_registered(name):
-        if "/" in name and Path(name).suffix.lower() not in (".safetensors", ".pth", ".pt", ".h5", ".hdf5"):
-            hub.entry(name)  # a ValueError naming close matches
-        return None
-    try:
-        return hub.fetch(name)
-    except hub.HubError as e:
-        raise CliError(str(e)) from None
 
 
 def _fmt(x, spec=".2e"):
@@ -243,12 +229,12 @@ def cmd_info(args) -> int:
 
 def cmd_convert(args) -> int:
     """Any supported checkpoint -> any other (canonical safetensors by default, spec in its metadata)."""
-    from shared import formats
+    from shared.tools import convert
 
     spec, weights = read_weights(args.source, args.style)
     try:
-        fmt = formats.write(spec, weights, args.dest, format=args.format)
-    except (formats.FrameworkMissing, FileExistsError) as e:
+        fmt = convert.write(spec, weights, args.dest, format=args.format)
+    except (convert.FrameworkMissing, FileExistsError) as e:
         raise CliError(str(e)) from None
     print(f"wrote {args.dest} ({fmt}, {spec.style} style, {spec.num_params():,} parameters)")
     return 0

@@ -56,7 +56,7 @@ class Job:
     channels_last: bool = False
     partner: dict | None = None  # fields of a second bench job timed in turn in this process
     # data_parallel
-    engine: str = ""  # the engine module (resnet_<framework>.data_parallel)
+    engine: str = ""  # the engine module (shared.tools.adapters.<framework>_dp)
     replicas: int = 1
     lr: float = 0.0
     momentum: float = 0.0

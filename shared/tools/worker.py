@@ -9,7 +9,7 @@ and ``traceback`` in the result, for the parent to report. Three tasks:
   ``stats/<bn>.mean|var``) and ``versions``.
 - ``bench``: the adapter's ``run_bench`` (and its partner's, timed in turn), timed by
   ``shared.tools.bench_timing``: ``.json`` of figures.
-- ``data_parallel``: one step of ``job.engine`` (``resnet_<framework>.data_parallel``), whose
+- ``data_parallel``: one step of ``job.engine`` (``shared.tools.adapters.<framework>_dp``), whose
   ``run(spec, weights, images, labels, replicas=, lr=, momentum=, **options)`` returns arrays.
 """
 

@@ -15,13 +15,15 @@ import numpy as np
 from flax import nnx
 
 from resnet_flax.model import ResNet
-from resnet_flax.weights import _variables, load_weights
+from resnet_flax.weights import variables, load_weights
 from shared.spec import is_statistic
 from shared.tools.adapter import tf32
 from shared.tools.bench_timing import LEARNING_RATE, MOMENTUM, Step
 from shared.tools.jobs import Job
 
 NAME = "flax"
+# The framework's checkpoint formats, for shared.tools.convert
+from resnet_flax.checkpoints import READERS, WRITERS  # noqa: E402, F401
 
 
 def versions() -> dict:
@@ -82,7 +84,7 @@ def run_check(spec, weights, images, *, labels=None, device="cpu", precision="fp
             out["loss"] = np.asarray(loss)
             graphdef, _, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
             grad_model = nnx.merge(graphdef, grads, stats)  # the model's layout, holding gradients
-            for key, variable in _variables(grad_model):  # statistics: the updated running ones
+            for key, variable in variables(grad_model):  # statistics: the updated running ones
                 out[f"{'stats' if is_statistic(key) else 'grad'}/{key}"] = np.asarray(variable[...], np.float32)
         else:
             model.eval()
@@ -171,7 +173,7 @@ def _bf16_sum(x):
 def _bf16_stats_call(self, x, use_running_average=None, *, mask=None):
     running = self.use_running_average if use_running_average is None else use_running_average
     if running or x.dtype != jnp.bfloat16:  # the bug lives on the bf16 path
-        return _batchnorm_call(self, x, use_running_average, mask=mask)
+        return nnx.BatchNorm.__call__(self, x, use_running_average, mask=mask)
     flat = x.astype(jnp.float32).reshape(-1, x.shape[-1])
     n = flat.shape[0]
     mean = _bf16_sum(flat) / n
@@ -182,18 +184,20 @@ def _bf16_stats_call(self, x, use_running_average=None, *, mask=None):
     return (y * self.scale.value + self.bias.value).astype(x.dtype)
 
 
-_batchnorm_call = nnx.BatchNorm.__call__
+class _BF16StatsBatchNorm(nnx.BatchNorm):
+    """nnx.BatchNorm whose train-mode statistics are one-pass sums stored in bf16 (the bug of
+    ``shared.mutants``' ``bn_stats_bf16``), on the bf16 path only."""
+
+    __call__ = _bf16_stats_call
 
 
-@contextlib.contextmanager
 def inject(mutant: str):
-    """Swap in the framework code of a ``native`` mutant while models are built and run."""
-    saved = nnx.relu, nnx.BatchNorm.__call__
+    """Build models with the framework code of a ``native`` mutant, through resnet_flax's public
+    hook (``resnet_flax.layers.override``)."""
+    from resnet_flax import layers
+
     if mutant == "relu_backward":
-        nnx.relu = _scaled_grad_relu
-    elif mutant == "bn_stats_bf16":
-        nnx.BatchNorm.__call__ = _bf16_stats_call
-    try:
-        yield
-    finally:
-        nnx.relu, nnx.BatchNorm.__call__ = saved
+        return layers.override(relu=_scaled_grad_relu)
+    if mutant == "bn_stats_bf16":
+        return layers.override(batchnorm=_BF16StatsBatchNorm)
+    return layers.override()

@@ -18,7 +18,7 @@ import numpy as np
 from keras import ops
 
 from resnet_keras import build, keras_model, load_weights
-from resnet_keras.weights import _variables, export_weights
+from resnet_keras.weights import variables, export_weights
 from shared.keras_h5 import KERAS_PARAM
 from shared import spec as S
 from shared.spec import is_statistic
@@ -27,6 +27,8 @@ from shared.tools.bench_timing import LEARNING_RATE, MOMENTUM, Step
 from shared.tools.jobs import Job
 
 NAME = "keras"
+# The framework's checkpoint formats, for shared.tools.convert
+from resnet_keras.checkpoints import READERS, WRITERS  # noqa: E402, F401
 BACKEND = keras.backend.backend()
 # keras.applications' class of each architecture it ships (from the presets table)
 APPLICATIONS = {a: p.keras_applications for a, p in S.PRESETS.items() if p.keras_applications}
@@ -126,7 +128,7 @@ def _train(model, x, labels) -> dict:
             loss = loss_of(logits)
         grads = tape.gradient(loss, model.trainable_variables)
 
-    key_of = {id(v): key for key, v in _variables(model)}
+    key_of = {id(v): key for key, v in variables(model)}
     out = {"loss": np.asarray(keras.ops.convert_to_numpy(loss)), "logits": _numpy(logits)}
     out.update({f"grad/{key_of[id(v)]}": _numpy(g) for v, g in zip(model.trainable_variables, grads)})
     out.update({f"stats/{k}": v for k, v in export_weights(model).items() if is_statistic(k)})
@@ -246,17 +248,18 @@ def _bf16_sum(x):
     return ops.cast(x[0], "float32")
 
 
-def _bf16_moments(self, inputs, mask):
-    if self.compute_dtype != "bfloat16":  # the bug lives on the bf16 path
-        return _keras_moments(self, inputs, mask)
-    flat = ops.reshape(ops.cast(inputs, "float32"), (-1, inputs.shape[-1]))
-    n = flat.shape[0]
-    mean = _bf16_sum(flat) / n
-    var = ops.cast(ops.cast(_bf16_sum(flat * flat) / n - mean * mean, "bfloat16"), "float32")  # one pass, in bf16
-    return mean, var
+class _BF16StatsBatchNorm(keras.layers.BatchNormalization):
+    """BatchNormalization whose train-mode statistics are one-pass sums stored in bf16 (the bug
+    of ``shared.mutants``' ``bn_stats_bf16``), on the bf16 path only."""
 
-
-_keras_moments = None  # BatchNormalization._moments, while a mutant replaces it
+    def _moments(self, inputs, mask):
+        if self.compute_dtype != "bfloat16":  # the bug lives on the bf16 path
+            return super()._moments(inputs, mask)
+        flat = ops.reshape(ops.cast(inputs, "float32"), (-1, inputs.shape[-1]))
+        n = flat.shape[0]
+        mean = _bf16_sum(flat) / n
+        var = ops.cast(ops.cast(_bf16_sum(flat * flat) / n - mean * mean, "bfloat16"), "float32")  # one pass, in bf16
+        return mean, var
 
 
 @ops.custom_gradient
@@ -268,21 +271,13 @@ def _scaled_grad_relu(x):
     return ops.relu(x), grad
 
 
-@contextlib.contextmanager
 def inject(mutant: str):
-    """Swap in the framework code of a ``native`` mutant while models are built and run."""
-    from keras import layers
+    """Build models with the framework code of a ``native`` mutant, through resnet_keras' public
+    hook (``resnet_keras.layers.override``)."""
+    from resnet_keras import layers
 
-    from resnet_keras import model as model_module
-
-    global _keras_moments
-    saved = model_module._APPLY["relu"], layers.BatchNormalization._moments
-    _keras_moments = saved[1]
     if mutant == "relu_backward":
-        model_module._APPLY["relu"] = lambda layer, x, _: layers.Activation(_scaled_grad_relu, name=layer.name)(x)
-    elif mutant == "bn_stats_bf16":
-        layers.BatchNormalization._moments = _bf16_moments
-    try:
-        yield
-    finally:
-        model_module._APPLY["relu"], layers.BatchNormalization._moments = saved
+        return layers.override(relu=_scaled_grad_relu)
+    if mutant == "bn_stats_bf16":
+        return layers.override(batchnorm=_BF16StatsBatchNorm)
+    return layers.override()

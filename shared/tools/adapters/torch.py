@@ -21,6 +21,8 @@ from shared.tools.bench_timing import LEARNING_RATE, MOMENTUM, Step
 from shared.tools.jobs import Job
 
 NAME = "torch"
+# The framework's checkpoint formats, for shared.tools.convert
+from resnet_torch.checkpoints import READERS, WRITERS  # noqa: E402, F401
 
 def versions() -> dict:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
@@ -188,36 +190,32 @@ class _ScaledGradReLU(torch.autograd.Function):
         return grad * (x > 0) * 1.5
 
 
-@contextlib.contextmanager
+class _BF16StatsBatchNorm(torch.nn.BatchNorm2d):
+    """BatchNorm whose train-mode statistics are one-pass sums stored in bf16 (the bug of
+    ``shared.mutants``' ``bn_stats_bf16``), on the bf16 path only."""
+
+    def forward(self, x):
+        if not self.training or x.dtype != torch.bfloat16:  # the bug lives on the bf16 path
+            return super().forward(x)
+        flat = x.float().permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+        n = flat.shape[0]
+        mean = _bf16_sum(flat) / n
+        var = (_bf16_sum(flat * flat) / n - mean * mean).to(torch.bfloat16).float()  # one pass, in bf16
+        with torch.no_grad():
+            self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean)
+            self.running_var.mul_(1 - self.momentum).add_(self.momentum * var * n / max(n - 1, 1))
+        shape = (1, -1, 1, 1)
+        y = (x.float() - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
+        return (y * self.weight.view(shape) + self.bias.view(shape)).to(x.dtype)
+
+
 def inject(mutant: str):
-    """Swap in the framework code of a ``native`` mutant while models are built and run."""
-    saved = torch.nn.ReLU, torch.nn.BatchNorm2d
-    relu_cls, bn_cls = saved
-
-    class ScaledReLU(relu_cls):
-        def forward(self, x):
-            return _ScaledGradReLU.apply(x)
-
-    class BF16StatsBatchNorm(bn_cls):
-        def forward(self, x):
-            if not self.training or x.dtype != torch.bfloat16:  # the bug lives on the bf16 path
-                return super().forward(x)
-            flat = x.float().permute(0, 2, 3, 1).reshape(-1, x.shape[1])
-            n = flat.shape[0]
-            mean = _bf16_sum(flat) / n
-            var = (_bf16_sum(flat * flat) / n - mean * mean).to(torch.bfloat16).float()  # one pass, in bf16
-            with torch.no_grad():
-                self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean)
-                self.running_var.mul_(1 - self.momentum).add_(self.momentum * var * n / max(n - 1, 1))
-            shape = (1, -1, 1, 1)
-            y = (x.float() - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
-            return (y * self.weight.view(shape) + self.bias.view(shape)).to(x.dtype)
+    """Build models with the framework code of a ``native`` mutant, through resnet_torch's public
+    hook (``resnet_torch.layers.override``)."""
+    from resnet_torch import layers
 
     if mutant == "relu_backward":
-        torch.nn.ReLU = ScaledReLU
-    elif mutant == "bn_stats_bf16":
-        torch.nn.BatchNorm2d = BF16StatsBatchNorm
-    try:
-        yield
-    finally:
-        torch.nn.ReLU, torch.nn.BatchNorm2d = saved
+        return layers.override(relu=_ScaledGradReLU.apply)
+    if mutant == "bn_stats_bf16":
+        return layers.override(batchnorm=_BF16StatsBatchNorm)
+    return layers.override()

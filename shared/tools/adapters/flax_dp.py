@@ -17,8 +17,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from resnet_flax.api import build
-from resnet_flax.weights import _variables, load_weights
+from resnet_flax.model import build
+from resnet_flax.weights import variables, load_weights
 
 ENGINE = "Flax NNX under nnx.jit, batch sharded by NamedSharding over a device mesh"
 
@@ -65,8 +65,8 @@ def run(spec, weights, images, labels, *, replicas: int, lr: float, momentum: fl
         out = {"loss": np.asarray(loss), "shards": np.array(len(x.sharding.device_set))}
         graphdef, _, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
         grad_model = nnx.merge(graphdef, grads, stats)
-        grad_of = dict(_variables(grad_model))
-        for key, variable in _variables(model):
+        grad_of = dict(variables(grad_model))
+        for key, variable in variables(model):
             value = np.asarray(variable[...], np.float32)
             if key.endswith((".mean", ".var")):
                 out[f"stats/{key}"] = value

@@ -26,7 +26,7 @@ import keras
 import numpy as np
 
 from resnet_keras.model import build
-from resnet_keras.weights import _variables, load_weights
+from resnet_keras.weights import variables, load_weights
 
 BACKEND = keras.backend.backend()
 
@@ -37,7 +37,7 @@ def versions() -> dict:
 
 
 def _split(model, trainable_values, grads, stats_of):
-    key_of = {id(v): key for key, v in _variables(model)}
+    key_of = {id(v): key for key, v in variables(model)}
     out = {}
     for v, value, g in zip(model.trainable_variables, trainable_values, grads):
         out[f"weights/{key_of[id(v)]}"] = np.asarray(value, np.float32)
@@ -158,5 +158,5 @@ def run(spec, weights, images, labels, *, replicas: int, lr: float, momentum: fl
         return _run_jax(spec, weights, images, labels, replicas, lr, momentum)
     if BACKEND == "tensorflow":
         return _run_tensorflow(spec, weights, images, labels, replicas, lr, momentum, sync_bn)
-    raise RuntimeError(f"resnet_keras.data_parallel: no data-parallel engine on the {BACKEND} backend "
+    raise RuntimeError(f"shared.tools.adapters.keras_dp: no data-parallel engine on the {BACKEND} backend "
                        "(keras.distribution runs on jax; MirroredStrategy on tensorflow)")
