@@ -11,6 +11,8 @@ resnet_torch, resnet_keras and resnet_flax)::
     weights = export_weights(model)
     logits = predict(model, images_nhwc)  # numpy NHWC in, float32 numpy out, eval mode
     feats = features(model, images_nhwc)  # {"stem", "stage1", ...}: NHWC float32 numpy
+    spec, weights = read_checkpoint(path_or_name)  # the core's formats and the package's own
+    for key, native in variables(model): ...     # canonical key -> the model's own variable
 
 Here: the constructors' spec (Keras Applications' meaning of include_top, pooling and
 classifier_activation), the one input policy of ``predict`` and ``features``, and where each
@@ -26,7 +28,8 @@ from shared.reference import check_images
 from shared.spec import PRESETS, ResNetSpec, preset
 
 CONSTRUCTORS = tuple(p.constructor for p in PRESETS.values())
-CONTRACT = (*CONSTRUCTORS, "build", "load_weights", "export_weights", "predict", "features")
+CONTRACT = (*CONSTRUCTORS, "build", "load_weights", "export_weights", "predict", "features", "read_checkpoint",
+            "variables")
 # Applied to the logits after the classifier; "linear" and None both leave the logits.
 CLASSIFIER_ACTIVATIONS = (None, "linear", "softmax", "sigmoid")
 

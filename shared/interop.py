@@ -87,56 +87,63 @@ def _structure(block: str, width: int, inner: int, per_group: int, out: int, whe
     return dict(block=block, groups=groups, width_per_group=width_per_group, expansion=out // width)
 
 
-def spec_from_torchvision(state_dict: Mapping[str, object]) -> ResNetSpec:
-    """The spec of a torchvision-style state_dict, read off its keys and shapes: block kind
-    (basic: no ``conv3``; pre-activation: a ``preact_bn``), depths, width, groups and width per
-    group (from ``conv2``'s weight: out channels / in channels per group), expansion, image
-    channels, classes. Conventions: torchvision's (V1; ``conv1.bias`` means biased convs) or
-    Keras' (V2, which torchvision lacks)."""
-    keys = set(state_dict)
-    for key in ("conv1.weight", "layer1.0.conv1.weight", "layer1.0.conv2.weight"):
-        if key not in keys:
-            raise WeightsError(f"torchvision state_dict: missing key {key} (is this a torchvision ResNet?)")
-    depths = []
-    while any(k.startswith(f"layer{len(depths) + 1}.") for k in keys):
-        stage = len(depths) + 1
-        depths.append(len({int(k.split(".")[1]) for k in keys if k.startswith(f"layer{stage}.")}))
-    stem = _numpy(state_dict["conv1.weight"])
-    width = stem.shape[0]
-    conv2 = np.shape(_numpy(state_dict["layer1.0.conv2.weight"]))
-    if "layer1.0.preact_bn.weight" in keys:
-        block, style, conv_bias = "preact", "keras", "layer1.0.conv1.bias" in keys
+def canonical_key(torchvision_key: str) -> str | None:
+    """torchvision state_dict key -> canonical key, the inverse of ``torchvision_module`` with
+    ``torchvision_param`` (``layer2.1.bn1.running_mean`` -> ``conv3_block2_1_bn.mean``); None
+    for ``num_batches_tracked`` and for a key no canonical layer has."""
+    module, _, attr = torchvision_key.rpartition(".")
+    fixed = {v: k for k, v in _FIXED.items() if v not in ("relu", "maxpool", "avgpool", "globalmaxpool")}
+    m = re.fullmatch(r"layer(\d+)\.(\d+)\.(?:(conv|bn)(\d)|downsample\.([01])|(preact_bn))", module)
+    if module in fixed:
+        layer = fixed[module]
+    elif m:
+        stage, block, kind, k, down, preact = m.groups()
+        prefix = f"conv{int(stage) + 1}_block{int(block) + 1}"
+        layer = (f"{prefix}_preact_bn" if preact else f"{prefix}_0_{'bn' if down == '1' else 'conv'}" if down
+                 else f"{prefix}_{k}_{kind}")
     else:
-        block = "bottleneck" if "layer1.0.conv3.weight" in keys else "basic"
-        style, conv_bias = "torchvision", "conv1.bias" in keys
-    last = "layer1.0.conv2.weight" if block == "basic" else "layer1.0.conv3.weight"
-    if last not in keys:
-        raise WeightsError(f"torchvision state_dict: missing key {last}")
-    out = np.shape(_numpy(state_dict[last]))[0]
-    include_top = "fc.weight" in keys
-    return preset_spec(
-        style,
-        depths=tuple(depths),
-        width=width,
-        **_structure(block, width, conv2[0], conv2[1], out, "torchvision state_dict: layer1.0.conv2.weight"),
-        conv_bias=conv_bias,
-        image_channels=stem.shape[1],
-        num_classes=_numpy(state_dict["fc.weight"]).shape[0] if include_top else 1000,
-        include_top=include_top,
-        pooling="avg",
-    )
+        return None
+    is_bn = layer.endswith("_bn") or layer == "post_bn"
+    table = {v: k for k, v in (_TV_BN if is_bn else _TV_PARAM).items()}
+    return f"{layer}.{table[attr]}" if attr in table else None
 
 
-def spec_from_canonical(weights: Mapping[str, np.ndarray], style: str | None = None) -> ResNetSpec:
+def spec_from_torchvision(state_dict: Mapping[str, object]) -> ResNetSpec:
+    """The spec of a torchvision-style state_dict, read off its keys and shapes by the one
+    inference (``spec_from_canonical``, its keys and shapes renamed and transposed): block kind,
+    depths, width, groups and width per group, expansion, image channels, classes. Conventions:
+    torchvision's (V1; ``conv1.bias`` means biased convs) or Keras' (V2, which torchvision lacks)."""
+    for key in ("conv1.weight", "layer1.0.conv1.weight", "layer1.0.conv2.weight"):
+        if key not in state_dict:
+            raise WeightsError(f"torchvision state_dict: missing key {key} (is this a torchvision ResNet?)")
+    shapes, names = {}, {}
+    for key, value in state_dict.items():
+        canonical = canonical_key(key)
+        if canonical is None:
+            continue
+        shape = np.shape(_numpy(value))
+        if canonical.endswith(".kernel"):
+            shape = (*shape[2:], shape[1], shape[0]) if len(shape) == 4 else shape[::-1]
+        shapes[canonical], names[canonical] = np.broadcast_to(np.float32(0), shape), key
+    style = "keras" if "layer1.0.preact_bn.weight" in state_dict else "torchvision"
+    return spec_from_canonical(shapes, style=style, source="torchvision state_dict",
+                               named=lambda k: names.get(k) or f"{torchvision_module(k.split('.')[0])}.weight")
+
+
+def spec_from_canonical(weights: Mapping[str, np.ndarray], style: str | None = None, *,
+                        source: str = "canonical weights", named=None) -> ResNetSpec:
     """The spec a canonical weight dict was made for, read off its names and shapes: block kind
     (pre-activation: ``conv2_block1_preact_bn.*``; basic: no ``conv2_block1_3_conv``), depths,
     width, groups and width per group (the 3x3 conv's HWIO kernel: out / in per group),
     expansion. Conventions the shapes cannot show (stride placement, epsilon, momentum) come
     from ``style``; without it, V2 means Keras, biased convs Keras Applications, unbiased
-    torchvision."""
+    torchvision. This is resnet-parity's one inference of a spec from weights: every other
+    naming (torchvision's keys, Keras layers, Orbax trees) is renamed to canonical keys and read
+    here; ``source`` and ``named`` (canonical key -> the caller's name) word its errors."""
+    named = named or (lambda key: key)
     for key in ("conv1_conv.kernel", "conv2_block1_2_conv.kernel"):
         if key not in weights:
-            raise WeightsError(f"canonical weights: missing key {key}")
+            raise WeightsError(f"{source}: missing key {named(key)}")
     blocks = [m for m in (_BLOCK.match(k.split(".")[0]) for k in weights) if m]
     depths = []
     while any(int(m[1]) == len(depths) + 2 for m in blocks):
@@ -147,7 +154,7 @@ def spec_from_canonical(weights: Mapping[str, np.ndarray], style: str | None = N
     block = "preact" if preact else "bottleneck" if "conv2_block1_3_conv.kernel" in weights else "basic"
     last = "conv2_block1_2_conv.kernel" if block == "basic" else "conv2_block1_3_conv.kernel"
     if last not in weights:
-        raise WeightsError(f"canonical weights: missing key {last}")
+        raise WeightsError(f"{source}: missing key {named(last)}")
     # A BN follows every block's first conv unless shared.fold removed it (every conv biased).
     folded = "conv2_block1_1_bn.gamma" not in weights
     if folded and style is None:
@@ -155,7 +162,7 @@ def spec_from_canonical(weights: Mapping[str, np.ndarray], style: str | None = N
                            "cannot tell the style; give the style (--style) or save the spec with the weights")
     style = style or ("keras" if preact or "conv2_block1_1_conv.bias" in weights else "torchvision")
     structure = _structure(block, stem[3], conv2[3], conv2[2], np.shape(weights[last])[3],
-                           "canonical weights: conv2_block1_2_conv.kernel")
+                           f"{source}: {named('conv2_block1_2_conv.kernel')}")
     conv_bias = preset_spec(style, block=block).conv_bias if folded else "conv2_block1_1_conv.bias" in weights
     top = "predictions.kernel" in weights
     return preset_spec(style, depths=tuple(depths), width=stem[3], image_channels=stem[2], conv_bias=conv_bias,

@@ -22,7 +22,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from shared.spec import Block, Conv, MaxPool, ResNetSpec, preset_spec
+from shared.spec import Block, Conv, MaxPool, ResNetSpec
 from shared.weights import DTYPE, WeightsError, atomic_path, validate
 
 # canonical param -> Keras variable name
@@ -231,53 +231,29 @@ def _kernel(arrays, name: str, source: str, why: str = "") -> np.ndarray:
 
 def spec_from_keras_layers(layer_names: list[str], arrays: Mapping[str, Mapping[str, np.ndarray]],
                            source: str = "Keras model") -> ResNetSpec:
-    """The structure read off the layer names and kernel shapes: block kind (pre-activation V2
-    where ``_preact_bn`` or ``post_bn`` layers are, basic where the first block has no
-    ``_3_conv``), depths, width, groups and width per group (off the first 3x3 kernel),
-    expansion, channels, classes, top, pooling and conv bias; the rest are Keras Applications'
-    conventions for that block kind (v1: stride on the 1x1 conv; V2 its own)."""
-    preact = any(n.endswith("_preact_bn") or n == "post_bn" for n in layer_names)
-    stem = _kernel(arrays, "conv1_conv", source, " (is this a Keras Applications ResNet?)")
-    blocks: dict[int, int] = {}
-    for name in arrays:
-        m = _STAGE.match(name)
-        if m:
-            stage, block = int(m[1]), int(m[2])
-            blocks[stage] = max(blocks.get(stage, 0), block)
-    if not blocks:
+    """The structure read off Keras layers (whose names are the canonical layer names) by the one
+    inference, ``shared.interop.spec_from_canonical``, with Keras Applications' conventions for
+    the block kind (v1: stride on the 1x1 conv; V2 its own); the pooling of a model without a
+    top from the layers present."""
+    from shared.interop import spec_from_canonical
+
+    _kernel(arrays, "conv1_conv", source, " (is this a Keras Applications ResNet?)")
+    stages = sorted({int(m[1]) for m in map(_STAGE.match, arrays) if m})
+    if not stages:
         raise WeightsError(f"{source}: no conv{{stage}}_block{{n}}_* layers found")
-    stages = sorted(blocks)
     if stages != list(range(2, 2 + len(stages))):
         found = [f"conv{s}" for s in stages]
         raise WeightsError(f"{source}: stages must be conv2, conv3, ... without gaps, got {found}")
-    width = stem.shape[-1]
-    basic = not preact and "conv2_block1_3_conv" not in arrays
-    kind = "preact" if preact else "basic" if basic else "bottleneck"
-    last = _kernel(arrays, "conv2_block1_2_conv" if basic else "conv2_block1_3_conv", source)
-    grouped = {}
-    if not basic:  # the 3x3 kernel is (3, 3, inner / groups, inner), inner = planes * wpg / 64 * groups
-        inner = _kernel(arrays, "conv2_block1_2_conv", source)
-        groups = inner.shape[3] // max(inner.shape[2], 1)
-        grouped = dict(groups=groups, width_per_group=inner.shape[2] * 64 // width)
-    include_top = "predictions" in arrays
-    if include_top:
+    by_native = {native: param for param, native in KERAS_PARAM.items()}
+    canonical = {f"{layer}.{by_native.get(name, name)}": value
+                 for layer, variables in arrays.items() for name, value in variables.items()}
+    spec = spec_from_canonical(canonical, style="keras", source=source,
+                               named=lambda key: f"layer {key.split('.')[0]}")
+    if spec.include_top:
         pooling = "max" if "max_pool" in layer_names else "avg"
     else:
         pooling = "avg" if "avg_pool" in layer_names else "max" if "max_pool" in layer_names else None
-    first = arrays.get("conv2_block1_1_conv", {})  # a BatchNorm follows it in every block kind
-    return preset_spec(
-        "keras",
-        block=kind,
-        depths=tuple(blocks[s] for s in stages),
-        width=width,
-        expansion=last.shape[-1] // width,
-        conv_bias="bias" in first,
-        image_channels=stem.shape[2],
-        num_classes=arrays["predictions"]["kernel"].shape[-1] if include_top else 1000,
-        include_top=include_top,
-        pooling=pooling,
-        **grouped,
-    )
+    return spec.replace(pooling=pooling)
 
 
 def canonical_from_keras_layers(spec: ResNetSpec, arrays: Mapping[str, Mapping[str, np.ndarray]],

@@ -30,6 +30,8 @@ DOCUMENTED = {  # the contract as the issue and the design write it
     "export_weights": "(model)",
     "predict": "(model, images_nhwc)",
     "features": "(model, images_nhwc)",
+    "read_checkpoint": "(source, spec=None, style=None)",
+    "variables": "(model)",
 }
 
 

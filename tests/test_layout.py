@@ -1,10 +1,13 @@
 """The layout keeps core, tools and framework packages apart (design: "Layout"), read from the
 source with ``ast`` (nothing is imported, so the test needs no framework and costs no time):
 
-- no import cycle among the modules of ``shared`` and ``shared.tools``, counting imports
-  inside functions too (a lazy cycle is still a cycle);
-- the core (``shared`` outside ``shared.tools``) imports no framework at module level and never
-  the tools; the tools outside their adapters import no framework at all;
+- an import is any ``import``/``from`` statement, at module level or inside a function, and any
+  ``importlib.import_module("name")``, ``__import__("name")`` or ``importlib.util.find_spec("name")``
+  with a literal name: a string import is still an import;
+- no import cycle among the modules of ``shared`` and ``shared.tools`` (a lazy cycle is still a cycle);
+- the core (``shared`` outside ``shared.tools``) imports no framework, no framework package
+  (``resnet_*``) and not the tools, by any of those means; the tools outside their adapters
+  import no framework at all;
 - a framework package imports no other framework, no other framework package, and not the tools;
 - every adapter keeps the ``Adapter`` protocol;
 - the README's layout table names paths that exist, and every package in the tree;
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from shared import spec as S
 from shared.tools import adapter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,10 +49,16 @@ def _modules() -> dict[str, Path]:
 MODULES = _modules()
 
 
-def imports(path: Path, module_level_only: bool = False) -> set[str]:
-    """Every module ``path`` imports (``from a import b`` counts as ``a.b`` when that is a module
-    of ours, else ``a``); ``module_level_only``: not those inside functions."""
-    tree = ast.parse(path.read_text(), str(path))
+# Calls that import (or look up, to import) the module their first argument names.
+STRING_IMPORTS = {"import_module", "__import__", "find_spec"}
+
+
+def imports(path: Path | str, module_level_only: bool = False) -> set[str]:
+    """Every module ``path`` (a file, or source text) imports (``from a import b`` counts as
+    ``a.b`` when that is a module of ours, else ``a``; a string import by its literal name);
+    ``module_level_only``: not those inside functions."""
+    text = path.read_text() if isinstance(path, Path) else path
+    tree = ast.parse(text, str(path) if isinstance(path, Path) else "<source>")
     nodes = []
 
     def visit(node):
@@ -66,6 +76,12 @@ def imports(path: Path, module_level_only: bool = False) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             subs = {f"{node.module}.{a.name}" for a in node.names} & set(MODULES)
             out |= subs or {node.module}
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) and isinstance(
+                node.args[0].value, str):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+            if name in STRING_IMPORTS:
+                out.add(node.args[0].value)
     return out
 
 
@@ -120,14 +136,38 @@ def test_the_tools_were_a_cycle_before():
     assert ["shared.tools.bench", "shared.tools.cli", "shared.tools.bench"] in cycles(graph)
 
 
-def test_core_imports_no_framework_and_not_the_tools():
-    for name, path in MODULES.items():
-        if _top(name) != "shared" or name.startswith("shared.tools"):
-            continue
-        at_import = {_top(i) for i in imports(path, module_level_only=True)} & FRAMEWORKS
-        assert not at_import, f"{name} imports {sorted(at_import)} at module level"
-        tools = {i for i in imports(path) if i.startswith("shared.tools")}
-        assert not tools, f"{name} imports the tools: {sorted(tools)}"
+def core_violations(name: str, source: Path | str) -> list[str]:
+    """What a core module imports that it must not: a framework, a framework package, the tools."""
+    found = imports(source)
+    bad = sorted({_top(i) for i in found} & (FRAMEWORKS | set(ALLOWED)))
+    bad += sorted(i for i in found if i.startswith("shared.tools"))
+    return [f"{name} imports {b}" for b in bad]
+
+
+def test_core_imports_no_framework_no_framework_package_and_not_the_tools():
+    found = [v for name, path in MODULES.items() if _top(name) == "shared" and not name.startswith("shared.tools")
+             for v in core_violations(name, path)]
+    assert not found, "; ".join(found)
+
+
+@pytest.mark.parametrize("source, caught", [
+    ("import torch", "torch"),
+    ("def f():\n    import jax.numpy as jnp", "jax"),  # a lazy import is an import
+    ("import importlib\ndef f():\n    return importlib.import_module('resnet_keras.checkpoints')", "resnet_keras"),
+    ("from importlib import import_module\nm = import_module('flax')", "flax"),
+    ("def f():\n    return __import__('tensorflow')", "tensorflow"),
+    ("import importlib.util\nok = importlib.util.find_spec('torch') is not None", "torch"),
+    ("from resnet_torch.checkpoints import read_pth", "resnet_torch"),
+    ("from shared.tools import cli", "shared.tools.cli"),
+])
+def test_the_core_rule_catches_every_way_in(source, caught):
+    """Each way a core module could reach a framework, a framework package or the tools is caught,
+    and a legitimate core module (numpy, h5py, the standard library, a string that names no module
+    to import) passes."""
+    assert [v for v in core_violations("shared.broken", source) if v.endswith(f"imports {caught}")]
+    legit = ("import numpy as np\nimport h5py\nimport importlib.util\n"
+             "MESSAGE = 'a .pth checkpoint is read by resnet_torch'\nhas = importlib.util.find_spec('h5py')")
+    assert core_violations("shared.fine", legit) == []
 
 
 def test_tools_import_frameworks_only_in_their_adapters():
@@ -221,3 +261,38 @@ def test_every_package_ships_and_the_command_points_at_the_cli():
     assert not unshipped, f"pyproject's packages.find.include leaves out {sorted(unshipped)}"
     module, _, function = project["project"]["scripts"]["resnet-parity"].partition(":")
     assert function in _functions(MODULES[module])
+
+
+def test_constructors_are_written_out_as_the_presets_say():
+    """Every package's ``api.py`` holds one plain function per preset, and its ``__init__`` imports
+    them, exactly as ``shared.tools.constructors`` writes them from ``PRESETS``."""
+    from shared.tools import constructors
+
+    assert constructors.stale() == [], "run: python -m shared.tools.constructors"
+    for package in constructors.RETURNS:
+        tree = ast.parse((ROOT / package / "api.py").read_text())
+        written = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+        assert {p.constructor for p in S.PRESETS.values()} <= written, package
+
+
+def test_a_stale_constructor_is_caught(tmp_path, monkeypatch):
+    """Proof: an edited constructor, and a preset added without regenerating, each make the check fail."""
+    import dataclasses
+    import shutil
+
+    from shared.tools import constructors
+
+    for package in constructors.RETURNS:
+        (tmp_path / package).mkdir()
+        for name in ("api.py", "__init__.py"):
+            shutil.copy(ROOT / package / name, tmp_path / package / name)
+    assert constructors.stale(tmp_path) == []
+    api = tmp_path / "resnet_flax" / "api.py"
+    api.write_text(api.read_text().replace("def ResNet50(img_channel: int = 3", "def ResNet50(img_channel: int = 1"))
+    assert constructors.stale(tmp_path) == ["resnet_flax/api.py"]
+    extra = dataclasses.replace(S.PRESETS["resnet18"], constructor="ResNet10")
+    from shared import contract
+
+    for module in (constructors, contract):
+        monkeypatch.setattr(module, "PRESETS", {**S.PRESETS, "resnet10": extra})
+    assert len(constructors.stale(tmp_path)) == 6
