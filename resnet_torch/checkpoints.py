@@ -29,7 +29,8 @@ def _load_state(path: Path) -> Mapping[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad file; all mean "unreadable"
-        first = str(e).splitlines()[0] if str(e) else ""
+        first = (str(e).splitlines() or [""])[0]
+        first = first if len(first) <= 120 else first[:117] + "..."
         raise WeightsError(f"{path}: not a weights-only torch checkpoint ({type(e).__name__}: {first})") from None
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]

@@ -47,7 +47,7 @@ def test_broken_weights_file_gives_one_line(tmp_path):
     pth = tmp_path / "model.pth"
     pth.write_bytes(b"not a zip")
     proc = cli("check", "--frameworks", "torch", "--weights", str(pth))
-    assert proc.returncode == 2 and "model.pth is not a readable torch checkpoint" in proc.stderr
+    assert proc.returncode == 2 and "model.pth: not a weights-only torch checkpoint" in proc.stderr
 
 
 torch_only = pytest.mark.skipif(not __import__("shared.tools.adapter", fromlist=["installed"]).installed("torch"),
