@@ -13,7 +13,7 @@ never picks its padding. Fold first (``shared.fold.fold_batchnorm``, or
 - Layout: ``"NCHW"`` (ONNX's own) or ``"NHWC"`` (the canonical layout: the model transposes
   once on the way in, and back for a feature-map output).
 - Batch size is always dynamic; image height and width too unless ``image_size`` is given
-  (static shapes let onnxruntime plan better: design.md measured 1.73x against 1.45x).
+  (static shapes let onnxruntime plan better: docs/design.md measured 1.73x against 1.45x).
 - Written atomically: a temporary file in the target folder, renamed into place. Over
   protobuf's 2 GB limit the weights go to one external data file ``<name>.data`` beside it.
 """

@@ -1,4 +1,4 @@
-"""Parity statistics and the error budgets they are judged against (../design.md, measured).
+"""Parity statistics and the error budgets they are judged against (docs/design.md, measured).
 
 The rule: an implementation's error against the float64 reference may be at most ``MARGIN``
 (4x) the error a trusted peer (torchvision or keras.applications in float32) shows on the same
@@ -19,7 +19,7 @@ from shared.spec import preset_spec
 MARGIN = 4.0
 
 # Relative L2 error of the logits against float64, measured with random weights and calibrated
-# BatchNorm (design.md, "Measured error budgets"). Keys: (arch, device, precision), the arch a
+# BatchNorm (docs/design.md, "Measured error budgets"). Keys: (arch, device, precision), the arch a
 # name of ``shared.spec.PRESETS``. CPU fp32 uses the 96x96 row: the error of an fp32 forward
 # grows with depth, not with size, and 96 px is the larger of the two measured CPU rows.
 MEASURED = {

@@ -315,3 +315,28 @@ def test_a_checkpoint_with_a_top_serves_a_model_without_one(tmp_path):
     W.save(got, tmp_path / "notop.safetensors", spec=notop)
     with pytest.raises(ValueError, match=r"include_top: checkpoint False, model True"):
         checkpoint.for_spec(spec, tmp_path / "notop.safetensors")
+
+
+# ----------------------------------------------------------------------------- the public layer hook
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_layers_override_is_the_one_public_hook(framework):
+    """``<package>.layers.override`` swaps the ReLU for the models built inside it, and for no
+    other: with ``abs`` in place of the ReLU the logits leave the float64 reference by far more than
+    the fp32 budget; a model built after the context closes is back within it. A BatchNorm class
+    that is not the framework's is refused, naming the expected base."""
+    fw = package(framework)
+    layers = importlib.import_module(f"{PACKAGES[framework]}.layers")
+    spec = TINY["torchvision"]
+    weights = reference.calibrated_weights(spec, seed=5)
+    images = reference.random_images(spec, 2, 32, seed=6)
+    ref = reference.forward(spec, weights, images)
+    limit = fp32_budget(parity.rel_error(reference.forward(spec, weights, images, dtype=np.float32), ref))
+    with layers.override(relu=abs):
+        broken = fw.load_weights(fw.build(spec), weights)
+    after = fw.load_weights(fw.build(spec), weights)
+    assert parity.rel_error(fw.predict(broken, images), ref) > 100 * limit
+    assert parity.rel_error(fw.predict(after, images), ref) <= limit
+    with pytest.raises(TypeError, match="batchnorm: expected a subclass of"):
+        with layers.override(batchnorm=dict):
+            pass

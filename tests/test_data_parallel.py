@@ -23,7 +23,7 @@ from shared.tools.jobs import Job
 
 SPEC = S.preset_spec("torchvision", depths=(1, 1, 1, 1), width=8, num_classes=10)
 REPLICAS, BATCH, SIZE = 2, 4, 64
-# From each engine's documentation (and design.md's one-layer measurement).
+# From each engine's documentation (and docs/design.md's one-layer measurement).
 DOCUMENTED = {
     "torch DDP (gloo)": "per_replica",
     "flax nnx.jit + NamedSharding": "global",

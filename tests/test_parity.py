@@ -3,7 +3,7 @@ x style x depth x mode, each judged against the float64 reference and pairwise.
 
 Frameworks run in this process through their adapter (``shared.tools.adapters``, the same code ``resnet-parity check``
 runs in its workers); Keras runs on whatever KERAS_BACKEND this pytest process has (CI runs the
-keras-marked cases once per backend). Budgets follow design.md: 4x the error of a trusted fp32
+keras-marked cases once per backend). Budgets follow docs/design.md: 4x the error of a trusted fp32
 peer on the same weights and input, measured here. The peer is the reference's own arithmetic
 in float32 (torchvision's own error is within 1% of it on ResNet-50/101/152, see
 test_reference_float32_is_a_fair_peer); for bf16 on the CPU the measured table (4x).

@@ -10,7 +10,7 @@ from helpers import dev_or_slow
 
 # Published counts: torchvision's model cards (learnable) and Keras Applications'
 # count_params() (learnable + BatchNorm moving statistics).
-# Typed from the publications (../design.md), not from shared.spec.PRESETS.
+# Typed from the publications (docs/design.md), not from shared.spec.PRESETS.
 TORCHVISION_PARAMS = {
     "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "resnet101": 44_549_160,
     "resnet152": 60_192_808, "resnext50_32x4d": 25_028_904, "resnext101_32x8d": 88_791_336,
