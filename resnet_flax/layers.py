@@ -9,8 +9,6 @@ user's experiment), the same in resnet_torch and resnet_keras.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 from typing import Callable
 
 import jax
@@ -18,29 +16,22 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from shared import contract
 from shared.spec import BatchNorm, Conv, Dense
 
-_OVERRIDES: contextvars.ContextVar[dict] = contextvars.ContextVar("resnet_flax_layers", default={})
+_OVERRIDES = contract.LayerOverrides(nnx.BatchNorm)
 
 
-@contextlib.contextmanager
 def override(*, relu: Callable | None = None, batchnorm: type | None = None):
     """Models built while the context is open use ``relu`` (a function of an array) for every
     ReLU and ``batchnorm`` (a subclass of ``nnx.BatchNorm``) for every BatchNorm; models built
     before or after are untouched, and so is Flax."""
-    if batchnorm is not None and not (isinstance(batchnorm, type) and issubclass(batchnorm, nnx.BatchNorm)):
-        raise TypeError(f"batchnorm: expected a subclass of flax.nnx.BatchNorm, got {batchnorm!r}")
-    token = _OVERRIDES.set({**_OVERRIDES.get(), **{k: v for k, v in (("relu", relu), ("batchnorm", batchnorm))
-                                                   if v is not None}})
-    try:
-        yield
-    finally:
-        _OVERRIDES.reset(token)
+    return _OVERRIDES.override(relu=relu, batchnorm=batchnorm)
 
 
 def relu() -> Callable:
     """The ReLU a model built now applies."""
-    return _OVERRIDES.get().get("relu", nnx.relu)
+    return _OVERRIDES.get("relu", nnx.relu)
 
 
 # Canonical param -> attribute of the nnx layer, per layer kind.
@@ -85,7 +76,7 @@ def native_layer(layer, rngs: nnx.Rngs, draw: bool, dtype, param_dtype) -> nnx.M
             kernel_init=init(_conv_init), bias_init=init(nnx.initializers.zeros_init()), **common,
         )
     if isinstance(layer, BatchNorm):
-        return _OVERRIDES.get().get("batchnorm", nnx.BatchNorm)(
+        return _OVERRIDES.get("batchnorm", nnx.BatchNorm)(
             layer.channels,
             use_running_average=True,
             momentum=1.0 - layer.momentum,  # Flax weighs the old running value (spec module doc)

@@ -10,32 +10,23 @@ or a user's experiment), the same in resnet_torch and resnet_flax.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 from typing import Callable
 
 import keras
 from keras import layers as klayers
 
+from shared import contract
 from shared.keras_h5 import keras_padding, pad_name
 
 _NHWC = "channels_last"
-_OVERRIDES: contextvars.ContextVar[dict] = contextvars.ContextVar("resnet_keras_layers", default={})
+_OVERRIDES = contract.LayerOverrides(klayers.BatchNormalization)
 
 
-@contextlib.contextmanager
 def override(*, relu: Callable | None = None, batchnorm: type | None = None):
     """Models built while the context is open use ``relu`` (a function of a tensor) for every
     ReLU and ``batchnorm`` (a subclass of ``keras.layers.BatchNormalization``) for every
     BatchNorm; models built before or after are untouched, and so is Keras."""
-    if batchnorm is not None and not (isinstance(batchnorm, type) and issubclass(batchnorm, klayers.BatchNormalization)):
-        raise TypeError(f"batchnorm: expected a subclass of keras.layers.BatchNormalization, got {batchnorm!r}")
-    token = _OVERRIDES.set({**_OVERRIDES.get(), **{k: v for k, v in (("relu", relu), ("batchnorm", batchnorm))
-                                                   if v is not None}})
-    try:
-        yield
-    finally:
-        _OVERRIDES.reset(token)
+    return _OVERRIDES.override(relu=relu, batchnorm=batchnorm)
 
 
 def _padded(layer, x, explicit, value=0.0):
@@ -84,14 +75,14 @@ def _conv(layer, x, opts):
 
 def _bn(layer, x, _):
     # Keras' momentum is the weight of the old running value; the spec's is PyTorch's.
-    batchnorm = _OVERRIDES.get().get("batchnorm", klayers.BatchNormalization)
+    batchnorm = _OVERRIDES.get("batchnorm", klayers.BatchNormalization)
     return batchnorm(axis=-1, epsilon=layer.epsilon, momentum=1.0 - layer.momentum,
                                      gamma_initializer="zeros" if layer.zero_init else "ones",
                                      name=layer.name)(x)
 
 
 def _relu(layer, x, _):
-    return klayers.Activation(_OVERRIDES.get().get("relu", "relu"), name=layer.name)(x)
+    return klayers.Activation(_OVERRIDES.get("relu", "relu"), name=layer.name)(x)
 
 
 def _maxpool(layer, x, opts):

@@ -8,33 +8,24 @@ public hook for building models with other ReLU or BatchNorm code (the tools' br
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared import contract
 from shared.spec import Add, BatchNorm, Conv, Dense, GlobalPool, Layer, MaxPool, ReLU
 
 
-_OVERRIDES: contextvars.ContextVar[dict] = contextvars.ContextVar("resnet_torch_layers", default={})
+_OVERRIDES = contract.LayerOverrides(nn.BatchNorm2d)
 
 
-@contextlib.contextmanager
 def override(*, relu: Callable | None = None, batchnorm: type | None = None):
     """Models built while the context is open use ``relu`` (a function of a tensor) for every
     ReLU and ``batchnorm`` (a subclass of ``nn.BatchNorm2d``) for every BatchNorm; models built
     before or after are untouched, and so is torch."""
-    if batchnorm is not None and not (isinstance(batchnorm, type) and issubclass(batchnorm, nn.BatchNorm2d)):
-        raise TypeError(f"batchnorm: expected a subclass of torch.nn.BatchNorm2d, got {batchnorm!r}")
-    token = _OVERRIDES.set({**_OVERRIDES.get(), **{k: v for k, v in (("relu", relu), ("batchnorm", batchnorm))
-                                                   if v is not None}})
-    try:
-        yield
-    finally:
-        _OVERRIDES.reset(token)
+    return _OVERRIDES.override(relu=relu, batchnorm=batchnorm)
 
 
 class Activation(nn.Module):
@@ -111,7 +102,7 @@ def conv(layer: Conv) -> nn.Conv2d:
 
 def batchnorm(layer: BatchNorm) -> nn.BatchNorm2d:
     # layer.momentum already has torch's meaning (weight of the new batch statistic).
-    module = _OVERRIDES.get().get("batchnorm", nn.BatchNorm2d)(layer.channels, eps=layer.epsilon,
+    module = _OVERRIDES.get("batchnorm", nn.BatchNorm2d)(layer.channels, eps=layer.epsilon,
                                                                 momentum=layer.momentum)
     nn.init.constant_(module.weight, 0.0 if layer.zero_init else 1.0)
     nn.init.zeros_(module.bias)
@@ -132,7 +123,7 @@ def module(layer: Layer) -> nn.Module:
     if isinstance(layer, BatchNorm):
         return batchnorm(layer)
     if isinstance(layer, ReLU):
-        relu = _OVERRIDES.get().get("relu")
+        relu = _OVERRIDES.get("relu", None)
         return nn.ReLU(inplace=True) if relu is None else Activation(relu)
     if isinstance(layer, MaxPool):
         return maxpool(layer)

@@ -21,6 +21,10 @@ feature is taken.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from typing import Callable
+
 import numpy as np
 
 
@@ -102,3 +106,30 @@ def feature_layers(spec: ResNetSpec) -> dict[str, str]:
     for block in spec.blocks():
         layers[f"stage{block.stage + 1}"] = block.output.name
     return layers
+
+
+class LayerOverrides:
+    """What each package's ``layers.override(relu=..., batchnorm=...)`` keeps: the ReLU function
+    and BatchNorm class models built inside the context use, per thread and task
+    (``contextvars``), so a model built outside it, and the framework itself, are untouched."""
+
+    def __init__(self, batchnorm_base: type):
+        self.base = batchnorm_base
+        self._var: contextvars.ContextVar[dict] = contextvars.ContextVar(f"overrides of {batchnorm_base.__name__}",
+                                                                           default={})
+
+    @contextlib.contextmanager
+    def override(self, relu: Callable | None = None, batchnorm: type | None = None):
+        if batchnorm is not None and not (isinstance(batchnorm, type) and issubclass(batchnorm, self.base)):
+            raise TypeError(f"batchnorm: expected a subclass of {self.base.__module__}.{self.base.__qualname__}, "
+                            f"got {batchnorm!r}")
+        given = {k: v for k, v in (("relu", relu), ("batchnorm", batchnorm)) if v is not None}
+        token = self._var.set({**self._var.get(), **given})
+        try:
+            yield
+        finally:
+            self._var.reset(token)
+
+    def get(self, kind: str, default):
+        """The override of ``kind`` ("relu" or "batchnorm") in effect, else ``default``."""
+        return self._var.get().get(kind, default)
