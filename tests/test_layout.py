@@ -296,3 +296,10 @@ def test_a_stale_constructor_is_caught(tmp_path, monkeypatch):
     for module in (constructors, contract):
         monkeypatch.setattr(module, "PRESETS", {**S.PRESETS, "resnet10": extra})
     assert len(constructors.stale(tmp_path)) == 6
+
+
+def test_three_packages_of_one_shape():
+    """The same modules in each framework package, each with one job: api (the contract's entry
+    points), layers (one spec layer -> one native layer), model, weights, checkpoints."""
+    shapes = {package: sorted(p.stem for p in (ROOT / package).glob("*.py")) for package in ALLOWED}
+    assert all(shape == ["__init__", "api", "checkpoints", "layers", "model", "weights"] for shape in shapes.values()), shapes

@@ -395,6 +395,40 @@ def test_torch_compile_fullgraph():
     assert rel_error(compiled_grad.numpy(), model.conv1.weight.grad.numpy()) <= 1e-6
 
 
+TORCH_ONLY = """
+import importlib.abc, sys
+class Refuse(importlib.abc.MetaPathFinder):  # as if only torch were installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"tensorflow", "keras", "jax", "jaxlib", "flax", "optax", "orbax"}:
+            raise ModuleNotFoundError(f"No module named {name!r} (a torch-only environment)")
+sys.meta_path.insert(0, Refuse())
+import numpy as np
+from PIL import Image
+import resnet_torch as rt
+from shared import reference, spec as S, weights as W
+spec = S.ResNetSpec(depths=(1, 1), width=8, num_classes=5)
+weights = reference.calibrated_weights(spec, seed=1)
+W.save(weights, "w.safetensors", spec=spec)
+Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save("photo.png")
+model = rt.load_weights(rt.build(spec), "w.safetensors")
+x = rt.preprocess_input(np.asarray(Image.open("photo.png"), np.float32)[None], style="torchvision")
+logits = rt.predict(model, x)
+ref = reference.forward(spec, weights, x)
+peer = reference.forward(spec, weights, x, dtype=np.float32)
+print(logits.shape, np.linalg.norm(logits - ref) / np.linalg.norm(ref), np.linalg.norm(peer - ref) / np.linalg.norm(ref))
+"""
+
+
+def test_a_torch_only_environment_loads_weights_and_preprocesses(tmp_path):
+    """With every other framework missing, resnet_torch alone loads a canonical safetensors file
+    and preprocesses a decoded image, and its logits agree with the float64 reference."""
+    out = subprocess.run([sys.executable, "-c", TORCH_ONLY], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    shape, figures = out.stdout.split(")")
+    rel, peer = map(float, figures.split())
+    assert shape == "(1, 5" and rel <= fp32_budget(peer)
+
+
 def test_import_pulls_in_no_other_framework():
     code = ("import sys, resnet_torch; print(sorted({m.split('.')[0] for m in sys.modules} "
             "& {'tensorflow', 'keras', 'jax', 'flax'}))")
