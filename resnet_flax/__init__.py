@@ -27,6 +27,7 @@ from resnet_flax.api import CONSTRUCTORS, features, predict
 from resnet_flax.checkpoints import read_checkpoint
 from resnet_flax.model import ResNet, build
 from resnet_flax.weights import export_weights, load_weights, variables
+from shared.preprocess import preprocess_input
 
 __all__ = ["ResNet", *CONSTRUCTORS, "build", "export_weights", "features", "load_weights", "predict",
-           "read_checkpoint", "variables"]
+           "preprocess_input", "read_checkpoint", "variables"]

@@ -28,10 +28,9 @@ from resnet_keras.api import (
     ResNet152V2,
 )
 # END generated
-from resnet_keras.api import CONSTRUCTORS, feature_extractor, features, predict
+from resnet_keras.api import CONSTRUCTORS, feature_extractor, features, predict, preprocess_input
 from resnet_keras.checkpoints import read_checkpoint
 from resnet_keras.model import build, keras_model, spec_of
-from resnet_keras.preprocess import preprocess_input
 from resnet_keras.weights import export_weights, load_weights, variables
 
 __all__ = [*CONSTRUCTORS, "build", "export_weights", "feature_extractor", "features", "keras_model",

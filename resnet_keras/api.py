@@ -12,7 +12,8 @@ from typing import Mapping
 import keras
 import numpy as np
 
-from shared import checkpoint, contract
+from shared import checkpoint, contract, preprocess
+from shared.spec import ResNetSpec
 from resnet_keras.model import keras_model, spec_of
 from resnet_keras.checkpoints import READERS
 from resnet_keras.weights import load_weights
@@ -53,6 +54,16 @@ def features(model: keras.Model, images_nhwc: np.ndarray) -> dict[str, np.ndarra
     """``{"stem", "stage1", ...}``: the stem's and each stage's output, NHWC float32 numpy, eval mode."""
     out = feature_extractor(model)(_images(model, images_nhwc), training=False)
     return {k: _numpy(out[k]) for k in contract.feature_layers(spec_of(model))}
+
+
+def preprocess_input(x, *, style: "str | ResNetSpec"):
+    """``shared.preprocess.preprocess_input`` (numpy in, a new float array out; the rule of each
+    weight set lives there), and the same arithmetic on a backend tensor (returns a tensor)."""
+    if isinstance(x, (np.ndarray, list, tuple, int, float)):
+        return preprocess.preprocess_input(x, style=style)
+    x = keras.ops.convert_to_tensor(x)
+    x = x if keras.backend.is_float_dtype(x.dtype) else keras.ops.cast(x, "float32")
+    return preprocess.apply(x, preprocess.mode(style), keras.ops, keras.backend.standardize_dtype(x.dtype))
 
 
 def _constructed(arch, img_channel, num_classes, style, weights, include_top, pooling,

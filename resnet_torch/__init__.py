@@ -34,8 +34,9 @@ from resnet_torch.api import CONSTRUCTORS, features, predict
 from resnet_torch.checkpoints import read_checkpoint
 from resnet_torch.model import ResidualBlock, ResNet, build
 from resnet_torch.weights import export_weights, load_weights, variables
+from shared.preprocess import preprocess_input
 
 __all__ = [
     *CONSTRUCTORS, "ResidualBlock", "ResNet", "build",
-    "export_weights", "features", "load_weights", "predict", "read_checkpoint", "variables",
+    "export_weights", "features", "load_weights", "predict", "preprocess_input", "read_checkpoint", "variables",
 ]

@@ -33,7 +33,7 @@ from shared.spec import PRESETS, ResNetSpec, preset
 
 CONSTRUCTORS = tuple(p.constructor for p in PRESETS.values())
 CONTRACT = (*CONSTRUCTORS, "build", "load_weights", "export_weights", "predict", "features", "read_checkpoint",
-            "variables")
+            "variables", "preprocess_input")
 # Applied to the logits after the classifier; "linear" and None both leave the logits.
 CLASSIFIER_ACTIVATIONS = (None, "linear", "softmax", "sigmoid")
 
@@ -84,7 +84,7 @@ def as_images(spec: ResNetSpec, images) -> np.ndarray:
     if not np.issubdtype(images.dtype, np.floating):
         raise ValueError(
             f"images: expected floating (preprocessed) images, got dtype {images.dtype}; scale and "
-            f"normalise them first (e.g. resnet_keras.preprocess_input(x, style={spec.style!r}) "
+            f"normalise them first (e.g. the package's preprocess_input(x, style={spec.style!r}) "
             "or (x / 255 - mean) / std), then pass float32"
         )
     check_images(spec, images)

@@ -32,6 +32,7 @@ DOCUMENTED = {  # the contract as the issue and the design write it
     "features": "(model, images_nhwc)",
     "read_checkpoint": "(source, spec=None, style=None)",
     "variables": "(model)",
+    "preprocess_input": "(x, *, style)",
 }
 
 
