@@ -227,6 +227,15 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    from shared.tools import verify
+
+    try:
+        return verify.cli(args)
+    except verify.VerifyError as e:
+        raise CliError(str(e)) from None
+
+
 def cmd_convert(args) -> int:
     """Any supported checkpoint -> any other (canonical safetensors by default, spec in its metadata)."""
     from shared.tools import convert
@@ -313,6 +322,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--override", action="append", metavar="FRAMEWORK:FIELD=VALUE",
                        help="build one framework from a changed spec (proves a broken port is caught)")
     check.set_defaults(func=cmd_check)
+
+    verify = sub.add_parser("verify", help="judge anyone's ResNet port against the float64 reference and name "
+                                           "the convention it broke (torch.nn.Module ports)")
+    verify.add_argument("port", help="FILE.py:NAME or package.module:NAME, optionally NAME(k=v,...) with literals")
+    verify.add_argument("--arch", choices=S.ARCHS, default=None, help="default: inferred from the port's shapes")
+    verify.add_argument("--style", choices=S.STYLES, default=None)
+    verify.add_argument("--layout", choices=("NCHW", "NHWC"), default=None, help="default: the framework's (torch NCHW)")
+    verify.add_argument("--size", type=int, default=64)
+    verify.add_argument("--batch", type=int, default=2)
+    verify.add_argument("--seed", type=int, default=0)
+    verify.add_argument("--json", default=None, help="write the verdict, mapping and diagnosis here")
+    verify.set_defaults(func=cmd_verify)
 
     info = sub.add_parser("info", help="facts of a preset: parameters, conventions, output shape")
     info.add_argument("--arch", choices=S.ARCHS, default="resnet50")

@@ -219,3 +219,30 @@ def inject(mutant: str):
     if mutant == "bn_stats_bf16":
         return layers.override(batchnorm=_BF16StatsBatchNorm)
     return layers.override()
+
+
+# ----------------------------------------------------------------- someone else's port (verify)
+
+def port_arrays(module) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of every parameter and BatchNorm statistic of a ``torch.nn.Module``, in the
+    order its state_dict lists them (``num_batches_tracked`` left out: no weight)."""
+    return [(k, tuple(v.shape)) for k, v in module.state_dict().items() if not k.endswith("num_batches_tracked")]
+
+
+def port_load(module, arrays: list[np.ndarray]) -> None:
+    """Copy ``arrays`` (in ``port_arrays`` order, torch layouts) into the module's own tensors."""
+    names = [k for k, _ in port_arrays(module)]
+    state = module.state_dict()
+    with torch.no_grad():
+        for name, value in zip(names, arrays, strict=True):
+            state[name].copy_(torch.from_numpy(np.ascontiguousarray(value)))
+
+
+def port_run(module, images_nhwc: np.ndarray, layout: str = "NCHW") -> np.ndarray:
+    """Eval-mode float32 logits of the module for NHWC numpy images, fed in ``layout``."""
+    x = torch.from_numpy(np.ascontiguousarray(images_nhwc, dtype=np.float32))
+    if layout == "NCHW":
+        x = x.permute(0, 3, 1, 2).contiguous()
+    module.eval()
+    with torch.no_grad():
+        return module(x).float().numpy()

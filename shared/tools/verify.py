@@ -1,0 +1,244 @@
+"""``resnet-parity verify PORT``: judge someone else's ResNet, and name the convention it broke.
+
+PORT is ``FILE.py:NAME`` or ``package.module:NAME``, optionally ``NAME(k=v, ...)`` with literal
+keyword arguments: a class or function that returns the model. Then:
+
+1. **Architecture.** The port's parameters and BatchNorm statistics, in their own order, are read
+   off the model (their names are not needed) and compared, shape by shape, with each preset's
+   canonical weights in torchvision's order; the first preset that fits every array is the
+   architecture (``--arch`` imposes one). A port that fits none is refused with one line naming
+   the first array that no preset fits and what the closest preset expects there.
+2. **Weight mapping.** Every array of the port maps to one canonical weight, by position
+   (``--json`` shows the mapping).
+3. **Weights.** Seeded weights with calibrated BatchNorm (as ``check``) go into the port itself.
+4. **Judge.** The port runs in its own framework and layout (eval mode, float32) and is judged
+   against the float64 reference with ``check``'s fp32 rule: at most 4x the error of the
+   reference's own float32 arithmetic on the same weights and images.
+5. **Diagnose.** When it fails, the float64 reference is run under every mutant of
+   ``shared.mutants`` that can change an eval-mode forward, singly and in pairs; a variant the
+   port computes within budget is named ("computes the spec with BatchNorm epsilon 1e-3 ...").
+
+This session's scope: PyTorch ports (``torch.nn.Module``). Keras, Flax and ONNX ports are refused
+with that reason, as is training mode.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib
+import importlib.util
+import itertools
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from shared import interop, mutants, parity, reference
+from shared.spec import PRESETS, ResNetSpec, preset
+from shared.tools import adapter
+
+
+class VerifyError(ValueError):
+    """A port that cannot be judged (not found, not a ResNet the spec expresses, ...)."""
+
+
+# ----------------------------------------------------------------------------- the port
+
+def load_port(text: str):
+    """The model ``PORT`` names (module docstring)."""
+    where, sep, call = text.rpartition(":")
+    if not sep or not where or not call:
+        raise VerifyError(f"PORT: expected FILE.py:NAME or package.module:NAME, got {text!r}")
+    name, _, args = call.partition("(")
+    kwargs = {}
+    if args:
+        try:
+            node = ast.parse(f"f({args}", mode="eval").body
+            if node.args:
+                raise ValueError("positional arguments")
+            kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
+        except (SyntaxError, ValueError) as e:
+            raise VerifyError(f"PORT: {call!r}: expected NAME(key=literal, ...) ({e})") from None
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.is_file():
+            raise VerifyError(f"PORT: no such file {where}")
+        spec = importlib.util.spec_from_file_location(f"_resnet_parity_port_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(where)
+    factory = getattr(module, name.strip(), None)
+    if not callable(factory):
+        raise VerifyError(f"PORT: {where} has no callable {name.strip()!r}")
+    return factory(**kwargs)
+
+
+def framework_of(model) -> str:
+    """Which framework a model object belongs to, read off its class hierarchy (nothing imported)."""
+    modules = {c.__module__.split(".")[0] for c in type(model).__mro__}
+    for framework, roots in (("torch", {"torch"}), ("keras", {"keras", "tf_keras"}), ("flax", {"flax"})):
+        if modules & roots:
+            return framework
+    raise VerifyError(f"PORT: a {type(model).__module__}.{type(model).__name__} is no torch.nn.Module, "
+                      "keras.Model or flax.nnx.Module")
+
+
+# ----------------------------------------------------------------------------- the architecture
+
+def canonical_order(spec: ResNetSpec) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(canonical key, torchvision key, torch-layout shape) of every weight, in torchvision's
+    order (the spec's layer order; no array is made)."""
+    shapes, out = spec.param_shapes(), []
+    for layer in spec.layers():
+        module = interop.torchvision_module(layer.name) if layer.params else ""
+        for param in layer.params:
+            key, shape = f"{layer.name}.{param}", shapes[f"{layer.name}.{param}"]
+            if param == "kernel":  # HWIO -> OIHW, (in, out) -> (out, in)
+                shape = (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else shape[::-1]
+            out.append((key, f"{module}.{interop.torchvision_param(layer, param)}", tuple(shape)))
+    return out
+
+
+def infer_spec(shapes: list[tuple[str, tuple[int, ...]]], arch: str | None = None,
+               style: str | None = None) -> ResNetSpec:
+    """The preset whose canonical weights, in torchvision's order, have the port's shapes."""
+    if not shapes or len(shapes[0][1]) != 4:
+        raise VerifyError("PORT: its first parameter is no conv kernel: not a ResNet")
+    channels, classes = shapes[0][1][1], shapes[-1][1][0]
+    best = None
+    for name, p in PRESETS.items():
+        if arch and name != arch:
+            continue
+        for st in ([style] if style else p.styles):
+            if st not in p.styles:
+                continue
+            spec = preset(name, st, image_channels=channels, num_classes=classes)
+            order = canonical_order(spec)
+            fit = next((i for i, (a, b) in enumerate(zip(shapes, order)) if a[1] != b[2]), min(len(shapes), len(order)))
+            if fit == len(shapes) == len(order):
+                return spec
+            if best is None or fit > best[0]:
+                best = (fit, spec, order)
+    if best is None:
+        raise VerifyError(f"--arch/--style: no preset {arch!r} in style {style!r}")
+    fit, spec, order = best
+    if fit < len(shapes):
+        expected = f"{order[fit][1]} {order[fit][2]}" if fit < len(order) else "nothing more"
+        raise VerifyError(f"PORT: parameter #{fit} {shapes[fit][0]} {shapes[fit][1]} fits no preset the spec "
+                          f"expresses; the closest, {spec.arch} ({spec.style} style), expects {expected} there")
+    raise VerifyError(f"PORT: ends after {len(shapes)} arrays; the closest preset, {spec.arch} ({spec.style} "
+                      f"style), goes on with {order[fit][1]} {order[fit][2]}")
+
+
+# ----------------------------------------------------------------------------- judge and diagnose
+
+@dataclasses.dataclass
+class Verdict:
+    spec: ResNetSpec
+    framework: str
+    mapping: dict[str, str]  # port name -> canonical key
+    rel: float
+    budget: float
+    passed: bool
+    diagnosis: list[dict] = dataclasses.field(default_factory=list)  # variants computed within budget
+
+    def to_json(self) -> dict:
+        return {"arch": self.spec.arch, "style": self.spec.style, "framework": self.framework, "rel": self.rel,
+                "budget": self.budget, "pass": self.passed, "mapping": self.mapping, "diagnosis": self.diagnosis}
+
+
+def _fp32_rule(spec, weights, images) -> tuple[np.ndarray, float]:
+    from shared.tools.check import fp32_budget
+
+    ref = reference.forward(spec, weights, images)
+    peer = reference.forward(spec, weights, images, dtype=np.float32)
+    return ref, fp32_budget(parity.rel_error(peer, ref))
+
+
+def eval_mutants(spec: ResNetSpec) -> list[str]:
+    """The mutants that change an eval-mode fp32 forward of ``spec`` and can be computed by the reference."""
+    return [name for name, m in mutants.CATALOGUE.items()
+            if m.how in ("spec", "layers", "weights") and m.applies(spec, "eval", "fp32")]
+
+
+def _variant(names, spec, weights):
+    for name in names:
+        mutated = mutants.mutate_spec(name, spec)
+        weights = mutants.mutate_weights(name, spec, weights)
+        spec = mutated
+    return spec, weights
+
+
+def diagnose(logits: np.ndarray, spec: ResNetSpec, weights: dict, images: np.ndarray) -> list[dict]:
+    """Every mutant (then pair of mutants) whose float64 reference the port's logits match within
+    that variant's own fp32 budget; singles first, pairs only when no single fits."""
+    found = []
+    names = eval_mutants(spec)
+    for group in ([(n,) for n in names], list(itertools.combinations(names, 2))):
+        for combo in group:
+            try:
+                vspec, vweights = _variant(combo, spec, weights)
+                ref, limit = _fp32_rule(vspec, vweights, images)
+            except (ValueError, KeyError):  # a pair that does not compose on this spec
+                continue
+            rel = parity.rel_error(logits, ref)
+            if rel <= limit:
+                found.append({"mutants": list(combo), "what": [mutants.CATALOGUE[n].what for n in combo],
+                              "rel": rel, "budget": limit})
+        if found:
+            break
+    return found
+
+
+def verify(port: str, *, arch: str | None = None, style: str | None = None, layout: str | None = None,
+           size: int = 64, batch: int = 2, seed: int = 0) -> Verdict:
+    model = port if not isinstance(port, str) else load_port(port)
+    framework = framework_of(model)
+    if framework != "torch":
+        raise VerifyError(f"PORT: a {framework} model; verify judges torch.nn.Module ports in this version "
+                          "(Keras, Flax and ONNX ports: not yet)")
+    torch_adapter = adapter.load("torch")
+    shapes = torch_adapter.port_arrays(model)
+    spec = infer_spec(shapes, arch, style)
+    order = canonical_order(spec)
+    weights = reference.calibrated_weights(spec, seed=seed, size=size)
+    state = interop.to_torchvision(spec, weights)
+    torch_adapter.port_load(model, [state[tv] for _, tv, _ in order])
+    images = reference.random_images(spec, batch, size, seed + 1)
+    logits = torch_adapter.port_run(model, images, layout or "NCHW")
+    ref, limit = _fp32_rule(spec, weights, images)
+    if logits.shape != ref.shape:
+        raise VerifyError(f"PORT: gives logits of shape {logits.shape}, the spec {ref.shape}")
+    rel = parity.rel_error(logits, ref)
+    verdict = Verdict(spec, framework, {name: key for (name, _), (key, _, _) in zip(shapes, order)}, rel, limit,
+                      rel <= limit)
+    if not verdict.passed:
+        verdict.diagnosis = diagnose(logits, spec, weights, images)
+    return verdict
+
+
+def report(verdict: Verdict) -> str:
+    spec = verdict.spec
+    head = (f"{verdict.framework} port of {spec.arch} ({spec.style} style): logits rel {verdict.rel:.2e} "
+            f"against the float64 reference, budget {verdict.budget:.2e}: ")
+    if verdict.passed:
+        return head + "pass"
+    if not verdict.diagnosis:
+        return head + "FAIL; it computes no single or paired mutant of the spec: bisect with check --trace"
+    best = min(verdict.diagnosis, key=lambda d: d["rel"])
+    return head + (f"FAIL; it computes the spec with {' and '.join(best['what'])} (rel {best['rel']:.2e}): "
+                   f"fix that convention ({', '.join(best['mutants'])} in shared.mutants)")
+
+
+def cli(args) -> int:
+    from shared.tools.jobs import write_json
+
+    verdict = verify(args.port, arch=args.arch, style=args.style, layout=args.layout, size=args.size,
+                     batch=args.batch, seed=args.seed)
+    print(report(verdict))
+    if args.json:
+        write_json(args.json, verdict.to_json())
+    return 0 if verdict.passed else 1
