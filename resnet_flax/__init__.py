@@ -28,6 +28,7 @@ from resnet_flax.checkpoints import read_checkpoint
 from resnet_flax.model import ResNet, build
 from resnet_flax.weights import export_weights, load_weights, variables
 from shared.preprocess import preprocess_input
+from resnet_flax.api import decode_predictions, preprocess
 
 __all__ = ["ResNet", *CONSTRUCTORS, "build", "export_weights", "features", "load_weights", "predict",
-           "preprocess_input", "read_checkpoint", "variables"]
+           "preprocess", "preprocess_input", "decode_predictions", "read_checkpoint", "variables"]

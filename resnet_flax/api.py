@@ -14,6 +14,7 @@ import numpy as np
 from flax import nnx
 
 from shared import checkpoint, contract
+from shared import preprocess as _preprocess
 from resnet_flax.model import ResNet
 from resnet_flax.checkpoints import READERS
 from resnet_flax.weights import load_weights
@@ -47,6 +48,19 @@ def features(model: ResNet, images_nhwc: np.ndarray) -> dict[str, np.ndarray]:
     mode (the native way: ``model.features(x)``, jit-able)."""
     out = _run(model, images_nhwc, "features")  # a pytree: its keys come back sorted
     return {k: np.asarray(out[k], dtype=np.float32) for k in contract.feature_points(model.spec)}
+
+
+def preprocess(image_or_path, *, weights=None, style=None) -> jax.Array:
+    """``shared.preprocess.preprocess`` as an NHWC float32 ``jax.Array``: ``model(preprocess(
+    "photo.jpg", weights=NAME))``."""
+    return jax.numpy.asarray(_preprocess.preprocess(image_or_path, weights=weights, style=style))
+
+
+def decode_predictions(logits, top: int = 5, **kwargs) -> list[list[tuple[int, str, float]]]:
+    """``shared.preprocess.decode_predictions`` on a jax array (any float dtype) or numpy array."""
+    if isinstance(logits, jax.Array):
+        logits = np.asarray(logits.astype(jax.numpy.float32))
+    return _preprocess.decode_predictions(logits, top, **kwargs)
 
 
 def _constructed(arch, img_channel, num_classes, style, weights, include_top, pooling,

@@ -12,7 +12,8 @@ from typing import Mapping
 import keras
 import numpy as np
 
-from shared import checkpoint, contract, preprocess
+from shared import checkpoint, contract
+from shared import preprocess as _preprocess
 from shared.spec import ResNetSpec
 from resnet_keras.model import keras_model, spec_of
 from resnet_keras.checkpoints import READERS
@@ -60,10 +61,23 @@ def preprocess_input(x, *, style: "str | ResNetSpec"):
     """``shared.preprocess.preprocess_input`` (numpy in, a new float array out; the rule of each
     weight set lives there), and the same arithmetic on a backend tensor (returns a tensor)."""
     if isinstance(x, (np.ndarray, list, tuple, int, float)):
-        return preprocess.preprocess_input(x, style=style)
+        return _preprocess.preprocess_input(x, style=style)
     x = keras.ops.convert_to_tensor(x)
     x = x if keras.backend.is_float_dtype(x.dtype) else keras.ops.cast(x, "float32")
-    return preprocess.apply(x, preprocess.mode(style), keras.ops, keras.backend.standardize_dtype(x.dtype))
+    return _preprocess.apply(x, _preprocess.mode(style), keras.ops, keras.backend.standardize_dtype(x.dtype))
+
+
+def preprocess(image_or_path, *, weights=None, style=None) -> np.ndarray:
+    """``shared.preprocess.preprocess``: an NHWC float32 numpy batch, what a Keras model takes:
+    ``model(preprocess("photo.jpg", weights=NAME))``."""
+    return _preprocess.preprocess(image_or_path, weights=weights, style=style)
+
+
+def decode_predictions(logits, top: int = 5, **kwargs) -> list[list[tuple[int, str, float]]]:
+    """``shared.preprocess.decode_predictions`` on a backend tensor or array."""
+    if not isinstance(logits, np.ndarray):
+        logits = keras.ops.convert_to_numpy(keras.ops.cast(logits, "float32"))
+    return _preprocess.decode_predictions(logits, top, **kwargs)
 
 
 def _constructed(arch, img_channel, num_classes, style, weights, include_top, pooling,

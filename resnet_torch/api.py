@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from shared import checkpoint, contract
+from shared import preprocess as _preprocess
 from resnet_torch.checkpoints import READERS
 from resnet_torch.model import ResNet
 from resnet_torch.weights import load_weights
@@ -49,6 +50,21 @@ def features(model: nn.Module, images_nhwc: np.ndarray) -> dict[str, np.ndarray]
     """``{"stem", "stage1", ...}``: the stem's and each stage's output as NHWC float32 numpy, in
     eval mode (the native way: ``model.forward_features(nchw_tensor)``)."""
     return {k: _numpy(v) for k, v in _run(model, images_nhwc, model.forward_features).items()}
+
+
+def preprocess(image_or_path, *, weights=None, style=None) -> torch.Tensor:
+    """``shared.preprocess.preprocess`` (decode, resize, crop, normalise as the weight set's
+    publisher does) as an NCHW float32 ``torch.Tensor``: ``model(preprocess("photo.jpg",
+    weights=NAME))``."""
+    x = _preprocess.preprocess(image_or_path, weights=weights, style=style)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def decode_predictions(logits, top: int = 5, **kwargs) -> list[list[tuple[int, str, float]]]:
+    """``shared.preprocess.decode_predictions`` on a torch tensor (grad, any device or float dtype) or array."""
+    if isinstance(logits, torch.Tensor):
+        logits = logits.detach().to("cpu", torch.float64).numpy()
+    return _preprocess.decode_predictions(logits, top, **kwargs)
 
 
 def _constructed(arch, img_channel, num_classes, style, weights, include_top, pooling,

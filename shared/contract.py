@@ -33,7 +33,7 @@ from shared.spec import PRESETS, ResNetSpec, preset
 
 CONSTRUCTORS = tuple(p.constructor for p in PRESETS.values())
 CONTRACT = (*CONSTRUCTORS, "build", "load_weights", "export_weights", "predict", "features", "read_checkpoint",
-            "variables", "preprocess_input")
+            "variables", "preprocess_input", "preprocess", "decode_predictions")
 # Applied to the logits after the classifier; "linear" and None both leave the logits.
 CLASSIFIER_ACTIVATIONS = (None, "linear", "softmax", "sigmoid")
 

@@ -33,6 +33,8 @@ DOCUMENTED = {  # the contract as the issue and the design write it
     "read_checkpoint": "(source, spec=None, style=None)",
     "variables": "(model)",
     "preprocess_input": "(x, *, style)",
+    "preprocess": "(image_or_path, *, weights=None, style=None)",
+    "decode_predictions": "(logits, top=5, **kwargs)",
 }
 
 
