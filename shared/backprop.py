@@ -73,11 +73,12 @@ def _maxpool_backward(layer: MaxPool, x: np.ndarray, dy: np.ndarray) -> np.ndarr
     return _unpad(dxp, layer.padding)
 
 
-def _bn_backward(layer: BatchNorm, x, gamma, dy, grads):
-    """Train-mode BatchNorm: x normalised with its own mean and biased variance."""
+def _bn_backward(layer: BatchNorm, x, gamma, dy, grads, stats=None):
+    """Train-mode BatchNorm: x normalised with its own mean and biased variance (``stats``: the
+    (mean, var) the forward normalised with, where it did not use numpy's two-pass ones)."""
     axes = (0, 1, 2)
     n = x.size // x.shape[-1]
-    mean, var = x.mean(axis=axes), x.var(axis=axes)
+    mean, var = stats if stats is not None else (x.mean(axis=axes), x.var(axis=axes))
     inv = 1.0 / np.sqrt(var + layer.epsilon)
     xhat = (x - mean) * inv
     grads[f"{layer.name}.gamma"] = (dy * xhat).sum(axis=axes)
@@ -85,15 +86,39 @@ def _bn_backward(layer: BatchNorm, x, gamma, dy, grads):
     return (gamma * inv / n) * (n * dy - dy.sum(axis=axes) - xhat * (dy * xhat).sum(axis=axes))
 
 
-class _Tape:
-    """The train-mode forward of ``reference``, remembering each layer's input."""
+VARIANCE_FORMULAS = ("two_pass", "one_pass")
 
-    def __init__(self, w: Mapping[str, np.ndarray]):
+
+def one_pass_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, biased variance) over every axis but the channels as a synchronized BatchNorm
+    computes them: from the sum and the sum of squares (what its replicas all-reduce),
+    ``var = max(E[x^2] - E[x]^2, 0)``, in ``x``'s dtype. Mathematically numpy's two-pass
+    ``x.var()``; in float32 it cancels, losing up to ``mean^2 / var`` ulps."""
+    axes = tuple(range(x.ndim - 1))
+    n = x.dtype.type(x.size // x.shape[-1])
+    mean = x.sum(axis=axes) / n
+    return mean, np.maximum((x * x).sum(axis=axes) / n - mean * mean, x.dtype.type(0))
+
+
+class _Tape:
+    """The train-mode forward of ``reference``, remembering each layer's input. ``variance``:
+    how BatchNorm's batch variance is computed, ``"two_pass"`` (numpy's ``x.var()``, as
+    ``reference`` does) or ``"one_pass"`` (``one_pass_moments``)."""
+
+    def __init__(self, w: Mapping[str, np.ndarray], variance: str = "two_pass"):
+        if variance not in VARIANCE_FORMULAS:
+            raise ValueError(f"variance_formula: expected one of {VARIANCE_FORMULAS}, got {variance!r}")
         self.w = w
         self.stats: dict = {}
+        self.variance = variance
 
     def forward(self, layer, x, record: list):
         record.append((layer, x))
+        if isinstance(layer, BatchNorm) and self.variance == "one_pass":
+            mean, var = one_pass_moments(x)
+            self.stats[layer.name] = (mean, var, x.size // x.shape[-1])
+            return R.batchnorm(x, self.w[f"{layer.name}.gamma"], self.w[f"{layer.name}.beta"], mean, var,
+                               layer.epsilon)
         return R._apply(layer, x, self.w, self.stats)
 
     def backward(self, layer, x, dy, grads):
@@ -101,7 +126,8 @@ class _Tape:
         if isinstance(layer, Conv):
             return _conv_backward(layer, x, w[f"{layer.name}.kernel"], dy, grads)
         if isinstance(layer, BatchNorm):
-            return _bn_backward(layer, x, w[f"{layer.name}.gamma"], dy, grads)
+            stats = self.stats[layer.name][:2] if self.variance == "one_pass" else None
+            return _bn_backward(layer, x, w[f"{layer.name}.gamma"], dy, grads, stats)
         if isinstance(layer, ReLU):
             return dy * (x > 0)
         if isinstance(layer, MaxPool):
@@ -148,9 +174,12 @@ class Step:
 
 
 def step(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray, labels: np.ndarray,
-         dtype=np.float64) -> Step:
+         dtype=np.float64, variance_formula: str = "two_pass") -> Step:
     """The train-mode forward pass, its loss and its backward pass (module docstring). BatchNorm
-    running statistics get no gradient; their update is the caller's, from ``Step.stats``."""
+    running statistics get no gradient; their update is the caller's, from ``Step.stats``.
+    ``variance_formula``: ``"two_pass"`` (the default, ``reference``'s ``x.var()``) or
+    ``"one_pass"`` (``one_pass_moments``, a synchronized BatchNorm's): two legitimate float32
+    peers, the same function in exact arithmetic."""
     refuse_training(spec, "backprop")
     if not (spec.include_top and spec.head()):
         raise ValueError("backprop: the loss needs a classifier head (include_top=True, pooling set)")
@@ -160,7 +189,7 @@ def step(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray
         raise ValueError(f"labels: expected {images.shape[0]} class indices in [0, {spec.num_classes}), "
                          f"got shape {labels.shape}")
     w = {k: np.asarray(v, dtype=dtype) for k, v in weights.items()}
-    tape = _Tape(w)
+    tape = _Tape(w, variance_formula)
     records: dict = {}  # the layers of one chain -> what the tape recorded along it
 
     def chain(layers, x):

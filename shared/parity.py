@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.spec import preset_spec
-
 MARGIN = 4.0
+FP32_FLOOR = 1e-6  # the least fp32 budget (fp32_budget)
 
 # Relative L2 error of the logits against float64, measured with random weights and calibrated
 # BatchNorm (docs/design.md, "Measured error budgets"). Keys: (arch, device, precision), the arch a
@@ -67,27 +66,32 @@ def top1_agreement(out: np.ndarray, ref: np.ndarray) -> tuple[int, int]:
     return int((out.argmax(-1) == ref.argmax(-1)).sum()), int(out.shape[0])
 
 
-def depth_name(depths: tuple[int, ...]) -> str | None:
-    """The torchvision-style bottleneck preset of these depths ('resnet50' for (3, 4, 6, 3)), None
-    for a custom depth. Kept for callers that only know the depths; a spec knows its own
-    ``spec.arch``."""
-    try:
-        return preset_spec("torchvision", depths=tuple(depths)).arch
-    except ValueError:
-        return None
+def fp32_budget(*peer_errors: float) -> float:
+    """The one fp32 tolerance on an error against float64: ``MARGIN`` x the largest error among
+    the legitimate float32 peers given (one peer, or several that round differently, e.g. a
+    two-pass and a one-pass BatchNorm variance: any of them is an implementation the budget
+    must admit), and never below ``FP32_FLOOR``. The floor is for peers whose arithmetic is
+    identical to the judged one's (an error of exactly 0 would give a zero budget): 1e-6 is
+    about 8 float32 ulps (2**-23 = 1.19e-7), the least any fp32 port can be held to."""
+    if not peer_errors:
+        raise ValueError("fp32_budget: needs at least one peer error")
+    worst = max(float(e) for e in peer_errors)
+    if not worst >= 0:  # NaN or negative: no budget can be derived from it
+        raise ValueError(f"fp32_budget: peer errors must be >= 0, got {peer_errors!r}")
+    return max(MARGIN * worst, FP32_FLOOR)
 
 
 def budget(peer_error: float | None = None, *, arch: str | None = None, device: str = "cpu",
-           precision: str = "fp32", depth: str | None = None) -> float:
-    """Tolerance on rel_error: MARGIN x the peer's error measured in the same run, else
-    MARGIN x the measured table entry of ``arch`` (a ``PRESETS`` name; default resnet50).
-    ``depth`` is the former name of ``arch``."""
+           precision: str = "fp32") -> float:
+    """Tolerance on rel_error: ``fp32_budget`` of the peer's error measured in the same run,
+    else of the measured table entry of ``arch`` (a ``PRESETS`` name; default resnet50), which
+    stands in for the peer."""
     if peer_error is not None:
-        return MARGIN * peer_error
-    key = (arch or depth or "resnet50", device, precision)
+        return fp32_budget(peer_error)
+    key = (arch or "resnet50", device, precision)
     if key not in MEASURED:
         raise KeyError(f"no measured budget for {key}; measure a peer in the same run")
-    return MARGIN * MEASURED[key]
+    return fp32_budget(MEASURED[key])
 
 
 @dataclass(frozen=True)

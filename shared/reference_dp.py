@@ -48,15 +48,17 @@ BN_MODES = ("global", "per_replica")
 # ----------------------------------------------------------------------------- one replica
 
 def train_step(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray,
-               labels: np.ndarray, dtype=np.float64) -> Step:
+               labels: np.ndarray, dtype=np.float64, variance_formula: str = "two_pass") -> Step:
     """Train-mode forward (batch statistics), mean cross-entropy and its analytic gradient for
     every trainable weight, on one device: ``shared.backprop.step`` on validated weights.
     ``dtype=np.float32`` runs the same arithmetic in float32: the rounding scale of any fp32
-    implementation (the peer of the budgets)."""
+    implementation (the peer of the budgets); ``variance_formula="one_pass"`` computes
+    BatchNorm's batch variance as a synchronized BatchNorm does (``backprop.one_pass_moments``),
+    another such peer."""
     if not spec.include_top:
         raise ValueError("train_step: the loss needs logits; got a spec with include_top=False")
     validate(spec, weights)
-    return _train_step(spec, weights, images, labels, dtype)
+    return _train_step(spec, weights, images, labels, dtype, variance_formula)
 
 
 # Unvalidated: the finite differences' perturbed float64 weights.
@@ -91,26 +93,28 @@ def shards(n_images: int, replicas: int) -> list[slice]:
 
 
 def replica_steps(spec: ResNetSpec, weights, images, labels, replicas: int, bn: str,
-                  dtype=np.float64) -> list[Step]:
+                  dtype=np.float64, variance_formula: str = "two_pass") -> list[Step]:
     """The single-device steps a data-parallel step is made of: one on the global batch
-    (global statistics) or one per shard (per-replica statistics)."""
+    (global statistics) or one per shard (per-replica statistics). ``variance_formula``: as
+    ``train_step``'s."""
     if bn not in BN_MODES:
         raise ValueError(f"bn: expected one of {BN_MODES}, got {bn!r}")
     parts = shards(len(images), replicas)
     if bn == "global":
-        return [train_step(spec, weights, images, labels, dtype)]
-    return [train_step(spec, weights, images[p], labels[p], dtype) for p in parts]
+        return [train_step(spec, weights, images, labels, dtype, variance_formula)]
+    return [train_step(spec, weights, images[p], labels[p], dtype, variance_formula) for p in parts]
 
 
 def dp_step(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray, labels: np.ndarray,
             replicas: int, bn: str, variance: str, lr: float = 0.1, momentum: float = 0.9,
-            dtype=np.float64, steps: list[Step] | None = None) -> DPStep:
+            dtype=np.float64, steps: list[Step] | None = None, variance_formula: str = "two_pass") -> DPStep:
     """The oracle of one data-parallel SGD step (module docstring). ``momentum`` is recorded by
     the engines; from a zero velocity it does not change the first step. ``steps``: the
     ``replica_steps`` of the same arguments, when already computed (the variance rule only
-    changes the running statistics)."""
+    changes the running statistics). ``variance_formula``: how BatchNorm's batch variance is
+    computed (``train_step``)."""
     if steps is None:
-        steps = replica_steps(spec, weights, images, labels, replicas, bn, dtype)
+        steps = replica_steps(spec, weights, images, labels, replicas, bn, dtype, variance_formula)
     grads = {k: sum(s.grads[k] for s in steps) / len(steps) for k in steps[0].grads}
     loss = float(np.mean([s.loss for s in steps]))
     running = [running_update(spec, weights, s.stats, variance) for s in steps]

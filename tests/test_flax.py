@@ -449,7 +449,7 @@ def test_gpu_resnet50_224_against_float64(precision, gpu_case):
     with jax.default_matmul_precision("highest" if precision == "fp32" else "default"):
         out = rf.predict(model, images)
     err = parity.rel_error(out, ref)
-    budget = parity.budget(depth="resnet50", device="gpu", precision="fp32")
+    budget = parity.budget(arch="resnet50", device="gpu", precision="fp32")
     if precision != "fp32":  # judged against the reference with this precision's rounding emulated
         assert err > budget  # it really ran at low precision
         ref, budget = low_precision_oracle(spec, weights, images, precision)

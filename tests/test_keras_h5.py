@@ -341,7 +341,7 @@ def test_keras_file_gives_keras_logits_in_every_framework(tmp_path):
     images = reference.random_images(spec, batch=2, size=64, seed=4)
     expected = reference.forward(spec, weights, images)
     peer = parity.rel_error(keras.ops.convert_to_numpy(app(images, training=False)), expected)
-    assert peer <= parity.budget(depth="resnet50"), f"keras.applications itself is off: {peer:.2e}"
+    assert peer <= parity.budget(arch="resnet50"), f"keras.applications itself is off: {peer:.2e}"
     tolerance = parity.budget(peer)
 
     model = resnet_keras.build(spec)

@@ -538,10 +538,10 @@ def test_gpu_precision_against_reference(precision, gpu_case, tf32_flags):
         out = rt.predict(model, images)
     err = rel_error(out, ref)
     if precision == "fp32":
-        tol = budget(depth="resnet50", device="gpu", precision=precision)
+        tol = budget(arch="resnet50", device="gpu", precision=precision)
     else:  # judged against the reference with this precision's rounding emulated (shared.tools.check)
         ref, tol = low_precision_oracle(gpu_case[2], gpu_case[3], gpu_case[4], precision)
-        assert err > budget(depth="resnet50", device="gpu", precision="fp32")  # it really ran at low precision
+        assert err > budget(arch="resnet50", device="gpu", precision="fp32")  # it really ran at low precision
         err = rel_error(out, ref)
     print(f"resnet50 224x224 batch 16 {precision} on {torch.cuda.get_device_name()}: rel {err:.2e}, budget {tol:.2e}")
     assert err <= tol < 0.5

@@ -34,7 +34,7 @@ from shared.tools import check_fast
 from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS, PRECISIONS, VARIANCE, installed
 from shared.tools.jobs import Job, environment, launch, random_labels, read_result, stage
 
-FP32_FLOOR = 1e-6  # a peer error of exactly 0 (identical arithmetic) would give a zero budget
+fp32_budget = parity.fp32_budget  # the one fp32 budget rule (MARGIN x the peer, floor parity.FP32_FLOOR)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,10 +105,6 @@ LOW_PRECISION_CAP = 0.5  # no budget at or above this: it could not tell logits 
 # legitimate roundings lie from each other (frameworks also round conv biases, BatchNorm
 # outputs and residual sums at places of their own; measured on CPU: up to 1.5x).
 LOW_PRECISION_MARGIN = 2.0
-
-
-def fp32_budget(peer_error: float) -> float:
-    return parity.MARGIN * max(peer_error, FP32_FLOOR / parity.MARGIN)
 
 
 def low_precision_oracle(spec, weights, images, precision: str, hooks=(None, None)) -> tuple[np.ndarray, float]:

@@ -151,11 +151,9 @@ class Verdict:
 
 
 def _fp32_rule(spec, weights, images) -> tuple[np.ndarray, float]:
-    from shared.tools.check import fp32_budget
-
     ref = reference.forward(spec, weights, images)
     peer = reference.forward(spec, weights, images, dtype=np.float32)
-    return ref, fp32_budget(parity.rel_error(peer, ref))
+    return ref, parity.fp32_budget(parity.rel_error(peer, ref))
 
 
 def eval_mutants(spec: ResNetSpec) -> list[str]:
