@@ -11,15 +11,8 @@ from shared import checkpoint, interop, parity, reference, spec as S, weights as
 def test_every_preset_has_a_cpu_fp32_budget():
     for arch in S.ARCHS:
         assert (arch, "cpu", "fp32") in parity.MEASURED and 0 < parity.budget(arch=arch) < 2e-3, arch
-    assert parity.budget(depth="resnet101") == parity.budget(arch="resnet101")  # the former keyword
     with pytest.raises(KeyError, match=r"no measured budget for \('resnet18', 'gpu', 'fp32'\)"):
         parity.budget(arch="resnet18", device="gpu")
-
-
-def test_depth_name_still_names_the_bottleneck_presets():
-    assert [parity.depth_name(d) for d in ((3, 4, 6, 3), (3, 4, 23, 3), (3, 8, 36, 3))] == [
-        "resnet50", "resnet101", "resnet152"]
-    assert parity.depth_name((2, 2, 2, 2)) is None and parity.depth_name(()) is None
 
 
 def _peer_error(arch):
@@ -74,3 +67,53 @@ def test_a_checkpoint_of_another_block_kind_is_refused_naming_it(tmp_path):
         "groups: checkpoint 32, model 1", "width_per_group: checkpoint 4, model 64"]
     assert "pool_pad_value: checkpoint 0.0, model -inf" in checkpoint.differences(
         S.preset("resnet50", style="keras"), S.preset("resnet50v2"))
+
+
+# ----------------------------------------------------------------------------- the published tables
+
+def _table(path, header_start):
+    """The rows (as lists of cells, backticks stripped) of the markdown table starting with header_start."""
+    text = path.read_text()
+    lines = text[text.index(header_start):].split("\n\n", 1)[0].splitlines()
+    return [[c.strip().strip("`") for c in line.split("|")[1:-1]] for line in lines[2:]]
+
+
+def _runs():
+    import json
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "docs" / "results" / "architectures-cpu"
+    return {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
+
+
+def test_readme_architectures_table_matches_the_spec_and_the_runs():
+    """Each README row: the published parameter count (the spec reproduces it, tests/test_spec.py
+    holds the publishers' figures) and the worst rel against float64 with its budget, taken from
+    docs/results/architectures-cpu/ARCH.json."""
+    from pathlib import Path
+
+    rows = _table(Path(__file__).resolve().parents[1] / "README.md", "| architecture | peer |")
+    runs = _runs()
+    assert [row[0] for row in rows] == list(S.ARCHS) and set(runs) == set(S.ARCHS)
+    for arch, peer, params, agreement in rows:
+        spec = S.preset(arch)
+        assert peer.startswith("keras.applications" if spec.block == "preact" else "torchvision"), arch
+        assert int(params.replace(",", "")) == spec.num_params(include_bn_statistics=spec.block == "preact"), arch
+        run = runs[arch]
+        assert run["ok"] and S.ResNetSpec.from_dict(run["config"]["spec"]) == spec, arch
+        worst = max(row["rel"] for row in run["rows"])
+        assert agreement == f"rel 0.0; {worst:.2e} ({run['config']['budget']:.2e})", arch
+
+
+def test_results_architectures_table_matches_the_runs():
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "results" / "architectures-cpu.md"
+    rows = _table(page, "| architecture | constructor |")
+    runs = _runs()
+    assert len(rows) == len(runs)
+    for row in rows:
+        run = runs[row[0].split(" ")[0]]
+        rel = {r["target"]: r["rel"] for r in run["rows"]}
+        assert row[5:9] == [f"{rel[t]:.2e}" for t in ("torch", "keras[tensorflow]", "flax", "onnx")], row[0]
+        assert row[9] == f"{run['config']['budget']:.2e}", row[0]

@@ -1,26 +1,38 @@
-"""Every fenced Python block of the README runs, in order, in one namespace, in a temporary
-folder, so an example can never drift from the code. The two published checkpoints the examples
-name are served by a local mirror (generated files of the same architecture, registered under
-the same names with their sha256): no test reaches the internet. Keras runs them on the backend a
-reader gets by default (the whole suite's pass); the per-backend reruns leave this test out."""
+"""The README and the docs pages as a reader meets them.
 
+Every fenced Python block of the README, and of the docs pages that carry examples, runs in
+order, one namespace per page, in a temporary folder, so an example can never drift from the
+code. The two published checkpoints the examples name are served by a local mirror (generated
+files of the same architecture, registered under the same names with their sha256): no test
+reaches the internet. Keras runs them on the backend a reader gets by default (the whole
+suite's pass); the per-backend reruns leave this test out.
+
+The figures the README claims are checked against the JSON of the runs in ``docs/results/``
+(never read from prose as a truth), and every relative link of the README and of ``docs/``
+points at a file that exists."""
+
+import collections
 import hashlib
+import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from shared import hub, interop, spec as S, weights as W
+from shared import hub, interop, keras_h5, mutants, parity, spec as S, weights as W
 from local_server import serving
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+RESULTS = ROOT / "docs" / "results"
+PAGES = [ROOT / "docs" / name for name in ("usage.md", "formats.md", "fold-onnx.md")]  # the pages with examples
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 MIRRORED = {"torchvision/resnet50.IMAGENET1K_V2": "pth", "keras/resnet50.imagenet": "h5"}
 
 
-def blocks() -> list[str]:
-    return BLOCK.findall(README.read_text())
+def blocks(path: Path = README) -> list[str]:
+    return BLOCK.findall(path.read_text())
 
 
 def _published_like(name: str, fmt: str, folder: Path) -> Path:
@@ -34,30 +46,173 @@ def _published_like(name: str, fmt: str, folder: Path) -> Path:
         torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path)
     else:
         spec = S.resnet50("keras")
-        interop.to_keras_applications_h5(spec, W.init(spec, seed=2), path)
+        keras_h5.to_keras_applications_h5(spec, W.init(spec, seed=2), path)
     return path
 
 
-@pytest.mark.slow  # skipped by the development run (README); CI runs it
-def test_readme_python_examples_run(tmp_path, monkeypatch):
-    for module in ("torch", "torchvision", "keras", "flax"):
-        pytest.importorskip(module)
-    assert len(blocks()) >= 3
+@pytest.fixture
+def mirror(tmp_path, monkeypatch):
+    """The two hub names served locally, a fresh cache, a photo named cat.jpg, cwd = tmp_path."""
+    from PIL import Image
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv(hub.ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(hub, "_REGISTRY", dict(hub._REGISTRY))
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(tmp_path / "cat.jpg")
     with serving() as (url, files, hits):
         for name, fmt in MIRRORED.items():
             path = f"/{name}/{hub.entry(name).filename}"
             files[path] = _published_like(name, fmt, tmp_path).read_bytes()
             hub.register(name, url + path, hashlib.sha256(files[path]).hexdigest(), fmt, replace=True)
-        namespace: dict = {}
-        for i, code in enumerate(blocks(), 1):
-            exec(compile(code, f"README.md, python block {i}", "exec"), namespace)
+        yield hits
+
+
+def _run(path: Path) -> list[dict]:
+    """The namespace after each block (shallow copies; the blocks share one namespace)."""
+    namespace: dict = {}
+    after = []
+    for i, code in enumerate(blocks(path), 1):
+        exec(compile(code, f"{path.relative_to(ROOT)}, python block {i}", "exec"), namespace)
+        after.append(dict(namespace))
+    return after
+
+
+def _need_every_framework():
+    for module in ("torch", "torchvision", "keras", "flax", "PIL"):
+        pytest.importorskip(module)
+
+
+@pytest.mark.slow  # skipped by the development run (README); CI runs it
+def test_readme_python_examples_run(mirror):
+    _need_every_framework()
+    assert len(blocks()) == 4  # three quickstarts (one per framework), then the shared contract
+    torch_ns, *_, ns = _run(README)
     # What the comments claim.
-    assert namespace["logits"].shape == (2, 1000) and namespace["logits"].dtype == np.float32
-    assert list(namespace["feats"]) == ["stem", "stage1", "stage2", "stage3", "stage4"]
-    assert all(v.dtype == np.float32 and v.ndim == 4 for v in namespace["feats"].values())
-    assert namespace["spec"] == S.preset("resnext50_32x4d") and set(namespace["weights"]) == set(S.preset("resnext50_32x4d").param_shapes())
-    assert len(namespace["backbone"].outputs) == 5
-    assert sorted(hits) == sorted(f"/{n}/{hub.entry(n).filename}" for n in MIRRORED)  # each fetched once, then cached
+    import keras
+    import torch
+    from flax import nnx
+
+    import jax
+
+    assert isinstance(torch_ns["model"], torch.nn.Module) and not torch_ns["model"].training
+    assert isinstance(ns["kmodel"], keras.Model) and isinstance(ns["fmodel"], nnx.Module)
+    x = torch_ns["x"]
+    assert isinstance(x, torch.Tensor) and tuple(x.shape) == (1, 3, 224, 224) and x.dtype == torch.float32
+    assert isinstance(ns["kx"], np.ndarray) and ns["kx"].shape == (1, 224, 224, 3) and ns["kx"].dtype == np.float32
+    assert isinstance(ns["fx"], jax.Array) and ns["fx"].shape == (1, 224, 224, 3)
+    assert tuple(torch_ns["logits"].shape) == (1, 1000)
+    assert ns["klogits"].shape == (1, 1000) and ns["klogits"].dtype == np.float32
+    assert isinstance(ns["flogits"], jax.Array) and ns["flogits"].shape == (1, 1000)
+    assert parity.rel_error(np.asarray(ns["flogits"]), ns["klogits"]) < 1e-4  # "Keras' logits to float32 rounding"
+    (top,) = ns["resnet_torch"].decode_predictions(torch_ns["logits"], top=5)
+    assert len(top) == 5 and all(isinstance(i, int) and isinstance(n, str) and 0 <= p <= 1 for i, n, p in top)
+    assert ns["images"].shape == (2, 224, 224, 3) and ns["images"].dtype == np.float32
+    assert ns["logits"].shape == (2, 1000) and ns["logits"].dtype == np.float32
+    assert list(ns["feats"]) == ["stem", "stage1", "stage2", "stage3", "stage4"]
+    assert all(v.dtype == np.float32 and v.ndim == 4 for v in ns["feats"].values())
+    assert sorted(mirror) == sorted(f"/{n}/{hub.entry(n).filename}" for n in MIRRORED)  # each fetched once, then cached
+
+
+@pytest.mark.slow  # skipped by the development run (README); CI runs it
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_docs_python_examples_run(mirror, page):
+    _need_every_framework()
+    pytest.importorskip("onnx")
+    assert blocks(page), page
+    ns = _run(page)[-1]
+    if page.name == "usage.md":
+        assert ns["logits"].shape == (2, 1000) and ns["logits"].dtype == np.float32
+        assert list(ns["feats"]) == ["stem", "stage1", "stage2", "stage3", "stage4"]
+        assert all(v.dtype == np.float32 and v.ndim == 4 for v in ns["feats"].values())
+        assert ns["spec"] == S.preset("resnext50_32x4d")
+        assert set(ns["weights"]) == set(S.preset("resnext50_32x4d").param_shapes())
+        assert len(ns["backbone"].outputs) == 5
+    elif page.name == "formats.md":
+        import resnet_flax, resnet_keras, resnet_torch
+
+        theirs = resnet_keras.export_weights(ns["kmodel"])
+        for model, pkg in ((ns["tmodel"], resnet_torch), (ns["fmodel"], resnet_flax)):
+            ours = pkg.export_weights(model)
+            assert set(ours) == set(theirs) and all(np.array_equal(ours[k], theirs[k]) for k in ours)  # bit-identical
+    else:
+        assert ns["fspec"].folded and ns["fspec"] == ns["spec"].replace(folded=True)
+        assert Path("r50.onnx").stat().st_size > 0
+
+
+# ----------------------------------------------------------------------------- figures vs JSON
+
+def _mutant_tables(*kinds: str) -> list[dict]:
+    return [json.loads((RESULTS / f"mutants-cpu-{kind}.json").read_text()) for kind in kinds]
+
+
+def test_the_pitch_counts_come_from_the_catch_tables():
+    """The README's broken-port line: caught and false-alarm counts summed over the five JSON
+    catch tables (V1 in both styles, then per block kind), each cell's outcome recomputed from
+    the spec (``Mutant.applies``), not read from the run."""
+    caught = quiet = 0
+    for table in _mutant_tables("torchvision", "keras", "basic", "resnext", "preact"):
+        spec = S.ResNetSpec.from_dict(table["spec"])
+        for c in table["cells"]:
+            applies = mutants.CATALOGUE[c["mutant"]].applies(spec, c["mode"], c["precision"])
+            assert c["outcome"] == ("caught" if applies else "passes"), c
+            caught += applies
+            quiet += not applies
+        assert all(c["status"] == "pass" for c in table["baseline"])
+        quiet += len(table["baseline"])
+    line = next(l for l in README.read_text().splitlines() if "broken-port runs caught" in l)
+    m = re.search(r"(\d+) of (\d+) broken-port runs caught.* 0 false alarms in (\d+) runs", line)
+    assert m, line
+    assert (int(m[1]), int(m[2]), int(m[3])) == (caught, caught, quiet)
+
+
+def _architecture_runs() -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted((RESULTS / "architectures-cpu").glob("*.json"))}
+
+
+def test_the_pitch_architecture_line_comes_from_the_runs():
+    runs = _architecture_runs()
+    assert set(runs) == set(S.ARCHS) and all(r["ok"] for r in runs.values())
+    targets = {tuple(row["target"].split("[")[0] for row in r["rows"]) for r in runs.values()}
+    assert targets == {("torch", "keras", "flax", "onnx")}
+    worst = max(row["rel"] / r["config"]["peer_fp32_error"] for r in runs.values() for row in r["rows"])
+    line = next(l for l in README.read_text().splitlines() if "architectures x 4 targets" in l)
+    m = re.search(r"(\d+) architectures x 4 targets .* the worst at ([\d.]+)x the float32 peer's error", line)
+    assert m, line
+    assert int(m[1]) == len(runs) and float(m[2]) == round(worst, 1)
+
+
+# ----------------------------------------------------------------------------- links and the index
+
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+def _docs() -> list[Path]:
+    return [README, *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def test_every_relative_link_resolves():
+    broken = []
+    for page in _docs():
+        for target in LINK.findall(page.read_text()):
+            if "://" not in target and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not broken, broken
+
+
+def test_the_readme_is_short_and_holds_no_dated_result():
+    text = README.read_text()
+    assert len(text.splitlines()) < 250
+    assert not re.search(r"\b20\d\d-\d\d-\d\d\b", text), "a dated result belongs in docs/results/"
+
+
+def test_the_results_index_names_every_result_page_and_file():
+    index = (RESULTS / "README.md").read_text()
+    linked = {(RESULTS / t).resolve() for t in LINK.findall(index)}
+    for page in RESULTS.glob("*.md"):
+        if page.name != "README.md" and not page.name.startswith("bench-"):  # bench-*.md: the tool's own tables
+            assert page.resolve() in linked, page.name
+    for data in [*RESULTS.glob("*.json"), *(p for p in RESULTS.iterdir() if p.is_dir())]:
+        assert data.resolve() in linked, data.name
+    rows = [line for line in index.splitlines() if line.startswith("| 20")]
+    assert rows and all(re.match(r"\| \d{4}-\d\d-\d\d \| [^|]+ \| [^|]+ \| .*\]\(", row) for row in rows)

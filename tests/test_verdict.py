@@ -251,16 +251,16 @@ def test_a_check_without_a_limit_is_not_judged_and_fails(monkeypatch):
 
 @pytest.mark.parametrize("kind", ["basic", "resnext", "preact"])
 def test_published_catch_table_of_each_block_kind(kind):
-    """docs/mutants-cpu-{kind}.json (README, "Broken ports, caught"): all five targets in every
-    mode and precision; each cell caught exactly where the spec says the port applies (recomputed
-    here from the spec, not read from the run), passing elsewhere; every unbroken run passes; and
-    the README's row for each port counts the same."""
+    """docs/results/mutants-cpu-{kind}.json: all five targets in every mode and precision; each
+    cell caught exactly where the spec says the port applies (recomputed here from the spec, not
+    read from the run), passing elsewhere; every unbroken run passes; and the table of
+    docs/results/mutants-cpu.md ("Per block kind"), checked against this JSON, counts the same."""
     import collections
     import json
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    table = json.loads((root / "docs" / f"mutants-cpu-{kind}.json").read_text())
+    table = json.loads((root / "docs" / "results" / f"mutants-cpu-{kind}.json").read_text())
     spec = S.ResNetSpec.from_dict(table["spec"])
     assert spec.block == {"resnext": "bottleneck"}.get(kind, kind) and (spec.groups > 1) == (kind == "resnext")
     assert table["targets"] == ["torch", "keras[tensorflow]", "keras[jax]", "keras[torch]", "flax"]
@@ -273,12 +273,47 @@ def test_published_catch_table_of_each_block_kind(kind):
         assert c["outcome"] == ("caught" if applies else "passes"), c
         counts[c["mutant"]][c["outcome"]] += 1
     assert set(counts) == set(mutants.CATALOGUE) and all(sum(n.values()) == len(runs) for n in counts.values())
-    readme = (root / "README.md").read_text()
-    header = next(line for line in readme.splitlines() if line.startswith("| broken port | basic ("))
+    page = (root / "docs" / "results" / "mutants-cpu.md").read_text()
+    header = next(line for line in page.splitlines() if line.startswith("| broken port | basic ("))
     rows = [[cell.strip().strip("`") for cell in line.split("|")[1:-1]]
-            for line in readme[readme.index(header):].split("\n\n", 1)[0].splitlines()]
+            for line in page[page.index(header):].split("\n\n", 1)[0].splitlines()]
     column = next(i for i, cell in enumerate(rows[0]) if cell.startswith(kind + " ("))
     rows = {row[0]: row[column] for row in rows[2:]}  # past the header and its rule
     assert rows["unbroken port (must pass)"] == f"passes {len(runs)}"
     for name, n in counts.items():
         assert rows[name] == ", ".join(f"{o} {k}" for o, k in sorted(n.items())), name
+
+
+def test_published_catch_table_of_the_v1_catalogue():
+    """docs/results/mutants-cpu-{torchvision,keras}.json, the V1 catalogue in both styles: each
+    cell's outcome recomputed from the spec, every unbroken run passing, and the first table of
+    docs/results/mutants-cpu.md, checked against the two JSON files, counts the same per target."""
+    import collections
+    import json
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parents[1] / "docs" / "results"
+    counts = collections.defaultdict(collections.Counter)  # (port, target) -> outcomes
+    for style in ("torchvision", "keras"):
+        table = json.loads((results / f"mutants-cpu-{style}.json").read_text())
+        spec = S.ResNetSpec.from_dict(table["spec"])
+        assert spec.style == style and spec.block == "bottleneck"
+        for c in table["cells"]:
+            applies = mutants.CATALOGUE[c["mutant"]].applies(spec, c["mode"], c["precision"])
+            assert c["outcome"] == ("caught" if applies else "passes"), c
+            counts[c["mutant"], c["target"]][c["outcome"]] += 1
+        for c in table["baseline"]:
+            assert c["status"] == "pass", c
+            counts["unbroken port (must pass)", c["target"]]["passes"] += 1
+    page = (results / "mutants-cpu.md").read_text()
+    start = page.index("| broken port | applies in |")
+    lines = page[start:].split("\n\n", 1)[0].splitlines()
+    header = [cell.strip() for cell in lines[0].split("|")[1:-1]]
+    seen = set()
+    for line in lines[2:]:
+        cells = [cell.strip() for cell in line.split("|")[1:-1]]
+        port = cells[0].split(":")[0].strip("`")
+        for target, cell in zip(header[2:], cells[2:]):
+            assert cell == ", ".join(f"{o} {k}" for o, k in sorted(counts[port, target].items())), (port, target)
+            seen.add((port, target))
+    assert seen == set(counts)
