@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from shared import checkpoint, contract, keras_h5, parity, reference, spec as S, weights as W
-from shared.tools.check import fp32_budget
+from shared.parity import fp32_budget
 
 PACKAGES = {"torch": "resnet_torch", "keras": "resnet_keras", "flax": "resnet_flax"}
 NEEDS = {"torch": "torch", "keras": "keras", "flax": "flax"}

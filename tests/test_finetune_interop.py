@@ -12,7 +12,7 @@ import pytest
 
 from shared import parity, reference, spec as S
 from shared.tools import convert as formats  # every format, through the adapters
-from shared.tools.check import fp32_budget
+from shared.parity import fp32_budget
 from shared.tools.cli import main
 
 pytestmark = pytest.mark.keras

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from shared import parity, reference, spec as S, weights as W
 from shared.tools import adapter
 from shared.tools.adapter import installed
-from shared.tools.check import fp32_budget
+from shared.parity import fp32_budget
 from shared.fold import NothingToFold, fold_batchnorm, fold_note, kept_batchnorms
 from shared.spec import BatchNorm, Conv
 from strategies import small_specs

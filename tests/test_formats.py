@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from shared import formats, interop, spec as S
+from shared import formats, spec as S
 from shared.tools import convert
 from shared.tools.cli import main
 from shared import weights as W

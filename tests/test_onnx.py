@@ -18,7 +18,7 @@ ort = pytest.importorskip("onnxruntime")
 from shared import onnx_export, parity, reference, spec as S, weights as W  # noqa: E402
 from shared.tools import check  # noqa: E402
 from shared.tools.adapter import installed
-from shared.tools.check import fp32_budget
+from shared.parity import fp32_budget
 from shared.fold import fold_batchnorm  # noqa: E402
 from shared.onnx_export import to_onnx  # noqa: E402
 

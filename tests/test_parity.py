@@ -20,7 +20,8 @@ from hypothesis import given, settings, strategies as st
 from shared import parity, reference, spec as S
 from shared.tools import adapter
 from shared.tools.adapter import installed
-from shared.tools.check import fp32_budget
+from shared.parity import fp32_budget
+from shared.tools.check import low_precision_oracle
 from shared.spec import ResNetSpec
 from strategies import HEADS, block_specs
 

@@ -11,7 +11,6 @@ The figures the README claims are checked against the JSON of the runs in ``docs
 (never read from prose as a truth), and every relative link of the README and of ``docs/``
 points at a file that exists."""
 
-import collections
 import hashlib
 import json
 import re

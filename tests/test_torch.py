@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from shared.tools.check import fp32_budget, low_precision_oracle
+from shared.parity import fp32_budget
+from shared.tools.check import low_precision_oracle
 from hypothesis import given, settings, strategies as st
 
 from shared import interop, reference, spec as S

@@ -34,7 +34,7 @@ from shared.tools import check_fast
 from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS, PRECISIONS, VARIANCE, installed
 from shared.tools.jobs import Job, environment, launch, random_labels, read_result, stage
 
-fp32_budget = parity.fp32_budget  # the one fp32 budget rule (MARGIN x the peer, floor parity.FP32_FLOOR)
+from shared.parity import fp32_budget  # noqa: E402  (the one fp32 budget rule: MARGIN x the worst peer, floor parity.FP32_FLOOR)
 
 
 @dataclasses.dataclass(frozen=True)
