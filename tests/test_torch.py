@@ -408,7 +408,7 @@ from PIL import Image
 import resnet_torch as rt
 from shared import reference, spec as S, weights as W
 spec = S.ResNetSpec(depths=(1, 1), width=8, num_classes=5)
-weights = reference.calibrated_weights(spec, seed=1)
+weights = reference.calibrated_weights(spec, seed=1, size=32)
 W.save(weights, "w.safetensors", spec=spec)
 Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save("photo.png")
 model = rt.load_weights(rt.build(spec), "w.safetensors")
