@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import importlib
 import importlib.util
 import itertools
@@ -88,11 +89,9 @@ def framework_of(model) -> str:
 
 # ----------------------------------------------------------------------------- the architecture
 
-def canonical_order(spec: ResNetSpec) -> list[tuple[str, str, tuple[int, ...]]]:
-    """(canonical key, torchvision key, torch-layout shape) of every weight, in torchvision's
-    order (the spec's layer order; no array is made)."""
+def _entries(spec: ResNetSpec, layers) -> list[tuple[str, str, tuple[int, ...]]]:
     shapes, out = spec.param_shapes(), []
-    for layer in spec.layers():
+    for layer in layers:
         module = interop.torchvision_module(layer.name) if layer.params else ""
         for param in layer.params:
             key, shape = f"{layer.name}.{param}", shapes[f"{layer.name}.{param}"]
@@ -102,9 +101,25 @@ def canonical_order(spec: ResNetSpec) -> list[tuple[str, str, tuple[int, ...]]]:
     return out
 
 
+def canonical_order(spec: ResNetSpec, shapes=None) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(canonical key, torchvision key, torch-layout shape) of every weight, in torchvision's
+    order (the spec's layer order; no array is made). With the port's ``shapes`` (a list of
+    (name, shape)), a block's projection shortcut comes before its main path where the port
+    lists it first, as Keras does (the first arrays of the two differ in shape in every preset)."""
+    out = _entries(spec, spec.stem())
+    for block in spec.blocks():
+        out += _entries(spec, block.pre)
+        main, shortcut = _entries(spec, block.main), _entries(spec, block.shortcut)
+        first = shortcut and shapes and len(out) < len(shapes) and shapes[len(out)][1] == shortcut[0][2]
+        out += shortcut + main if first else main + shortcut
+        out += _entries(spec, block.out)
+    return out + _entries(spec, spec.head())
+
+
 def infer_spec(shapes: list[tuple[str, tuple[int, ...]]], arch: str | None = None,
-               style: str | None = None) -> ResNetSpec:
-    """The preset whose canonical weights, in torchvision's order, have the port's shapes."""
+               style: str | None = None) -> tuple[ResNetSpec, list]:
+    """The preset whose canonical weights, in torchvision's (or Keras' shortcut-first) order,
+    have the port's shapes, and that order (``canonical_order``)."""
     if not shapes or len(shapes[0][1]) != 4:
         raise VerifyError("PORT: its first parameter is no conv kernel: not a ResNet")
     channels, classes = shapes[0][1][1], shapes[-1][1][0]
@@ -116,10 +131,10 @@ def infer_spec(shapes: list[tuple[str, tuple[int, ...]]], arch: str | None = Non
             if st not in p.styles:
                 continue
             spec = preset(name, st, image_channels=channels, num_classes=classes)
-            order = canonical_order(spec)
+            order = canonical_order(spec, shapes)
             fit = next((i for i, (a, b) in enumerate(zip(shapes, order)) if a[1] != b[2]), min(len(shapes), len(order)))
             if fit == len(shapes) == len(order):
-                return spec
+                return spec, order
             if best is None or fit > best[0]:
                 best = (fit, spec, order)
     if best is None:
@@ -170,7 +185,22 @@ def _variant(names, spec, weights):
     return spec, weights
 
 
-def diagnose(logits: np.ndarray, spec: ResNetSpec, weights: dict, images: np.ndarray) -> list[dict]:
+@functools.lru_cache(maxsize=1)
+def _inputs(spec: ResNetSpec, seed: int, size: int, batch: int) -> tuple[dict, np.ndarray]:
+    """The seeded calibrated weights and images a verdict on ``spec`` uses (as ``check``)."""
+    return reference.calibrated_weights(spec, seed=seed, size=size), reference.random_images(spec, batch, size, seed + 1)
+
+
+@functools.lru_cache(maxsize=512)
+def _judged(spec: ResNetSpec, combo: tuple[str, ...], seed: int, size: int, batch: int) -> tuple[np.ndarray, float]:
+    """The float64 reference logits of ``spec`` under the mutants ``combo`` and their fp32
+    budget, kept for the next port of the same spec (a pure function of its arguments)."""
+    weights, images = _inputs(spec, seed, size, batch)
+    vspec, vweights = _variant(combo, spec, weights)
+    return _fp32_rule(vspec, vweights, images)
+
+
+def diagnose(logits: np.ndarray, spec: ResNetSpec, seed: int, size: int, batch: int) -> list[dict]:
     """Every mutant (then pair of mutants) whose float64 reference the port's logits match within
     that variant's own fp32 budget; singles first, pairs only when no single fits."""
     found = []
@@ -178,8 +208,7 @@ def diagnose(logits: np.ndarray, spec: ResNetSpec, weights: dict, images: np.nda
     for group in ([(n,) for n in names], list(itertools.combinations(names, 2))):
         for combo in group:
             try:
-                vspec, vweights = _variant(combo, spec, weights)
-                ref, limit = _fp32_rule(vspec, vweights, images)
+                ref, limit = _judged(spec, combo, seed, size, batch)
             except (ValueError, KeyError):  # a pair that does not compose on this spec
                 continue
             rel = parity.rel_error(logits, ref)
@@ -191,30 +220,38 @@ def diagnose(logits: np.ndarray, spec: ResNetSpec, weights: dict, images: np.nda
     return found
 
 
+LAYOUTS = {"torch": "NCHW", "keras": "NHWC", "flax": "NHWC", "onnx": "NCHW"}  # each framework's own
+
+
 def verify(port: str, *, arch: str | None = None, style: str | None = None, layout: str | None = None,
            size: int = 64, batch: int = 2, seed: int = 0) -> Verdict:
-    model = port if not isinstance(port, str) else load_port(port)
-    framework = framework_of(model)
-    if framework != "torch":
-        raise VerifyError(f"PORT: a {framework} model; verify judges torch.nn.Module ports in this version "
-                          "(Keras, Flax and ONNX ports: not yet)")
-    torch_adapter = adapter.load("torch")
-    shapes = torch_adapter.port_arrays(model)
-    spec = infer_spec(shapes, arch, style)
-    order = canonical_order(spec)
-    weights = reference.calibrated_weights(spec, seed=seed, size=size)
+    if isinstance(port, str) and port.endswith(".onnx"):
+        framework, model = "onnx", None
+    else:
+        model = port if not isinstance(port, str) else load_port(port)
+        framework = framework_of(model)
+    fw = adapter.load(framework)
+    if model is None:
+        model = fw.port_open(port)
+    shapes = fw.port_arrays(model)
+    spec, order = infer_spec(shapes, arch, style)
+    weights, images = _inputs(spec, seed, size, batch)
     state = interop.to_torchvision(spec, weights)
-    torch_adapter.port_load(model, [state[tv] for _, tv, _ in order])
-    images = reference.random_images(spec, batch, size, seed + 1)
-    logits = torch_adapter.port_run(model, images, layout or "NCHW")
-    ref, limit = _fp32_rule(spec, weights, images)
+    fw.port_load(model, [state[tv] for _, tv, _ in order])
+    try:
+        logits = fw.port_run(model, images, layout or LAYOUTS[framework])
+    except Exception as e:  # noqa: BLE001 (any error of the port's own code: its framework's words, one line)
+        message = " ".join(str(e).split())
+        raise VerifyError(f"PORT: its forward fails on a {batch}x{size}x{size}x{spec.image_channels} input "
+                          f"({type(e).__name__}: {message[:300]})") from None
+    ref, limit = _judged(spec, (), seed, size, batch)
     if logits.shape != ref.shape:
         raise VerifyError(f"PORT: gives logits of shape {logits.shape}, the spec {ref.shape}")
     rel = parity.rel_error(logits, ref)
     verdict = Verdict(spec, framework, {name: key for (name, _), (key, _, _) in zip(shapes, order)}, rel, limit,
                       rel <= limit)
     if not verdict.passed:
-        verdict.diagnosis = diagnose(logits, spec, weights, images)
+        verdict.diagnosis = diagnose(logits, spec, seed, size, batch)
     return verdict
 
 

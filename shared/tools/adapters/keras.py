@@ -281,3 +281,63 @@ def inject(mutant: str):
     if mutant == "bn_stats_bf16":
         return layers.override(batchnorm=_BF16StatsBatchNorm)
     return layers.override()
+
+
+# ----------------------------------------------------------------- someone else's port (verify)
+
+def _dataflow_order(model) -> list:
+    """A functional model's layers in a depth-first topological order: each branch of a fork
+    runs to its join before the other starts (Keras' own order interleaves a residual block's
+    shortcut with its main path by depth). Other models: ``model.layers``."""
+    layers = list(getattr(model, "operations", model.layers))
+    known = {id(layer) for layer in layers}
+    parents = {id(layer): [n.operation for node in getattr(layer, "_inbound_nodes", ()) for n in node.parent_nodes
+                           if id(n.operation) in known] for layer in layers}
+    if not any(parents.values()):
+        return list(model.layers)
+    children = {id(layer): [] for layer in layers}
+    for layer in layers:
+        for parent in parents[id(layer)]:
+            children[id(parent)].append(layer)
+    waiting = {id(layer): len(parents[id(layer)]) for layer in layers}
+    stack, order = [layer for layer in reversed(layers) if not parents[id(layer)]], []
+    while stack:
+        layer = stack.pop()
+        order.append(layer)
+        for child in reversed(children[id(layer)]):
+            waiting[id(child)] -= 1
+            if not waiting[id(child)]:
+                stack.append(child)
+    return order
+
+
+def _port_variables(model) -> list:
+    """Every weight of a keras.Model in dataflow order (nested models walked), each layer's in
+    its own order (Conv2D kernel, bias; BatchNormalization gamma, beta, moving_mean, moving_variance)."""
+    out = []
+    for layer in _dataflow_order(model):
+        out.extend(_port_variables(layer) if hasattr(layer, "layers") else layer.weights)
+    return out
+
+
+def _torch_layout(a: np.ndarray) -> np.ndarray:
+    """HWIO -> OIHW, (in, out) -> (out, in): the layouts ``verify`` matches shapes in."""
+    return a.transpose(3, 2, 0, 1) if a.ndim == 4 else a.T if a.ndim == 2 else a
+
+
+def port_arrays(model) -> list[tuple[str, tuple[int, ...]]]:
+    """(path, torch-layout shape) of every weight of a ``keras.Model``, in layer order."""
+    return [(v.path, _torch_layout(np.empty(v.shape, np.uint8)).shape) for v in _port_variables(model)]
+
+
+def port_load(model, arrays: list[np.ndarray]) -> None:
+    """Assign ``arrays`` (``port_arrays`` order, torch layouts) to the model's own variables."""
+    for variable, value in zip(_port_variables(model), arrays, strict=True):
+        value = np.asarray(value, np.float32)
+        variable.assign(value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T if value.ndim == 2 else value)
+
+
+def port_run(model, images_nhwc: np.ndarray, layout: str = "NHWC") -> np.ndarray:
+    """Inference-mode float32 logits of the model for NHWC numpy images, fed in ``layout``."""
+    x = np.asarray(images_nhwc, np.float32)
+    return _numpy(model(x.transpose(0, 3, 1, 2) if layout == "NCHW" else x, training=False))
