@@ -287,6 +287,29 @@ def add_export_parser(sub) -> None:
     export.set_defaults(func=cmd_export)
 
 
+def cmd_predict(args) -> int:
+    """Images -> each framework's top-k and the largest probability difference (shared.tools.predict)."""
+    from shared.tools import predict
+
+    return predict.cli(args)
+
+
+def add_predict_parser(sub) -> None:
+    from shared.tools.options import positive
+
+    predict = sub.add_parser("predict", help="classify photos in every framework: top-k side by side, and the "
+                                             "largest probability difference against its budget")
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...: anything Pillow reads)")
+    predict.add_argument("--weights", required=True, metavar="NAME|FILE",
+                         help="a shared.hub name (its preprocessing is known) or a checkpoint file (needs --style)")
+    predict.add_argument("--style", choices=S.STYLES, default=None,
+                         help="the preprocessing (and conventions of a weights-only file) instead of the name's")
+    predict.add_argument("--frameworks", type=csv_choices(FRAMEWORKS), default=list(FRAMEWORKS))
+    predict.add_argument("--top", type=positive, default=5)
+    predict.add_argument("--json", help="write every label, probability and budget to this file")
+    predict.set_defaults(func=cmd_predict)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="resnet-parity", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -357,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench.add_parser(sub)
     add_export_parser(sub)
+    add_predict_parser(sub)
     return parser
 
 
