@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
+from shared import checkpoint
 from shared.spec import ResNetSpec
 from shared.weights import WeightsError
 from resnet_flax.layers import NATIVE_PARAM
@@ -172,7 +173,6 @@ WRITERS = {"orbax": write_orbax}
 def read_checkpoint(source: str | os.PathLike, spec: ResNetSpec | None = None,
                     style: str | None = None) -> tuple[ResNetSpec, dict[str, np.ndarray]]:
     """(spec, canonical weights) of a checkpoint file or ``shared.hub`` name, in any format this
-    package reads; with ``spec`` a file that does not fit it is refused, naming the key."""
-    from shared import checkpoint, formats
-
-    return formats.read(checkpoint.resolve(source), spec=spec, style=style, readers=READERS)
+    package reads (``shared.checkpoint.read`` with this package's ``READERS``); with ``spec`` a
+    file that does not fit it is refused, naming the key."""
+    return checkpoint.read(source, spec=spec, style=style, readers=READERS)

@@ -6,12 +6,10 @@ BatchNormalization of ``model.layers`` is ``layers/batch_normalization_n/vars/{0
 is read by building the model it belongs to (``resnet_keras.build(spec)``, whose layers are, in
 keras style, keras.applications' layer for layer), checking every path's shape against that
 model (an error names the first layer that does not fit, with both shapes), loading it with
-Keras and exporting canonical weights. Without a spec, the spec is read off the file: the block
-kind (pre-activation V2 where the stem conv has a bias and the next conv none, basic where the
-first block starts with a 3x3 kernel), depths from the 3x3 kernels (one per block, two in a
-basic one; their output channels give the stage), groups and width per group from the first
-3x3 kernel, width, channels, expansion, classes, top and pooling from the shapes and the layers
-present; stride placement, epsilon and momentum from ``style`` (V2: Keras'), as for any
+Keras and exporting canonical weights. Without a spec, the file's arrays are named canonically
+by their structure (Keras numbers layers per class, not by name) and the spec is read off them by
+the one inference, ``shared.interop.spec_from_canonical``: conventions the shapes cannot show
+(stride placement, epsilon, momentum) come from ``style`` (V2: Keras'), as for any
 weights-only file. A ``.keras`` file carries its config:
 Keras rebuilds the model and every convention is read off its layers.
 
@@ -23,6 +21,7 @@ through their adapter (``resnet-parity convert``, ``check --weights``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -31,8 +30,9 @@ import h5py
 import keras
 import numpy as np
 
-from shared import keras_h5
-from shared.spec import STYLES, ResNetSpec, conventions, preset_spec
+from shared import checkpoint, keras_h5
+from shared.interop import spec_from_canonical
+from shared.spec import STYLES, ResNetSpec, conventions
 from shared.weights import WeightsError, validate
 from resnet_keras.model import build
 from resnet_keras.weights import export_weights, load_weights
@@ -85,11 +85,13 @@ def _by_class(f: h5py.File) -> dict[str, list[list[tuple[int, ...]]]]:
     return {base: [layers[i] for i in sorted(layers)] for base, layers in found.items()}
 
 
-def spec_from_weights_h5(path: str | os.PathLike, style: str | None = None) -> ResNetSpec:
-    """The spec of a ``.weights.h5`` file's ResNet, read off its shapes (module doc)."""
-    path = Path(path)
-    with _open_h5(path) as f:
-        classes = _by_class(f)
+def _canonical_shapes(path: Path, classes: dict[str, list[list[tuple[int, ...]]]]) -> dict[str, np.ndarray]:
+    """The arrays of a ``.weights.h5`` file that tell its spec, renamed to canonical keys
+    (zero-size stand-ins of their shapes, for ``interop.spec_from_canonical``). Keras numbers
+    layers per class in graph order, not by name, so the names come from the structure: the stem
+    is the first Conv2D; the 3x3 convs are the blocks' (one per bottleneck block, two per basic
+    one), a change of their output channels starts a stage; the first block's first conv follows
+    the stem; its last conv is the first later 1x1 that reads the 3x3's output."""
     convs, bns = classes.get("conv2d", []), classes.get("batch_normalization", [])
     if not convs or not bns or not convs[0] or len(convs[0][0]) != 4 or convs[0][0][0] != 7:
         raise WeightsError(f"{path}: no 7x7 stem Conv2D first (layers/conv2d): not a ResNet's weights")
@@ -97,41 +99,49 @@ def spec_from_weights_h5(path: str | os.PathLike, style: str | None = None) -> R
         raise WeightsError(f"{path}: layers other than a ResNet's ({sorted(classes)})")
     if len(convs) < 2 or not convs[1]:
         raise WeightsError(f"{path}: no convolution after the stem: not a ResNet's weights")
-    stem, first = convs[0][0], convs[1]  # first: the first block's first conv; a BN follows it
-    width, channels = stem[3], stem[2]
-    conv_bias = len(first) == 2
+    first = convs[1]
     # V2: the stem conv has a bias (no BN follows it), the blocks' first convs have none.
-    kind = "preact" if len(convs[0]) == 2 and not conv_bias else "basic" if first[0][:2] == (3, 3) else "bottleneck"
-    threes = [shapes[0] for shapes in convs[1:] if shapes and shapes[0][:2] == (3, 3)]
+    preact = len(convs[0]) == 2 and len(first) == 1
+    basic = not preact and first[0][:2] == (3, 3)
+    names = {"conv1_conv.kernel": convs[0][0], "conv2_block1_1_conv.kernel": first[0]}
+    names.update({"conv1_conv.bias": convs[0][1]} if len(convs[0]) == 2 else {})
+    names.update({"conv2_block1_1_conv.bias": first[1]} if len(first) == 2 else {})
+    names.update({"conv2_block1_preact_bn.gamma": bns[0][0]} if preact else {})
+    names["conv2_block1_1_bn.gamma"] = bns[int(preact)][0] if len(bns) > int(preact) else bns[0][0]
+    threes = [i for i, shapes in enumerate(convs) if i and shapes and shapes[0][:2] == (3, 3)]
     if not threes:
         raise WeightsError(f"{path}: no 3x3 convolutions: not a ResNet's weights")
-    per_block = 2 if kind == "basic" else 1  # 3x3 convs per block; their output channels name the stage
-    depths: list[int] = []
-    last = None
-    for kernel in threes:
-        if kernel[3] != last:
-            depths.append(0)
-            last = kernel[3]
-        depths[-1] += 1
-    if any(d % per_block for d in depths):
-        raise WeightsError(f"{path}: a stage with {depths} 3x3 convolutions: not {per_block} per block")
-    depths = [d // per_block for d in depths]
-    grouped = {}
-    if kind != "basic":  # the first 3x3 kernel: (3, 3, inner / groups, inner)
-        groups = threes[0][3] // max(threes[0][2], 1)
-        grouped = dict(groups=groups, width_per_group=threes[0][2] * 64 // width)
-    out_channels = bns[-1][0][0] if bns[-1] else 0
-    expansion = out_channels // (width * 2 ** (len(depths) - 1))
+    per_block, stage, block, last = (2 if basic else 1), 1, 0, None
+    for n, i in enumerate(threes):
+        if convs[i][0][3] != last:
+            stage, block, last = stage + 1, 0, convs[i][0][3]
+        if n % per_block == 0 or not basic:
+            block += 1
+        names[f"conv{stage}_block{block}_{2 if n % per_block or not basic else 1}_conv.kernel"] = convs[i][0]
+    if not basic:
+        inner = convs[threes[0]][0][3]
+        reads = [s[0] for s in convs[threes[0] + 1:] if s and s[0][:3] == (1, 1, inner)]
+        if not reads:
+            raise WeightsError(f"{path}: no 1x1 convolution reads the first 3x3's {inner} channels")
+        names["conv2_block1_3_conv.kernel"] = reads[0]
     dense = classes.get("dense", [])
-    include_top = bool(dense)
-    if include_top and (len(dense) != 1 or not dense[0]):
+    if dense and (len(dense) != 1 or not dense[0]):
         raise WeightsError(f"{path}: expected one Dense classifier, found {len(dense)}")
+    if dense:
+        names["predictions.kernel"] = dense[0][0]
+    return {key: np.broadcast_to(np.float32(0), shape) for key, shape in names.items()}
+
+
+def spec_from_weights_h5(path: str | os.PathLike, style: str | None = None) -> ResNetSpec:
+    """The spec of a ``.weights.h5`` file's ResNet: its arrays named canonically
+    (``_canonical_shapes``) and read by the one inference, ``interop.spec_from_canonical``;
+    the pooling of a headless file from the pooling layer it holds."""
+    path = Path(path)
+    with _open_h5(path) as f:
+        classes = _by_class(f)
+    spec = spec_from_canonical(_canonical_shapes(path, classes), style=style, source=str(path))
     pooling = "avg" if "global_average_pooling2d" in classes else "max" if "global_max_pooling2d" in classes else None
-    style = style or ("keras" if conv_bias or kind == "preact" else "torchvision")
-    return preset_spec(style, block=kind, depths=tuple(depths), width=width, expansion=max(expansion, 1),
-                       conv_bias=conv_bias, image_channels=channels,
-                       num_classes=dense[0][0][1] if include_top else 1000, include_top=include_top,
-                       pooling=pooling or ("avg" if include_top else None), **grouped)
+    return dataclasses.replace(spec, pooling=pooling or ("avg" if spec.include_top else None))
 
 
 def _fit_problems(model: keras.Model, f: h5py.File) -> list[str]:
@@ -247,7 +257,6 @@ WRITERS = {"keras-weights-h5": write_weights_h5, "keras": write_keras}
 def read_checkpoint(source: str | os.PathLike, spec: ResNetSpec | None = None,
                     style: str | None = None) -> tuple[ResNetSpec, dict[str, np.ndarray]]:
     """(spec, canonical weights) of a checkpoint file or ``shared.hub`` name, in any format this
-    package reads; with ``spec`` a file that does not fit it is refused, naming the key."""
-    from shared import checkpoint, formats
-
-    return formats.read(checkpoint.resolve(source), spec=spec, style=style, readers=READERS)
+    package reads (``shared.checkpoint.read`` with this package's ``READERS``); with ``spec`` a
+    file that does not fit it is refused, naming the key."""
+    return checkpoint.read(source, spec=spec, style=style, readers=READERS)

@@ -60,5 +60,6 @@ WRITERS = {"pth": write_pth}
 def read_checkpoint(source: str | os.PathLike, spec: ResNetSpec | None = None,
                     style: str | None = None) -> tuple[ResNetSpec, dict[str, np.ndarray]]:
     """(spec, canonical weights) of a checkpoint file or ``shared.hub`` name, in any format this
-    package reads; with ``spec`` a file that does not fit it is refused, naming the key."""
-    return formats.read(checkpoint.resolve(source), spec=spec, style=style, readers=READERS)
+    package reads (``shared.checkpoint.read`` with this package's ``READERS``); with ``spec`` a
+    file that does not fit it is refused, naming the key."""
+    return checkpoint.read(source, spec=spec, style=style, readers=READERS)

@@ -41,13 +41,15 @@ def resolve(source: str | os.PathLike) -> Path:
                             f"(shared.hub.names(): {', '.join(hub.names())})")
 
 
-def read(source: str | os.PathLike, style: str | None = None,
-         readers: formats.Readers | None = None) -> tuple[ResNetSpec, dict[str, np.ndarray]]:
-    """(spec, canonical weights) of a path or name, in any format ``shared.formats`` reads (one
-    dispatcher for the constructors, ``load_weights``, ``check --weights`` and ``convert``). The
-    spec is the one stored in the file, else read off its names and shapes, with ``style`` for
-    what shapes cannot show. ``readers``: the framework formats' readers (``shared.formats``)."""
-    return formats.read(resolve(source), style=style, readers=readers)
+def read(source: str | os.PathLike, spec: ResNetSpec | None = None, style: str | None = None,
+         readers: formats.Readers | None = None, format: str | None = None,
+         ) -> tuple[ResNetSpec, dict[str, np.ndarray]]:
+    """(spec, canonical weights) of a path or name, in any format ``shared.formats`` reads: the
+    one reading behind every package's ``read_checkpoint`` (which hands in its ``readers``, the
+    framework formats' readers). The spec is the one stored in the file, else read off its names
+    and shapes, with ``style`` for what shapes cannot show; with ``spec`` a file that does not
+    fit it is refused, naming the key; ``format`` overrides the suffix."""
+    return formats.read(resolve(source), spec=spec, style=style, format=format, readers=readers)
 
 
 def describe(spec: ResNetSpec) -> str:

@@ -39,7 +39,6 @@ OWNER = {"pth": ("resnet_torch", "torch"), "keras-weights-h5": ("resnet_keras", 
          "keras": ("resnet_keras", "keras"), "orbax": ("resnet_flax", "flax")}
 # The suffixes a checkpoint file may have (a directory is an Orbax checkpoint)
 SUFFIXES = (".safetensors", ".pth", ".pt", ".h5", ".hdf5", ".weights.h5", ".keras")
-ORBAX_MARKERS = ("_METADATA", "_CHECKPOINT_METADATA", "manifest.ocdbt")
 
 
 class FrameworkMissing(ImportError):

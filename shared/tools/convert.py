@@ -7,7 +7,6 @@ core and the framework packages never do (each reads the core's formats and its 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Iterator, Mapping
 
 import numpy as np
@@ -48,9 +47,8 @@ READERS, WRITERS = _Through("READERS"), _Through("WRITERS")
 def read(source: str | os.PathLike, spec: ResNetSpec | None = None, style: str | None = None,
          format: str | None = None) -> tuple[ResNetSpec, dict[str, np.ndarray]]:
     """(spec, canonical weights) of a checkpoint file or directory, or a ``shared.hub`` name, in
-    any format (``shared.formats.read``)."""
-    path = source if Path(source).exists() else checkpoint.resolve(source)
-    return formats.read(path, spec=spec, style=style, format=format, readers=READERS)
+    any format (``shared.checkpoint.read`` with every framework's readers)."""
+    return checkpoint.read(source, spec=spec, style=style, format=format, readers=READERS)
 
 
 def write(spec: ResNetSpec, weights: Mapping[str, np.ndarray], path: str | os.PathLike,
