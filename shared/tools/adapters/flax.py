@@ -201,3 +201,84 @@ def inject(mutant: str):
     if mutant == "bn_stats_bf16":
         return layers.override(batchnorm=_BF16StatsBatchNorm)
     return layers.override()
+
+
+# ----------------------------------------------------------------- someone else's port (verify)
+
+_WEIGHTS = {nnx.Conv: ("kernel", "bias"), nnx.BatchNorm: ("scale", "bias", "mean", "var"), nnx.Linear: ("kernel", "bias")}
+_ORDERS: dict[int, tuple] = {}  # id(model) -> (model, its layers in call order)
+
+
+@contextlib.contextmanager
+def _recording(calls: list):
+    """Every call of an nnx Conv, BatchNorm or Linear appends the module to ``calls``."""
+    originals = {cls: cls.__call__ for cls in _WEIGHTS}
+
+    def recorder(cls):
+        def call(self, *args, **kwargs):
+            calls.append(self)
+            return originals[cls](self, *args, **kwargs)
+        return call
+
+    try:
+        for cls in _WEIGHTS:
+            cls.__call__ = recorder(cls)
+        yield
+    finally:
+        for cls, original in originals.items():
+            cls.__call__ = original
+
+
+def _call_order(model) -> list[tuple[str, nnx.Module]]:
+    """(path, layer) of each Conv, BatchNorm and Linear in the order a forward first calls it
+    (an nnx graph lists attributes alphabetically: no order of the port's own). The input's
+    channels are the first that traces among the convs' input widths."""
+    if id(model) not in _ORDERS:
+        paths = {id(node): ".".join(map(str, path)) for path, node in nnx.iter_graph(model)
+                 if type(node) in _WEIGHTS}
+        widths = sorted({node.in_features for _, node in nnx.iter_graph(model) if isinstance(node, nnx.Conv)})
+        model.eval()
+        for channels in widths:
+            calls = []
+            try:
+                with _recording(calls):  # traced, not run: nothing computed or compiled
+                    jax.eval_shape(model, jax.ShapeDtypeStruct((1, 32, 32, channels), jnp.float32))
+                break
+            except (TypeError, ValueError):  # not the input width: the first conv refuses it
+                continue
+        seen = {}
+        for layer in calls:
+            seen.setdefault(id(layer), (paths.get(id(layer), type(layer).__name__), layer))
+        _ORDERS[id(model)] = (model, list(seen.values()))
+    return _ORDERS[id(model)][1]
+
+
+def _port_variables(model) -> list[tuple[str, nnx.Variable]]:
+    return [(f"{path}.{name}", getattr(layer, name)) for path, layer in _call_order(model)
+            for name in _WEIGHTS[type(layer)] if getattr(layer, name, None) is not None]
+
+
+def _torch_layout(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else shape[::-1] if len(shape) == 2 else shape
+
+
+def port_arrays(model) -> list[tuple[str, tuple[int, ...]]]:
+    """(path, torch-layout shape) of every weight of a ``flax.nnx.Module`` ResNet, its layers in
+    call order, each layer's in torch's (kernel, bias; BatchNorm scale, bias, mean, var)."""
+    return [(name, _torch_layout(tuple(v[...].shape))) for name, v in _port_variables(model)]
+
+
+def port_load(model, arrays: list[np.ndarray]) -> None:
+    """Set the model's own variables to ``arrays`` (``port_arrays`` order, torch layouts)."""
+    for (_, variable), value in zip(_port_variables(model), arrays, strict=True):
+        value = np.asarray(value, np.float32)
+        variable.value = jnp.asarray(value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T if value.ndim == 2
+                                     else value)
+
+
+def port_run(model, images_nhwc: np.ndarray, layout: str = "NHWC") -> np.ndarray:
+    """Eval-mode float32 logits (running statistics, full-precision matmuls) for NHWC images."""
+    x = np.asarray(images_nhwc, np.float32)
+    model.eval()
+    with jax.default_matmul_precision("highest"):
+        return np.asarray(model(jnp.asarray(x.transpose(0, 3, 1, 2) if layout == "NCHW" else x)), np.float32)

@@ -1,0 +1,71 @@
+"""A Flax NNX ResNet-50, as a user writes it after torchvision's (not built from the spec): the
+stride on the 3x3 conv, no conv biases, BatchNorm epsilon 1e-5, a 3x3/2 max pool padded by one
+pixel (Flax pads a max pool with -inf). ``resnet-parity verify tests/ports/flax_resnet.py:ResNet50``
+must pass it.
+
+``broken`` names one port bug to inject: ``eps`` (BatchNorm epsilon 1e-3), ``stride_1x1`` (the
+stride on the first 1x1 conv), ``same_padding`` (``padding='SAME'`` on the strided convs and the
+pool: flax#963), ``missing_relu`` (the first block's second ReLU left out), ``momentum`` (Flax's
+momentum 0.5 instead of 0.9: the running statistics move too fast, seen only in training)."""
+
+import jax.numpy as jnp
+from flax import nnx
+
+
+class Bottleneck(nnx.Module):
+    def __init__(self, cin, width, stride, rngs, broken=None, first=False):
+        same = broken == "same_padding" and stride == 2
+        s1, s2 = (stride, 1) if broken == "stride_1x1" else (1, stride)
+        self.conv1 = nnx.Conv(cin, width, (1, 1), strides=s1, use_bias=False, rngs=rngs)
+        self.bn1 = _bn(width, broken, rngs)
+        self.conv2 = nnx.Conv(width, width, (3, 3), strides=s2, padding="SAME" if same else ((1, 1), (1, 1)),
+                              use_bias=False, rngs=rngs)
+        self.bn2 = _bn(width, broken, rngs)
+        self.conv3 = nnx.Conv(width, 4 * width, (1, 1), use_bias=False, rngs=rngs)
+        self.bn3 = _bn(4 * width, broken, rngs)
+        self.skip_relu = broken == "missing_relu" and first
+        self.downsample = nnx.data(None)
+        if stride != 1 or cin != 4 * width:
+            self.downsample = nnx.Sequential(nnx.Conv(cin, 4 * width, (1, 1), strides=stride, use_bias=False,
+                                                      rngs=rngs), _bn(4 * width, broken, rngs))
+
+    def __call__(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        y = nnx.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        y = y if self.skip_relu else nnx.relu(y)
+        return nnx.relu(self.bn3(self.conv3(y)) + identity)
+
+
+def _bn(channels, broken, rngs):
+    return nnx.BatchNorm(channels, epsilon=1e-3 if broken == "eps" else 1e-5,
+                         momentum=0.5 if broken == "momentum" else 0.9, rngs=rngs)
+
+
+class ResNet(nnx.Module):
+    def __init__(self, depths, channels=3, classes=1000, broken=None, seed=0):
+        rngs = nnx.Rngs(seed)
+        self.same = broken == "same_padding"
+        self.conv1 = nnx.Conv(channels, 64, (7, 7), strides=2, padding="SAME" if self.same else ((3, 3), (3, 3)),
+                              use_bias=False, rngs=rngs)
+        self.bn1 = _bn(64, broken, rngs)
+        blocks, cin = [], 64
+        for stage, depth in enumerate(depths):
+            width = 64 * 2**stage
+            for i in range(depth):
+                stride = 2 if stage > 0 and i == 0 else 1
+                blocks.append(Bottleneck(cin, width, stride, rngs, broken, first=stage == 0 and i == 0))
+                cin = 4 * width
+        self.blocks = nnx.List(blocks)
+        self.fc = nnx.Linear(cin, classes, rngs=rngs)
+
+    def __call__(self, x):
+        x = nnx.relu(self.bn1(self.conv1(x)))
+        x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding="SAME" if self.same else ((1, 1), (1, 1)))
+        for block in self.blocks:
+            x = block(x)
+        return self.fc(jnp.mean(x, axis=(1, 2)))
+
+
+def ResNet50(channels=3, classes=1000, broken=None):
+    return ResNet((3, 4, 6, 3), channels, classes, broken)
