@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared import hub, interop, keras_h5, mutants, parity, spec as S, weights as W
+from shared import hub, interop, keras_h5, mutants, spec as S, weights as W
 from local_server import serving
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,34 +83,31 @@ def _need_every_framework():
 
 
 @pytest.mark.slow  # skipped by the development run (README); CI runs it
-def test_readme_python_examples_run(mirror):
+def test_readme_python_examples_run(mirror, capsys):
     _need_every_framework()
-    assert len(blocks()) == 4  # three quickstarts (one per framework), then the shared contract
-    torch_ns, *_, ns = _run(README)
-    # What the comments claim.
-    import keras
-    import torch
-    from flax import nnx
+    assert len(blocks()) == 2  # the quickstart (one loop, the same code in the three packages), then the contract
+    first, ns = _run(README)
+    # What the comments claim; the last package of the loop is Flax.
+    import ast
 
     import jax
+    from flax import nnx
 
-    assert isinstance(torch_ns["model"], torch.nn.Module) and not torch_ns["model"].training
-    assert isinstance(ns["kmodel"], keras.Model) and isinstance(ns["fmodel"], nnx.Module)
-    x = torch_ns["x"]
-    assert isinstance(x, torch.Tensor) and tuple(x.shape) == (1, 3, 224, 224) and x.dtype == torch.float32
-    assert isinstance(ns["kx"], np.ndarray) and ns["kx"].shape == (1, 224, 224, 3) and ns["kx"].dtype == np.float32
-    assert isinstance(ns["fx"], jax.Array) and ns["fx"].shape == (1, 224, 224, 3)
-    assert tuple(torch_ns["logits"].shape) == (1, 1000)
-    assert ns["klogits"].shape == (1, 1000) and ns["klogits"].dtype == np.float32
-    assert isinstance(ns["flogits"], jax.Array) and ns["flogits"].shape == (1, 1000)
-    assert parity.rel_error(np.asarray(ns["flogits"]), ns["klogits"]) < 1e-4  # "Keras' logits to float32 rounding"
-    (top,) = ns["resnet_torch"].decode_predictions(torch_ns["logits"], top=5)
-    assert len(top) == 5 and all(isinstance(i, int) and isinstance(n, str) and 0 <= p <= 1 for i, n, p in top)
+    assert isinstance(first["model"], nnx.Module)
+    assert isinstance(first["x"], jax.Array) and first["x"].shape == (1, 224, 224, 3)
+    printed = [line.split(" ", 1) for line in capsys.readouterr().out.splitlines()]
+    assert [pkg for pkg, _ in printed] == ["resnet_torch", "resnet_keras", "resnet_flax"]
+    tops = [ast.literal_eval(text)[0] for _, text in printed]
+    for top in tops:
+        assert len(top) == 5 and all(isinstance(i, int) and isinstance(n, str) and 0 <= p <= 1 for i, n, p in top)
+        assert [p for *_, p in top] == sorted((p for *_, p in top), reverse=True)
+    assert len({tuple(i for i, *_ in top) for top in tops}) == 1  # the three packages name the same five classes
     assert ns["images"].shape == (2, 224, 224, 3) and ns["images"].dtype == np.float32
     assert ns["logits"].shape == (2, 1000) and ns["logits"].dtype == np.float32
     assert list(ns["feats"]) == ["stem", "stage1", "stage2", "stage3", "stage4"]
     assert all(v.dtype == np.float32 and v.ndim == 4 for v in ns["feats"].values())
-    assert sorted(mirror) == sorted(f"/{n}/{hub.entry(n).filename}" for n in MIRRORED)  # each fetched once, then cached
+    name = "keras/resnet50.imagenet"
+    assert mirror == [f"/{name}/{hub.entry(name).filename}"]  # fetched once, then cached for the other two
 
 
 @pytest.mark.slow  # skipped by the development run (README); CI runs it
