@@ -231,9 +231,11 @@ def verify(port: str, *, arch: str | None = None, style: str | None = None, layo
         model = port if not isinstance(port, str) else load_port(port)
         framework = framework_of(model)
     fw = adapter.load(framework)
-    if model is None:
-        model = fw.port_open(port)
-    shapes = fw.port_arrays(model)
+    try:
+        model = fw.port_open(port) if model is None else model
+        shapes = fw.port_arrays(model)
+    except ValueError as e:
+        raise VerifyError(str(e)) from None
     spec, order = infer_spec(shapes, arch, style)
     weights, images = _inputs(spec, seed, size, batch)
     state = interop.to_torchvision(spec, weights)

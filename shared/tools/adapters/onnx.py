@@ -81,3 +81,86 @@ def run_bench(job: Job, spec, weights) -> Step:
                 "intra_op_num_threads": options.intra_op_num_threads or "default",
                 "providers": sess.get_providers()}
     return Step(lambda: sess.run(["output"], {"images": x}), lambda out: out, "cpu", settings)
+
+
+# ----------------------------------------------------------------- someone else's port (verify)
+
+# The weight inputs of each op, by input index (Conv W, B; BatchNormalization scale, B, mean, var; Gemm B, C).
+_SLOTS = {"Conv": ("weight", "bias"), "BatchNormalization": ("scale", "bias", "mean", "var"),
+          "Gemm": ("weight", "bias")}
+
+
+def port_open(path: str):
+    """The ModelProto of an ONNX file, read once into memory (the file is never written)."""
+    import onnx
+
+    try:
+        return onnx.load(path)
+    except FileNotFoundError:
+        raise ValueError(f"PORT: no such file {path}") from None
+    except Exception as e:  # noqa: BLE001 (protobuf's DecodeError and onnx's own: one line)
+        raise ValueError(f"PORT: {path} is no ONNX model ({type(e).__name__}: {e})") from None
+
+
+def _slots(model) -> list[tuple[object, int, str, bool]]:
+    """(node, input index, name, transposed) of every weight input, in graph order. A weight is
+    an initializer, directly or through Identity nodes (the torch exporter shares equal tensors
+    that way); transposed: a (in, out) matrix (Gemm without transB)."""
+    graph = model.graph
+    initializers = {i.name for i in graph.initializer}
+    source = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity"}
+
+    def weight(name):
+        while name in source:
+            name = source[name]
+        return name in initializers
+
+    if not any(n.op_type == "BatchNormalization" for n in graph.node) and any(
+            n.op_type == "Conv" and len(n.input) > 2 for n in graph.node):
+        raise ValueError("PORT: the ONNX model has no BatchNormalization node: its BatchNorms were folded into "
+                         "the convs at export (verify needs them: export in eval mode with do_constant_folding=False)")
+    out = []
+    for node in graph.node:
+        for index, role in enumerate(_SLOTS.get(node.op_type, ()), start=1):
+            if index < len(node.input) and node.input[index] and weight(node.input[index]):
+                trans = node.op_type == "Gemm" and not any(a.name == "transB" and a.i for a in node.attribute)
+                out.append((node, index, f"{node.name or node.op_type}.{role}", trans and role == "weight"))
+    return out
+
+
+def _value(model, name: str) -> np.ndarray:
+    from onnx import numpy_helper
+
+    source = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Identity"}
+    while name in source:
+        name = source[name]
+    return numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == name))
+
+
+def port_arrays(model) -> list[tuple[str, tuple[int, ...]]]:
+    """(node.role, torch-layout shape) of every weight input of an ONNX model, in graph order."""
+    return [(name, tuple(_value(model, node.input[i]).shape[::-1] if trans else _value(model, node.input[i]).shape))
+            for node, i, name, trans in _slots(model)]
+
+
+def port_load(model, arrays: list[np.ndarray]) -> None:
+    """Give every weight input its own initializer holding ``arrays`` (torch layouts), in memory."""
+    from onnx import numpy_helper
+
+    for k, ((node, i, _, trans), value) in enumerate(zip(_slots(model), arrays, strict=True)):
+        value = np.ascontiguousarray(np.asarray(value, np.float32).T if trans else value, dtype=np.float32)
+        model.graph.initializer.append(numpy_helper.from_array(value, f"resnet_parity_verify/{k}"))
+        node.input[i] = f"resnet_parity_verify/{k}"
+
+
+def port_run(model, images_nhwc: np.ndarray, layout: str = "NCHW") -> np.ndarray:
+    """The first output of the model in an onnxruntime CPU session, for NHWC images fed in ``layout``."""
+    import onnxruntime as ort
+
+    initializers = {i.name for i in model.graph.initializer}
+    feed = next(i.name for i in model.graph.input if i.name not in initializers)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # the initializers port_load replaced are unused: no warning per one
+    sess = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    x = _nchw(images_nhwc) if layout == "NCHW" else np.ascontiguousarray(images_nhwc, np.float32)
+    return sess.run(None, {feed: x})[0]
