@@ -1,0 +1,188 @@
+"""The emulated int8 oracle: the float64 reference with fake quantization (quantize, then
+dequantize) at the points where a QDQ int8 model of the spec quantizes (docs/int8-bf16.md).
+
+The points are those of onnxruntime's static quantization of the spec's ONNX model with the
+recipe ``shared.tools.adapters.onnx_int8`` asks for (QDQ, ops Conv, Gemm, Relu, MaxPool; the
+logits kept float): the input of every conv and dense layer, the output of every conv (after
+its ReLU where one follows: the runtime fuses it) and of a max pool whose input is quantized
+(at its input's scale: exact). Everything else (the
+residual add, the ReLU after it, a kept BatchNorm, the global pool) stays float. How each
+point is quantized:
+
+- Activations: ``q = clip(round_half_even(x / scale) + zero_point)``, uint8 or int8, with the
+  scale and zero point calibration gave the model; they are data, read from the model by the
+  adapter and handed in as ``{tensor: (scale, zero_point, dtype)}`` (tensor = spec layer name,
+  or ``"images"``).
+- Weights: a function of the weights, computed here: symmetric int8 per output channel,
+  ``scale = max|w| / 127``, zero point 0.
+- Biases: int32 at scale ``input scale x weight scale`` (``bias="int32"``, onnxruntime's QDQ
+  rule), or added in float before the output is rounded (``bias="float"``, PyTorch's fbgemm
+  x86 rule): the two legitimate placements whose distance is the budget (``oracle``).
+
+No framework is imported: numpy only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from shared import parity, reference
+from shared.spec import BatchNorm, Conv, Dense, GlobalPool, MaxPool, ReLU, ResNetSpec
+
+RANGES = {"uint8": (0, 255), "int8": (-128, 127)}
+WEIGHT_QMAX = 127  # symmetric int8 weights: [-127, 127]
+BIAS_PLACEMENTS = ("int32", "float")
+# An int8 run may lie this many times as far from the emulated oracle as the two legitimate
+# bias placements lie from each other (measured on CPU, docs/int8-bf16.md).
+MARGIN = 2.0
+CAP = 0.5  # as for bf16: no budget at or above this could tell logits from noise
+
+Params = Mapping[str, tuple[float, int, str]]
+
+
+def quantize(x: np.ndarray, scale: float, zero_point: int, dtype: str) -> np.ndarray:
+    """``x`` quantized to ``dtype`` (round half to even, saturating), as integers held in
+    ``x``'s float dtype, computed in that dtype."""
+    lo, hi = RANGES[dtype]
+    return np.clip(np.rint(x / np.asarray(scale, x.dtype)) + zero_point, lo, hi)
+
+
+def weight_scales(kernel: np.ndarray) -> np.ndarray:
+    """One float32 scale per output channel (the last axis: HWIO kernels, (in, out) dense
+    kernels): the symmetric range ``[-max|w|, max|w|]`` over 254 steps, in float32 as the
+    quantizer computes it; a channel of zeros gets scale 1."""
+    k = np.asarray(kernel, np.float32)
+    absmax = np.abs(k.reshape(-1, k.shape[-1])).max(axis=0)
+    return np.where(absmax > 0, (absmax + absmax) / np.float32(2 * WEIGHT_QMAX), np.float32(1))
+
+
+def weight_ints(kernel: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """The int8 values of ``kernel`` at per-channel ``scales`` (float32 division, half to even)."""
+    q = np.rint(np.asarray(kernel, np.float32) / scales)
+    return np.clip(q, -WEIGHT_QMAX, WEIGHT_QMAX).astype(np.int8)
+
+
+def forward(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray, params: Params,
+            dtype=np.float64, given: Mapping[str, np.ndarray] | None = None,
+            record: dict | None = None) -> np.ndarray:
+    """The int8 model's logits, emulated: ``spec`` is the network the model was quantized from
+    (BatchNorm folded), ``params`` its activation scales and zero points, ``dtype`` the
+    arithmetic between the quantization points. ``record`` gets each point's integers
+    (NHWC); with ``given`` (the model's own integers, tensor -> NHWC array), each point is
+    computed from the model's integers of the points before it ("teacher forcing": a rounding
+    that differs is judged where it happens and never propagates). A point ``params`` lacks
+    raises ValueError naming it."""
+    reference.check_images(spec, images)
+    w = {k: np.asarray(v, dtype) for k, v in weights.items()}
+
+    def quantized(x, name):
+        if name not in params:
+            raise ValueError(f"int8 oracle: the model has no quantization for tensor {name!r}, a point the "
+                             "recipe quantizes (a conv or dense input, a conv or max pool output)")
+        scale, zero_point, kind = params[name]
+        q = quantize(x, scale, zero_point, kind)
+        if record is not None and name not in record:
+            record[name] = q
+        if given is not None:
+            q = np.asarray(given[name], dtype)
+        return (q - zero_point) * np.asarray(scale, dtype)
+
+    def layer_out(layer, x, name):
+        if isinstance(layer, (Conv, Dense)):
+            x = quantized(x, name)
+            s_w = weight_scales(weights[f"{layer.name}.kernel"])
+            kernel = weight_ints(weights[f"{layer.name}.kernel"], s_w) * s_w.astype(dtype)
+            b = weights.get(f"{layer.name}.bias")
+            if b is not None:  # int32 at the scale input x weight (float32, as the model stores it)
+                step = np.float32(params[name][0]) * s_w
+                b = np.rint(np.asarray(b, np.float32) / step).astype(dtype) * step.astype(dtype)
+            if isinstance(layer, Dense):
+                return x @ kernel + b
+            return reference.conv(x, kernel, layer.stride, layer.padding, b, layer.groups)
+        if isinstance(layer, BatchNorm):
+            p = [w[f"{layer.name}.{k}"] for k in ("gamma", "beta", "mean", "var")]
+            return reference.batchnorm(x, *p, layer.epsilon)
+        if isinstance(layer, ReLU):
+            return np.maximum(x, 0.0)
+        if isinstance(layer, MaxPool):
+            return reference.maxpool(x, layer.size, layer.stride, layer.padding, layer.pad_value)
+        if isinstance(layer, GlobalPool):
+            return x.mean(axis=(1, 2)) if layer.mode == "avg" else x.max(axis=(1, 2))
+        raise TypeError(f"int8 oracle: no rule for layer {layer!r}")
+
+    def chain(layers, t):
+        x, name = t
+        for i, layer in enumerate(layers):
+            x = layer_out(layer, x, name)
+            fused = isinstance(layer, Conv) and i + 1 < len(layers) and isinstance(layers[i + 1], ReLU)
+            after_conv = isinstance(layer, ReLU) and i and isinstance(layers[i - 1], Conv)
+            # a max pool of quantized values is quantized at its input's scale: exact either way
+            pooled = isinstance(layer, MaxPool) and layer.name in params
+            if (isinstance(layer, Conv) and not fused) or after_conv or pooled:
+                x = quantized(x, layer.name)
+            name = layer.name
+        return x, name
+
+    def add(layer, main, shortcut):  # an input the model quantizes (for a conv) reaches the add quantized
+        inputs = [quantized(x, name) if name in params else x for x, name in (main, shortcut)]
+        return inputs[0] + inputs[1], layer.name
+
+    t = chain(spec.stem(), (np.asarray(images, dtype), "images"))
+    for block in spec.blocks():
+        t = block.walk(t, chain, add)
+    return chain(spec.head(), t)[0]
+
+
+def oracle(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray,
+           params: Params) -> np.ndarray:
+    """The emulated int8 logits, free-running from the images (what the model should compute,
+    to the roundings; reported beside the verdict, not judged: one rounding that differs
+    propagates)."""
+    return forward(spec, weights, images, params)
+
+
+def judge(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray, params: Params,
+          ints: Mapping[str, np.ndarray], logits: np.ndarray) -> dict:
+    """The int8 verdict on a model's integers at every quantization point (``ints``, NHWC) and
+    its logits, each point computed from the model's own integers before it:
+
+    - every integer within 1 of the oracle's (``max_step``), and
+    - the count of integers that differ at most ``MARGIN`` x that of the float32 peer (the
+      same points computed in float32: the QDQ graph run as written, where a fused kernel
+      accumulates exactly; the peer's count is taken as at least 1, a count's resolution);
+    - the logits (a float output) within the fp32 rule of that peer (``parity.fp32_budget``).
+
+    Returns the figures, per-point counts and ``fails`` (empty: pass)."""
+    exact, peer = {}, {}
+    ref = forward(spec, weights, images, params, given=ints, record=exact)
+    peer_logits = forward(spec, weights, images, params, dtype=np.float32, given=ints, record=peer)
+    points, fails = {}, []
+    for name, q in exact.items():
+        if name not in ints:
+            fails.append(f"the model's integers at {name} are missing")
+            continue
+        diff = np.abs(np.asarray(ints[name], np.int64) - q.astype(np.int64))
+        points[name] = {"differ": int((diff > 0).sum()), "max_step": int(diff.max(initial=0)),
+                        "peer_differ": int((peer[name] != q).sum()), "size": int(q.size)}
+    differ = sum(p["differ"] for p in points.values())
+    peer_differ = sum(p["peer_differ"] for p in points.values())
+    limit = MARGIN * max(peer_differ, 1)
+    steps = [n for n, p in points.items() if p["max_step"] > 1]
+    if steps:
+        fails.append(f"{steps[0]}: integers {points[steps[0]]['max_step']} steps from the oracle's (at most 1)")
+    if differ > limit:
+        worst = max(points, key=lambda n: points[n]["differ"])
+        fails.append(f"{differ} integers differ from the oracle's > {limit:.0f} ({MARGIN:g}x the float32 peer's "
+                     f"{peer_differ}); most at {worst} ({points[worst]['differ']} of {points[worst]['size']})")
+    # where it starts: the first point off by more than one step or with more differences than its peer allows
+    first = next((n for n, p in points.items() if p["max_step"] > 1 or p["differ"] > MARGIN * max(
+        p["peer_differ"], 1)), None) if fails else None
+    logits_rel = parity.rel_error(logits, ref)
+    logits_budget = parity.fp32_budget(parity.rel_error(peer_logits, ref))
+    if logits_rel > logits_budget:
+        fails.append(f"logits rel {logits_rel:.2e} > {logits_budget:.2e} (from the model's own integers)")
+    return {"differ": differ, "peer_differ": peer_differ, "differ_limit": limit, "integers": sum(
+        p["size"] for p in points.values()), "logits_rel": logits_rel, "logits_budget": logits_budget,
+        "first_diverging": first, "points": points, "fails": fails}
