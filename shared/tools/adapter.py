@@ -30,9 +30,12 @@ from shared.tools.jobs import Job
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 NAMES = ("torch", "keras", "flax", "onnx")
+# Targets only when asked for (not in the default runs): the spec's ONNX model quantized to int8.
+QUANTIZED = ("onnx-int8",)
 KERAS_BACKENDS = ("tensorflow", "jax", "torch")
 # What each adapter needs installed, by import name (a Keras backend needs itself).
-REQUIRES = {"torch": ("torch",), "keras": ("keras",), "flax": ("jax", "flax", "optax"), "onnx": ("onnx", "onnxruntime")}
+REQUIRES = {"torch": ("torch",), "keras": ("keras",), "flax": ("jax", "flax", "optax"), "onnx": ("onnx", "onnxruntime"),
+            "onnx-int8": ("onnx", "onnxruntime")}
 # The running-variance rule each framework's BatchNorm update uses (reference.VARIANCES).
 VARIANCE = {"torch": "unbiased", "keras": "biased", "flax": "biased"}
 
@@ -86,9 +89,9 @@ class Adapter(Protocol):
 
 def load(name: str) -> Adapter:
     """The adapter module of framework ``name``, checked against ``Adapter`` (imports the framework)."""
-    if name not in NAMES:
-        raise ValueError(f"framework: expected one of {', '.join(NAMES)}, got {name!r}")
-    module = importlib.import_module(f"shared.tools.adapters.{name}")
+    if name not in NAMES + QUANTIZED:
+        raise ValueError(f"framework: expected one of {', '.join(NAMES + QUANTIZED)}, got {name!r}")
+    module = importlib.import_module(f"shared.tools.adapters.{name.replace('-', '_')}")
     missing = conformance(module)
     if missing:
         raise TypeError(f"shared.tools.adapters.{name} does not keep the Adapter interface: {'; '.join(missing)}")

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from shared import backprop, mutants, parity, reference, weights as W
+from shared import backprop, mutants, parity, quant, reference, weights as W
 from shared.spec import ResNetSpec
 from shared.tools import check_fast
-from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS, PRECISIONS, VARIANCE, installed
+from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS, PRECISIONS, QUANTIZED, VARIANCE, installed
 from shared.tools.jobs import Job, environment, launch, random_labels, read_result, stage
 
 from shared.parity import fp32_budget  # noqa: E402  (the one fp32 budget rule: MARGIN x the worst peer, floor parity.FP32_FLOOR)
@@ -231,6 +231,7 @@ def check(spec: ResNetSpec, weights: dict, *, frameworks=FRAMEWORKS, keras_backe
     rows = [Row(t.label, "not installed") for t in missing]
     run_spec, run_weights, found, note = check_fast.prepare(spec, weights, found, fold=fold, mode=mode,
                                                              device=device, precision=precision)
+    found, note = _int8_targets(found, note, mode, device, precision)
     config = dict(spec=spec.to_dict(), device=device, precision=precision, mode=mode, batch=batch,
                   size=size, seed=seed, trace=trace, overrides=overrides or {}, mutant=mutant, fold=fold, note=note)
     oracle = _oracle(spec, weights, images, labels, mode, precision, trace)
@@ -244,7 +245,8 @@ def check(spec: ResNetSpec, weights: dict, *, frameworks=FRAMEWORKS, keras_backe
             if progress:
                 progress(t.label)
             fields = {**run_spec.to_dict(), **(overrides or {}).get(t.framework, {})}
-            jobs = [_job(t, files, fields, device, p, mode, trace and p == precision, mutant, f"{t.label}-{p}")
+            traced = trace and t.framework not in QUANTIZED  # int8: judged point by point (_judge_int8)
+            jobs = [_job(t, files, fields, device, p, mode, traced and p == precision, mutant, f"{t.label}-{p}")
                     for p in dict.fromkeys((precision, "fp32"))]
             done = run_jobs(t, jobs, Path(tmp), timeout)
             results[t.label] = done[0]
@@ -252,7 +254,10 @@ def check(spec: ResNetSpec, weights: dict, *, frameworks=FRAMEWORKS, keras_backe
                 structure[t.label] = done[1]
 
     for t in found:
-        rows.append(_judge(t, results[t.label], structure.get(t.label), oracle, mode, precision, trace))
+        if t.framework in QUANTIZED:
+            rows.append(_judge_int8(t, results[t.label], run_spec, run_weights, images, oracle))
+        else:
+            rows.append(_judge(t, results[t.label], structure.get(t.label), oracle, mode, precision, trace))
 
     pairwise = {}
     judged = [r for r in rows if r.status in ("pass", "FAIL") and r.budget is not None]
@@ -426,3 +431,44 @@ def catch_table(spec: ResNetSpec, weights: dict, *, names=None, modes=("eval", "
             "combos": combos, "cells": cells, "baseline": baseline,
             "budgets": {f"{m} {p}": {"budget": o.budget, "grad_budget": o.grad_budget, "stats_budget": o.stats_budget}
                         for (m, p), o in oracles.items()}}
+
+
+# ----------------------------------------------------------------------------------- int8
+
+def _int8_targets(found: list, note: str, mode: str, device: str, precision: str) -> tuple[list, str]:
+    """int8 targets join eval-mode CPU checks at fp32 (the float arithmetic around the int8 ops)."""
+    if mode == "eval" and device == "cpu" and precision == "fp32":
+        return found, note
+    dropped = [t.label for t in found if t.framework in QUANTIZED]
+    if dropped:
+        why = f"{', '.join(dropped)} not run: int8 joins eval-mode fp32 CPU checks only, not {mode} {precision} {device}"
+        note = "; ".join(filter(None, (note, why)))
+    return [t for t in found if t.framework not in QUANTIZED], note
+
+
+def _judge_int8(t: Target, res: dict, spec: ResNetSpec, weights: dict, images: np.ndarray, oracle: Oracle) -> Row:
+    """An int8 row: the model's integers at every quantization point and its logits against
+    ``shared.quant.judge`` (each point from the model's own integers before it), with the
+    scales and zero points the worker read from the model; beside the verdict, the distance
+    and top-1 agreement with the fp32 function (the float64 reference of the unfolded network)."""
+    from shared.fold import fold_batchnorm
+    from shared.tools.adapters.onnx_int8 import read_integers, read_params
+
+    if "error" in res:
+        return Row(t.label, "error", detail=str(res["error"]))
+    folded = (spec, weights) if spec.folded else fold_batchnorm(spec, weights)
+    params = read_params(res)
+    verdict = quant.judge(*folded, images, params, read_integers(res), res["logits"])
+    emulated = quant.oracle(*folded, images, params)
+    cmp = parity.Comparison.of(res["logits"], oracle.logits)
+    summary = (f"int8: {verdict['differ']:,} of {verdict['integers']:,} integers differ from the oracle's (limit "
+               f"{verdict['differ_limit']:,.0f}: {quant.MARGIN:g}x the float32 peer's {verdict['peer_differ']:,}); "
+               f"logits rel {verdict['logits_rel']:.2e} (budget {verdict['logits_budget']:.2e}); "
+               f"top-1 with fp32 {cmp.top1[0]}/{cmp.top1[1]}")
+    row = Row(t.label, "FAIL" if verdict["fails"] else "pass", cmp.rel, cmp.max_abs, cmp.top1, None,
+              verdict["first_diverging"], "; ".join([*verdict["fails"], summary]))
+    row.extra.update({k: verdict[k] for k in ("differ", "peer_differ", "differ_limit", "integers", "logits_rel",
+                                              "logits_budget")},
+                     rel_vs_emulated=parity.rel_error(res["logits"], emulated),
+                     top1_vs_emulated=parity.top1_agreement(res["logits"], emulated), points=verdict["points"])
+    return row

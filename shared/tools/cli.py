@@ -12,7 +12,7 @@ import sys
 
 from shared import mutants, spec as S
 from shared.tools import bench
-from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS, PRECISIONS
+from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS, PRECISIONS, QUANTIZED
 from shared.tools.jobs import write_json
 from shared.tools.options import CliError, csv_choices, depths, literal
 from shared.weights import WeightsError
@@ -76,7 +76,8 @@ def print_check(report, console) -> None:
             result += f" {escape(r.detail)}"
         top1 = f"{r.top1[0]}/{r.top1[1]}" if r.top1 else "-"
         framework, _, backend = r.target.rstrip("]").partition("[")
-        cells = [framework, backend or "-", cfg["device"], cfg["precision"], _fmt(r.rel), _fmt(r.max_abs), top1]
+        precision = "int8" if r.target in QUANTIZED else cfg["precision"]
+        cells = [framework, backend or "-", cfg["device"], precision, _fmt(r.rel), _fmt(r.max_abs), top1]
         cells += ([_fmt(r.extra.get("rel_vs_emulated")), _fmt(r.budget), _fmt(r.extra.get("fp32_rel"))] if low
                   else [_fmt(r.budget)])
         if train:
@@ -260,6 +261,8 @@ def cmd_export(args) -> int:
     else:
         spec, weights = read_weights(args.source, args.style)
         what = args.source
+    if args.int8:
+        return export_int8(args, spec, weights, what)
     if args.fold and not spec.folded:
         spec, weights = fold.fold_batchnorm(spec, weights)
     try:
@@ -269,6 +272,33 @@ def cmd_export(args) -> int:
         raise CliError(str(e)) from None
     print(f"wrote {path} from {what}: {spec.style} style{', BatchNorm folded' if spec.folded else ''}, "
           f"{args.layout}, dynamic batch")
+    return 0
+
+
+def export_int8(args, spec, weights, what: str) -> int:
+    """``export --int8``: the spec's model quantized by the onnx-int8 adapter, written atomically."""
+    import numpy as np
+
+    from shared.tools.adapter import installed, load
+
+    if args.layout != "NCHW" or args.opset is not None:
+        raise CliError("--int8: the quantized model is NCHW at the default opset; drop --layout/--opset")
+    if not installed("onnx-int8"):
+        raise CliError("--int8 needs onnx and onnxruntime: pip install 'resnet-parity[onnx]'")
+    size = args.image_size or 224
+    images = None
+    if args.calibration:
+        try:
+            images = np.load(args.calibration, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise CliError(f"--calibration: cannot read {args.calibration} as a .npy array ({e})") from None
+    int8 = load("onnx-int8")
+    _, _, model = int8.build(spec, weights, size, images)
+    path = int8.write(model, args.dest)
+    source = f"{len(images)} images from {args.calibration}" if images is not None else (
+        f"{int8.CALIBRATION_IMAGES} seeded images")
+    print(f"wrote {path} from {what}: int8 QDQ (per-channel weights), BatchNorm folded, NCHW {size}x{size}, "
+          f"calibrated on {source}")
     return 0
 
 
@@ -284,6 +314,11 @@ def add_export_parser(sub) -> None:
     export.add_argument("--opset", type=int, default=None)
     export.add_argument("--image-size", type=int, default=None, help="fix height and width (default: dynamic)")
     export.add_argument("--seed", type=int, default=0)
+    export.add_argument("--int8", action="store_true",
+                        help="static int8 (onnxruntime QDQ, per-channel weights, BatchNorm folded), NCHW at "
+                             "--image-size (default 224), calibrated on --calibration or seeded images")
+    export.add_argument("--calibration", metavar="IMAGES.npy",
+                        help="with --int8: NHWC float32 images (N, size, size, C), preprocessed as the model's inputs")
     export.set_defaults(func=cmd_export)
 
 
@@ -317,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="prove the frameworks compute the same function (default job)")
     check.add_argument("--arch", choices=S.ARCHS, default=None)
     check.add_argument("--style", choices=S.STYLES, default=None)
-    check.add_argument("--frameworks", type=csv_choices(FRAMEWORKS), default=list(FRAMEWORKS))
+    check.add_argument("--frameworks", type=csv_choices(FRAMEWORKS + QUANTIZED), default=list(FRAMEWORKS),
+                       help=f"default: {','.join(FRAMEWORKS)}; {', '.join(QUANTIZED)} (int8) only when named")
     check.add_argument("--keras-backends", type=csv_choices(KERAS_BACKENDS), default=list(KERAS_BACKENDS))
     check.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     check.add_argument("--precision", choices=PRECISIONS, default="fp32")

@@ -311,3 +311,14 @@ MUTANTS = {
     "int8-zero-point": ("every activation dequantized with its zero point off by one", _zero_point),
     "int8-quantized-add": ("the residual sum quantized where the model keeps it float", _quantized_add),
 }
+
+
+def write(model, path):
+    """``model`` saved to ``path`` atomically (``shared.weights.atomic_path``); the path."""
+    import onnx
+
+    from shared.weights import atomic_path
+
+    with atomic_path(path) as tmp:
+        onnx.save_model(model, str(tmp))
+    return Path(path)
