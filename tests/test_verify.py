@@ -11,14 +11,14 @@ import pytest
 
 pytest.importorskip("torch")
 
-from shared.tools import verify as V  # noqa: E402
+from shared.tools import verify as V
 
 PORT = str(Path(__file__).parent / "ports" / "seed_resnet.py")
 
 
 def test_the_seed_articles_resnet50_passes(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "shared.tools.cli", "verify", f"{PORT}:ResNet50",
-                           "--json", str(tmp_path / "v.json")], capture_output=True, text=True)
+                           "--json", str(tmp_path / "v.json")], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "torch port of resnet50 (torchvision style)" in proc.stdout and proc.stdout.strip().endswith("pass")
     verdict = json.loads((tmp_path / "v.json").read_text())
@@ -58,3 +58,65 @@ def test_what_the_spec_cannot_express_is_refused_naming_the_parameter():
     with pytest.raises(V.VerifyError, match="is no torch.nn.Module, keras.Model or flax.nnx.Module"):
         V.verify(object())
     assert main(["verify", "no_such_file.py:ResNet50"]) == 2
+
+
+PORTS = Path(__file__).parent / "ports"
+
+
+@pytest.mark.parametrize("broken, mutant", [(None, None), ("eps", "bn_epsilon"), ("stride_3x3", "stride_on")])
+def test_a_keras_functional_resnet50_is_judged(broken, mutant):
+    """keras.applications' conventions (biased convs, the stride on the 1x1, epsilon 1.001e-5),
+    the shortcut listed before the main path: the keras style is inferred and every weight maps to
+    the canonical weight of the layer it belongs to (the port names its layers as Keras does)."""
+    pytest.importorskip("keras")
+    verdict = V.verify(f"{PORTS / 'keras_resnet.py'}:ResNet50(broken={broken!r})", size=32)
+    assert (verdict.framework, verdict.spec.arch, verdict.spec.style) == ("keras", "resnet50", "keras")
+    assert all(path.split("/")[0] == key.split(".")[0] for path, key in verdict.mapping.items())
+    if mutant is None:
+        assert verdict.passed and verdict.rel <= verdict.budget and verdict.diagnosis == []
+    else:
+        assert not verdict.passed and verdict.rel > 10 * verdict.budget
+        assert [d["mutants"] for d in verdict.diagnosis] == [[mutant]]
+
+
+@pytest.mark.parametrize("broken, mutant", [(None, None), ("same_padding", "same_padding"),
+                                            ("missing_relu", "missing_relu")])
+def test_a_flax_nnx_resnet50_is_judged(broken, mutant):
+    """An nnx graph lists attributes alphabetically and this port runs each shortcut first: the
+    mapping comes from the order a forward calls the layers."""
+    pytest.importorskip("flax")
+    verdict = V.verify(f"{PORTS / 'flax_resnet.py'}:ResNet50(broken={broken!r})", size=32)
+    assert (verdict.framework, verdict.spec.arch, verdict.spec.style) == ("flax", "resnet50", "torchvision")
+    assert verdict.mapping["conv1.kernel"] == "conv1_conv.kernel"
+    assert verdict.mapping["blocks.0.downsample.layers.0.kernel"] == "conv2_block1_0_conv.kernel"
+    assert verdict.mapping["blocks.15.bn3.var"] == "conv5_block3_3_bn.var"
+    if mutant is None:
+        assert verdict.passed and verdict.rel <= verdict.budget and verdict.diagnosis == []
+    else:
+        assert not verdict.passed and verdict.rel > 10 * verdict.budget
+        assert [d["mutants"] for d in verdict.diagnosis] == [[mutant]]
+
+
+def _export(model, path, **kwargs):
+    import torch
+
+    torch.onnx.export(model.eval(), torch.zeros(1, 3, 32, 32), str(path), dynamo=False, input_names=["images"],
+                      dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}}, **kwargs)
+    return str(path)
+
+
+def test_an_onnx_export_is_judged_and_nothing_of_it_is_written(tmp_path):
+    pytest.importorskip("onnxruntime")
+    good = _export(V.load_port(f"{PORT}:ResNet50"), tmp_path / "seed.onnx", do_constant_folding=False)
+    before = Path(good).read_bytes()
+    verdict = V.verify(good, size=32)
+    assert verdict.framework == "onnx" and verdict.passed and verdict.rel <= verdict.budget
+    assert verdict.mapping["/layer1/layer1.0/identity_downsample/identity_downsample.0/Conv.weight"] == "conv2_block1_0_conv.kernel"
+    assert Path(good).read_bytes() == before
+    broken = _export(V.load_port(f"{PORT}:ResNet50(broken='same_padding')"), tmp_path / "b.onnx",
+                     do_constant_folding=False)
+    verdict = V.verify(broken, size=32)
+    assert not verdict.passed and [d["mutants"] for d in verdict.diagnosis] == [["same_padding"]]
+    folded = _export(V.load_port(f"{PORT}:ResNet50"), tmp_path / "folded.onnx")  # the exporter's default
+    with pytest.raises(V.VerifyError, match="no BatchNormalization node: its BatchNorms were folded"):
+        V.verify(folded, size=32)
