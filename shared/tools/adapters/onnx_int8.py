@@ -128,10 +128,14 @@ def params(model) -> dict[str, tuple[float, int, str]]:
     return out
 
 
-def session(model, threads: int | None = None):
+def session(model, threads: int | None = None, fused: bool = True):
+    """An onnxruntime CPU session; ``fused=False`` runs the QDQ graph as written (no graph
+    optimisations: dequantize, float32 op, quantize)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if not fused:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -170,7 +174,7 @@ def expose_integers(model):
     return out, names
 
 
-def run_int8(spec, weights, images, calibration=None, mutant: str = "") -> dict[str, np.ndarray]:
+def run_int8(spec, weights, images, calibration=None, mutant: str = "", fused: bool = True) -> dict[str, np.ndarray]:
     """The int8 logits of ``images`` (NHWC); the model's integers at every quantization point
     (``int8/<tensor>``, NHWC) and its scales and zero points (``qscale/``, ``qzero/``,
     ``qtype/<tensor>``; ``read_params`` turns them back into a dict)."""
@@ -182,7 +186,7 @@ def run_int8(spec, weights, images, calibration=None, mutant: str = "") -> dict[
     x = np.ascontiguousarray(np.asarray(images, np.float32).transpose(0, 3, 1, 2))
     found = params(model)
     exposed, outputs = expose_integers(model)
-    sess = session(exposed)
+    sess = session(exposed, fused=fused)
     names = [o.name for o in sess.get_outputs()]
     values = dict(zip(names, sess.run(names, {onnx_export.INPUT: x})))
     out = {"logits": values[onnx_export.OUTPUT]}

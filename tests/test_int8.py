@@ -1,0 +1,149 @@
+"""int8 from the spec: onnxruntime's static QDQ quantization (shared/tools/adapters/onnx_int8.py)
+judged by the emulated int8 oracle (shared.quant): the oracle's weight integers equal the
+quantizer's to the bit; the model's integers at every quantization point within the float32
+peer's count, on every block kind and on ResNet-50 through ``check``; the unfused QDQ graph (a
+legitimate alternative) passes; four broken int8 models are caught; bad input is refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from shared import parity, quant, reference
+from shared import spec as S
+from shared.tools import check, cli
+from shared.tools.adapters import onnx_int8 as A
+
+SIZE = 32
+TINY = {"depths": (1, 1, 1, 1), "width": 16, "num_classes": 10}
+
+
+def _case(arch, size=SIZE, batch=2, **fields):
+    spec = S.preset(arch, **{**TINY, **fields})
+    weights = reference.calibrated_weights(spec, seed=3, size=size)
+    return spec, weights, reference.random_images(spec, batch, size, seed=4)
+
+
+def _verdict(spec, weights, images, **kwargs):
+    result = A.run_int8(spec, weights, images, **kwargs)
+    folded, folded_weights, _ = A.float_model(spec, weights, images.shape[1])
+    return quant.judge(folded, folded_weights, images, A.read_params(result), A.read_integers(result),
+                       result["logits"]), result
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return _case("resnet18")
+
+
+def test_the_oracle_quantizes_weights_and_biases_as_the_quantizer_does(tiny):
+    """Per-channel int8 weights and int32 biases: numpy's rule against onnxruntime's quantizer, to
+    the bit; exposing the integers leaves onnxruntime's logits equal to the bit."""
+    spec, weights, images = tiny
+    folded, fw, model = A.build(spec, weights, SIZE)
+    inits = A._initializers(model)
+    act = A.params(model)
+    inputs = {n.input[1].removesuffix("_DequantizeLinear_Output"): n.input[0].removesuffix("_DequantizeLinear_Output")
+              for n in model.graph.node if n.op_type in ("Conv", "Gemm")}
+    checked = 0
+    for layer in folded.layers():
+        if f"{layer.name}.kernel" not in fw:
+            continue
+        kernel = fw[f"{layer.name}.kernel"]
+        ints = inits[f"{layer.name}.kernel_quantized"]
+        ints = ints.transpose(2, 3, 1, 0) if ints.ndim == 4 else ints  # OIHW -> HWIO
+        scales = quant.weight_scales(kernel)
+        np.testing.assert_array_equal(quant.weight_ints(kernel, scales), ints)
+        np.testing.assert_array_equal(scales, inits[f"{layer.name}.kernel_scale"])
+        step = np.float32(act[inputs[f"{layer.name}.kernel"]][0]) * scales
+        np.testing.assert_array_equal(np.rint(fw[f"{layer.name}.bias"] / step), inits[f"{layer.name}.bias_quantized"])
+        checked += 1
+    assert checked == sum(isinstance(layer, (S.Conv, S.Dense)) for layer in folded.layers())
+    x = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    plain = A.session(model).run(["output"], {"images": x})[0]
+    assert np.array_equal(plain, A.run_int8(spec, weights, images)["logits"])
+
+
+# One architecture per block kind (basic, bottleneck, grouped bottleneck, pre-activation), two
+# blocks in the first stage so an identity shortcut is quantized too.
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "resnext50_32x4d", "resnet50v2"])
+def test_onnxruntime_int8_passes_on_every_block_kind(arch):
+    spec, weights, images = _case(arch, depths=(2, 1, 1, 1))
+    verdict, result = _verdict(spec, weights, images)
+    print(arch, {k: verdict[k] for k in ("differ", "peer_differ", "integers", "logits_rel", "logits_budget")})
+    assert verdict["fails"] == []
+    assert verdict["peer_differ"] >= verdict["differ"] / quant.MARGIN
+    # It really ran in int8: far from the fp32 function, as far as the emulated int8 model is.
+    ref = reference.forward(spec, weights, images)
+    emulated = quant.oracle(*A.float_model(spec, weights, SIZE)[:2], images, A.read_params(result))
+    assert parity.rel_error(result["logits"], ref) > 1e-3
+    assert parity.rel_error(emulated, ref) > 1e-3
+
+
+def test_the_unfused_qdq_graph_is_a_legitimate_alternative(tiny):
+    """onnxruntime with its graph optimisations off runs the QDQ graph as written (dequantize,
+    float32 conv, quantize): the other placement the budget is drawn from, and it passes."""
+    verdict, _ = _verdict(*tiny, fused=False)
+    assert verdict["fails"] == []
+
+
+@pytest.mark.parametrize("mutant", list(A.MUTANTS))
+def test_broken_int8_models_are_caught(tiny, mutant):
+    verdict, _ = _verdict(*tiny, mutant=mutant)
+    print(mutant, verdict["fails"])
+    assert verdict["fails"] and verdict["first_diverging"]
+
+
+def test_check_passes_onnx_int8_on_resnet50_and_reports_top1():
+    spec = S.resnet50()
+    weights = reference.calibrated_weights(spec, seed=0, size=64)
+    report = check.check(spec, weights, frameworks=["onnx-int8"], batch=2, size=64)
+    row, = report.rows
+    print(row.detail)
+    assert report.ok and row.status == "pass", row.detail
+    assert row.top1 is not None and "top-1 with fp32" in row.detail
+    assert row.extra["integers"] > 1_000_000 and row.extra["differ"] <= row.extra["differ_limit"]
+
+
+def test_check_leaves_int8_out_of_other_precisions_and_modes():
+    found, note = check._int8_targets([check.Target("onnx-int8"), check.Target("torch")], "", "eval", "cpu", "bf16")
+    assert [t.label for t in found] == ["torch"] and "onnx-int8 not run" in note
+    assert check._int8_targets([check.Target("onnx-int8")], "", "train", "cpu", "fp32")[0] == []
+    assert check._int8_targets([check.Target("onnx-int8")], "", "eval", "cpu", "fp32")[0]
+
+
+def test_bad_calibration_and_quantized_models_are_refused(tiny):
+    spec, weights, images = tiny
+    with pytest.raises(ValueError, match=r"calibration images: expected shape \(N, 32, 32, 3\) NHWC float32, "
+                                         r"got \(4, 16, 16, 3\)"):
+        A.build(spec, weights, SIZE, calibration=np.zeros((4, 16, 16, 3), np.float32))
+    _, _, model = A.build(spec, weights, SIZE)
+    with pytest.raises(ValueError, match="model: already quantized .*DequantizeLinear.*QuantizeLinear"):
+        A.quantize(model, np.zeros((1, 3, SIZE, SIZE), np.float32))
+    with pytest.raises(ValueError, match="mutant: expected one of int8-wrong-scale"):
+        A.build(spec, weights, SIZE, mutant="nope")
+    folded, fw, _ = A.float_model(spec, weights, SIZE)
+    params = A.params(model)
+    del params["conv1_relu"]
+    with pytest.raises(ValueError, match="no quantization for tensor 'conv1_relu'"):
+        quant.forward(folded, fw, images, params)
+
+
+def test_cli_export_int8_writes_a_model_that_runs(tmp_path, capsys):
+    spec = S.preset("resnet18")
+    calibration = reference.random_images(spec, 2, SIZE, seed=9)
+    np.save(tmp_path / "cal.npy", calibration)
+    dest = tmp_path / "r18-int8.onnx"
+    assert cli.main(["export", "resnet18", str(dest), "--int8", "--image-size", str(SIZE),
+                     "--calibration", str(tmp_path / "cal.npy")]) == 0
+    assert "int8 QDQ" in capsys.readouterr().out
+    sess = ort.InferenceSession(str(dest), providers=["CPUExecutionProvider"])
+    assert sess.run(["output"], {"images": np.zeros((1, 3, SIZE, SIZE), np.float32)})[0].shape == (1, 1000)
+    np.save(tmp_path / "bad.npy", calibration[:, :16])
+    assert cli.main(["export", "resnet18", str(tmp_path / "bad.onnx"), "--int8", "--image-size", str(SIZE),
+                     "--calibration", str(tmp_path / "bad.npy")]) == 2
+    assert "calibration images: expected shape (N, 32, 32, 3)" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npy", "cal.npy", "r18-int8.onnx"]
