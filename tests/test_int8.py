@@ -147,3 +147,26 @@ def test_cli_export_int8_writes_a_model_that_runs(tmp_path, capsys):
                      "--calibration", str(tmp_path / "bad.npy")]) == 2
     assert "calibration images: expected shape (N, 32, 32, 3)" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npy", "cal.npy", "r18-int8.onnx"]
+
+
+def test_bench_plans_int8_and_bf16_rows_only_where_the_cpu_has_them(monkeypatch):
+    from shared.tools import bench_plan
+
+    vnni_bf16 = frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"})
+    assert bench_plan.not_supported("onnx-int8", "fp32", vnni_bf16) == ""
+    assert bench_plan.not_supported("torch", "bf16", vnni_bf16) == ""
+    assert "avx512_vnni" in bench_plan.not_supported("onnx-int8", "fp32", frozenset({"avx2"}))
+    assert "emulated" in bench_plan.not_supported("torch", "bf16", frozenset({"avx2", "avx512_vnni"}))
+    assert "no bf16 conv kernel" in bench_plan.not_supported("onnx", "bf16", vnni_bf16)
+    monkeypatch.setattr(bench_plan, "cpu_flags", lambda: frozenset({"avx2"}))  # an AVX2-only CPU
+    rows = {(p.target, p.precision): p for p in bench_plan.plan(["torch", "onnx-int8"], modes=["infer"],
+                                                                 precisions=["fp32", "bf16"])}
+    assert rows["torch", "fp32"].skipped == ""
+    assert rows["torch", "bf16"].skipped.startswith("not supported here: no bf16 instructions")
+    assert rows["onnx-int8", "fp32"].skipped.startswith("not supported here: no int8 dot-product")
+    assert rows["onnx-int8", "fp32"].reference.label == "torchvision"
+    monkeypatch.setattr(bench_plan, "cpu_flags", lambda: vnni_bf16)
+    rows = {(p.target, p.precision): p for p in bench_plan.plan(["torch", "onnx-int8"], modes=["infer"],
+                                                                 precisions=["fp32", "bf16"])}
+    assert rows["onnx-int8", "fp32"].skipped == rows["torch", "bf16"].skipped == ""
+    assert rows["onnx-int8", "fp32"].ours.label == "onnxruntime-int8"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 
 from shared import spec as S
-from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS, REQUIRES, installed
+from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS, QUANTIZED, REQUIRES, installed
 
 MODES = ("infer", "train")
 
@@ -36,7 +36,8 @@ class Run:
     def label(self) -> str:
         name = {("torch", "ours"): "resnet_torch", ("torch", "reference"): "torchvision",
                 ("keras", "ours"): "resnet_keras", ("keras", "reference"): "keras.applications",
-                ("flax", "ours"): "resnet_flax", ("onnx", "ours"): "onnxruntime"}[(self.framework, self.impl)]
+                ("flax", "ours"): "resnet_flax", ("onnx", "ours"): "onnxruntime",
+                ("onnx-int8", "ours"): "onnxruntime-int8"}[(self.framework, self.impl)]
         name += "+fold" if self.fold else ""
         return f"{name}[{self.backend}]" if self.backend else name
 
@@ -80,7 +81,7 @@ def _pair(target: str, mode: str, precision: str, preset: S.Preset) -> Pair:
     (torchvision: every torchvision preset; keras.applications: ResNet50/101/152 and V2)."""
     framework, _, backend = target.partition("[")
     backend = backend.rstrip("]")
-    if framework in ("onnx", "torch"):  # the spec's ONNX model in onnxruntime, beside torchvision
+    if framework in ("onnx", "onnx-int8", "torch"):  # the spec's ONNX model in onnxruntime, beside torchvision
         style = _style(preset, "torchvision")
         ours = Run(framework, "ours", "", mode, precision, style)
         has_ref = preset.torchvision and style == "torchvision"
@@ -114,10 +115,12 @@ def plan(frameworks=FRAMEWORKS, keras_backends=KERAS_BACKENDS, modes=MODES, prec
                         pair.skipped = f"not installed: {', '.join(missing)}"
                     elif precision == "tf32" and device == "cpu":
                         pair.skipped = "skipped: tf32 is a GPU mode"
-                    elif mode == "train" and (folded or pair.ours.framework == "onnx"):
+                    elif mode == "train" and (folded or pair.ours.framework in ("onnx", *QUANTIZED)):
                         pair.skipped = "skipped: inference only"
-                    elif device == "gpu" and pair.ours.framework == "onnx":
+                    elif device == "gpu" and pair.ours.framework in ("onnx", *QUANTIZED):
                         pair.skipped = "skipped: onnxruntime runs on the CPU here"
+                    elif device == "cpu" and not_supported(pair.ours.framework, precision):
+                        pair.skipped = f"not supported here: {not_supported(pair.ours.framework, precision)}"
                     pairs.append(pair)
     return pairs
 
@@ -125,3 +128,34 @@ def plan(frameworks=FRAMEWORKS, keras_backends=KERAS_BACKENDS, modes=MODES, prec
 def unique_runs(pairs: list[Pair]) -> list[Run]:
     """The runs the pairs need, each once, in table order."""
     return list(dict.fromkeys(r for p in pairs for r in p.runs()))
+
+
+# What a CPU needs for the fast low-precision paths, by /proc/cpuinfo flag: without one, the row
+# says "not supported here" (a framework would run emulated or saturating code, never the path
+# the row names).
+VNNI = ("avx512_vnni", "avx_vnni", "amx_int8")
+BF16 = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (/proc/cpuinfo; empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return frozenset(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
+    except OSError:
+        return frozenset()
+
+
+def not_supported(framework: str, precision: str, flags: frozenset[str] | None = None) -> str:
+    """Why this CPU cannot run ``framework`` at ``precision`` as the row means it ("": it can)."""
+    flags = cpu_flags() if flags is None else flags
+    if framework in QUANTIZED and precision != "fp32":
+        return f"int8 {precision}: the arithmetic around onnxruntime's int8 ops is fp32 only"
+    if framework == "onnx" and precision != "fp32":
+        return (f"onnxruntime {precision}: ONNX Conv takes no bfloat16 (opset 17 types: float16, float, double) and "
+                "onnxruntime's CPU provider has no bf16 conv kernel")
+    if framework in QUANTIZED and not flags & set(VNNI):
+        return f"no int8 dot-product instructions on this CPU (none of {', '.join(VNNI)})"
+    if precision == "bf16" and not flags & set(BF16):
+        return f"no bf16 instructions on this CPU (none of {', '.join(BF16)}): bf16 would run emulated"
+    return ""

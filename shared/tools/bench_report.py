@@ -24,6 +24,9 @@ def machine() -> dict:
         info["cpu"] = models[0] if models else info["cpu"]
     except OSError:
         pass
+    from shared.tools.bench_plan import BF16, VNNI, cpu_flags
+
+    info["cpu_flags"] = sorted(cpu_flags() & {"avx2", "avx512f", *VNNI, *BF16})
     try:
         with open("/proc/meminfo") as f:
             total = next(line for line in f if line.startswith("MemTotal:"))

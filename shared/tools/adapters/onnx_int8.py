@@ -11,6 +11,7 @@ quantized models the int8 check must catch.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import platform
@@ -221,7 +222,7 @@ def run_bench(job: Job, spec, weights) -> Step:
     _, _, model = build(spec, weights, job.size)
     sess = session(model)
     x = np.ascontiguousarray(job.inputs(spec)[0].transpose(0, 3, 1, 2))
-    ops = sorted({n.op_type for n in sess_graph(sess, model)})
+    ops = dict(sorted(collections.Counter(n.op_type for n in sess_graph(sess, model)).items()))
     settings = {"layout": "NCHW", "static_image_size": job.size, "folded": True, "int8": "QDQ u8s8 per-channel",
                 "ops": list(OPS), "intra_op_num_threads": sess.get_session_options().intra_op_num_threads or "default",
                 "providers": sess.get_providers(), "graph_ops_after_optimisation": ops}
