@@ -27,6 +27,7 @@ import dataclasses
 import os
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -109,21 +110,28 @@ def decode(paths: list[str]) -> tuple[list, list[str]]:
 
 def run(spec: ResNetSpec, weights: dict, images: np.ndarray, frameworks, keras_backend: str,
         timeout: float = 900.0, progress=None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """({target: logits}, {target: why it gave none}): each framework in its own worker."""
+    """({target: logits}, {target: why it gave none}): each framework in a worker of its own, as
+    many at once as there are cores (each mostly imports its framework, on one core)."""
     found, missing = check.targets(frameworks, [keras_backend])
     logits, failed = {}, {t.label: "not installed" for t in missing}
     with tempfile.TemporaryDirectory(prefix="resnet-parity-predict-") as tmp:
         files = stage(Path(tmp), weights, images, np.zeros(len(images), np.int64))
-        for t in found:
-            if progress:
-                progress(t.label)
+
+        def one(t):
             job = Job("check", t.framework, spec.to_dict(), str(Path(tmp) / f"{t.framework}.npz"),
                       weights=files["weights"], images=files["images"])
             (res,) = check.run_jobs(t, [job], Path(tmp), timeout)
-            if "error" in res:
-                failed[t.label] = str(res["error"]).splitlines()[0]
-            else:
-                logits[t.label] = np.asarray(res["logits"], np.float64)
+            if progress:
+                progress(t.label)
+            return res
+
+        with ThreadPoolExecutor(max(1, min(len(found), os.cpu_count() or 1))) as pool:
+            results = list(pool.map(one, found))
+    for t, res in zip(found, results):
+        if "error" in res:
+            failed[t.label] = str(res["error"]).splitlines()[0]
+        else:
+            logits[t.label] = np.asarray(res["logits"], np.float64)
     return logits, failed
 
 
@@ -152,8 +160,9 @@ def cli(args) -> int:
         task = bar.add_task("float64 reference")
         ref = reference.forward(spec, weights, images)
         peer = reference.forward(spec, weights, images, dtype=np.float32)
+        bar.update(task, description=f"running {', '.join(args.frameworks)}")
         logits, failed = run(spec, weights, images, args.frameworks, backend,
-                             progress=lambda label: bar.update(task, description=f"running {label}"))
+                             progress=lambda label: bar.update(task, description=f"{label} done"))
     verdict = judge(logits, ref, peer)
     verdict["ok"] = verdict["ok"] and all(why == "not installed" for why in failed.values())
     tops = {label: pre.decode_predictions(z, top=args.top) for label, z in logits.items()}
@@ -174,13 +183,13 @@ def show(console, paths, tops: dict, verdict: dict, failed: dict) -> None:
         table = Table(title=escape(path))
         table.add_column("#", justify="right")
         for label in tops:
-            table.add_column(label)
+            table.add_column(escape(label))
         for k in range(len(next(iter(tops.values()))[n]) if tops else 0):
             table.add_row(str(k + 1), *[f"{escape(t[n][k][1])} {t[n][k][2]:.4f}" for t in tops.values()])
         console.print(table)
         im = verdict["images"][n]
         if len(tops) > 1:
-            where = f"{im['pair']}, {escape(pre.imagenet_classes()[im['class']])}"
+            where = escape(f"{im['pair']}, {pre.imagenet_classes()[im['class']]}")
             console.print(f"top-1 {'agree' if im['top1_agree'] else '[bold red]DIFFER[/]'}; largest probability "
                           f"difference {im['max_prob_diff']:.2e} ({where}), budget {im['prob_budget']:.2e}: "
                           f"{mark[im['prob_pass']]}")
@@ -189,9 +198,9 @@ def show(console, paths, tops: dict, verdict: dict, failed: dict) -> None:
         summary.add_column(col)
     for label, row in verdict["frameworks"].items():
         n = int(np.argmax(np.array(row["rel"]) / np.array(row["budget"])))
-        summary.add_row(label, f"{row['rel'][n]:.2e}", f"{row['budget'][n]:.2e}", mark[row["pass"]])
+        summary.add_row(escape(label), f"{row['rel'][n]:.2e}", f"{row['budget'][n]:.2e}", mark[row["pass"]])
     for label, why in failed.items():
-        summary.add_row(label, "-", "-", "[dim]not installed[/]" if why == "not installed" else
+        summary.add_row(escape(label), "-", "-", "[dim]not installed[/]" if why == "not installed" else
                         f"[red]error[/] {escape(why)}")
     console.print(summary)
     console.print("[bold green]the frameworks agree[/]" if verdict["ok"] else "[bold red]the frameworks disagree[/]")
