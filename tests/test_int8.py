@@ -170,3 +170,23 @@ def test_bench_plans_int8_and_bf16_rows_only_where_the_cpu_has_them(monkeypatch)
                                                                  precisions=["fp32", "bf16"])}
     assert rows["onnx-int8", "fp32"].skipped == rows["torch", "bf16"].skipped == ""
     assert rows["onnx-int8", "fp32"].ours.label == "onnxruntime-int8"
+
+
+def test_torch_bf16_channels_last_on_cpu_against_emulated_bf16():
+    """The benched bf16 path (resnet_torch, channels_last, CPU autocast) judged by the check's
+    emulated-bf16 rule; the same case as test_parity's contiguous one."""
+    torch = pytest.importorskip("torch")
+    from resnet_torch import build, load_weights
+
+    spec = S.preset_spec("torchvision", depths=(1, 1, 1, 1), width=16, num_classes=100)
+    weights = reference.calibrated_weights(spec, seed=1, size=64)
+    images = reference.random_images(spec, 4, 64, seed=2)
+    model = load_weights(build(spec), weights).eval().to(memory_format=torch.channels_last)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x).float().numpy()
+    emulated, budget = check.low_precision_oracle(spec, weights, images, "bf16")
+    err = parity.rel_error(out, emulated)
+    print(f"torch bf16 channels_last: vs emulated {err:.2e}, budget {budget:.2e}")
+    assert parity.rel_error(out, reference.forward(spec, weights, images)) > 1e-3  # it ran in bf16
+    assert err <= budget < 0.5
