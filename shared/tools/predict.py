@@ -165,7 +165,7 @@ def cli(args) -> int:
                              progress=lambda label: bar.update(task, description=f"{label} done"))
     verdict = judge(logits, ref, peer)
     verdict["ok"] = verdict["ok"] and all(why == "not installed" for why in failed.values())
-    tops = {label: pre.decode_predictions(z, top=args.top) for label, z in logits.items()}
+    tops = {label: pre.decode_predictions(z, top=args.top, probabilities=False) for label, z in logits.items()}
     show(console, args.images, tops, verdict, failed)
     if args.json:
         write_json(args.json, {"weights": args.weights, "preprocessing": dataclasses.asdict(p),
