@@ -326,7 +326,7 @@ def cmd_predict(args) -> int:
     """Images -> each framework's top-k and the largest probability difference (shared.tools.predict)."""
     from shared.tools import predict
 
-    return predict.cli(args)
+    return predict.cli(args, read_weights)
 
 
 def add_predict_parser(sub) -> None:

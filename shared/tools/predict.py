@@ -135,12 +135,12 @@ def run(spec: ResNetSpec, weights: dict, images: np.ndarray, frameworks, keras_b
     return logits, failed
 
 
-def cli(args) -> int:
+def cli(args, read_weights) -> int:
+    """The command; ``read_weights(weights, style)`` -> (spec, canonical weights) is the CLI's
+    one reader of ``--weights`` (``shared.tools.cli.read_weights``: a file or a hub name)."""
     from rich.console import Console
     from rich.markup import escape
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    from shared.tools.cli import read_weights
 
     console = Console(width=None if sys.stdout.isatty() else 150)
     if not args.style:
