@@ -63,13 +63,27 @@ def test_what_the_spec_cannot_express_is_refused_naming_the_parameter():
 PORTS = Path(__file__).parent / "ports"
 
 
-@pytest.mark.parametrize("broken, mutant", [(None, None), ("eps", "bn_epsilon"), ("stride_3x3", "stride_on")])
-def test_a_keras_functional_resnet50_is_judged(broken, mutant):
+def _first_out(verdict, block):
+    """--trace names ``block`` (where the bug is: the stem, the first block, the first strided
+    block) as the first out of budget, every block before it within; a correct port: none."""
+    assert len(verdict.trace) == 17  # the stem and 16 blocks
+    first = verdict.first_out_of_budget
+    assert (first and first["block"]) == block
+    before = verdict.trace[:[t["block"] for t in verdict.trace].index(block)] if block else verdict.trace
+    assert all(t["rel"] <= t["budget"] for t in before)
+    if block:
+        assert first["rel"] > 10 * first["budget"]
+
+
+@pytest.mark.parametrize("broken, mutant, block", [(None, None, None), ("eps", "bn_epsilon", "stem"),
+                                                   ("stride_3x3", "stride_on", "conv3_block1")])
+def test_a_keras_functional_resnet50_is_judged(broken, mutant, block):
     """keras.applications' conventions (biased convs, the stride on the 1x1, epsilon 1.001e-5),
     the shortcut listed before the main path: the keras style is inferred and every weight maps to
     the canonical weight of the layer it belongs to (the port names its layers as Keras does)."""
     pytest.importorskip("keras")
-    verdict = V.verify(f"{PORTS / 'keras_resnet.py'}:ResNet50(broken={broken!r})", size=32)
+    verdict = V.verify(f"{PORTS / 'keras_resnet.py'}:ResNet50(broken={broken!r})", size=32, trace_blocks=True)
+    _first_out(verdict, block)
     assert (verdict.framework, verdict.spec.arch, verdict.spec.style) == ("keras", "resnet50", "keras")
     assert all(path.split("/")[0] == key.split(".")[0] for path, key in verdict.mapping.items())
     if mutant is None:
@@ -79,13 +93,14 @@ def test_a_keras_functional_resnet50_is_judged(broken, mutant):
         assert [d["mutants"] for d in verdict.diagnosis] == [[mutant]]
 
 
-@pytest.mark.parametrize("broken, mutant", [(None, None), ("same_padding", "same_padding"),
-                                            ("missing_relu", "missing_relu")])
-def test_a_flax_nnx_resnet50_is_judged(broken, mutant):
+@pytest.mark.parametrize("broken, mutant, block", [(None, None, None), ("same_padding", "same_padding", "stem"),
+                                                   ("missing_relu", "missing_relu", "conv2_block1")])
+def test_a_flax_nnx_resnet50_is_judged(broken, mutant, block):
     """An nnx graph lists attributes alphabetically and this port runs each shortcut first: the
     mapping comes from the order a forward calls the layers."""
     pytest.importorskip("flax")
-    verdict = V.verify(f"{PORTS / 'flax_resnet.py'}:ResNet50(broken={broken!r})", size=32)
+    verdict = V.verify(f"{PORTS / 'flax_resnet.py'}:ResNet50(broken={broken!r})", size=32, trace_blocks=True)
+    _first_out(verdict, block)
     assert (verdict.framework, verdict.spec.arch, verdict.spec.style) == ("flax", "resnet50", "torchvision")
     assert verdict.mapping["conv1.kernel"] == "conv1_conv.kernel"
     assert verdict.mapping["blocks.0.downsample.layers.0.kernel"] == "conv2_block1_0_conv.kernel"
@@ -109,14 +124,16 @@ def test_an_onnx_export_is_judged_and_nothing_of_it_is_written(tmp_path):
     pytest.importorskip("onnxruntime")
     good = _export(V.load_port(f"{PORT}:ResNet50"), tmp_path / "seed.onnx", do_constant_folding=False)
     before = Path(good).read_bytes()
-    verdict = V.verify(good, size=32)
+    verdict = V.verify(good, size=32, trace_blocks=True)
+    _first_out(verdict, None)
     assert verdict.framework == "onnx" and verdict.passed and verdict.rel <= verdict.budget
     assert verdict.mapping["/layer1/layer1.0/identity_downsample/identity_downsample.0/Conv.weight"] == "conv2_block1_0_conv.kernel"
     assert Path(good).read_bytes() == before
     broken = _export(V.load_port(f"{PORT}:ResNet50(broken='same_padding')"), tmp_path / "b.onnx",
                      do_constant_folding=False)
-    verdict = V.verify(broken, size=32)
+    verdict = V.verify(broken, size=32, trace_blocks=True)
     assert not verdict.passed and [d["mutants"] for d in verdict.diagnosis] == [["same_padding"]]
+    _first_out(verdict, "stem")
     folded = _export(V.load_port(f"{PORT}:ResNet50"), tmp_path / "folded.onnx")  # the exporter's default
     with pytest.raises(V.VerifyError, match="no BatchNormalization node: its BatchNorms were folded"):
         V.verify(folded, size=32)

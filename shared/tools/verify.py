@@ -159,10 +159,16 @@ class Verdict:
     budget: float
     passed: bool
     diagnosis: list[dict] = dataclasses.field(default_factory=list)  # variants computed within budget
+    trace: list[dict] = dataclasses.field(default_factory=list)  # per block: rel, budget (--trace)
+
+    @property
+    def first_out_of_budget(self) -> dict | None:
+        return next((t for t in self.trace if not t["rel"] <= t["budget"]), None)
 
     def to_json(self) -> dict:
         return {"arch": self.spec.arch, "style": self.spec.style, "framework": self.framework, "rel": self.rel,
-                "budget": self.budget, "pass": self.passed, "mapping": self.mapping, "diagnosis": self.diagnosis}
+                "budget": self.budget, "pass": self.passed, "mapping": self.mapping, "diagnosis": self.diagnosis,
+                "trace": self.trace}
 
 
 def _fp32_rule(spec, weights, images) -> tuple[np.ndarray, float]:
@@ -185,7 +191,7 @@ def _variant(names, spec, weights):
     return spec, weights
 
 
-@functools.lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=2)
 def _inputs(spec: ResNetSpec, seed: int, size: int, batch: int) -> tuple[dict, np.ndarray]:
     """The seeded calibrated weights and images a verdict on ``spec`` uses (as ``check``)."""
     return reference.calibrated_weights(spec, seed=seed, size=size), reference.random_images(spec, batch, size, seed + 1)
@@ -195,9 +201,23 @@ def _inputs(spec: ResNetSpec, seed: int, size: int, batch: int) -> tuple[dict, n
 def _judged(spec: ResNetSpec, combo: tuple[str, ...], seed: int, size: int, batch: int) -> tuple[np.ndarray, float]:
     """The float64 reference logits of ``spec`` under the mutants ``combo`` and their fp32
     budget, kept for the next port of the same spec (a pure function of its arguments)."""
+    if not combo:
+        ref, limit, _ = _traced(spec, seed, size, batch)
+        return ref, limit
     weights, images = _inputs(spec, seed, size, batch)
     vspec, vweights = _variant(combo, spec, weights)
     return _fp32_rule(vspec, vweights, images)
+
+
+@functools.lru_cache(maxsize=8)
+def _traced(spec: ResNetSpec, seed: int, size: int, batch: int) -> tuple[np.ndarray, float, dict]:
+    """``_fp32_rule`` of the spec itself, with the float64 and float32 activations after the
+    stem, every block and the head (``reference.forward``'s hook; check --trace's)."""
+    weights, images = _inputs(spec, seed, size, batch)
+    acts: dict = {"f64": {}, "f32": {}}
+    ref = reference.forward(spec, weights, images, hook=acts["f64"].__setitem__)
+    peer = reference.forward(spec, weights, images, hook=acts["f32"].__setitem__, dtype=np.float32)
+    return ref, parity.fp32_budget(parity.rel_error(peer, ref)), acts
 
 
 def diagnose(logits: np.ndarray, spec: ResNetSpec, seed: int, size: int, batch: int) -> list[dict]:
@@ -220,11 +240,46 @@ def diagnose(logits: np.ndarray, spec: ResNetSpec, seed: int, size: int, batch: 
     return found
 
 
+def _taps(spec: ResNetSpec, order: list) -> dict[str, int]:
+    """Where each traced activation enters the port: the stem's and every block's output is the
+    input of the next block's first weighted layer (the position of its first array in
+    ``order``); the last block's is that of the head's first weighted layer (V1: the classifier,
+    after the global pool)."""
+    position = {key.rpartition(".")[0]: i for i, (key, _, _) in reversed(list(enumerate(order)))}
+    blocks = spec.blocks()
+    taps = {}
+    for name, block in zip(["stem", *(b.name for b in blocks)], blocks):
+        taps[name] = position[next(layer for layer in (*block.pre, *block.main) if layer.params).name]
+    head = next((layer for layer in spec.head() if layer.params), None)
+    if head is not None:
+        taps[blocks[-1].name] = position[head.name]
+    return taps
+
+
+def trace(fw, model, spec: ResNetSpec, order: list, layout: str, seed: int, size: int, batch: int) -> list[dict]:
+    """Each traced activation of the port against the float64 reference's, with check --trace's
+    rule (the fp32 budget of the reference's own float32 activation there), in forward order."""
+    _, images = _inputs(spec, seed, size, batch)
+    refs = _traced(spec, seed, size, batch)[2]
+    taps = _taps(spec, order)
+    got = fw.port_inputs(model, images, layout, list(taps.values()))
+    out = []
+    for (name, _), port in zip(taps.items(), got):
+        ref, peer = refs["f64"][name], refs["f32"][name]
+        if port.ndim == 2 and ref.ndim == 4:  # the classifier's input: the global pool of the last block
+            pool = np.max if spec.pooling == "max" else np.mean
+            ref, peer = pool(ref, axis=(1, 2)), pool(peer, axis=(1, 2))
+        limit = parity.fp32_budget(parity.rel_error(peer, ref))
+        rel = parity.rel_error(port, ref) if port.shape == ref.shape else float("inf")
+        out.append({"block": name, "rel": rel, "budget": limit, "shape": list(port.shape)})
+    return out
+
+
 LAYOUTS = {"torch": "NCHW", "keras": "NHWC", "flax": "NHWC", "onnx": "NCHW"}  # each framework's own
 
 
 def verify(port: str, *, arch: str | None = None, style: str | None = None, layout: str | None = None,
-           size: int = 64, batch: int = 2, seed: int = 0) -> Verdict:
+           size: int = 64, batch: int = 2, seed: int = 0, trace_blocks: bool = False) -> Verdict:
     if isinstance(port, str) and port.endswith(".onnx"):
         framework, model = "onnx", None
     else:
@@ -254,6 +309,8 @@ def verify(port: str, *, arch: str | None = None, style: str | None = None, layo
                       rel <= limit)
     if not verdict.passed:
         verdict.diagnosis = diagnose(logits, spec, seed, size, batch)
+    if trace_blocks or not (verdict.passed or verdict.diagnosis):  # no variant fits: where it diverges
+        verdict.trace = trace(fw, model, spec, order, layout or LAYOUTS[framework], seed, size, batch)
     return verdict
 
 
@@ -262,19 +319,27 @@ def report(verdict: Verdict) -> str:
     head = (f"{verdict.framework} port of {spec.arch} ({spec.style} style): logits rel {verdict.rel:.2e} "
             f"against the float64 reference, budget {verdict.budget:.2e}: ")
     if verdict.passed:
-        return head + "pass"
-    if not verdict.diagnosis:
-        return head + "FAIL; it computes no single or paired mutant of the spec: bisect with check --trace"
-    best = min(verdict.diagnosis, key=lambda d: d["rel"])
-    return head + (f"FAIL; it computes the spec with {' and '.join(best['what'])} (rel {best['rel']:.2e}): "
-                   f"fix that convention ({', '.join(best['mutants'])} in shared.mutants)")
+        line = head + "pass"
+    elif not verdict.diagnosis:
+        line = head + "FAIL; it computes no single or paired mutant of the spec"
+    else:
+        best = min(verdict.diagnosis, key=lambda d: d["rel"])
+        line = head + (f"FAIL; it computes the spec with {' and '.join(best['what'])} (rel {best['rel']:.2e}): "
+                       f"fix that convention ({', '.join(best['mutants'])} in shared.mutants)")
+    first = verdict.first_out_of_budget
+    if first:
+        line += (f"\nfirst block out of budget: {first['block']} (rel {first['rel']:.2e}, budget "
+                 f"{first['budget']:.2e}, {len(verdict.trace)} traced)")
+    elif verdict.trace:
+        line += f"\nevery traced block within budget ({len(verdict.trace)} traced)"
+    return line
 
 
 def cli(args) -> int:
     from shared.tools.jobs import write_json
 
     verdict = verify(args.port, arch=args.arch, style=args.style, layout=args.layout, size=args.size,
-                     batch=args.batch, seed=args.seed)
+                     batch=args.batch, seed=args.seed, trace_blocks=getattr(args, "trace", False))
     print(report(verdict))
     if args.json:
         write_json(args.json, verdict.to_json())

@@ -210,13 +210,16 @@ _ORDERS: dict[int, tuple] = {}  # id(model) -> (model, its layers in call order)
 
 
 @contextlib.contextmanager
-def _recording(calls: list):
-    """Every call of an nnx Conv, BatchNorm or Linear appends the module to ``calls``."""
+def _recording(calls: list, inputs: dict | None = None):
+    """Every call of an nnx Conv, BatchNorm or Linear appends the module to ``calls`` (and its
+    first input to ``inputs[id(module)]``, once)."""
     originals = {cls: cls.__call__ for cls in _WEIGHTS}
 
     def recorder(cls):
         def call(self, *args, **kwargs):
             calls.append(self)
+            if inputs is not None:
+                inputs.setdefault(id(self), args[0])
             return originals[cls](self, *args, **kwargs)
         return call
 
@@ -282,3 +285,15 @@ def port_run(model, images_nhwc: np.ndarray, layout: str = "NHWC") -> np.ndarray
     model.eval()
     with jax.default_matmul_precision("highest"):
         return np.asarray(model(jnp.asarray(x.transpose(0, 3, 1, 2) if layout == "NCHW" else x)), np.float32)
+
+
+def port_inputs(model, images_nhwc: np.ndarray, layout: str, positions: list[int]) -> list[np.ndarray]:
+    """The eval-mode input (NHWC) of the layer holding each array of ``port_arrays`` at
+    ``positions`` (recorded as the forward calls it), for ``verify --trace``."""
+    owners = [layer for path, layer in _call_order(model) for name in _WEIGHTS[type(layer)]
+              if getattr(layer, name, None) is not None]
+    inputs: dict = {}
+    with _recording([], inputs):
+        port_run(model, images_nhwc, layout)
+    out = [np.asarray(inputs[id(owners[p])], np.float32) for p in positions]
+    return [a.transpose(0, 2, 3, 1) if layout == "NCHW" and a.ndim == 4 else a for a in out]

@@ -311,13 +311,18 @@ def _dataflow_order(model) -> list:
     return order
 
 
-def _port_variables(model) -> list:
-    """Every weight of a keras.Model in dataflow order (nested models walked), each layer's in
-    its own order (Conv2D kernel, bias; BatchNormalization gamma, beta, moving_mean, moving_variance)."""
+def _port_weights(model) -> list:
+    """(layer, variable) of every weight of a keras.Model in dataflow order (nested models
+    walked), each layer's in its own order (Conv2D kernel, bias; BatchNormalization gamma, beta,
+    moving_mean, moving_variance)."""
     out = []
     for layer in _dataflow_order(model):
-        out.extend(_port_variables(layer) if hasattr(layer, "layers") else layer.weights)
+        out.extend(_port_weights(layer) if hasattr(layer, "layers") else [(layer, v) for v in layer.weights])
     return out
+
+
+def _port_variables(model) -> list:
+    return [v for _, v in _port_weights(model)]
 
 
 def _torch_layout(a: np.ndarray) -> np.ndarray:
@@ -341,3 +346,13 @@ def port_run(model, images_nhwc: np.ndarray, layout: str = "NHWC") -> np.ndarray
     """Inference-mode float32 logits of the model for NHWC numpy images, fed in ``layout``."""
     x = np.asarray(images_nhwc, np.float32)
     return _numpy(model(x.transpose(0, 3, 1, 2) if layout == "NCHW" else x, training=False))
+
+
+def port_inputs(model, images_nhwc: np.ndarray, layout: str, positions: list[int]) -> list[np.ndarray]:
+    """The inference-mode input (NHWC) of the layer holding each array of ``port_arrays`` at
+    ``positions`` (a functional model's intermediate outputs), for ``verify --trace``."""
+    layers = [_port_weights(model)[p][0] for p in positions]
+    taps = keras.Model(model.inputs[0] if len(model.inputs) == 1 else model.inputs, [layer.input for layer in layers])
+    x = np.asarray(images_nhwc, np.float32)
+    out = taps(x.transpose(0, 3, 1, 2) if layout == "NCHW" else x, training=False)
+    return [_numpy(a).transpose(0, 2, 3, 1) if layout == "NCHW" and a.ndim == 4 else _numpy(a) for a in out]

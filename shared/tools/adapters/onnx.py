@@ -164,3 +164,24 @@ def port_run(model, images_nhwc: np.ndarray, layout: str = "NCHW") -> np.ndarray
     sess = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     x = _nchw(images_nhwc) if layout == "NCHW" else np.ascontiguousarray(images_nhwc, np.float32)
     return sess.run(None, {feed: x})[0]
+
+
+def port_inputs(model, images_nhwc: np.ndarray, layout: str, positions: list[int]) -> list[np.ndarray]:
+    """The input (NHWC) of the node holding each weight of ``port_arrays`` at ``positions``
+    (made extra graph outputs of an in-memory copy), for ``verify --trace``."""
+    import onnx
+    import onnxruntime as ort
+
+    slots = _slots(model)
+    names = [slots[p][0].input[0] for p in positions]
+    traced = onnx.ModelProto()
+    traced.CopyFrom(model)
+    traced.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
+    initializers = {i.name for i in traced.graph.initializer}
+    feed = next(i.name for i in traced.graph.input if i.name not in initializers)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    sess = ort.InferenceSession(traced.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    x = _nchw(images_nhwc) if layout == "NCHW" else np.ascontiguousarray(images_nhwc, np.float32)
+    out = sess.run(names, {feed: x})
+    return [_nhwc(a) if layout == "NCHW" else a for a in out]

@@ -246,3 +246,19 @@ def port_run(module, images_nhwc: np.ndarray, layout: str = "NCHW") -> np.ndarra
     module.eval()
     with torch.no_grad():
         return module(x).float().numpy()
+
+
+def port_inputs(module, images_nhwc: np.ndarray, layout: str, positions: list[int]) -> list[np.ndarray]:
+    """The eval-mode input (NHWC) of the module holding each array of ``port_arrays`` at
+    ``positions`` (forward pre-hooks), for ``verify --trace``."""
+    names = [k for k, _ in port_arrays(module)]
+    targets = [module.get_submodule(names[p].rpartition(".")[0]) for p in positions]
+    seen: dict[int, torch.Tensor] = {}
+    hooks = [t.register_forward_pre_hook(lambda m, args, i=i: seen.setdefault(i, args[0].detach()))
+             for i, t in enumerate(targets)]
+    try:
+        port_run(module, images_nhwc, layout)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [(_nhwc(seen[i]) if layout == "NCHW" else seen[i].float().numpy()) for i in range(len(targets))]
