@@ -116,7 +116,8 @@ def test_offline_from_the_cache_in_every_framework(photos, cache, tmp_path, caps
     assert main(["predict", *images, "--weights", NAME, "--json", str(out)]) == 0
     probs, prob_budget = _oracle(spec, weights, x)
     report = json.loads(out.read_text())
-    _check_report(report, probs, prob_budget, ["torch", f"keras[{os.environ.get('KERAS_BACKEND') or 'tensorflow'}]", "flax", "onnx"])
+    keras = f"keras[{os.environ.get('KERAS_BACKEND') or 'tensorflow'}]"
+    _check_report(report, probs, prob_budget, ["torch", keras, "flax", "onnx"])
     assert report["preprocessing"]["resize"] == 232  # torchvision V2's recipe, from the name
     text = capsys.readouterr().out
     assert "rgba.png: Pillow mode RGBA, not RGB: converted to RGB (alpha dropped)" in text
@@ -174,6 +175,27 @@ def test_the_verdict_fails_broken_logits_and_passes_float32_ones(photos):
                                                        "logits": (True, True)}[caught]
         if caught == "prob":
             assert im["class"] == second and im["max_prob_diff"] > 2 * prob_budget[0]
+
+
+def test_the_command_exits_1_when_the_frameworks_disagree(photos, tmp_path, monkeypatch, capsys):
+    """The verdict end to end on logits a test hands the command (``predict.run`` replaced): the
+    float32 reference as one framework, and as another with its top two classes swapped."""
+    path, out = tmp_path / "tiny.safetensors", tmp_path / "verdict.json"
+    W.save(reference.calibrated_weights(TINY, seed=1), path, spec=TINY)
+
+    def run(spec, weights, images, frameworks, keras_backend, **_):
+        z = reference.forward(spec, weights, images, dtype=np.float32).astype(np.float64)
+        swapped = z.copy()
+        first, second = np.argsort(-z[0])[:2]
+        swapped[0, [first, second]] = swapped[0, [second, first]]
+        return {"torch": z, "onnx": swapped}, {}
+
+    monkeypatch.setattr(predict, "run", run)
+    assert main(["predict", photos["cat"], "--weights", str(path), "--style", "torchvision", "--json", str(out)]) == 1
+    report = json.loads(out.read_text())
+    assert not report["ok"] and not report["images"][0]["top1_agree"]
+    assert report["frameworks"]["torch"]["pass"] and not report["frameworks"]["onnx"]["pass"]
+    assert "DIFFER" in capsys.readouterr().out
 
 
 def test_softmax_is_half_lipschitz_and_no_better():
