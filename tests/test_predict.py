@@ -226,6 +226,7 @@ def tiny10(tmp_path):
     (["{cat}", "--weights", "{tiny10}", "--style", "torchvision"],
      "predict needs an ImageNet head of 1000 classes, the checkpoint has 10"),
     (["{cat}", "--weights", "/nowhere/w.safetensors", "--style", "keras"], "--weights: no such file /nowhere/w"),
+    (["{cat}", "--weights", NAME, "--json", "/nowhere/out.json"], "--json /nowhere/out.json: no such folder /nowhere"),
 ])
 def test_bad_input_is_refused_in_one_line(photos, tiny10, args, message, capsys):
     hub.register("test/no-recipe", f"http://127.0.0.1:{_closed_port()}/w.safetensors", "0" * 64, "safetensors")

@@ -143,6 +143,8 @@ def cli(args, read_weights) -> int:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     console = Console(width=None if sys.stdout.isatty() else 150)
+    if args.json and not Path(args.json).absolute().parent.is_dir():
+        raise CliError(f"--json {args.json}: no such folder {Path(args.json).absolute().parent}")
     if not args.style:
         recipe(args.weights, None)  # refused before anything is read or fetched
     pictures, notes = decode(args.images)
