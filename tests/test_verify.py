@@ -137,3 +137,23 @@ def test_an_onnx_export_is_judged_and_nothing_of_it_is_written(tmp_path):
     folded = _export(V.load_port(f"{PORT}:ResNet50"), tmp_path / "folded.onnx")  # the exporter's default
     with pytest.raises(V.VerifyError, match="no BatchNormalization node: its BatchNorms were folded"):
         V.verify(folded, size=32)
+
+
+def test_train_mode_judges_one_step_and_names_a_momentum_bug():
+    """torchvision's ResNet-18 (``package.module:NAME``) trained one step passes; with every
+    BatchNorm's momentum set to 0.5 it changes no logits and no gradient: only the running
+    statistics show it, the diagnosis names it, and eval mode cannot see it. 64 px: at 32 px
+    the last stage's BatchNorm normalises 2 values per channel."""
+    torchvision = pytest.importorskip("torchvision")
+    good = V.verify("torchvision.models:resnet18", size=64, mode="train")
+    assert (good.mode, good.spec.arch) == ("train", "resnet18")
+    assert good.passed and good.rel <= good.budget and good.detail == ""
+    model = torchvision.models.resnet18()
+    for module in model.modules():
+        if isinstance(module, __import__("torch").nn.BatchNorm2d):
+            module.momentum = 0.5
+    broken = V.verify(model, size=64, mode="train")
+    assert broken.rel == pytest.approx(good.rel) and broken.detail.startswith("running statistics rel")
+    assert not broken.passed and [d["mutants"] for d in broken.diagnosis] == [["bn_momentum"]]
+    assert "momentum 0.5" in V.report(broken)
+    assert V.verify(model, size=64).passed

@@ -383,15 +383,19 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check)
 
     verify = sub.add_parser("verify", help="judge anyone's ResNet port against the float64 reference and name "
-                                           "the convention it broke (torch.nn.Module ports)")
-    verify.add_argument("port", help="FILE.py:NAME or package.module:NAME, optionally NAME(k=v,...) with literals")
+                                           "the convention it broke (torch, Keras, Flax NNX, ONNX; docs/verify.md)")
+    verify.add_argument("port", help="FILE.py:NAME or package.module:NAME, optionally NAME(k=v,...) with literals; "
+                                     "or a .onnx file")
     verify.add_argument("--arch", choices=S.ARCHS, default=None, help="default: inferred from the port's shapes")
     verify.add_argument("--style", choices=S.STYLES, default=None)
-    verify.add_argument("--layout", choices=("NCHW", "NHWC"), default=None, help="default: the framework's (torch NCHW)")
+    verify.add_argument("--layout", choices=("NCHW", "NHWC"), default=None, help="default: the framework's (torch, ONNX NCHW; Keras, Flax NHWC)")
     verify.add_argument("--size", type=int, default=64)
     verify.add_argument("--batch", type=int, default=2)
     verify.add_argument("--seed", type=int, default=0)
     verify.add_argument("--json", default=None, help="write the verdict, mapping and diagnosis here")
+    verify.add_argument("--trace", action="store_true", help="name the first block out of budget")
+    verify.add_argument("--mode", choices=("eval", "train"), default="eval",
+                        help="train (torch ports): batch-statistics logits, running statistics, gradients")
     verify.set_defaults(func=cmd_verify)
 
     info = sub.add_parser("info", help="facts of a preset: parameters, conventions, output shape")

@@ -1,25 +1,32 @@
 """``resnet-parity verify PORT``: judge someone else's ResNet, and name the convention it broke.
 
 PORT is ``FILE.py:NAME`` or ``package.module:NAME``, optionally ``NAME(k=v, ...)`` with literal
-keyword arguments: a class or function that returns the model. Then:
+keyword arguments: a class or function that returns the model (a ``torch.nn.Module``, a
+``keras.Model`` or a ``flax.nnx.Module``; the framework is read off its class), or a ``.onnx``
+file (run with onnxruntime, from memory). Then:
 
-1. **Architecture.** The port's parameters and BatchNorm statistics, in their own order, are read
-   off the model (their names are not needed) and compared, shape by shape, with each preset's
-   canonical weights in torchvision's order; the first preset that fits every array is the
-   architecture (``--arch`` imposes one). A port that fits none is refused with one line naming
-   the first array that no preset fits and what the closest preset expects there.
+1. **Architecture.** The port's parameters and BatchNorm statistics, in its own order (torch:
+   the state_dict's; Keras: the layer graph's, depth first; Flax: the order a traced forward calls
+   the layers; ONNX: the graph's), are read off the model (their names are not needed) and
+   compared, shape by shape and in torch layouts, with each preset's canonical weights in
+   torchvision's order, a block's projection shortcut before or after its main path as the port
+   lists it; the first preset that fits every array is the architecture (``--arch`` imposes one).
+   A port that fits none is refused with one line naming the first array that no preset fits
+   and what the closest preset expects there.
 2. **Weight mapping.** Every array of the port maps to one canonical weight, by position
    (``--json`` shows the mapping).
 3. **Weights.** Seeded weights with calibrated BatchNorm (as ``check``) go into the port itself.
 4. **Judge.** The port runs in its own framework and layout (eval mode, float32) and is judged
    against the float64 reference with ``check``'s fp32 rule: at most 4x the error of the
-   reference's own float32 arithmetic on the same weights and images.
+   reference's own float32 arithmetic on the same weights and images. ``--trace`` judges the
+   stem's and every block's output the same way (read where the next weighted layer takes it)
+   and names the first out of budget. ``--mode train`` (torch ports) judges one train step as
+   ``check --mode train`` does: batch-statistics logits, running statistics, gradients against
+   ``shared.backprop``.
 5. **Diagnose.** When it fails, the float64 reference is run under every mutant of
-   ``shared.mutants`` that can change an eval-mode forward, singly and in pairs; a variant the
-   port computes within budget is named ("computes the spec with BatchNorm epsilon 1e-3 ...").
-
-This session's scope: PyTorch ports (``torch.nn.Module``). Keras, Flax and ONNX ports are refused
-with that reason, as is training mode.
+   ``shared.mutants`` that can change the judged function, singly and (eval) in pairs; a variant
+   the port computes within budget is named ("computes the spec with BatchNorm epsilon 1e-3 ...").
+   When none fits, the trace names the first block out of budget.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from shared import interop, mutants, parity, reference
-from shared.spec import PRESETS, ResNetSpec, preset
+from shared.spec import PRESETS, ResNetSpec, is_statistic, preset
 from shared.tools import adapter
 
 
@@ -160,6 +167,8 @@ class Verdict:
     passed: bool
     diagnosis: list[dict] = dataclasses.field(default_factory=list)  # variants computed within budget
     trace: list[dict] = dataclasses.field(default_factory=list)  # per block: rel, budget (--trace)
+    mode: str = "eval"
+    detail: str = ""  # train mode: what check's row found out of budget
 
     @property
     def first_out_of_budget(self) -> dict | None:
@@ -168,7 +177,7 @@ class Verdict:
     def to_json(self) -> dict:
         return {"arch": self.spec.arch, "style": self.spec.style, "framework": self.framework, "rel": self.rel,
                 "budget": self.budget, "pass": self.passed, "mapping": self.mapping, "diagnosis": self.diagnosis,
-                "trace": self.trace}
+                "trace": self.trace, "mode": self.mode, "detail": self.detail}
 
 
 def _fp32_rule(spec, weights, images) -> tuple[np.ndarray, float]:
@@ -275,11 +284,97 @@ def trace(fw, model, spec: ResNetSpec, order: list, layout: str, seed: int, size
     return out
 
 
+# ----------------------------------------------------------------------------- training mode
+
+def _canonical_layout(a: np.ndarray) -> np.ndarray:
+    """OIHW -> HWIO, (out, in) -> (in, out): a torch-layout array as the canonical weight."""
+    return a.transpose(2, 3, 1, 0) if a.ndim == 4 else a.T if a.ndim == 2 else a
+
+
+@functools.lru_cache(maxsize=32)
+def _train_oracle(spec: ResNetSpec, combo: tuple[str, ...], seed: int, size: int, batch: int):
+    """check's train-mode oracle (``shared.backprop``, both variance rules, its budgets) of
+    ``spec`` under the mutants ``combo``."""
+    from shared.tools import check
+    from shared.tools.jobs import random_labels
+
+    weights, images = _inputs(spec, seed, size, batch)
+    vspec, vweights = _variant(combo, spec, weights)
+    return check._oracle(vspec, vweights, images, random_labels(spec, batch, seed), "train", "fp32", False)
+
+
+def _train_judged(res: dict, spec, combo, framework: str, seed: int, size: int, batch: int):
+    """check's row for one train step of the port (logits, running statistics with the
+    framework's variance rule, gradients) against the variant ``combo``; ``variance_rule``: the
+    other framework rule."""
+    from types import SimpleNamespace
+
+    from shared.tools import check
+
+    rule = adapter.VARIANCE[framework]
+    if "variance_rule" in combo:
+        rule = next(r for r in set(adapter.VARIANCE.values()) if r != rule)
+        combo = tuple(c for c in combo if c != "variance_rule")
+    target = SimpleNamespace(label=framework, framework=next(f for f, r in adapter.VARIANCE.items() if r == rule))
+    return check._judge(target, res, None, _train_oracle(spec, combo, seed, size, batch), "train", "fp32", False)
+
+
+@functools.lru_cache(maxsize=64)
+def _train_logits(spec: ResNetSpec, name: str, seed: int, size: int, batch: int) -> tuple[np.ndarray, float]:
+    weights, images = _inputs(spec, seed, size, batch)
+    vspec, vweights = _variant((name,), spec, weights)
+    ref = reference.forward_train(vspec, vweights, images)[0]
+    peer = reference.forward_train(vspec, vweights, images, dtype=np.float32)[0]
+    return ref, parity.fp32_budget(parity.rel_error(peer, ref))
+
+
+def _train_logits_fit(logits, spec, name, seed, size, batch) -> bool:
+    """Whether the port's train-mode logits are those of mutant ``name`` by check's fp32 rule
+    (the forward alone: a variant whose logits already differ needs no backward pass)."""
+    try:
+        ref, limit = _train_logits(spec, name, seed, size, batch)
+    except (ValueError, KeyError):
+        return False
+    return parity.rel_error(logits, ref) <= limit
+
+
+def train_mutants(spec: ResNetSpec) -> list[str]:
+    """The mutants that change a train step of ``spec`` and that the reference can compute."""
+    return [name for name, m in mutants.CATALOGUE.items()
+            if m.how in ("spec", "layers", "weights", "stats") and m.applies(spec, "train", "fp32")]
+
+
+def train_step(fw, model, spec, order, layout, framework, seed, size, batch) -> tuple[dict, object, list[dict]]:
+    """The port's train step as check's result dict, check's row on it, and (on a FAIL) the
+    single mutants whose train step it computes within every budget."""
+    from shared.tools.jobs import random_labels
+
+    _, images = _inputs(spec, seed, size, batch)
+    logits, loss, arrays = fw.port_train(model, images, random_labels(spec, batch, seed), layout)
+    res = {"logits": logits, "loss": np.array(loss)}
+    for (key, _, _), value in zip(order, arrays, strict=True):
+        res[f"{'stats' if is_statistic(key) else 'grad'}/{key}"] = _canonical_layout(value)
+    row = _train_judged(res, spec, (), framework, seed, size, batch)
+    found = []
+    if row.status != "pass":
+        for name in train_mutants(spec):
+            if not _train_logits_fit(logits, spec, name, seed, size, batch):
+                continue  # its batch-statistics logits already differ: no backward pass needed
+            try:
+                variant = _train_judged(res, spec, (name,), framework, seed, size, batch)
+            except (ValueError, KeyError):
+                continue
+            if variant.status == "pass":
+                found.append({"mutants": [name], "what": [mutants.CATALOGUE[name].what], "rel": variant.rel,
+                              "budget": variant.budget})
+    return res, row, found
+
+
 LAYOUTS = {"torch": "NCHW", "keras": "NHWC", "flax": "NHWC", "onnx": "NCHW"}  # each framework's own
 
 
 def verify(port: str, *, arch: str | None = None, style: str | None = None, layout: str | None = None,
-           size: int = 64, batch: int = 2, seed: int = 0, trace_blocks: bool = False) -> Verdict:
+           size: int = 64, batch: int = 2, seed: int = 0, trace_blocks: bool = False, mode: str = "eval") -> Verdict:
     if isinstance(port, str) and port.endswith(".onnx"):
         framework, model = "onnx", None
     else:
@@ -295,6 +390,13 @@ def verify(port: str, *, arch: str | None = None, style: str | None = None, layo
     weights, images = _inputs(spec, seed, size, batch)
     state = interop.to_torchvision(spec, weights)
     fw.port_load(model, [state[tv] for _, tv, _ in order])
+    mapping = {name: key for (name, _), (key, _, _) in zip(shapes, order)}
+    if mode == "train":
+        if not hasattr(fw, "port_train"):
+            raise VerifyError(f"--mode train: verify trains torch ports; a {framework} port is judged in eval mode")
+        _, row, found = train_step(fw, model, spec, order, layout or LAYOUTS[framework], framework, seed, size, batch)
+        return Verdict(spec, framework, mapping, row.rel, row.budget, row.status == "pass", found, mode="train",
+                       detail=row.detail)
     try:
         logits = fw.port_run(model, images, layout or LAYOUTS[framework])
     except Exception as e:  # noqa: BLE001 (any error of the port's own code: its framework's words, one line)
@@ -305,8 +407,7 @@ def verify(port: str, *, arch: str | None = None, style: str | None = None, layo
     if logits.shape != ref.shape:
         raise VerifyError(f"PORT: gives logits of shape {logits.shape}, the spec {ref.shape}")
     rel = parity.rel_error(logits, ref)
-    verdict = Verdict(spec, framework, {name: key for (name, _), (key, _, _) in zip(shapes, order)}, rel, limit,
-                      rel <= limit)
+    verdict = Verdict(spec, framework, mapping, rel, limit, rel <= limit)
     if not verdict.passed:
         verdict.diagnosis = diagnose(logits, spec, seed, size, batch)
     if trace_blocks or not (verdict.passed or verdict.diagnosis):  # no variant fits: where it diverges
@@ -316,8 +417,10 @@ def verify(port: str, *, arch: str | None = None, style: str | None = None, layo
 
 def report(verdict: Verdict) -> str:
     spec = verdict.spec
-    head = (f"{verdict.framework} port of {spec.arch} ({spec.style} style): logits rel {verdict.rel:.2e} "
-            f"against the float64 reference, budget {verdict.budget:.2e}: ")
+    train = " train-mode" if verdict.mode == "train" else ""
+    detail = f" ({verdict.detail})" if verdict.detail else ""
+    head = (f"{verdict.framework} port of {spec.arch} ({spec.style} style):{train} logits rel {verdict.rel:.2e} "
+            f"against the float64 reference, budget {verdict.budget:.2e}{detail}: ")
     if verdict.passed:
         line = head + "pass"
     elif not verdict.diagnosis:
@@ -339,7 +442,7 @@ def cli(args) -> int:
     from shared.tools.jobs import write_json
 
     verdict = verify(args.port, arch=args.arch, style=args.style, layout=args.layout, size=args.size,
-                     batch=args.batch, seed=args.seed, trace_blocks=getattr(args, "trace", False))
+                     batch=args.batch, seed=args.seed, trace_blocks=args.trace, mode=args.mode)
     print(report(verdict))
     if args.json:
         write_json(args.json, verdict.to_json())

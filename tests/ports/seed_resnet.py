@@ -2,7 +2,8 @@
 the spec): ``resnet-parity verify tests/ports/seed_resnet.py:ResNet50`` must pass it. ``broken``
 names one port bug to inject, as users make them: ``eps`` (BatchNorm epsilon 1e-3),
 ``stride_1x1`` (the stride on the first 1x1 conv), ``missing_relu`` (the first block's second
-ReLU left out), ``same_padding`` (TF's 'SAME' on strided layers: the odd pixel bottom/right)."""
+ReLU left out), ``same_padding`` (TF's 'SAME' on strided layers: the odd pixel bottom/right), ``momentum``
+(BatchNorm momentum 0.5: seen only in training)."""
 
 import torch
 import torch.nn.functional as F
@@ -28,16 +29,17 @@ class block(nn.Module):
         super().__init__()
         self.expansion = 4
         eps = 1e-3 if broken == "eps" else 1e-5
+        momentum = 0.5 if broken == "momentum" else 0.1
         s1, s2 = (stride, 1) if broken == "stride_1x1" else (1, stride)
         self.conv1 = nn.Conv2d(in_channels, intermediate_channels, kernel_size=1, stride=s1, padding=0, bias=False)
-        self.bn1 = nn.BatchNorm2d(intermediate_channels, eps=eps)
+        self.bn1 = nn.BatchNorm2d(intermediate_channels, eps=eps, momentum=momentum)
         conv2 = nn.Conv2d(intermediate_channels, intermediate_channels, kernel_size=3, stride=s2,
                           padding=0 if broken == "same_padding" and s2 == 2 else 1, bias=False)
         self.conv2 = SamePad(conv2, 3) if broken == "same_padding" and s2 == 2 else conv2
-        self.bn2 = nn.BatchNorm2d(intermediate_channels, eps=eps)
+        self.bn2 = nn.BatchNorm2d(intermediate_channels, eps=eps, momentum=momentum)
         self.conv3 = nn.Conv2d(intermediate_channels, intermediate_channels * self.expansion, kernel_size=1,
                                stride=1, padding=0, bias=False)
-        self.bn3 = nn.BatchNorm2d(intermediate_channels * self.expansion, eps=eps)
+        self.bn3 = nn.BatchNorm2d(intermediate_channels * self.expansion, eps=eps, momentum=momentum)
         self.relu = nn.ReLU()
         self.identity_downsample = identity_downsample
         self.skip_relu = broken == "missing_relu" and first
@@ -58,11 +60,12 @@ class ResNet(nn.Module):
         super().__init__()
         self.broken = broken
         eps = 1e-3 if broken == "eps" else 1e-5
+        momentum = 0.5 if broken == "momentum" else 0.1
         self.in_channels = 64
         same = broken == "same_padding"
         conv1 = nn.Conv2d(image_channels, 64, kernel_size=7, stride=2, padding=0 if same else 3, bias=False)
         self.conv1 = SamePad(conv1, 7) if same else conv1
-        self.bn1 = nn.BatchNorm2d(64, eps=eps)
+        self.bn1 = nn.BatchNorm2d(64, eps=eps, momentum=momentum)
         self.relu = nn.ReLU()
         pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0 if same else 1)
         self.maxpool = SamePad(pool, 3) if same else pool
@@ -80,11 +83,12 @@ class ResNet(nn.Module):
 
     def _make_layer(self, block, num_residual_blocks, intermediate_channels, stride, first=False):
         eps = 1e-3 if self.broken == "eps" else 1e-5
+        momentum = 0.5 if self.broken == "momentum" else 0.1
         identity_downsample = None
         if stride != 1 or self.in_channels != intermediate_channels * 4:
             identity_downsample = nn.Sequential(
                 nn.Conv2d(self.in_channels, intermediate_channels * 4, kernel_size=1, stride=stride, bias=False),
-                nn.BatchNorm2d(intermediate_channels * 4, eps=eps))
+                nn.BatchNorm2d(intermediate_channels * 4, eps=eps, momentum=momentum))
         layers = [block(self.in_channels, intermediate_channels, identity_downsample, stride, self.broken, first)]
         self.in_channels = intermediate_channels * 4
         for _ in range(num_residual_blocks - 1):

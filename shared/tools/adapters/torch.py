@@ -262,3 +262,26 @@ def port_inputs(module, images_nhwc: np.ndarray, layout: str, positions: list[in
         for h in hooks:
             h.remove()
     return [(_nhwc(seen[i]) if layout == "NCHW" else seen[i].float().numpy()) for i in range(len(targets))]
+
+
+def port_train(module, images_nhwc: np.ndarray, labels: np.ndarray, layout: str = "NCHW"):
+    """One train-mode forward and backward (mean cross-entropy) of the module, float32: (logits,
+    loss, arrays in ``port_arrays`` order: each parameter's gradient, each statistic's value after
+    the update), for ``verify --mode train``. Nothing is stepped."""
+    x = torch.from_numpy(np.ascontiguousarray(images_nhwc, dtype=np.float32))
+    if layout == "NCHW":
+        x = x.permute(0, 3, 1, 2).contiguous()
+    module.train()
+    module.zero_grad(set_to_none=True)
+    logits = module(x)
+    loss = F.cross_entropy(logits.float(), torch.from_numpy(labels).long())
+    loss.backward()
+    module.eval()
+    grads = {k: p.grad for k, p in module.named_parameters()}
+    state = module.state_dict()
+    arrays = []
+    for name, _ in port_arrays(module):
+        if name in grads and grads[name] is None:
+            raise ValueError(f"PORT: parameter {name} gets no gradient: the forward does not use it")
+        arrays.append((grads[name] if name in grads else state[name]).detach().float().numpy())
+    return logits.detach().float().numpy(), float(loss.detach()), arrays
