@@ -157,3 +157,22 @@ def test_train_mode_judges_one_step_and_names_a_momentum_bug():
     assert not broken.passed and [d["mutants"] for d in broken.diagnosis] == [["bn_momentum"]]
     assert "momentum 0.5" in V.report(broken)
     assert V.verify(model, size=64).passed
+
+
+def test_timms_resnet50_passes_and_its_resnet50d_is_refused():
+    """timm's resnet50 (torchvision's conventions, its own module names) passes; its resnet50d (a
+    deep stem, avg-down shortcuts) is no architecture the spec expresses and is refused at its
+    first parameter."""
+    timm = pytest.importorskip("timm", reason="timm not installed (the test extra installs it)")
+    verdict = V.verify(timm.create_model("resnet50", pretrained=False), size=32)
+    assert verdict.passed and verdict.rel <= verdict.budget and verdict.spec.arch == "resnet50"
+    assert verdict.mapping["layer4.2.bn3.running_var"] == "conv5_block3_3_bn.var"
+    with pytest.raises(V.VerifyError, match=r"parameter #0 conv1.0.weight \(32, 3, 3, 3\) fits no preset"):
+        V.verify(timm.create_model("resnet50d", pretrained=False), size=32)
+
+
+def test_hugging_faces_resnet50():
+    transformers = pytest.importorskip("transformers", reason="transformers not installed: Hugging Face's ResNet "
+                                                              "is not judged here")
+    model = transformers.ResNetForImageClassification(transformers.ResNetConfig())
+    assert V.verify(model, size=32).passed

@@ -245,7 +245,9 @@ def port_run(module, images_nhwc: np.ndarray, layout: str = "NCHW") -> np.ndarra
         x = x.permute(0, 3, 1, 2).contiguous()
     module.eval()
     with torch.no_grad():
-        return module(x).float().numpy()
+        out = module(x)
+    out = getattr(out, "logits", out)  # Hugging Face's output object
+    return (out[0] if isinstance(out, (tuple, list)) else out).float().numpy()
 
 
 def port_inputs(module, images_nhwc: np.ndarray, layout: str, positions: list[int]) -> list[np.ndarray]:
