@@ -90,10 +90,11 @@ def test_the_unfused_qdq_graph_is_a_legitimate_alternative(tiny):
     assert verdict["fails"] == []
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "resnext50_32x4d", "resnet50v2"])
 @pytest.mark.parametrize("mutant", list(A.MUTANTS))
-def test_broken_int8_models_are_caught(tiny, mutant):
-    verdict, _ = _verdict(*tiny, mutant=mutant)
-    print(mutant, verdict["fails"])
+def test_broken_int8_models_are_caught(arch, mutant):
+    verdict, _ = _verdict(*_case(arch, depths=(2, 1, 1, 1)), mutant=mutant)
+    print(arch, mutant, verdict["fails"])
     assert verdict["fails"] and verdict["first_diverging"]
 
 
