@@ -176,3 +176,50 @@ def test_hugging_faces_resnet50():
                                                               "is not judged here")
     model = transformers.ResNetForImageClassification(transformers.ResNetConfig())
     assert V.verify(model, size=32).passed
+
+
+class _FirstTen(__import__("torch").nn.Module):
+    """The seed port with a forward that keeps 10 of its classifier's 1000 classes."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = V.load_port(f"{PORT}:ResNet50")
+
+    def forward(self, x):
+        return self.net(x)[:, :10]
+
+
+class _NoForward(__import__("torch").nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = V.load_port(f"{PORT}:ResNet50")
+
+    def forward(self, x):
+        return self.net(x.mean(1))  # a channel too few for its first conv
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda tmp: f"{tmp / 'syntax.py'}:ResNet50", "syntax.py does not import (SyntaxError"),
+    (lambda tmp: f"{tmp / 'imports.py'}:ResNet50", "imports.py does not import (ModuleNotFoundError: No module named"),
+    (lambda tmp: "no_such_package_xyz.models:ResNet50", "no_such_package_xyz.models does not import"),
+    (lambda tmp: f"{PORT}:ResNet51", "has no callable 'ResNet51'"),
+    (lambda tmp: f"{PORT}:ResNet50(depth=3)", "ResNet50(depth=3) fails (TypeError"),
+    (lambda tmp: f"{PORT}:ResNet50(3, 10)", "expected NAME(key=literal, ...)"),
+    (lambda tmp: "collections:OrderedDict", "a collections.OrderedDict is no torch.nn.Module, keras.Model or flax"),
+    (lambda tmp: _NoForward(), "its forward fails on a 2x32x32x3 input (RuntimeError"),
+    (lambda tmp: _FirstTen(), "gives logits of shape (2, 10); its classifier net.fc.bias (1000,) has 1000 classes"),
+    (lambda tmp: str(tmp / "junk.onnx"), "junk.onnx is no ONNX model"),
+])
+def test_bad_input_gets_one_line_and_exit_2(tmp_path, capsys, monkeypatch, make, message):
+    from shared.tools.cli import main
+
+    (tmp_path / "syntax.py").write_text("def ResNet50(:\n")
+    (tmp_path / "imports.py").write_text("import no_such_module_xyz\n")
+    (tmp_path / "junk.onnx").write_bytes(b"not a protobuf at all")
+    port = make(tmp_path)
+    if not isinstance(port, str):  # an object: as the CLI would have loaded it
+        model, port = port, "object.py:made"
+        monkeypatch.setattr(V, "load_port", lambda text: model)
+    assert main(["verify", port, "--size", "32"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -68,20 +68,36 @@ def load_port(text: str):
             kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
         except (SyntaxError, ValueError) as e:
             raise VerifyError(f"PORT: {call!r}: expected NAME(key=literal, ...) ({e})") from None
-    if where.endswith(".py"):
-        path = Path(where)
-        if not path.is_file():
-            raise VerifyError(f"PORT: no such file {where}")
-        spec = importlib.util.spec_from_file_location(f"_resnet_parity_port_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(where)
+    try:
+        if where.endswith(".py"):
+            path = Path(where)
+            if not path.is_file():
+                raise VerifyError(f"PORT: no such file {where}")
+            spec = importlib.util.spec_from_file_location(f"_resnet_parity_port_{path.stem}", path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[spec.name]
+                raise
+        else:
+            module = importlib.import_module(where)
+    except VerifyError:
+        raise
+    except Exception as e:  # noqa: BLE001 (whatever the user's module raises: one line)
+        raise VerifyError(f"PORT: {where} does not import ({type(e).__name__}: {_one_line(e)})") from None
     factory = getattr(module, name.strip(), None)
     if not callable(factory):
         raise VerifyError(f"PORT: {where} has no callable {name.strip()!r}")
-    return factory(**kwargs)
+    try:
+        return factory(**kwargs)
+    except Exception as e:  # noqa: BLE001
+        raise VerifyError(f"PORT: {call} fails ({type(e).__name__}: {_one_line(e)})") from None
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300]
 
 
 def framework_of(model) -> str:
@@ -351,6 +367,7 @@ def train_step(fw, model, spec, order, layout, framework, seed, size, batch) -> 
 
     _, images = _inputs(spec, seed, size, batch)
     logits, loss, arrays = fw.port_train(model, images, random_labels(spec, batch, seed), layout)
+    _check_logits(logits, (batch, spec.num_classes), fw.port_arrays(model))
     res = {"logits": logits, "loss": np.array(loss)}
     for (key, _, _), value in zip(order, arrays, strict=True):
         res[f"{'stats' if is_statistic(key) else 'grad'}/{key}"] = _canonical_layout(value)
@@ -368,6 +385,12 @@ def train_step(fw, model, spec, order, layout, framework, seed, size, batch) -> 
                 found.append({"mutants": [name], "what": [mutants.CATALOGUE[name].what], "rel": variant.rel,
                               "budget": variant.budget})
     return res, row, found
+
+
+def _check_logits(logits: np.ndarray, expected: tuple[int, ...], shapes: list) -> None:
+    if logits.shape != expected:
+        raise VerifyError(f"PORT: gives logits of shape {tuple(logits.shape)}; its classifier {shapes[-1][0]} "
+                          f"{shapes[-1][1]} has {expected[-1]} classes: expected {expected}")
 
 
 LAYOUTS = {"torch": "NCHW", "keras": "NHWC", "flax": "NHWC", "onnx": "NCHW"}  # each framework's own
@@ -400,12 +423,10 @@ def verify(port: str, *, arch: str | None = None, style: str | None = None, layo
     try:
         logits = fw.port_run(model, images, layout or LAYOUTS[framework])
     except Exception as e:  # noqa: BLE001 (any error of the port's own code: its framework's words, one line)
-        message = " ".join(str(e).split())
         raise VerifyError(f"PORT: its forward fails on a {batch}x{size}x{size}x{spec.image_channels} input "
-                          f"({type(e).__name__}: {message[:300]})") from None
+                          f"({type(e).__name__}: {_one_line(e)})") from None
     ref, limit = _judged(spec, (), seed, size, batch)
-    if logits.shape != ref.shape:
-        raise VerifyError(f"PORT: gives logits of shape {logits.shape}, the spec {ref.shape}")
+    _check_logits(logits, ref.shape, shapes)
     rel = parity.rel_error(logits, ref)
     verdict = Verdict(spec, framework, mapping, rel, limit, rel <= limit)
     if not verdict.passed:
