@@ -129,12 +129,15 @@ def params(model) -> dict[str, tuple[float, int, str]]:
     return out
 
 
-def session(model, threads: int | None = None, fused: bool = True):
+def session(model, threads: int | None = None, fused: bool = True, optimized: str | None = None):
     """An onnxruntime CPU session; ``fused=False`` runs the QDQ graph as written (no graph
-    optimisations: dequantize, float32 op, quantize)."""
+    optimisations: dequantize, float32 op, quantize); ``optimized``: a path where onnxruntime
+    saves the graph it runs."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if optimized:
+        options.optimized_model_filepath = optimized
     if not fused:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
@@ -219,26 +222,18 @@ def run_check(spec, weights, images, *, labels=None, device="cpu", precision="fp
 def run_bench(job: Job, spec, weights) -> Step:
     if job.mode == "train":
         raise ValueError(f"onnxruntime int8: inference only, got mode {job.mode!r}")
+    import onnx
+
     _, _, model = build(spec, weights, job.size)
-    sess = session(model)
+    with tempfile.TemporaryDirectory(prefix="resnet-parity-int8-") as tmp:  # which QDQ groups it fused
+        sess = session(model, optimized=str(Path(tmp) / "optimized.onnx"))
+        ops = collections.Counter(n.op_type for n in onnx.load_model(str(Path(tmp) / "optimized.onnx")).graph.node)
+    ops = dict(sorted(ops.items()))
     x = np.ascontiguousarray(job.inputs(spec)[0].transpose(0, 3, 1, 2))
-    ops = dict(sorted(collections.Counter(n.op_type for n in sess_graph(sess, model)).items()))
     settings = {"layout": "NCHW", "static_image_size": job.size, "folded": True, "int8": "QDQ u8s8 per-channel",
                 "ops": list(OPS), "intra_op_num_threads": sess.get_session_options().intra_op_num_threads or "default",
                 "providers": sess.get_providers(), "graph_ops_after_optimisation": ops}
     return Step(lambda: sess.run([onnx_export.OUTPUT], {onnx_export.INPUT: x}), lambda out: out, "cpu", settings)
-
-
-def sess_graph(sess, model):
-    """The nodes onnxruntime runs after its graph optimisations (which QDQ groups it fused)."""
-    import onnx
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory(prefix="resnet-parity-int8-") as tmp:
-        options = ort.SessionOptions()
-        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        ort.InferenceSession(model.SerializeToString(), options, providers=sess.get_providers())
-        return list(onnx.load_model(options.optimized_model_filepath).graph.node)
 
 
 # ----------------------------------------------------------------------- broken int8 models
