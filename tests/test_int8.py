@@ -16,6 +16,11 @@ from shared import parity, quant, reference
 from shared import spec as S
 from shared.tools import check, cli
 from shared.tools.adapters import onnx_int8 as A
+from shared.tools.bench_plan import not_supported
+
+# Without VNNI onnxruntime's u8 x s8 kernels may saturate: the int8 check (rightly) fails them,
+# and check and bench call int8 "not supported here" (tested below with other CPUs' flags).
+needs_vnni = pytest.mark.skipif(bool(not_supported("onnx-int8", "fp32")), reason=not_supported("onnx-int8", "fp32"))
 
 SIZE = 32
 TINY = {"depths": (1, 1, 1, 1), "width": 16, "num_classes": 10}
@@ -69,6 +74,7 @@ def test_the_oracle_quantizes_weights_and_biases_as_the_quantizer_does(tiny):
 
 # One architecture per block kind (basic, bottleneck, grouped bottleneck, pre-activation), two
 # blocks in the first stage so an identity shortcut is quantized too.
+@needs_vnni
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50", "resnext50_32x4d", "resnet50v2"])
 def test_onnxruntime_int8_passes_on_every_block_kind(arch):
     spec, weights, images = _case(arch, depths=(2, 1, 1, 1))
@@ -98,6 +104,7 @@ def test_broken_int8_models_are_caught(arch, mutant):
     assert verdict["fails"] and verdict["first_diverging"]
 
 
+@needs_vnni
 def test_check_passes_onnx_int8_on_resnet50_and_reports_top1():
     spec = S.resnet50()
     weights = reference.calibrated_weights(spec, seed=0, size=64)
@@ -109,11 +116,17 @@ def test_check_passes_onnx_int8_on_resnet50_and_reports_top1():
     assert row.extra["integers"] > 1_000_000 and row.extra["differ"] <= row.extra["differ_limit"]
 
 
-def test_check_leaves_int8_out_of_other_precisions_and_modes():
+def test_check_leaves_int8_out_of_other_precisions_and_modes(monkeypatch):
+    from shared.tools import bench_plan
+
+    monkeypatch.setattr(bench_plan, "cpu_flags", lambda: frozenset({"avx512_vnni"}))
     found, note = check._int8_targets([check.Target("onnx-int8"), check.Target("torch")], "", "eval", "cpu", "bf16")
     assert [t.label for t in found] == ["torch"] and "onnx-int8 not run" in note
     assert check._int8_targets([check.Target("onnx-int8")], "", "train", "cpu", "fp32")[0] == []
     assert check._int8_targets([check.Target("onnx-int8")], "", "eval", "cpu", "fp32")[0]
+    monkeypatch.setattr(bench_plan, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))  # no VNNI
+    found, note = check._int8_targets([check.Target("onnx-int8")], "", "eval", "cpu", "fp32")
+    assert found == [] and "onnx-int8 not run: not supported here: no int8 dot-product" in note
 
 
 def test_bad_calibration_and_quantized_models_are_refused(tiny):

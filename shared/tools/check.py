@@ -436,13 +436,19 @@ def catch_table(spec: ResNetSpec, weights: dict, *, names=None, modes=("eval", "
 # ----------------------------------------------------------------------------------- int8
 
 def _int8_targets(found: list, note: str, mode: str, device: str, precision: str) -> tuple[list, str]:
-    """int8 targets join eval-mode CPU checks at fp32 (the float arithmetic around the int8 ops)."""
-    if mode == "eval" and device == "cpu" and precision == "fp32":
+    """int8 targets join eval-mode CPU checks at fp32 (the float arithmetic around the int8 ops),
+    on a CPU with int8 dot-product instructions (without, onnxruntime's u8 x s8 kernels sum
+    pairs in 16 bits, which can saturate: not the function the model declares)."""
+    from shared.tools.bench_plan import not_supported
+
+    unsupported = not_supported(QUANTIZED[0], "fp32")
+    if mode == "eval" and device == "cpu" and precision == "fp32" and not unsupported:
         return found, note
     dropped = [t.label for t in found if t.framework in QUANTIZED]
     if dropped:
-        why = f"{', '.join(dropped)} not run: int8 joins eval-mode fp32 CPU checks only, not {mode} {precision} {device}"
-        note = "; ".join(filter(None, (note, why)))
+        why = (f"not supported here: {unsupported}" if unsupported and mode == "eval" and device == "cpu" else
+               f"int8 joins eval-mode fp32 CPU checks only, not {mode} {precision} {device}")
+        note = "; ".join(filter(None, (note, f"{', '.join(dropped)} not run: {why}")))
     return [t for t in found if t.framework not in QUANTIZED], note
 
 
