@@ -68,23 +68,10 @@ def load_port(text: str):
             kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
         except (SyntaxError, ValueError) as e:
             raise VerifyError(f"PORT: {call!r}: expected NAME(key=literal, ...) ({e})") from None
+    if where.endswith(".py") and not Path(where).is_file():
+        raise VerifyError(f"PORT: no such file {where}")
     try:
-        if where.endswith(".py"):
-            path = Path(where)
-            if not path.is_file():
-                raise VerifyError(f"PORT: no such file {where}")
-            spec = importlib.util.spec_from_file_location(f"_resnet_parity_port_{path.stem}", path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = module
-            try:
-                spec.loader.exec_module(module)
-            except BaseException:
-                del sys.modules[spec.name]
-                raise
-        else:
-            module = importlib.import_module(where)
-    except VerifyError:
-        raise
+        module = _import(where)
     except Exception as e:  # noqa: BLE001 (whatever the user's module raises: one line)
         raise VerifyError(f"PORT: {where} does not import ({type(e).__name__}: {_one_line(e)})") from None
     factory = getattr(module, name.strip(), None)
@@ -94,6 +81,22 @@ def load_port(text: str):
         return factory(**kwargs)
     except Exception as e:  # noqa: BLE001
         raise VerifyError(f"PORT: {call} fails ({type(e).__name__}: {_one_line(e)})") from None
+
+
+def _import(where: str):
+    """A module by file path (imported under a name of its own) or by dotted name."""
+    if not where.endswith(".py"):
+        return importlib.import_module(where)
+    path = Path(where)
+    spec = importlib.util.spec_from_file_location(f"_resnet_parity_port_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and nnx look a class's module up there
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[spec.name]
+        raise
+    return module
 
 
 def _one_line(e: BaseException) -> str:
@@ -307,7 +310,7 @@ def _canonical_layout(a: np.ndarray) -> np.ndarray:
     return a.transpose(2, 3, 1, 0) if a.ndim == 4 else a.T if a.ndim == 2 else a
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=2)  # each holds every float64 gradient
 def _train_oracle(spec: ResNetSpec, combo: tuple[str, ...], seed: int, size: int, batch: int):
     """check's train-mode oracle (``shared.backprop``, both variance rules, its budgets) of
     ``spec`` under the mutants ``combo``."""

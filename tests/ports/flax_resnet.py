@@ -1,33 +1,39 @@
 """A Flax NNX ResNet-50, as a user writes it after torchvision's (not built from the spec): the
 stride on the 3x3 conv, no conv biases, BatchNorm epsilon 1e-5, a 3x3/2 max pool padded by one
 pixel (Flax pads a max pool with -inf). ``resnet-parity verify tests/ports/flax_resnet.py:ResNet50``
-must pass it.
+must pass it. Built as a shell for weights, as a port that loads a checkpoint is: zero kernels
+(each random initialiser compiles once per shape, about 20 s for ResNet-50 on a 2-core CPU;
+verify overwrites every weight).
 
 ``broken`` names one port bug to inject: ``eps`` (BatchNorm epsilon 1e-3), ``stride_1x1`` (the
 stride on the first 1x1 conv), ``same_padding`` (``padding='SAME'`` on the strided convs and the
 pool: flax#963), ``missing_relu`` (the first block's second ReLU left out), ``momentum`` (Flax's
 momentum 0.5 instead of 0.9: the running statistics move too fast, seen only in training)."""
 
+import functools
+
 import jax.numpy as jnp
 from flax import nnx
+
+Conv = functools.partial(nnx.Conv, use_bias=False, kernel_init=nnx.initializers.zeros_init())
 
 
 class Bottleneck(nnx.Module):
     def __init__(self, cin, width, stride, rngs, broken=None, first=False):
         same = broken == "same_padding" and stride == 2
         s1, s2 = (stride, 1) if broken == "stride_1x1" else (1, stride)
-        self.conv1 = nnx.Conv(cin, width, (1, 1), strides=s1, use_bias=False, rngs=rngs)
+        self.conv1 = Conv(cin, width, (1, 1), strides=s1, rngs=rngs)
         self.bn1 = _bn(width, broken, rngs)
-        self.conv2 = nnx.Conv(width, width, (3, 3), strides=s2, padding="SAME" if same else ((1, 1), (1, 1)),
-                              use_bias=False, rngs=rngs)
+        self.conv2 = Conv(width, width, (3, 3), strides=s2, padding="SAME" if same else ((1, 1), (1, 1)),
+                          rngs=rngs)
         self.bn2 = _bn(width, broken, rngs)
-        self.conv3 = nnx.Conv(width, 4 * width, (1, 1), use_bias=False, rngs=rngs)
+        self.conv3 = Conv(width, 4 * width, (1, 1), rngs=rngs)
         self.bn3 = _bn(4 * width, broken, rngs)
         self.skip_relu = broken == "missing_relu" and first
         self.downsample = nnx.data(None)
         if stride != 1 or cin != 4 * width:
-            self.downsample = nnx.Sequential(nnx.Conv(cin, 4 * width, (1, 1), strides=stride, use_bias=False,
-                                                      rngs=rngs), _bn(4 * width, broken, rngs))
+            self.downsample = nnx.Sequential(Conv(cin, 4 * width, (1, 1), strides=stride, rngs=rngs),
+                                             _bn(4 * width, broken, rngs))
 
     def __call__(self, x):
         identity = x if self.downsample is None else self.downsample(x)
@@ -46,8 +52,8 @@ class ResNet(nnx.Module):
     def __init__(self, depths, channels=3, classes=1000, broken=None, seed=0):
         rngs = nnx.Rngs(seed)
         self.same = broken == "same_padding"
-        self.conv1 = nnx.Conv(channels, 64, (7, 7), strides=2, padding="SAME" if self.same else ((3, 3), (3, 3)),
-                              use_bias=False, rngs=rngs)
+        self.conv1 = Conv(channels, 64, (7, 7), strides=2, padding="SAME" if self.same else ((3, 3), (3, 3)),
+                          rngs=rngs)
         self.bn1 = _bn(64, broken, rngs)
         blocks, cin = [], 64
         for stage, depth in enumerate(depths):
@@ -57,7 +63,7 @@ class ResNet(nnx.Module):
                 blocks.append(Bottleneck(cin, width, stride, rngs, broken, first=stage == 0 and i == 0))
                 cin = 4 * width
         self.blocks = nnx.List(blocks)
-        self.fc = nnx.Linear(cin, classes, rngs=rngs)
+        self.fc = nnx.Linear(cin, classes, kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
 
     def __call__(self, x):
         x = nnx.relu(self.bn1(self.conv1(x)))
