@@ -241,14 +241,19 @@ def _call_order(model) -> list[tuple[str, nnx.Module]]:
                  if type(node) in _WEIGHTS}
         widths = sorted({node.in_features for _, node in nnx.iter_graph(model) if isinstance(node, nnx.Conv)})
         model.eval()
-        for channels in widths:
+        calls: list = []
+        for channels in widths:  # none: no conv, and infer_spec says so
             calls = []
             try:
                 with _recording(calls):  # traced, not run: nothing computed or compiled
                     jax.eval_shape(model, jax.ShapeDtypeStruct((1, 32, 32, channels), jnp.float32))
                 break
-            except (TypeError, ValueError):  # not the input width: the first conv refuses it
-                continue
+            except Exception as e:  # noqa: BLE001 (not the input width, or the port's own failure: said below)
+                error = e
+        else:
+            if widths:
+                raise ValueError(f"PORT: its forward fails on a 1x32x32xC input for every C its convs take {widths} "
+                                 f"({type(error).__name__}: {' '.join(str(error).split())[:200]})")
         seen = {}
         for layer in calls:
             seen.setdefault(id(layer), (paths.get(id(layer), type(layer).__name__), layer))
