@@ -223,3 +223,16 @@ def test_bad_input_gets_one_line_and_exit_2(tmp_path, capsys, monkeypatch, make,
     assert main(["verify", port, "--size", "32"]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_train_mode_of_a_flax_nnx_port_judges_its_own_variance_rule():
+    """Flax updates the running variance with the biased batch variance (torch: unbiased; at 64
+    px the last stage's BatchNorm averages 8 values per channel, so the rules differ by 8/7): a
+    correct Flax ResNet-18 passes, judged by its own rule; Flax's momentum 0.5 (its meaning: the
+    old value's weight) is caught and named, and no variance-rule variant is diagnosed."""
+    pytest.importorskip("flax")
+    good = V.verify(f"{PORTS / 'flax_resnet.py'}:ResNet18", size=64, mode="train")
+    assert (good.framework, good.spec.arch, good.passed, good.detail) == ("flax", "resnet18", True, "")
+    broken = V.verify(f"{PORTS / 'flax_resnet.py'}:ResNet18(broken='momentum')", size=64, mode="train")
+    assert not broken.passed and broken.detail.startswith("running statistics rel")
+    assert [d["mutants"] for d in broken.diagnosis] == [["bn_momentum"]]

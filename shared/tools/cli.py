@@ -395,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", default=None, help="write the verdict, mapping and diagnosis here")
     verify.add_argument("--trace", action="store_true", help="name the first block out of budget")
     verify.add_argument("--mode", choices=("eval", "train"), default="eval",
-                        help="train (torch ports): batch-statistics logits, running statistics, gradients")
+                        help="train (torch, Flax ports): batch-statistics logits, running statistics, gradients")
     verify.set_defaults(func=cmd_verify)
 
     info = sub.add_parser("info", help="facts of a preset: parameters, conventions, output shape")

@@ -20,7 +20,7 @@ file (run with onnxruntime, from memory). Then:
    against the float64 reference with ``check``'s fp32 rule: at most 4x the error of the
    reference's own float32 arithmetic on the same weights and images. ``--trace`` judges the
    stem's and every block's output the same way (read where the next weighted layer takes it)
-   and names the first out of budget. ``--mode train`` (torch ports) judges one train step as
+   and names the first out of budget. ``--mode train`` (torch, Flax) judges one train step as
    ``check --mode train`` does: batch-statistics logits, running statistics, gradients against
    ``shared.backprop``.
 5. **Diagnose.** When it fails, the float64 reference is run under every mutant of
@@ -419,7 +419,8 @@ def verify(port: str, *, arch: str | None = None, style: str | None = None, layo
     mapping = {name: key for (name, _), (key, _, _) in zip(shapes, order)}
     if mode == "train":
         if not hasattr(fw, "port_train"):
-            raise VerifyError(f"--mode train: verify trains torch ports; a {framework} port is judged in eval mode")
+            raise VerifyError(f"--mode train: verify trains torch and Flax ports; a {framework} port is judged "
+                              "in eval mode")
         _, row, found = train_step(fw, model, spec, order, layout or LAYOUTS[framework], framework, seed, size, batch)
         return Verdict(spec, framework, mapping, row.rel, row.budget, row.status == "pass", found, mode="train",
                        detail=row.detail)

@@ -19,6 +19,8 @@ Conv = functools.partial(nnx.Conv, use_bias=False, kernel_init=nnx.initializers.
 
 
 class Bottleneck(nnx.Module):
+    expansion = 4
+
     def __init__(self, cin, width, stride, rngs, broken=None, first=False):
         same = broken == "same_padding" and stride == 2
         s1, s2 = (stride, 1) if broken == "stride_1x1" else (1, stride)
@@ -43,13 +45,34 @@ class Bottleneck(nnx.Module):
         return nnx.relu(self.bn3(self.conv3(y)) + identity)
 
 
+class Basic(nnx.Module):
+    """ResNet-18/34's block: two 3x3 convs (``broken`` as above, where it applies)."""
+
+    expansion = 1
+
+    def __init__(self, cin, width, stride, rngs, broken=None, first=False):
+        self.conv1 = Conv(cin, width, (3, 3), strides=stride, padding=((1, 1), (1, 1)), rngs=rngs)
+        self.bn1 = _bn(width, broken, rngs)
+        self.conv2 = Conv(width, width, (3, 3), padding=((1, 1), (1, 1)), rngs=rngs)
+        self.bn2 = _bn(width, broken, rngs)
+        self.downsample = nnx.data(None)
+        if stride != 1 or cin != width:
+            self.downsample = nnx.Sequential(Conv(cin, width, (1, 1), strides=stride, rngs=rngs),
+                                             _bn(width, broken, rngs))
+
+    def __call__(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        return nnx.relu(self.bn2(self.conv2(nnx.relu(self.bn1(self.conv1(x))))) + identity)
+
+
 def _bn(channels, broken, rngs):
     return nnx.BatchNorm(channels, epsilon=1e-3 if broken == "eps" else 1e-5,
                          momentum=0.5 if broken == "momentum" else 0.9, rngs=rngs)
 
 
 class ResNet(nnx.Module):
-    def __init__(self, depths, channels=3, classes=1000, broken=None, seed=0):
+    def __init__(self, depths, channels=3, classes=1000, broken=None, seed=0, block=None):
+        block = block or Bottleneck
         rngs = nnx.Rngs(seed)
         self.same = broken == "same_padding"
         self.conv1 = Conv(channels, 64, (7, 7), strides=2, padding="SAME" if self.same else ((3, 3), (3, 3)),
@@ -60,8 +83,8 @@ class ResNet(nnx.Module):
             width = 64 * 2**stage
             for i in range(depth):
                 stride = 2 if stage > 0 and i == 0 else 1
-                blocks.append(Bottleneck(cin, width, stride, rngs, broken, first=stage == 0 and i == 0))
-                cin = 4 * width
+                blocks.append(block(cin, width, stride, rngs, broken, first=stage == 0 and i == 0))
+                cin = block.expansion * width
         self.blocks = nnx.List(blocks)
         self.fc = nnx.Linear(cin, classes, kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
 
@@ -75,3 +98,7 @@ class ResNet(nnx.Module):
 
 def ResNet50(channels=3, classes=1000, broken=None):
     return ResNet((3, 4, 6, 3), channels, classes, broken)
+
+
+def ResNet18(channels=3, classes=1000, broken=None):
+    return ResNet((2, 2, 2, 2), channels, classes, broken, block=Basic)

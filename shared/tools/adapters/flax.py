@@ -302,3 +302,27 @@ def port_inputs(model, images_nhwc: np.ndarray, layout: str, positions: list[int
         port_run(model, images_nhwc, layout)
     out = [np.asarray(inputs[id(owners[p])], np.float32) for p in positions]
     return [a.transpose(0, 2, 3, 1) if layout == "NCHW" and a.ndim == 4 else a for a in out]
+
+
+def port_train(model, images_nhwc: np.ndarray, labels: np.ndarray, layout: str = "NHWC"):
+    """One train-mode forward and backward (mean cross-entropy) under nnx.jit, float32 with
+    full-precision matmuls: (logits, loss, arrays in ``port_arrays`` order, torch layouts: each
+    parameter's gradient, each statistic's value after the update), for ``verify --mode train``."""
+    x = np.asarray(images_nhwc, np.float32)
+    x, y = jnp.asarray(x.transpose(0, 3, 1, 2) if layout == "NCHW" else x), jnp.asarray(labels)
+
+    def loss_fn(m):
+        logits = m(x)
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+        return -jnp.take_along_axis(logp, y[:, None], axis=-1).mean(), logits
+
+    variables = _port_variables(model)  # the call order, recorded before training changes the mode
+    model.train()
+    with jax.default_matmul_precision("highest"):
+        (loss, logits), grads = nnx.jit(nnx.value_and_grad(loss_fn, has_aux=True))(model)
+    model.eval()
+    grads = {".".join(map(str, path)): g for path, g in nnx.to_flat_state(grads)}
+    arrays = [np.asarray(v[...] if isinstance(v, nnx.BatchStat) else grads[name][...], np.float32)
+              for name, v in variables]
+    arrays = [a.transpose(3, 2, 0, 1) if a.ndim == 4 else a.T if a.ndim == 2 else a for a in arrays]
+    return np.asarray(logits, np.float32), float(loss), arrays
