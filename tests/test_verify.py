@@ -236,3 +236,19 @@ def test_train_mode_of_a_flax_nnx_port_judges_its_own_variance_rule():
     broken = V.verify(f"{PORTS / 'flax_resnet.py'}:ResNet18(broken='momentum')", size=64, mode="train")
     assert not broken.passed and broken.detail.startswith("running statistics rel")
     assert [d["mutants"] for d in broken.diagnosis] == [["bn_momentum"]]
+
+
+def test_a_zero_padded_pool_matters_where_no_relu_precedes_it():
+    """keras.applications' ResNet50V2 ported to torch: its stem pools a conv output, so Keras'
+    ZeroPadding2D (the spec's V2 pool) and torch's -inf padding differ. The port with Keras'
+    padding passes; written with ``nn.MaxPool2d(3, 2, padding=1)`` it fails, is diagnosed as the
+    other pool padding, and traced to the stem. (In V1 a ReLU comes first: the Keras port above
+    pads its pool with zeros and passes.)"""
+    port = PORTS / "torch_resnet_v2.py"
+    good = V.verify(f"{port}:ResNet50V2", size=32, trace_blocks=True)
+    assert (good.spec.arch, good.spec.style, good.passed, good.diagnosis) == ("resnet50v2", "keras", True, [])
+    _first_out(good, None)
+    broken = V.verify(f"{port}:ResNet50V2(broken='pool_padding')", size=32, trace_blocks=True)
+    assert not broken.passed and broken.rel > 10 * broken.budget
+    assert [d["mutants"] for d in broken.diagnosis] == [["pool_zero_pad"]]
+    _first_out(broken, "stem")
