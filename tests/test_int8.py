@@ -44,10 +44,13 @@ def tiny():
     return _case("resnet18")
 
 
-def test_the_oracle_quantizes_weights_and_biases_as_the_quantizer_does(tiny):
-    """Per-channel int8 weights and int32 biases: numpy's rule against onnxruntime's quantizer, to
-    the bit; exposing the integers leaves onnxruntime's logits equal to the bit."""
-    spec, weights, images = tiny
+def test_the_oracle_quantizes_weights_and_biases_as_the_quantizer_does():
+    """Per-channel int8 weights and int32 biases of all 54 layers of a ResNet-50: numpy's rule
+    against onnxruntime's quantizer, to the bit (a float32 bias division differs in 7 channels:
+    caught here); exposing the integers leaves onnxruntime's logits equal to the bit."""
+    spec = S.resnet50()
+    weights = reference.calibrated_weights(spec, seed=0, size=SIZE)
+    images = reference.random_images(spec, 2, SIZE, seed=4)
     folded, fw, model = A.build(spec, weights, SIZE)
     inits = A._initializers(model)
     act = A.params(model)
@@ -64,7 +67,8 @@ def test_the_oracle_quantizes_weights_and_biases_as_the_quantizer_does(tiny):
         np.testing.assert_array_equal(quant.weight_ints(kernel, scales), ints)
         np.testing.assert_array_equal(scales, inits[f"{layer.name}.kernel_scale"])
         step = np.float32(act[inputs[f"{layer.name}.kernel"]][0]) * scales
-        np.testing.assert_array_equal(np.rint(fw[f"{layer.name}.bias"] / step), inits[f"{layer.name}.bias_quantized"])
+        np.testing.assert_array_equal(quant.bias_ints(fw[f"{layer.name}.bias"], step),
+                                      inits[f"{layer.name}.bias_quantized"])
         checked += 1
     assert checked == sum(isinstance(layer, (S.Conv, S.Dense)) for layer in folded.layers())
     x = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
@@ -79,9 +83,9 @@ def test_the_oracle_quantizes_weights_and_biases_as_the_quantizer_does(tiny):
 def test_onnxruntime_int8_passes_on_every_block_kind(arch):
     spec, weights, images = _case(arch, depths=(2, 1, 1, 1))
     verdict, result = _verdict(spec, weights, images)
-    print(arch, {k: verdict[k] for k in ("differ", "peer_differ", "integers", "logits_rel", "logits_budget")})
-    assert verdict["fails"] == []
-    assert verdict["peer_differ"] >= verdict["differ"] / quant.MARGIN
+    print(arch, {k: verdict[k] for k in ("differ", "unexplained", "peer_differ", "tie_tolerance", "logits_rel")})
+    assert verdict["fails"] == [] and verdict["unexplained"] == 0
+    assert verdict["tie_tolerance"] < 1e-2  # a tie's neighbourhood, not a step
     # It really ran in int8: far from the fp32 function, as far as the emulated int8 model is.
     ref = reference.forward(spec, weights, images)
     emulated = quant.oracle(*A.float_model(spec, weights, SIZE)[:2], images, A.read_params(result))
@@ -102,6 +106,7 @@ def test_broken_int8_models_are_caught(arch, mutant):
     verdict, _ = _verdict(*_case(arch, depths=(2, 1, 1, 1)), mutant=mutant)
     print(arch, mutant, verdict["fails"])
     assert verdict["fails"] and verdict["first_diverging"]
+    assert verdict["unexplained"] > 0.9 * verdict["differ"]  # not roundings near a tie
 
 
 @needs_vnni
@@ -113,7 +118,7 @@ def test_check_passes_onnx_int8_on_resnet50_and_reports_top1():
     print(row.detail)
     assert report.ok and row.status == "pass", row.detail
     assert row.top1 is not None and "top-1 with fp32" in row.detail
-    assert row.extra["integers"] > 1_000_000 and row.extra["differ"] <= row.extra["differ_limit"]
+    assert row.extra["integers"] > 1_000_000 and row.extra["unexplained"] == 0
 
 
 def test_check_leaves_int8_out_of_other_precisions_and_modes(monkeypatch):

@@ -467,14 +467,14 @@ def _judge_int8(t: Target, res: dict, spec: ResNetSpec, weights: dict, images: n
     verdict = quant.judge(*folded, images, params, read_integers(res), res["logits"])
     emulated = quant.oracle(*folded, images, params)
     cmp = parity.Comparison.of(res["logits"], oracle.logits)
-    summary = (f"int8: {verdict['differ']:,} of {verdict['integers']:,} integers differ from the oracle's (limit "
-               f"{verdict['differ_limit']:,.0f}: {quant.MARGIN:g}x the float32 peer's {verdict['peer_differ']:,}); "
-               f"logits rel {verdict['logits_rel']:.2e} (budget {verdict['logits_budget']:.2e}); "
-               f"top-1 with fp32 {cmp.top1[0]}/{cmp.top1[1]}")
+    summary = (f"int8: {verdict['differ']:,} of {verdict['integers']:,} integers differ from the oracle's, "
+               f"{verdict['unexplained']:,} away from a rounding tie (tolerance {verdict['tie_tolerance']:.1e} steps: "
+               f"{quant.MARGIN:g}x the float32 peer's largest deviation); logits rel {verdict['logits_rel']:.2e} "
+               f"(budget {verdict['logits_budget']:.2e}); top-1 with fp32 {cmp.top1[0]}/{cmp.top1[1]}")
     row = Row(t.label, "FAIL" if verdict["fails"] else "pass", cmp.rel, cmp.max_abs, cmp.top1, None,
               verdict["first_diverging"], "; ".join([*verdict["fails"], summary]))
-    row.extra.update({k: verdict[k] for k in ("differ", "peer_differ", "differ_limit", "integers", "logits_rel",
-                                              "logits_budget")},
+    row.extra.update({k: verdict[k] for k in ("differ", "unexplained", "peer_differ", "integers", "peer_deviation",
+                                              "tie_tolerance", "logits_rel", "logits_budget")},
                      rel_vs_emulated=parity.rel_error(res["logits"], emulated),
                      top1_vs_emulated=parity.top1_agreement(res["logits"], emulated), points=verdict["points"])
     return row
