@@ -252,3 +252,22 @@ def test_a_zero_padded_pool_matters_where_no_relu_precedes_it():
     assert not broken.passed and broken.rel > 10 * broken.budget
     assert [d["mutants"] for d in broken.diagnosis] == [["pool_zero_pad"]]
     _first_out(broken, "stem")
+
+
+@pytest.mark.parametrize("framework", ["keras", "flax", "onnx"])
+def test_the_command_end_to_end_per_framework(framework, tmp_path, capsys):
+    """``resnet-parity verify PORT --json`` through the CLI's main: exit 0, the one-line verdict,
+    and a mapping of every canonical weight of the inferred preset, each once."""
+    from shared.spec import preset
+    from shared.tools.cli import main
+
+    pytest.importorskip({"keras": "keras", "flax": "flax", "onnx": "onnxruntime"}[framework])
+    port = {"keras": f"{PORTS / 'keras_resnet.py'}:ResNet50", "flax": f"{PORTS / 'flax_resnet.py'}:ResNet50"}.get(
+        framework) or _export(V.load_port(f"{PORT}:ResNet50"), tmp_path / "seed.onnx", do_constant_folding=False)
+    assert main(["verify", port, "--size", "32", "--json", str(tmp_path / "v.json")]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith(f"{framework} port of resnet50") and out.endswith("pass") and len(out.splitlines()) == 1
+    verdict = json.loads((tmp_path / "v.json").read_text())
+    style = "keras" if framework == "keras" else "torchvision"
+    assert verdict["style"] == style and verdict["pass"] and verdict["mode"] == "eval"
+    assert sorted(verdict["mapping"].values()) == sorted(preset("resnet50", style).param_shapes())
