@@ -401,12 +401,17 @@ LAYOUTS = {"torch": "NCHW", "keras": "NHWC", "flax": "NHWC", "onnx": "NCHW"}  # 
 
 def verify(port: str, *, arch: str | None = None, style: str | None = None, layout: str | None = None,
            size: int = 64, batch: int = 2, seed: int = 0, trace_blocks: bool = False, mode: str = "eval") -> Verdict:
+    """The verdict on ``port`` (a PORT string or a model object; module docstring)."""
+    if trace_blocks and mode == "train":
+        raise VerifyError("--trace compares eval-mode activations block by block; not with --mode train")
     if isinstance(port, str) and port.endswith(".onnx"):
         framework, model = "onnx", None
     else:
         model = port if not isinstance(port, str) else load_port(port)
         framework = framework_of(model)
     fw = adapter.load(framework)
+    if mode == "train" and not hasattr(fw, "port_train"):
+        raise VerifyError(f"--mode train: verify trains torch and Flax ports, not a {framework} one")
     try:
         model = fw.port_open(port) if model is None else model
         shapes = fw.port_arrays(model)
@@ -417,18 +422,20 @@ def verify(port: str, *, arch: str | None = None, style: str | None = None, layo
     state = interop.to_torchvision(spec, weights)
     fw.port_load(model, [state[tv] for _, tv, _ in order])
     mapping = {name: key for (name, _), (key, _, _) in zip(shapes, order)}
-    if mode == "train":
-        if not hasattr(fw, "port_train"):
-            raise VerifyError(f"--mode train: verify trains torch and Flax ports; a {framework} port is judged "
-                              "in eval mode")
-        _, row, found = train_step(fw, model, spec, order, layout or LAYOUTS[framework], framework, seed, size, batch)
-        return Verdict(spec, framework, mapping, row.rel, row.budget, row.status == "pass", found, mode="train",
-                       detail=row.detail)
+    layout = layout or LAYOUTS[framework]
     try:
-        logits = fw.port_run(model, images, layout or LAYOUTS[framework])
+        if mode == "train":
+            _, row, found = train_step(fw, model, spec, order, layout, framework, seed, size, batch)
+        else:
+            logits = fw.port_run(model, images, layout)
+    except VerifyError:
+        raise
     except Exception as e:  # noqa: BLE001 (any error of the port's own code: its framework's words, one line)
         raise VerifyError(f"PORT: its forward fails on a {batch}x{size}x{size}x{spec.image_channels} input "
                           f"({type(e).__name__}: {_one_line(e)})") from None
+    if mode == "train":
+        return Verdict(spec, framework, mapping, row.rel, row.budget, row.status == "pass", found, mode="train",
+                       detail=row.detail)
     ref, limit = _judged(spec, (), seed, size, batch)
     _check_logits(logits, ref.shape, shapes)
     rel = parity.rel_error(logits, ref)
@@ -436,7 +443,7 @@ def verify(port: str, *, arch: str | None = None, style: str | None = None, layo
     if not verdict.passed:
         verdict.diagnosis = diagnose(logits, spec, seed, size, batch)
     if trace_blocks or not (verdict.passed or verdict.diagnosis):  # no variant fits: where it diverges
-        verdict.trace = trace(fw, model, spec, order, layout or LAYOUTS[framework], seed, size, batch)
+        verdict.trace = trace(fw, model, spec, order, layout, seed, size, batch)
     return verdict
 
 
