@@ -175,7 +175,9 @@ def judge(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndarra
         diff = np.asarray(ints[name], np.float64) - q
         near_tie = np.abs(t - np.floor(t) - 0.5) <= tolerance
         differ = diff != 0
+        from_tie = np.abs(t - np.floor(t) - 0.5)[differ]
         points[name] = {"differ": int(differ.sum()), "unexplained": int((differ & ~near_tie).sum()),
+                        "from_tie": float(from_tie.max(initial=0)),
                         "max_step": int(np.abs(diff).max(initial=0)),
                         "peer_differ": int((np.clip(np.rint(peer[name]) + zero_point, lo, hi) != q).sum()),
                         "size": int(q.size)}
@@ -191,5 +193,6 @@ def judge(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndarra
     total = {k: sum(p[k] for p in points.values()) for k in ("differ", "unexplained", "peer_differ", "size")}
     return {"differ": total["differ"], "unexplained": total["unexplained"], "peer_differ": total["peer_differ"],
             "integers": total["size"], "peer_deviation": deviation, "tie_tolerance": tolerance,
+            "from_tie": max((p["from_tie"] for p in points.values()), default=0.0),
             "logits_rel": logits_rel, "logits_budget": logits_budget, "first_diverging": first, "points": points,
             "fails": fails}

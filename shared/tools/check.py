@@ -474,7 +474,7 @@ def _judge_int8(t: Target, res: dict, spec: ResNetSpec, weights: dict, images: n
     row = Row(t.label, "FAIL" if verdict["fails"] else "pass", cmp.rel, cmp.max_abs, cmp.top1, None,
               verdict["first_diverging"], "; ".join([*verdict["fails"], summary]))
     row.extra.update({k: verdict[k] for k in ("differ", "unexplained", "peer_differ", "integers", "peer_deviation",
-                                              "tie_tolerance", "logits_rel", "logits_budget")},
+                                              "tie_tolerance", "from_tie", "logits_rel", "logits_budget")},
                      rel_vs_emulated=parity.rel_error(res["logits"], emulated),
                      top1_vs_emulated=parity.top1_agreement(res["logits"], emulated), points=verdict["points"])
     return row
