@@ -209,6 +209,8 @@ class _NoForward(__import__("torch").nn.Module):
     (lambda tmp: _NoForward(), "its forward fails on a 2x32x32x3 input (RuntimeError"),
     (lambda tmp: _FirstTen(), "gives logits of shape (2, 10); its classifier net.fc.bias (1000,) has 1000 classes"),
     (lambda tmp: str(tmp / "junk.onnx"), "junk.onnx is no ONNX model"),
+    (lambda tmp: (f"{PORT}:ResNet50", "--mode", "train", "--trace"), "--trace compares eval-mode activations"),
+    (lambda tmp: (f"{PORT}:ResNet50", "--precision", "bf16", "--trace"), "--precision bf16: judges eval-mode logits"),
 ])
 def test_bad_input_gets_one_line_and_exit_2(tmp_path, capsys, monkeypatch, make, message):
     from shared.tools.cli import main
@@ -217,10 +219,10 @@ def test_bad_input_gets_one_line_and_exit_2(tmp_path, capsys, monkeypatch, make,
     (tmp_path / "imports.py").write_text("import no_such_module_xyz\n")
     (tmp_path / "junk.onnx").write_bytes(b"not a protobuf at all")
     port = make(tmp_path)
-    if not isinstance(port, str):  # an object: as the CLI would have loaded it
+    if not isinstance(port, (str, tuple)):  # an object: as the CLI would have loaded it
         model, port = port, "object.py:made"
         monkeypatch.setattr(V, "load_port", lambda text: model)
-    assert main(["verify", port, "--size", "32"]) == 2
+    assert main(["verify", *((port,) if isinstance(port, str) else port), "--size", "32"]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
@@ -271,3 +273,20 @@ def test_the_command_end_to_end_per_framework(framework, tmp_path, capsys):
     style = "keras" if framework == "keras" else "torchvision"
     assert verdict["style"] == style and verdict["pass"] and verdict["mode"] == "eval"
     assert sorted(verdict["mapping"].values()) == sorted(preset("resnet50", style).param_shapes())
+
+
+def test_bf16_judges_a_torch_port_under_autocast_against_the_emulated_reference():
+    """``--precision bf16``: the port under CPU bf16 autocast, judged by check's emulated-bf16
+    oracle and budget (2x the distance between the two legitimate rounding placements):
+    torchvision's ResNet-18 passes; with each strided block's stride moved to its second 3x3 it
+    fails and is diagnosed at bf16 too."""
+    torchvision = pytest.importorskip("torchvision")
+    good = V.verify("torchvision.models:resnet18", size=64, precision="bf16")
+    assert good.precision == "bf16" and good.passed and good.rel <= good.budget < 0.5
+    assert "against the emulated-bf16 reference" in V.report(good)
+    model = torchvision.models.resnet18()
+    for stage in (model.layer2, model.layer3, model.layer4):
+        stage[0].conv1.stride, stage[0].conv2.stride = (1, 1), (2, 2)
+    broken = V.verify(model, size=64, precision="bf16")
+    assert not broken.passed and broken.rel > 10 * broken.budget
+    assert [d["mutants"] for d in broken.diagnosis] == [["stride_on"]]

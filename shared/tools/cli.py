@@ -394,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--seed", type=int, default=0)
     verify.add_argument("--json", default=None, help="write the verdict, mapping and diagnosis here")
     verify.add_argument("--trace", action="store_true", help="name the first block out of budget")
+    verify.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="bf16 (torch ports): CPU autocast, judged against the emulated-bf16 reference")
     verify.add_argument("--mode", choices=("eval", "train"), default="eval",
                         help="train (torch, Flax ports): batch-statistics logits, running statistics, gradients")
     verify.set_defaults(func=cmd_verify)

@@ -188,6 +188,7 @@ class Verdict:
     trace: list[dict] = dataclasses.field(default_factory=list)  # per block: rel, budget (--trace)
     mode: str = "eval"
     detail: str = ""  # train mode: what check's row found out of budget
+    precision: str = "fp32"  # bf16: judged against the emulated-bf16 reference
 
     @property
     def first_out_of_budget(self) -> dict | None:
@@ -196,7 +197,8 @@ class Verdict:
     def to_json(self) -> dict:
         return {"arch": self.spec.arch, "style": self.spec.style, "framework": self.framework, "rel": self.rel,
                 "budget": self.budget, "pass": self.passed, "mapping": self.mapping, "diagnosis": self.diagnosis,
-                "trace": self.trace, "mode": self.mode, "detail": self.detail}
+                "trace": self.trace, "mode": self.mode, "detail": self.detail,
+                "precision": self.precision}
 
 
 def _fp32_rule(spec, weights, images) -> tuple[np.ndarray, float]:
@@ -205,10 +207,10 @@ def _fp32_rule(spec, weights, images) -> tuple[np.ndarray, float]:
     return ref, parity.fp32_budget(parity.rel_error(peer, ref))
 
 
-def eval_mutants(spec: ResNetSpec) -> list[str]:
-    """The mutants that change an eval-mode fp32 forward of ``spec`` and can be computed by the reference."""
+def eval_mutants(spec: ResNetSpec, precision: str = "fp32") -> list[str]:
+    """The mutants that change an eval-mode forward of ``spec`` and can be computed by the reference."""
     return [name for name, m in mutants.CATALOGUE.items()
-            if m.how in ("spec", "layers", "weights") and m.applies(spec, "eval", "fp32")]
+            if m.how in ("spec", "layers", "weights") and m.applies(spec, "eval", precision)]
 
 
 def _variant(names, spec, weights):
@@ -226,14 +228,20 @@ def _inputs(spec: ResNetSpec, seed: int, size: int, batch: int) -> tuple[dict, n
 
 
 @functools.lru_cache(maxsize=512)
-def _judged(spec: ResNetSpec, combo: tuple[str, ...], seed: int, size: int, batch: int) -> tuple[np.ndarray, float]:
-    """The float64 reference logits of ``spec`` under the mutants ``combo`` and their fp32
-    budget, kept for the next port of the same spec (a pure function of its arguments)."""
-    if not combo:
+def _judged(spec: ResNetSpec, combo: tuple[str, ...], seed: int, size: int, batch: int,
+            precision: str = "fp32") -> tuple[np.ndarray, float]:
+    """The reference logits of ``spec`` under the mutants ``combo`` and their budget, kept for
+    the next port of the same spec (a pure function of its arguments): float64 and the fp32
+    rule, or at bf16 check's emulated-bf16 logits and budget (``check.low_precision_oracle``)."""
+    if not combo and precision == "fp32":
         ref, limit, _ = _traced(spec, seed, size, batch)
         return ref, limit
     weights, images = _inputs(spec, seed, size, batch)
     vspec, vweights = _variant(combo, spec, weights)
+    if precision == "bf16":
+        from shared.tools.check import low_precision_oracle
+
+        return low_precision_oracle(vspec, vweights, images, "bf16")
     return _fp32_rule(vspec, vweights, images)
 
 
@@ -248,15 +256,16 @@ def _traced(spec: ResNetSpec, seed: int, size: int, batch: int) -> tuple[np.ndar
     return ref, parity.fp32_budget(parity.rel_error(peer, ref)), acts
 
 
-def diagnose(logits: np.ndarray, spec: ResNetSpec, seed: int, size: int, batch: int) -> list[dict]:
-    """Every mutant (then pair of mutants) whose float64 reference the port's logits match within
-    that variant's own fp32 budget; singles first, pairs only when no single fits."""
+def diagnose(logits: np.ndarray, spec: ResNetSpec, seed: int, size: int, batch: int,
+             precision: str = "fp32") -> list[dict]:
+    """Every mutant (then pair of mutants) whose reference the port's logits match within that
+    variant's own budget; singles first, pairs only when no single fits."""
     found = []
-    names = eval_mutants(spec)
+    names = eval_mutants(spec, precision)
     for group in ([(n,) for n in names], list(itertools.combinations(names, 2))):
         for combo in group:
             try:
-                ref, limit = _judged(spec, combo, seed, size, batch)
+                ref, limit = _judged(spec, combo, seed, size, batch, precision)
             except (ValueError, KeyError):  # a pair that does not compose on this spec
                 continue
             rel = parity.rel_error(logits, ref)
@@ -400,10 +409,13 @@ LAYOUTS = {"torch": "NCHW", "keras": "NHWC", "flax": "NHWC", "onnx": "NCHW"}  # 
 
 
 def verify(port: str, *, arch: str | None = None, style: str | None = None, layout: str | None = None,
-           size: int = 64, batch: int = 2, seed: int = 0, trace_blocks: bool = False, mode: str = "eval") -> Verdict:
+           size: int = 64, batch: int = 2, seed: int = 0, trace_blocks: bool = False, mode: str = "eval",
+           precision: str = "fp32") -> Verdict:
     """The verdict on ``port`` (a PORT string or a model object; module docstring)."""
     if trace_blocks and mode == "train":
         raise VerifyError("--trace compares eval-mode activations block by block; not with --mode train")
+    if precision == "bf16" and (trace_blocks or mode == "train"):
+        raise VerifyError("--precision bf16: judges eval-mode logits only (no --trace, no --mode train)")
     if isinstance(port, str) and port.endswith(".onnx"):
         framework, model = "onnx", None
     else:
@@ -412,6 +424,9 @@ def verify(port: str, *, arch: str | None = None, style: str | None = None, layo
     fw = adapter.load(framework)
     if mode == "train" and not hasattr(fw, "port_train"):
         raise VerifyError(f"--mode train: verify trains torch and Flax ports, not a {framework} one")
+    if precision == "bf16" and framework != "torch":
+        raise VerifyError(f"--precision bf16: torch ports only (bf16 autocast wraps a built model; a {framework} "
+                          "model's compute dtype is fixed when it is built)")
     try:
         model = fw.port_open(port) if model is None else model
         shapes = fw.port_arrays(model)
@@ -427,7 +442,7 @@ def verify(port: str, *, arch: str | None = None, style: str | None = None, layo
         if mode == "train":
             _, row, found = train_step(fw, model, spec, order, layout, framework, seed, size, batch)
         else:
-            logits = fw.port_run(model, images, layout)
+            logits = fw.port_run(model, images, layout, *(("bf16",) if precision == "bf16" else ()))
     except VerifyError:
         raise
     except Exception as e:  # noqa: BLE001 (any error of the port's own code: its framework's words, one line)
@@ -436,12 +451,18 @@ def verify(port: str, *, arch: str | None = None, style: str | None = None, layo
     if mode == "train":
         return Verdict(spec, framework, mapping, row.rel, row.budget, row.status == "pass", found, mode="train",
                        detail=row.detail)
-    ref, limit = _judged(spec, (), seed, size, batch)
+    ref, limit = _judged(spec, (), seed, size, batch, precision)
     _check_logits(logits, ref.shape, shapes)
+    if precision == "bf16":
+        from shared.tools.check import LOW_PRECISION_CAP
+
+        if limit >= LOW_PRECISION_CAP:
+            raise VerifyError(f"--precision bf16: the budget {limit:.2e} is not below {LOW_PRECISION_CAP} here: it "
+                              "could not tell a broken port from a correct one (try a larger --size or --batch)")
     rel = parity.rel_error(logits, ref)
-    verdict = Verdict(spec, framework, mapping, rel, limit, rel <= limit)
+    verdict = Verdict(spec, framework, mapping, rel, limit, rel <= limit, precision=precision)
     if not verdict.passed:
-        verdict.diagnosis = diagnose(logits, spec, seed, size, batch)
+        verdict.diagnosis = diagnose(logits, spec, seed, size, batch, precision)
     if trace_blocks or not (verdict.passed or verdict.diagnosis):  # no variant fits: where it diverges
         verdict.trace = trace(fw, model, spec, order, layout, seed, size, batch)
     return verdict
@@ -451,8 +472,9 @@ def report(verdict: Verdict) -> str:
     spec = verdict.spec
     train = " train-mode" if verdict.mode == "train" else ""
     detail = f" ({verdict.detail})" if verdict.detail else ""
+    oracle = "the emulated-bf16 reference" if verdict.precision == "bf16" else "the float64 reference"
     head = (f"{verdict.framework} port of {spec.arch} ({spec.style} style):{train} logits rel {verdict.rel:.2e} "
-            f"against the float64 reference, budget {verdict.budget:.2e}{detail}: ")
+            f"against {oracle}, budget {verdict.budget:.2e}{detail}: ")
     if verdict.passed:
         line = head + "pass"
     elif not verdict.diagnosis:
@@ -474,7 +496,7 @@ def cli(args) -> int:
     from shared.tools.jobs import write_json
 
     verdict = verify(args.port, arch=args.arch, style=args.style, layout=args.layout, size=args.size,
-                     batch=args.batch, seed=args.seed, trace_blocks=args.trace, mode=args.mode)
+                     batch=args.batch, seed=args.seed, trace_blocks=args.trace, mode=args.mode, precision=args.precision)
     print(report(verdict))
     if args.json:
         write_json(args.json, verdict.to_json())

@@ -238,13 +238,14 @@ def port_load(module, arrays: list[np.ndarray]) -> None:
             state[name].copy_(torch.from_numpy(np.ascontiguousarray(value)))
 
 
-def port_run(module, images_nhwc: np.ndarray, layout: str = "NCHW") -> np.ndarray:
-    """Eval-mode float32 logits of the module for NHWC numpy images, fed in ``layout``."""
+def port_run(module, images_nhwc: np.ndarray, layout: str = "NCHW", precision: str = "fp32") -> np.ndarray:
+    """Eval-mode logits of the module for NHWC numpy images, fed in ``layout``: float32, or
+    under CPU bf16 autocast (``precision="bf16"``, as ``check`` runs torch at bf16)."""
     x = torch.from_numpy(np.ascontiguousarray(images_nhwc, dtype=np.float32))
     if layout == "NCHW":
         x = x.permute(0, 3, 1, 2).contiguous()
     module.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(precision, torch.device("cpu")):
         out = module(x)
     out = getattr(out, "logits", out)  # Hugging Face's output object
     return (out[0] if isinstance(out, (tuple, list)) else out).float().numpy()
