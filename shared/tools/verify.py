@@ -22,7 +22,8 @@ file (run with onnxruntime, from memory). Then:
    stem's and every block's output the same way (read where the next weighted layer takes it)
    and names the first out of budget. ``--mode train`` (torch, Flax) judges one train step as
    ``check --mode train`` does: batch-statistics logits, running statistics, gradients against
-   ``shared.backprop``.
+   ``shared.backprop``. ``--precision bf16`` (torch) runs it under CPU bf16 autocast, judged by
+   ``check``'s emulated-bf16 oracle and budget.
 5. **Diagnose.** When it fails, the float64 reference is run under every mutant of
    ``shared.mutants`` that can change the judged function, singly and (eval) in pairs; a variant
    the port computes within budget is named ("computes the spec with BatchNorm epsilon 1e-3 ...").
