@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import platform
 import tempfile
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 
 from shared import fold, onnx_export, quant, reference
 from shared.tools.adapter import no_mutant
+from shared.tools.adapters.onnx import versions  # noqa: F401  (the same runtime as the onnx target)
 from shared.tools.bench_timing import Step
 from shared.tools.jobs import Job
 
@@ -30,14 +30,6 @@ OPS = ("Conv", "Gemm", "Relu", "MaxPool")
 CALIBRATION_IMAGES, CALIBRATION_SEED = 8, 1_000_003  # seeded images no check draws (check seeds are small)
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
                  "MatMulInteger", "QLinearAdd", "DynamicQuantizeLinear"}
-
-
-def versions() -> dict:
-    import onnx
-    import onnxruntime
-
-    return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-            "device": platform.processor() or "cpu"}
 
 
 @contextlib.contextmanager
