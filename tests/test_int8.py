@@ -189,6 +189,60 @@ def test_bench_plans_int8_and_bf16_rows_only_where_the_cpu_has_them(monkeypatch)
                                                                  precisions=["fp32", "bf16"])}
     assert rows["onnx-int8", "fp32"].skipped == rows["torch", "bf16"].skipped == ""
     assert rows["onnx-int8", "fp32"].ours.label == "onnxruntime-int8"
+    # torch.ao's int8 of torchvision's model, beside the same torchvision fp32 run: CPU inference only.
+    rows = {(p.target, p.mode): p for p in bench_plan.plan(["torch", "torch-int8"], fold=True)}
+    peer = rows["torch-int8", "infer"]
+    assert (peer.skipped, peer.ours.label, peer.ours.impl) == ("", "torch.ao-int8", "int8")
+    assert peer.reference == rows["torch", "infer"].reference and "torch-int8+fold" not in {t for t, _ in rows}
+    assert rows["torch-int8", "train"].skipped == "skipped: inference only"
+    assert "torch.ao x86 runs on the CPU" in bench_plan.plan(["torch-int8"], modes=["infer"], device="gpu")[0].skipped
+    monkeypatch.setattr(bench_plan, "cpu_flags", lambda: frozenset({"avx2"}))
+    peer, = bench_plan.plan(["torch-int8"], modes=["infer"])
+    assert peer.skipped.startswith("not supported here: no int8 dot-product")
+
+
+TINY_R50 = {"depths": (1, 1, 1, 1), "num_classes": 10}  # torchvision builds a ResNet of these depths
+
+
+@needs_vnni
+def test_bench_times_torch_ao_int8_beside_torchvision_fp32_and_reports_its_distance():
+    pytest.importorskip("torchvision")
+    from shared.tools import bench, bench_report
+    from shared.tools.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--frameworks", "torch-int8", "--mode", "infer", "--depths", "1,1,1,1",
+                                      "--size", "32", "--batch", "2", "--iters", "1", "--warmup", "1",
+                                      "--channels-last", "--interleave"])
+    report = bench.run_bench(args)
+    row, = report["rows"]
+    assert row["status"] == "ok" and row["ratio"] > 0, row
+    ours, ref = row["ours"], row["reference"]
+    assert (ours["label"], ref["label"]) == ("torch.ao-int8", "torchvision")
+    assert ours["images_per_s"]["median"] > 0 and ours["settings"]["engine"] == "x86"
+    figures = ours["settings"]["vs_fp32"]
+    assert figures["images"] == 2 and 0 <= figures["top1_agreement"] <= 2 and 0 < figures["logits_rel_distance"] < 1
+    note = f"top-1 with fp32 {figures['top1_agreement']}/2, logits rel distance {figures['logits_rel_distance']:.3f}"
+    assert note in bench_report.markdown(report)
+
+
+def test_torch_ao_int8_figures_are_against_an_independent_fp32_run():
+    """The bench row's top-1 and distance are the int8 logits against the fp32 function, here
+    the float64 reference: equal to the figures, and far from zero (not the int8 model itself)."""
+    pytest.importorskip("torchvision")
+    from shared.tools.adapters import torch as T
+    from shared.tools.jobs import Job
+
+    spec = S.preset("resnet50", "torchvision", **TINY_R50)
+    weights = reference.calibrated_weights(spec, seed=3, size=SIZE)
+    job = Job("bench", "torch", spec.to_dict(), "unused.json", mode="infer", batch=4, size=SIZE, impl="int8")
+    step = T.run_bench(job, spec, weights)
+    int8 = step.step().numpy()
+    fp32 = reference.forward(spec, weights, job.inputs(spec)[0])
+    figures = step.settings["vs_fp32"]
+    print(figures)
+    assert figures["logits_rel_distance"] == pytest.approx(parity.rel_error(int8, fp32), rel=1e-3)
+    assert figures["logits_rel_distance"] > 1e-3  # int8: far from fp32, as onnx-int8 is
+    assert (figures["top1_agreement"], figures["images"]) == parity.top1_agreement(int8, fp32)
 
 
 def test_torch_bf16_channels_last_on_cpu_against_emulated_bf16():

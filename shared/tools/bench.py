@@ -19,7 +19,7 @@ from pathlib import Path
 
 from shared import spec as S
 from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS, PRECISIONS, QUANTIZED
-from shared.tools.bench_plan import MODES, Pair, Run, plan, unique_runs
+from shared.tools.bench_plan import MODES, PEERS, Pair, Run, plan, unique_runs
 from shared.tools.jobs import Job, environment, launch, read_result, write_json
 from shared.tools.options import CliError, csv_choices as _csv, depths as _depths, positive as _positive
 
@@ -27,8 +27,9 @@ from shared.tools.options import CliError, csv_choices as _csv, depths as _depth
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="images/s and peak memory, ours beside each framework's reference")
     p.add_argument("--arch", choices=S.ARCHS, default="resnet50")
-    p.add_argument("--frameworks", type=_csv(FRAMEWORKS + QUANTIZED), default=list(FRAMEWORKS),
-                   help=f"default: {','.join(FRAMEWORKS)}; {', '.join(QUANTIZED)} (int8, beside torchvision fp32) when named")
+    p.add_argument("--frameworks", type=_csv(FRAMEWORKS + QUANTIZED + PEERS), default=list(FRAMEWORKS),
+                   help=f"default: {','.join(FRAMEWORKS)}; {', '.join(QUANTIZED + PEERS)} (int8, beside torchvision "
+                        "fp32) when named; torch-int8: torch.ao's x86 int8 of torchvision's model")
     p.add_argument("--keras-backends", type=_csv(KERAS_BACKENDS), default=list(KERAS_BACKENDS))
     p.add_argument("--mode", type=_csv(MODES), default=list(MODES),
                    help="infer (eval-mode forward) and/or train (forward, backward, SGD momentum 0.9)")

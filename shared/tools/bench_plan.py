@@ -18,6 +18,10 @@ from shared import spec as S
 from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS, QUANTIZED, REQUIRES, installed
 
 MODES = ("infer", "train")
+# Targets beside onnx-int8 when named: torch's own int8 path, torch.ao's FX static quantization
+# (x86) of torchvision's model (the adapter's "int8" impl), beside the same model in fp32.
+PEERS = ("torch-int8",)
+INT8 = QUANTIZED + PEERS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +29,7 @@ class Run:
     """One model measured in one mode and precision, in a process of its own."""
 
     framework: str  # the adapter that drives it (shared.tools.adapters): "torch", "keras", "flax", "onnx"
-    impl: str  # "ours" or "reference"
+    impl: str  # "ours", "reference" or "int8" (torch.ao's int8 of the reference)
     backend: str  # Keras backend; "" for the others
     mode: str
     precision: str
@@ -37,7 +41,7 @@ class Run:
         name = {("torch", "ours"): "resnet_torch", ("torch", "reference"): "torchvision",
                 ("keras", "ours"): "resnet_keras", ("keras", "reference"): "keras.applications",
                 ("flax", "ours"): "resnet_flax", ("onnx", "ours"): "onnxruntime",
-                ("onnx-int8", "ours"): "onnxruntime-int8"}[(self.framework, self.impl)]
+                ("onnx-int8", "ours"): "onnxruntime-int8", ("torch", "int8"): "torch.ao-int8"}[(self.framework, self.impl)]
         name += "+fold" if self.fold else ""
         return f"{name}[{self.backend}]" if self.backend else name
 
@@ -45,7 +49,7 @@ class Run:
     def requires(self) -> tuple[str, ...]:
         """Import names this run needs."""
         needs = REQUIRES[self.framework]
-        if self.framework == "torch" and self.impl == "reference":
+        if self.framework == "torch" and self.impl != "ours":
             needs += ("torchvision",)
         if self.backend:
             needs += (self.backend,)
@@ -81,9 +85,9 @@ def _pair(target: str, mode: str, precision: str, preset: S.Preset) -> Pair:
     (torchvision: every torchvision preset; keras.applications: ResNet50/101/152 and V2)."""
     framework, _, backend = target.partition("[")
     backend = backend.rstrip("]")
-    if framework in ("onnx", "onnx-int8", "torch"):  # the spec's ONNX model in onnxruntime, beside torchvision
+    if framework in ("onnx", "onnx-int8", "torch", "torch-int8"):  # beside torchvision
         style = _style(preset, "torchvision")
-        ours = Run(framework, "ours", "", mode, precision, style)
+        ours = Run(*(("torch", "int8") if framework in PEERS else (framework, "ours")), "", mode, precision, style)
         has_ref = preset.torchvision and style == "torchvision"
         ref = Run("torch", "reference", "", mode, precision, style) if has_ref else None
     else:
@@ -105,22 +109,24 @@ def plan(frameworks=FRAMEWORKS, keras_backends=KERAS_BACKENDS, modes=MODES, prec
     for target in targets:
         for mode in modes:
             for precision in precisions:
-                for folded in (False, True) if fold else (False,):
+                for folded in (False, True) if fold and target not in PEERS else (False,):
                     pair = _pair(target, mode, precision, S.PRESETS[arch])
                     if folded:
                         pair = dataclasses.replace(pair, target=f"{target}+fold",
                                                    ours=dataclasses.replace(pair.ours, fold=True))
-                    missing = pair.ours.missing()
+                    missing, int8 = pair.ours.missing(), target in INT8
                     if missing:
                         pair.skipped = f"not installed: {', '.join(missing)}"
                     elif precision == "tf32" and device == "cpu":
                         pair.skipped = "skipped: tf32 is a GPU mode"
-                    elif mode == "train" and (folded or pair.ours.framework in ("onnx", *QUANTIZED)):
+                    elif mode == "train" and (folded or int8 or pair.ours.framework == "onnx"):
                         pair.skipped = "skipped: inference only"
-                    elif device == "gpu" and pair.ours.framework in ("onnx", *QUANTIZED):
-                        pair.skipped = "skipped: onnxruntime runs on the CPU here"
-                    elif device == "cpu" and not_supported(pair.ours.framework, precision):
-                        pair.skipped = f"not supported here: {not_supported(pair.ours.framework, precision)}"
+                    elif device == "gpu" and (int8 or pair.ours.framework == "onnx"):
+                        pair.skipped = f"skipped: {'torch.ao x86' if target in PEERS else 'onnxruntime'} runs on the CPU here"
+                    elif target in PEERS and pair.reference is None:
+                        pair.skipped = f"skipped: torchvision ships no {arch}"
+                    elif device == "cpu" and (why := not_supported(target if int8 else pair.ours.framework, precision)):
+                        pair.skipped = f"not supported here: {why}"
                     pairs.append(pair)
     return pairs
 
@@ -149,12 +155,13 @@ def cpu_flags() -> frozenset[str]:
 def not_supported(framework: str, precision: str, flags: frozenset[str] | None = None) -> str:
     """Why this CPU cannot run ``framework`` at ``precision`` as the row means it ("": it can)."""
     flags = cpu_flags() if flags is None else flags
-    if framework in QUANTIZED and precision != "fp32":
-        return f"int8 {precision}: the arithmetic around onnxruntime's int8 ops is fp32 only"
+    if framework in INT8 and precision != "fp32":
+        runtime = "torch.ao" if framework in PEERS else "onnxruntime"
+        return f"int8 {precision}: the arithmetic around {runtime}'s int8 ops is fp32 only"
     if framework == "onnx" and precision != "fp32":
         return (f"onnxruntime {precision}: ONNX Conv takes no bfloat16 (opset 17 types: float16, float, double) and "
                 "onnxruntime's CPU provider has no bf16 conv kernel")
-    if framework in QUANTIZED and not flags & set(VNNI):
+    if framework in INT8 and not flags & set(VNNI):
         return f"no int8 dot-product instructions on this CPU (none of {', '.join(VNNI)})"
     if precision == "bf16" and not flags & set(BF16):
         return f"no bf16 instructions on this CPU (none of {', '.join(BF16)}): bf16 would run emulated"

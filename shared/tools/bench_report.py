@@ -69,6 +69,10 @@ def _note(row: dict) -> str:
         run = row.get(side)
         if run and run.get("status") != "ok":
             notes.append(f"{run['label']}: {run['status']}" + (f" ({run['error']})" if run.get("error") else ""))
+        elif run and run.get("settings", {}).get("vs_fp32"):  # an int8 model beside its own fp32 run
+            v = run["settings"]["vs_fp32"]
+            notes.append(f"top-1 with fp32 {v['top1_agreement']}/{v['images']}, logits rel distance "
+                         f"{v['logits_rel_distance']:.3f}")
     return "; ".join(notes) or ("" if row["status"] == "ok" else row["status"])
 
 

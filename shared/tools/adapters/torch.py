@@ -6,7 +6,10 @@
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import platform
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
@@ -14,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from resnet_torch import build, load_weights
-from shared import interop
+from shared import interop, parity, reference
 from shared.spec import is_statistic
 from shared.tools.adapter import tf32
 from shared.tools.bench_timing import LEARNING_RATE, MOMENTUM, Step
@@ -123,7 +126,10 @@ def _bench_model(job: Job, spec, weights) -> torch.nn.Module:
 
 
 def run_bench(job: Job, spec, weights) -> Step:
-    """One step: an eval-mode forward (infer), or forward, backward and SGD (train)."""
+    """One step: an eval-mode forward (infer), or forward, backward and SGD (train); with
+    ``job.impl == "int8"``, torch.ao's int8 torchvision model (``int8_bench``)."""
+    if job.impl == "int8":
+        return int8_bench(job, spec, weights)
     # Loaded on both sides: peak RSS then compares the models, not whether torchvision's
     # libraries (about 250 MiB) were imported.
     with contextlib.suppress(ImportError):
@@ -164,6 +170,56 @@ def run_bench(job: Job, spec, weights) -> Step:
     settings = {"channels_last": job.channels_last, "compile": job.compile, "threads": torch.get_num_threads()}
     peak = (lambda: torch.cuda.max_memory_allocated()) if device.type == "cuda" else (lambda: None)
     return Step(step, sync, name, settings, peak)
+
+
+# ------------------------------------------------- torch's own int8 path (bench --frameworks torch-int8)
+
+def quantize_int8(model: torch.nn.Module, calibration: torch.Tensor) -> torch.nn.Module:
+    """A copy of ``model`` (float32) quantized by torch.ao's FX graph mode static post-training
+    quantization, x86 backend, its default qconfig mapping (histogram-observed quint8
+    activations with reduce_range, per-channel symmetric int8 weights; conv-BatchNorm-ReLU fused,
+    the residual add-ReLU quantized), calibrated on ``calibration`` (NCHW) one image at a time."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    torch.backends.quantized.engine = "x86"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notices
+        prepared = prepare_fx(copy.deepcopy(model).eval(), get_default_qconfig_mapping("x86"), (calibration[:1],))
+        with torch.no_grad():
+            for image in calibration:
+                prepared(image[None])
+        return convert_fx(prepared)
+
+
+def int8_bench(job: Job, spec, weights) -> Step:
+    """torchvision's model quantized by ``quantize_int8`` on the images onnx-int8 calibrates on,
+    eval, CPU; its settings hold, on the bench images, its top-1 agreement with and logits
+    distance to the fp32 torchvision model, built and run apart."""
+    from shared.tools.adapters.onnx_int8 import CALIBRATION_IMAGES, CALIBRATION_SEED
+
+    if job.mode != "infer" or job.device != "cpu" or job.precision != "fp32":
+        raise ValueError(f"torch.ao int8: CPU inference with fp32 around the int8 ops, got {job.mode} {job.device} "
+                         f"{job.precision}")
+    layout = torch.channels_last if job.channels_last else torch.contiguous_format
+    calibration = reference.random_images(spec, CALIBRATION_IMAGES, job.size, CALIBRATION_SEED)
+    fp32 = _bench_model(dataclasses.replace(job, impl="reference"), spec, weights).eval()
+    model = quantize_int8(fp32, torch.from_numpy(calibration).permute(0, 3, 1, 2).contiguous())
+    x = torch.from_numpy(job.inputs(spec)[0]).permute(0, 3, 1, 2).contiguous(memory_format=layout)
+
+    def step():
+        with torch.inference_mode():
+            return model(x)
+
+    with torch.inference_mode():
+        ref = fp32(x).numpy()
+    del fp32
+    out = step().numpy()
+    agree, n = parity.top1_agreement(out, ref)
+    settings = {"channels_last": job.channels_last, "threads": torch.get_num_threads(),
+                "int8": "torch.ao FX static PTQ, x86 (torchvision model)", "engine": torch.backends.quantized.engine,
+                "vs_fp32": {"top1_agreement": agree, "images": n, "logits_rel_distance": parity.rel_error(out, ref)}}
+    return Step(step, lambda out: out, "cpu", settings)
 
 
 # ----------------------------------------------------------------- broken ports (shared.mutants)
