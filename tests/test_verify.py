@@ -240,6 +240,26 @@ def test_train_mode_of_a_flax_nnx_port_judges_its_own_variance_rule():
     assert [d["mutants"] for d in broken.diagnosis] == [["bn_momentum"]]
 
 
+def test_train_mode_of_a_keras_port_judges_keras_momentum_convention():
+    """A Keras functional ResNet-18 trained one step as check trains ours (training=True, the
+    backend's autodiff: tf.GradientTape on tensorflow) passes, its moving statistics judged with
+    Keras' biased variance; with BatchNorm momentum 0.5 where the port keeps Keras' default 0.99
+    (the old value's weight: the spec's 0.01) only the running statistics show it, and the
+    diagnosis names bn_momentum. Seed 1: at seed 0 one pre-ReLU value of conv3_block1_1 lies
+    2.1e-6 from zero and Keras' float32 BatchNorm rounds it below (the float32 reference does
+    not): one ReLU's gradient mask flips, the gradients move 1.1e-2, and check's rule (4x the
+    float32 backward's own error, 3.6e-5 there) has no room for a flipped mask."""
+    pytest.importorskip("keras")
+    port = f"{PORTS / 'keras_resnet.py'}:ResNet18"
+    good = V.verify(port, size=64, mode="train", seed=1)
+    assert (good.framework, good.spec.arch, good.spec.style) == ("keras", "resnet18", "keras")
+    assert good.passed and good.rel <= good.budget and (good.detail, good.diagnosis) == ("", [])
+    broken = V.verify(f"{port}(broken='momentum')", size=64, mode="train", seed=1)
+    assert broken.rel == pytest.approx(good.rel) and broken.detail.startswith("running statistics rel")
+    assert "gradients" not in broken.detail
+    assert not broken.passed and [d["mutants"] for d in broken.diagnosis] == [["bn_momentum"]]
+
+
 def test_a_zero_padded_pool_matters_where_no_relu_precedes_it():
     """keras.applications' ResNet50V2 ported to torch: its stem pools a conv output, so Keras'
     ZeroPadding2D (the spec's V2 pool) and torch's -inf padding differ. The port with Keras'

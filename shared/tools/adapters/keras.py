@@ -95,7 +95,9 @@ def _eval(model, x, trace: bool) -> dict:
     return {**out, "logits": _numpy(logits)}
 
 
-def _train(model, x, labels) -> dict:
+def _gradients(model, x, labels):
+    """One train-mode forward and backward (mean cross-entropy) with the backend's own autodiff,
+    the running statistics updated: (loss, logits, the gradient of each trainable variable)."""
     y = keras.ops.convert_to_tensor(np.asarray(labels, dtype=np.int32))
 
     def loss_of(logits):
@@ -127,7 +129,11 @@ def _train(model, x, labels) -> dict:
             logits = model(x, training=True)
             loss = loss_of(logits)
         grads = tape.gradient(loss, model.trainable_variables)
+    return loss, logits, grads
 
+
+def _train(model, x, labels) -> dict:
+    loss, logits, grads = _gradients(model, x, labels)
     key_of = {id(v): key for key, v in variables(model)}
     out = {"loss": np.asarray(keras.ops.convert_to_numpy(loss)), "logits": _numpy(logits)}
     out.update({f"grad/{key_of[id(v)]}": _numpy(g) for v, g in zip(model.trainable_variables, grads)})
@@ -342,8 +348,10 @@ def port_load(model, arrays: list[np.ndarray]) -> None:
         variable.assign(value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T if value.ndim == 2 else value)
 
 
-def port_run(model, images_nhwc: np.ndarray, layout: str = "NHWC") -> np.ndarray:
-    """Inference-mode float32 logits of the model for NHWC numpy images, fed in ``layout``."""
+def port_run(model, images_nhwc: np.ndarray, layout: str = "NHWC", precision: str = "fp32") -> np.ndarray:
+    """Inference-mode logits (as float32) of the model for NHWC numpy images, fed in ``layout``;
+    it computes in the dtype it was built with (``port_off_dtype`` says which: bf16 under Keras'
+    mixed_bfloat16 policy), so ``precision`` changes nothing here."""
     x = np.asarray(images_nhwc, np.float32)
     return _numpy(model(x.transpose(0, 3, 1, 2) if layout == "NCHW" else x, training=False))
 
@@ -356,3 +364,29 @@ def port_inputs(model, images_nhwc: np.ndarray, layout: str, positions: list[int
     x = np.asarray(images_nhwc, np.float32)
     out = taps(x.transpose(0, 3, 1, 2) if layout == "NCHW" else x, training=False)
     return [_numpy(a).transpose(0, 2, 3, 1) if layout == "NCHW" and a.ndim == 4 else _numpy(a) for a in out]
+
+
+def port_train(model, images_nhwc: np.ndarray, labels: np.ndarray, layout: str = "NHWC"):
+    """One train step of a ``keras.Model`` as ``check`` takes ours (``_gradients``: training=True,
+    mean cross-entropy, the backend's autodiff), float32: (logits, loss, arrays in ``port_arrays``
+    order, torch layouts: each trainable weight's gradient, each moving statistic's value after
+    Keras' update), for ``verify --mode train``. Nothing is stepped."""
+    x = np.asarray(images_nhwc, np.float32)
+    x = keras.ops.convert_to_tensor(x.transpose(0, 3, 1, 2) if layout == "NCHW" else x)
+    loss, logits, grads = _gradients(model, x, labels)
+    grad_of = {id(v): g for v, g in zip(model.trainable_variables, grads)}
+    arrays = []
+    for _, v in _port_weights(model):
+        if v.trainable and grad_of.get(id(v)) is None:
+            raise ValueError(f"PORT: weight {v.path} gets no gradient: the forward does not use it")
+        arrays.append(_torch_layout(_numpy(grad_of[id(v)] if v.trainable else v)))
+    return _numpy(logits), float(keras.ops.convert_to_numpy(loss)), arrays
+
+
+def port_off_dtype(model, precision: str) -> str | None:
+    """The first conv or dense layer (``port_arrays`` order) that does not compute in
+    ``precision``'s dtype (bf16: bfloat16, as Keras' mixed_bfloat16 policy builds it), as
+    "path (dtype)"; None when every one does."""
+    want = "bfloat16" if precision == "bf16" else "float32"
+    layers = dict.fromkeys(layer for layer, v in _port_weights(model) if hasattr(layer, "kernel"))
+    return next((f"{layer.name} ({layer.compute_dtype})" for layer in layers if layer.compute_dtype != want), None)
