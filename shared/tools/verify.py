@@ -33,6 +33,7 @@ file (run with onnxruntime, from memory). Then:
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import functools
 import importlib
@@ -54,8 +55,9 @@ class VerifyError(ValueError):
 
 # ----------------------------------------------------------------------------- the port
 
-def load_port(text: str):
-    """The model ``PORT`` names (module docstring)."""
+def load_port(text: str, precision: str = "fp32"):
+    """The model ``PORT`` names (module docstring); at bf16 built under Keras' mixed_bfloat16
+    policy where the port's module has loaded Keras (``_keras_policy``)."""
     where, sep, call = text.rpartition(":")
     if not sep or not where or not call:
         raise VerifyError(f"PORT: expected FILE.py:NAME or package.module:NAME, got {text!r}")
@@ -79,9 +81,27 @@ def load_port(text: str):
     if not callable(factory):
         raise VerifyError(f"PORT: {where} has no callable {name.strip()!r}")
     try:
-        return factory(**kwargs)
+        with _keras_policy(precision):
+            return factory(**kwargs)
     except Exception as e:  # noqa: BLE001
         raise VerifyError(f"PORT: {call} fails ({type(e).__name__}: {_one_line(e)})") from None
+
+
+@contextlib.contextmanager
+def _keras_policy(precision: str):
+    """At bf16, Keras' global dtype policy "mixed_bfloat16" while a port is built (a Keras
+    layer's compute dtype is fixed when it is built), as ``check`` builds ours; restored after.
+    Only where Keras is already loaded: nothing is imported for a torch or Flax port."""
+    keras = sys.modules.get("keras") if precision == "bf16" else None
+    if keras is None:
+        yield
+        return
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(before)
 
 
 def _import(where: str):
@@ -409,6 +429,16 @@ def _check_logits(logits: np.ndarray, expected: tuple[int, ...], shapes: list) -
 
 
 LAYOUTS = {"torch": "NCHW", "keras": "NHWC", "flax": "NHWC", "onnx": "NCHW"}  # each framework's own
+# How a Keras or Flax port computes in a precision (its compute dtype is fixed when it is built).
+BUILT_IN = {
+    "keras": {"bf16": "verify builds a PORT under Keras' mixed_bfloat16 policy: pass it as PORT, not as a model "
+                      "built before (or build it under keras.config.set_dtype_policy('mixed_bfloat16'))",
+              "fp32": "it was built under a mixed policy: build it under keras.config.set_dtype_policy('float32'), "
+                      "or judge it with --precision bf16"},
+    "flax": {"bf16": "an nnx port computes in the dtype its constructor gives its layers: build it with "
+                     "dtype=bfloat16, e.g. PORT 'my_resnet.py:ResNet50(dtype=\"bfloat16\")'",
+             "fp32": "judge it with --precision bf16, or build it with float32 layers"},
+}
 
 
 def verify(port: str, *, arch: str | None = None, style: str | None = None, layout: str | None = None,
@@ -422,7 +452,7 @@ def verify(port: str, *, arch: str | None = None, style: str | None = None, layo
     if isinstance(port, str) and port.endswith(".onnx"):
         framework, model = "onnx", None
     else:
-        model = port if not isinstance(port, str) else load_port(port)
+        model = port if not isinstance(port, str) else load_port(port, precision)
         framework = framework_of(model)
     fw = adapter.load(framework)
     if mode == "train" and not hasattr(fw, "port_train"):
@@ -435,6 +465,10 @@ def verify(port: str, *, arch: str | None = None, style: str | None = None, layo
         shapes = fw.port_arrays(model)
     except ValueError as e:
         raise VerifyError(str(e)) from None
+    off = fw.port_off_dtype(model, precision) if hasattr(fw, "port_off_dtype") else None
+    if off:
+        raise VerifyError(f"--precision {precision}: the port's layer {off} does not compute in "
+                          f"{'bfloat16' if precision == 'bf16' else 'float32'}; {BUILT_IN[framework][precision]}")
     spec, order = infer_spec(shapes, arch, style)
     weights, images = _inputs(spec, seed, size, batch)
     state = interop.to_torchvision(spec, weights)

@@ -8,7 +8,11 @@ verify overwrites every weight).
 ``broken`` names one port bug to inject: ``eps`` (BatchNorm epsilon 1e-3), ``stride_1x1`` (the
 stride on the first 1x1 conv), ``same_padding`` (``padding='SAME'`` on the strided convs and the
 pool: flax#963), ``missing_relu`` (the first block's second ReLU left out), ``momentum`` (Flax's
-momentum 0.5 instead of 0.9: the running statistics move too fast, seen only in training)."""
+momentum 0.5 instead of 0.9: the running statistics move too fast, seen only in training);
+``ResNet18``'s ``stride_conv2``: a strided block's stride on its second 3x3. ``dtype`` is the
+compute dtype of the convs and the classifier (``dtype="bfloat16"``: mixed precision, float32
+parameters); the BatchNorms keep theirs unset and so normalise in float32, as mixed precision
+does (in bf16, x - mean loses the digits that matter)."""
 
 import functools
 
@@ -21,20 +25,20 @@ Conv = functools.partial(nnx.Conv, use_bias=False, kernel_init=nnx.initializers.
 class Bottleneck(nnx.Module):
     expansion = 4
 
-    def __init__(self, cin, width, stride, rngs, broken=None, first=False):
+    def __init__(self, cin, width, stride, rngs, broken=None, first=False, dtype=None):
         same = broken == "same_padding" and stride == 2
         s1, s2 = (stride, 1) if broken == "stride_1x1" else (1, stride)
-        self.conv1 = Conv(cin, width, (1, 1), strides=s1, rngs=rngs)
+        self.conv1 = Conv(cin, width, (1, 1), strides=s1, dtype=dtype, rngs=rngs)
         self.bn1 = _bn(width, broken, rngs)
         self.conv2 = Conv(width, width, (3, 3), strides=s2, padding="SAME" if same else ((1, 1), (1, 1)),
-                          rngs=rngs)
+                          dtype=dtype, rngs=rngs)
         self.bn2 = _bn(width, broken, rngs)
-        self.conv3 = Conv(width, 4 * width, (1, 1), rngs=rngs)
+        self.conv3 = Conv(width, 4 * width, (1, 1), dtype=dtype, rngs=rngs)
         self.bn3 = _bn(4 * width, broken, rngs)
         self.skip_relu = broken == "missing_relu" and first
         self.downsample = nnx.data(None)
         if stride != 1 or cin != 4 * width:
-            self.downsample = nnx.Sequential(Conv(cin, 4 * width, (1, 1), strides=stride, rngs=rngs),
+            self.downsample = nnx.Sequential(Conv(cin, 4 * width, (1, 1), strides=stride, dtype=dtype, rngs=rngs),
                                              _bn(4 * width, broken, rngs))
 
     def __call__(self, x):
@@ -50,14 +54,15 @@ class Basic(nnx.Module):
 
     expansion = 1
 
-    def __init__(self, cin, width, stride, rngs, broken=None, first=False):
-        self.conv1 = Conv(cin, width, (3, 3), strides=stride, padding=((1, 1), (1, 1)), rngs=rngs)
+    def __init__(self, cin, width, stride, rngs, broken=None, first=False, dtype=None):
+        s1, s2 = (1, stride) if broken == "stride_conv2" else (stride, 1)
+        self.conv1 = Conv(cin, width, (3, 3), strides=s1, padding=((1, 1), (1, 1)), dtype=dtype, rngs=rngs)
         self.bn1 = _bn(width, broken, rngs)
-        self.conv2 = Conv(width, width, (3, 3), padding=((1, 1), (1, 1)), rngs=rngs)
+        self.conv2 = Conv(width, width, (3, 3), strides=s2, padding=((1, 1), (1, 1)), dtype=dtype, rngs=rngs)
         self.bn2 = _bn(width, broken, rngs)
         self.downsample = nnx.data(None)
         if stride != 1 or cin != width:
-            self.downsample = nnx.Sequential(Conv(cin, width, (1, 1), strides=stride, rngs=rngs),
+            self.downsample = nnx.Sequential(Conv(cin, width, (1, 1), strides=stride, dtype=dtype, rngs=rngs),
                                              _bn(width, broken, rngs))
 
     def __call__(self, x):
@@ -71,22 +76,23 @@ def _bn(channels, broken, rngs):
 
 
 class ResNet(nnx.Module):
-    def __init__(self, depths, channels=3, classes=1000, broken=None, seed=0, block=None):
+    def __init__(self, depths, channels=3, classes=1000, broken=None, seed=0, block=None, dtype=None):
         block = block or Bottleneck
+        dtype = jnp.dtype(dtype) if dtype else None
         rngs = nnx.Rngs(seed)
         self.same = broken == "same_padding"
         self.conv1 = Conv(channels, 64, (7, 7), strides=2, padding="SAME" if self.same else ((3, 3), (3, 3)),
-                          rngs=rngs)
+                          dtype=dtype, rngs=rngs)
         self.bn1 = _bn(64, broken, rngs)
         blocks, cin = [], 64
         for stage, depth in enumerate(depths):
             width = 64 * 2**stage
             for i in range(depth):
                 stride = 2 if stage > 0 and i == 0 else 1
-                blocks.append(block(cin, width, stride, rngs, broken, first=stage == 0 and i == 0))
+                blocks.append(block(cin, width, stride, rngs, broken, first=stage == 0 and i == 0, dtype=dtype))
                 cin = block.expansion * width
         self.blocks = nnx.List(blocks)
-        self.fc = nnx.Linear(cin, classes, kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
+        self.fc = nnx.Linear(cin, classes, kernel_init=nnx.initializers.zeros_init(), dtype=dtype, rngs=rngs)
 
     def __call__(self, x):
         x = nnx.relu(self.bn1(self.conv1(x)))
@@ -96,9 +102,9 @@ class ResNet(nnx.Module):
         return self.fc(jnp.mean(x, axis=(1, 2)))
 
 
-def ResNet50(channels=3, classes=1000, broken=None):
-    return ResNet((3, 4, 6, 3), channels, classes, broken)
+def ResNet50(channels=3, classes=1000, broken=None, dtype=None):
+    return ResNet((3, 4, 6, 3), channels, classes, broken, dtype=dtype)
 
 
-def ResNet18(channels=3, classes=1000, broken=None):
-    return ResNet((2, 2, 2, 2), channels, classes, broken, block=Basic)
+def ResNet18(channels=3, classes=1000, broken=None, dtype=None):
+    return ResNet((2, 2, 2, 2), channels, classes, broken, block=Basic, dtype=dtype)

@@ -280,12 +280,14 @@ def port_load(model, arrays: list[np.ndarray]) -> None:
     """Set the model's own variables to ``arrays`` (``port_arrays`` order, torch layouts)."""
     for (_, variable), value in zip(_port_variables(model), arrays, strict=True):
         value = np.asarray(value, np.float32)
-        variable.value = jnp.asarray(value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T if value.ndim == 2
-                                     else value)
+        variable[...] = jnp.asarray(value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T if value.ndim == 2
+                                else value)
 
 
-def port_run(model, images_nhwc: np.ndarray, layout: str = "NHWC") -> np.ndarray:
-    """Eval-mode float32 logits (running statistics, full-precision matmuls) for NHWC images."""
+def port_run(model, images_nhwc: np.ndarray, layout: str = "NHWC", precision: str = "fp32") -> np.ndarray:
+    """Eval-mode logits (as float32; running statistics, full-precision matmuls) for NHWC images,
+    computed in the dtype the port was built with (``port_off_dtype`` says which), so
+    ``precision`` changes nothing here."""
     x = np.asarray(images_nhwc, np.float32)
     model.eval()
     with jax.default_matmul_precision("highest"):
@@ -326,3 +328,17 @@ def port_train(model, images_nhwc: np.ndarray, labels: np.ndarray, layout: str =
               for name, v in variables]
     arrays = [a.transpose(3, 2, 0, 1) if a.ndim == 4 else a.T if a.ndim == 2 else a for a in arrays]
     return np.asarray(logits, np.float32), float(loss), arrays
+
+
+def port_off_dtype(model, precision: str) -> str | None:
+    """The first Conv or Linear (call order) that does not compute in ``precision``'s dtype
+    (bf16: bfloat16, an nnx layer's ``dtype``; unset, it computes in its parameters'), as "path
+    (dtype)"; None when every one does. BatchNorm may normalise in float32 at bf16 (as
+    resnet_flax does)."""
+    want = jnp.bfloat16 if precision == "bf16" else jnp.float32
+    for path, layer in _call_order(model):
+        if isinstance(layer, (nnx.Conv, nnx.Linear)):
+            dtype = jnp.dtype(layer.dtype or layer.param_dtype)
+            if dtype != want:
+                return f"{path} ({dtype.name})"
+    return None
