@@ -20,10 +20,13 @@ file (run with onnxruntime, from memory). Then:
    against the float64 reference with ``check``'s fp32 rule: at most 4x the error of the
    reference's own float32 arithmetic on the same weights and images. ``--trace`` judges the
    stem's and every block's output the same way (read where the next weighted layer takes it)
-   and names the first out of budget. ``--mode train`` (torch, Flax) judges one train step as
-   ``check --mode train`` does: batch-statistics logits, running statistics, gradients against
-   ``shared.backprop``. ``--precision bf16`` (torch) runs it under CPU bf16 autocast, judged by
-   ``check``'s emulated-bf16 oracle and budget.
+   and names the first out of budget. ``--mode train`` (torch, Keras, Flax) judges one train
+   step as ``check --mode train`` does: batch-statistics logits, running statistics (the
+   framework's variance rule), gradients against ``shared.backprop``. ``--precision bf16``
+   judges the port's bf16 path by ``check``'s emulated-bf16 oracle and budget: torch under CPU
+   bf16 autocast, Keras built under the mixed_bfloat16 policy (``load_port`` sets it around the
+   factory), Flax as built (``NAME(dtype="bfloat16")``); a Keras or Flax port whose convs or
+   classifier compute in another dtype than the verdict's is refused, never judged.
 5. **Diagnose.** When it fails, the float64 reference is run under every mutant of
    ``shared.mutants`` that can change the judged function, singly and (eval) in pairs; a variant
    the port computes within budget is named ("computes the spec with BatchNorm epsilon 1e-3 ...").
