@@ -211,6 +211,8 @@ class _NoForward(__import__("torch").nn.Module):
     (lambda tmp: str(tmp / "junk.onnx"), "junk.onnx is no ONNX model"),
     (lambda tmp: (f"{PORT}:ResNet50", "--mode", "train", "--trace"), "--trace compares eval-mode activations"),
     (lambda tmp: (f"{PORT}:ResNet50", "--precision", "bf16", "--trace"), "--precision bf16: judges eval-mode logits"),
+    (lambda tmp: (str(tmp / "junk.onnx"), "--precision", "bf16"), "--precision bf16: torch, Keras and Flax ports"),
+    (lambda tmp: (str(tmp / "junk.onnx"), "--mode", "train"), "--mode train: verify trains torch, Keras and Flax"),
 ])
 def test_bad_input_gets_one_line_and_exit_2(tmp_path, capsys, monkeypatch, make, message):
     from shared.tools.cli import main
@@ -221,7 +223,7 @@ def test_bad_input_gets_one_line_and_exit_2(tmp_path, capsys, monkeypatch, make,
     port = make(tmp_path)
     if not isinstance(port, (str, tuple)):  # an object: as the CLI would have loaded it
         model, port = port, "object.py:made"
-        monkeypatch.setattr(V, "load_port", lambda text: model)
+        monkeypatch.setattr(V, "load_port", lambda text, precision="fp32": model)
     assert main(["verify", *((port,) if isinstance(port, str) else port), "--size", "32"]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
