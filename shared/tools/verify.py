@@ -459,7 +459,7 @@ def verify(port: str, *, arch: str | None = None, style: str | None = None, layo
         framework = framework_of(model)
     fw = adapter.load(framework)
     if mode == "train" and not hasattr(fw, "port_train"):
-        raise VerifyError("--mode train: verify trains torch, Keras and Flax ports; an ONNX file runs for inference only")
+        raise VerifyError("--mode train: verify trains torch, Keras and Flax ports; an ONNX file only infers")
     if precision == "bf16" and framework == "onnx":
         raise VerifyError("--precision bf16: torch, Keras and Flax ports; onnxruntime runs an ONNX file as it is "
                           "(float32 here)")
