@@ -12,6 +12,12 @@ gradient goes to both paths and adds up where the shortcut starts (the block inp
 pre-activation output). ``tests/test_verdict.py`` and ``tests/test_backprop_family.py`` (every
 block kind) prove it against central finite differences of the float64 forward and against
 torchvision's autograd.
+
+A ReLU's derivative is a step: where a pre-activation lies within rounding of 0, a legitimate
+float32 implementation may take it on the other side. ``relu_ties`` finds those units (within
+``margin`` x a float32 peer's own error there) and ``step(..., relu_flip={name: mask})`` is the
+float64 pass with the derivative of the masked units taken the other way: the gradients such an
+implementation computes (``shared.tools.check``'s train oracle admits them).
 """
 
 from __future__ import annotations
@@ -105,15 +111,20 @@ class _Tape:
     how BatchNorm's batch variance is computed, ``"two_pass"`` (numpy's ``x.var()``, as
     ``reference`` does) or ``"one_pass"`` (``one_pass_moments``)."""
 
-    def __init__(self, w: Mapping[str, np.ndarray], variance: str = "two_pass"):
+    def __init__(self, w: Mapping[str, np.ndarray], variance: str = "two_pass",
+                 relu_flip: Mapping[str, np.ndarray] | None = None):
         if variance not in VARIANCE_FORMULAS:
             raise ValueError(f"variance_formula: expected one of {VARIANCE_FORMULAS}, got {variance!r}")
         self.w = w
         self.stats: dict = {}
         self.variance = variance
+        self.relu_flip = relu_flip or {}
+        self.relu_inputs: dict[str, np.ndarray] = {}
 
     def forward(self, layer, x, record: list):
         record.append((layer, x))
+        if isinstance(layer, ReLU):
+            self.relu_inputs[layer.name] = x
         if isinstance(layer, BatchNorm) and self.variance == "one_pass":
             mean, var = one_pass_moments(x)
             self.stats[layer.name] = (mean, var, x.size // x.shape[-1])
@@ -129,7 +140,8 @@ class _Tape:
             stats = self.stats[layer.name][:2] if self.variance == "one_pass" else None
             return _bn_backward(layer, x, w[f"{layer.name}.gamma"], dy, grads, stats)
         if isinstance(layer, ReLU):
-            return dy * (x > 0)
+            flip = self.relu_flip.get(layer.name)
+            return dy * ((x > 0) if flip is None else (x > 0) ^ flip)
         if isinstance(layer, MaxPool):
             return _maxpool_backward(layer, x, dy)
         if isinstance(layer, GlobalPool):
@@ -171,15 +183,30 @@ class Step:
     logits: np.ndarray
     grads: dict[str, np.ndarray]  # every learnable weight, in the spec's order
     stats: dict[str, tuple[np.ndarray, np.ndarray, int]]  # bn name -> (mean, biased var, count) it normalised with
+    relu_inputs: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)  # ReLU name -> its input
+
+
+def relu_ties(peer: Step, full: Step, margin: float) -> list[tuple[str, tuple[int, ...], float]]:
+    """(ReLU name, unit index, |x| / (margin x the peer's error there)) of every pre-activation of
+    the float64 pass ``full`` that lies within ``margin`` x the float32 ``peer``'s own error of 0:
+    the units a float32 pass may round to either side. Nearest to 0 (relative) first."""
+    ties = []
+    for name, x in full.relu_inputs.items():
+        err = margin * np.abs(np.asarray(peer.relu_inputs[name], np.float64) - x)
+        for index in zip(*np.nonzero(np.abs(x) <= err)):
+            ties.append((name, tuple(int(i) for i in index), float(abs(x[index]) / err[index])))
+    return sorted(ties, key=lambda t: t[2])
 
 
 def step(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray, labels: np.ndarray,
-         dtype=np.float64, variance_formula: str = "two_pass") -> Step:
+         dtype=np.float64, variance_formula: str = "two_pass",
+         relu_flip: Mapping[str, np.ndarray] | None = None) -> Step:
     """The train-mode forward pass, its loss and its backward pass (module docstring). BatchNorm
     running statistics get no gradient; their update is the caller's, from ``Step.stats``.
     ``variance_formula``: ``"two_pass"`` (the default, ``reference``'s ``x.var()``) or
     ``"one_pass"`` (``one_pass_moments``, a synchronized BatchNorm's): two legitimate float32
-    peers, the same function in exact arithmetic."""
+    peers, the same function in exact arithmetic. ``relu_flip``: ReLU name -> a boolean mask of its
+    input's shape, the units whose derivative is taken the other way (module docstring)."""
     refuse_training(spec, "backprop")
     if not (spec.include_top and spec.head()):
         raise ValueError("backprop: the loss needs a classifier head (include_top=True, pooling set)")
@@ -189,7 +216,7 @@ def step(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray
         raise ValueError(f"labels: expected {images.shape[0]} class indices in [0, {spec.num_classes}), "
                          f"got shape {labels.shape}")
     w = {k: np.asarray(v, dtype=dtype) for k, v in weights.items()}
-    tape = _Tape(w, variance_formula)
+    tape = _Tape(w, variance_formula, relu_flip)
     records: dict = {}  # the layers of one chain -> what the tape recorded along it
 
     def chain(layers, x):
@@ -223,7 +250,7 @@ def step(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray
             dy = back(block.pre, d_pre) + d_source
     back(spec.stem(), dy)
     learnable = [k for k in spec.param_shapes() if not S.is_statistic(k)]
-    return Step(loss, logits, {k: grads[k] for k in learnable}, tape.stats)
+    return Step(loss, logits, {k: grads[k] for k in learnable}, tape.stats, tape.relu_inputs)
 
 
 def loss_and_grads(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray,

@@ -317,3 +317,28 @@ def test_published_catch_table_of_the_v1_catalogue():
             assert cell == ", ".join(f"{o} {k}" for o, k in sorted(counts[port, target].items())), (port, target)
             seen.add((port, target))
     assert seen == set(counts)
+
+
+def test_a_relu_tie_rounded_the_other_way_passes_and_a_wrong_gradient_does_not():
+    """The legitimate alternative the gradient rule must admit, found on this AMD EPYC: Keras'
+    ResNet-18 (keras style, 64 px, batch 2, seed 0) rounds one pre-ReLU value of 2.1e-6 below 0
+    where the float32 reference does not, and one flipped mask moves every gradient by 1.1e-2,
+    300x the float32 backward's own error. The oracle lists the ReLU units within 4x the float32
+    peer's error of 0 (``backprop.relu_ties``) and judges against the nearest of the reference
+    with each taken the other way. Keras passes; its gradients off by 0.1% do not."""
+    pytest.importorskip("keras")
+    from shared.tools import adapter
+    from shared.tools.jobs import random_labels
+
+    spec = S.preset("resnet18", "keras")
+    weights = reference.calibrated_weights(spec, seed=0, size=64)
+    images, labels = reference.random_images(spec, 2, 64, 1), random_labels(spec, 2, 0)
+    oracle = check._oracle(spec, weights, images, labels, "train", "fp32", False)
+    assert oracle.notes["relu_ties"] >= 1 and oracle.grad_alternatives
+    res = adapter.load("keras").run_check(spec, weights, images, labels=labels, mode="train")
+    row = check.Row("keras", "pass")
+    assert check._judge_gradients(row, res, oracle) == []
+    assert row.extra["grad_rel"] <= oracle.grad_budget < row.extra["grad_rel_no_tie_flipped"]
+    # A flipped tie is no licence for a wrong gradient: 0.1% off everywhere is caught.
+    wrong = {k: v * 1.001 if k.startswith("grad/") else v for k, v in res.items()}
+    assert check._judge_gradients(check.Row("keras", "pass"), wrong, oracle)

@@ -247,16 +247,16 @@ def test_train_mode_of_a_keras_port_judges_keras_momentum_convention():
     backend's autodiff: tf.GradientTape on tensorflow) passes, its moving statistics judged with
     Keras' biased variance; with BatchNorm momentum 0.5 where the port keeps Keras' default 0.99
     (the old value's weight: the spec's 0.01) only the running statistics show it, and the
-    diagnosis names bn_momentum. Seed 1: at seed 0 one pre-ReLU value of conv3_block1_1 lies
-    2.1e-6 from zero and Keras' float32 BatchNorm rounds it below (the float32 reference does
-    not): one ReLU's gradient mask flips, the gradients move 1.1e-2, and check's rule (4x the
-    float32 backward's own error, 3.6e-5 there) has no room for a flipped mask."""
+    diagnosis names bn_momentum. Seed 0: one pre-ReLU value of conv3_block1_1 lies 2.1e-6 from
+    zero and Keras' float32 BatchNorm rounds it below (the float32 reference does not): a flipped
+    mask moves the gradients 1.1e-2, and check's train oracle judges them against the reference
+    with that ReLU tie taken the other way (``check._tie_alternatives``)."""
     pytest.importorskip("keras")
     port = f"{PORTS / 'keras_resnet.py'}:ResNet18"
-    good = V.verify(port, size=64, mode="train", seed=1)
+    good = V.verify(port, size=64, mode="train", seed=0)
     assert (good.framework, good.spec.arch, good.spec.style) == ("keras", "resnet18", "keras")
     assert good.passed and good.rel <= good.budget and (good.detail, good.diagnosis) == ("", [])
-    broken = V.verify(f"{port}(broken='momentum')", size=64, mode="train", seed=1)
+    broken = V.verify(f"{port}(broken='momentum')", size=64, mode="train", seed=0)
     assert broken.rel == pytest.approx(good.rel) and broken.detail.startswith("running statistics rel")
     assert "gradients" not in broken.detail
     assert not broken.passed and [d["mutants"] for d in broken.diagnosis] == [["bn_momentum"]]
