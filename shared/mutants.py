@@ -151,6 +151,11 @@ class MutatedSpec(ResNetSpec):
     def head(self):
         return tuple(map(self._layer_fn, super().head()))
 
+    def replace(self, **fields) -> "MutatedSpec":
+        """The same bug on the spec with ``fields`` changed (so mutants compose in any order)."""
+        base = ResNetSpec(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ResNetSpec)})
+        return MutatedSpec(base.replace(**fields), self._layer_fn, self._block_fn)
+
     def __hash__(self):
         return hash((ResNetSpec.__hash__(self), id(self._layer_fn), id(self._block_fn)))
 

@@ -157,6 +157,12 @@ def test_train_mode_judges_one_step_and_names_a_momentum_bug():
     assert not broken.passed and [d["mutants"] for d in broken.diagnosis] == [["bn_momentum"]]
     assert "momentum 0.5" in V.report(broken)
     assert V.verify(model, size=64).passed
+    # Two bugs at once: no single mutant fits the step, the pair does.
+    for module in model.modules():
+        if isinstance(module, __import__("torch").nn.BatchNorm2d):
+            module.eps = 1e-3
+    both = V.verify(model, size=64, mode="train")
+    assert not both.passed and [sorted(d["mutants"]) for d in both.diagnosis] == [["bn_epsilon", "bn_momentum"]]
 
 
 def test_timms_resnet50_passes_and_its_resnet50d_is_refused():

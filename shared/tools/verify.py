@@ -28,7 +28,7 @@ file (run with onnxruntime, from memory). Then:
    factory), Flax as built (``NAME(dtype="bfloat16")``); a Keras or Flax port whose convs or
    classifier compute in another dtype than the verdict's is refused, never judged.
 5. **Diagnose.** When it fails, the float64 reference is run under every mutant of
-   ``shared.mutants`` that can change the judged function, singly and (eval) in pairs; a variant
+   ``shared.mutants`` that can change the judged function, singly and in pairs; a variant
    the port computes within budget is named ("computes the spec with BatchNorm epsilon 1e-3 ...").
    When none fits, the trace names the first block out of budget.
 """
@@ -371,20 +371,21 @@ def _train_judged(res: dict, spec, combo, framework: str, seed: int, size: int, 
     return check._judge(target, res, None, _train_oracle(spec, combo, seed, size, batch), "train", "fp32", False)
 
 
-@functools.lru_cache(maxsize=64)
-def _train_logits(spec: ResNetSpec, name: str, seed: int, size: int, batch: int) -> tuple[np.ndarray, float]:
+@functools.lru_cache(maxsize=256)
+def _train_logits(spec: ResNetSpec, combo: tuple[str, ...], seed: int, size: int, batch: int,
+                  ) -> tuple[np.ndarray, float]:
     weights, images = _inputs(spec, seed, size, batch)
-    vspec, vweights = _variant((name,), spec, weights)
+    vspec, vweights = _variant(combo, spec, weights)
     ref = reference.forward_train(vspec, vweights, images)[0]
     peer = reference.forward_train(vspec, vweights, images, dtype=np.float32)[0]
     return ref, parity.fp32_budget(parity.rel_error(peer, ref))
 
 
-def _train_logits_fit(logits, spec, name, seed, size, batch) -> bool:
-    """Whether the port's train-mode logits are those of mutant ``name`` by check's fp32 rule
-    (the forward alone: a variant whose logits already differ needs no backward pass)."""
+def _train_logits_fit(logits, spec, combo, seed, size, batch) -> bool:
+    """Whether the port's train-mode logits are those of the mutants ``combo`` by check's fp32
+    rule (the forward alone: a variant whose logits already differ needs no backward pass)."""
     try:
-        ref, limit = _train_logits(spec, name, seed, size, batch)
+        ref, limit = _train_logits(spec, combo, seed, size, batch)
     except (ValueError, KeyError):
         return False
     return parity.rel_error(logits, ref) <= limit
@@ -400,7 +401,8 @@ def train_mutants(spec: ResNetSpec) -> list[str]:
 
 def train_step(fw, model, spec, order, layout, framework, seed, size, batch) -> tuple[dict, object, list[dict]]:
     """The port's train step as check's result dict, check's row on it, and (on a FAIL) the
-    single mutants whose train step it computes within every budget."""
+    mutants (singles, then pairs when no single fits) whose train step it computes within every
+    budget."""
     from shared.tools.jobs import random_labels
 
     _, images = _inputs(spec, seed, size, batch)
@@ -411,17 +413,20 @@ def train_step(fw, model, spec, order, layout, framework, seed, size, batch) -> 
         res[f"{'stats' if is_statistic(key) else 'grad'}/{key}"] = _canonical_layout(value)
     row = _train_judged(res, spec, (), framework, seed, size, batch)
     found = []
-    if row.status != "pass":
-        for name in train_mutants(spec):
-            if not _train_logits_fit(logits, spec, name, seed, size, batch):
+    names = train_mutants(spec) if row.status != "pass" else []
+    for group in ([(n,) for n in names], list(itertools.combinations(names, 2))):
+        for combo in group:
+            if not _train_logits_fit(logits, spec, combo, seed, size, batch):
                 continue  # its batch-statistics logits already differ: no backward pass needed
             try:
-                variant = _train_judged(res, spec, (name,), framework, seed, size, batch)
-            except (ValueError, KeyError):
+                variant = _train_judged(res, spec, combo, framework, seed, size, batch)
+            except (ValueError, KeyError):  # a pair that does not compose on this spec
                 continue
             if variant.status == "pass":
-                found.append({"mutants": [name], "what": [mutants.CATALOGUE[name].what], "rel": variant.rel,
-                              "budget": variant.budget})
+                found.append({"mutants": list(combo), "what": [mutants.CATALOGUE[n].what for n in combo],
+                              "rel": variant.rel, "budget": variant.budget})
+        if found:
+            break
     return res, row, found
 
 
