@@ -39,9 +39,10 @@ def test_a_broken_port_fails_and_the_diagnosis_names_the_bug(broken, mutant):
     assert f"({mutant} in shared.mutants)" in V.report(verdict)
 
 
-def test_other_classes_and_depths_are_inferred():
-    verdict = V.verify(f"{PORT}:ResNet101(img_channel=1, num_classes=7)", size=32, batch=1)
-    assert verdict.passed and verdict.spec.arch == "resnet101"
+@pytest.mark.parametrize("depth", [101, 152])
+def test_other_classes_and_depths_are_inferred(depth):
+    verdict = V.verify(f"{PORT}:ResNet{depth}(img_channel=1, num_classes=7)", size=32, batch=1)
+    assert verdict.passed and verdict.spec.arch == f"resnet{depth}"
     assert (verdict.spec.image_channels, verdict.spec.num_classes) == (1, 7)
 
 
