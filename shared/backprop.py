@@ -193,8 +193,8 @@ def relu_ties(peer: Step, full: Step, margin: float) -> list[tuple[str, tuple[in
     ties = []
     for name, x in full.relu_inputs.items():
         err = margin * np.abs(np.asarray(peer.relu_inputs[name], np.float64) - x)
-        for index in zip(*np.nonzero(np.abs(x) <= err)):
-            ties.append((name, tuple(int(i) for i in index), float(abs(x[index]) / err[index])))
+        for index in zip(*np.nonzero(np.abs(x) <= err)):  # err 0 there: x is exactly 0, the nearest
+            ties.append((name, tuple(int(i) for i in index), float(abs(x[index]) / err[index]) if err[index] else 0.0))
     return sorted(ties, key=lambda t: t[2])
 
 

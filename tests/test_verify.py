@@ -321,6 +321,17 @@ def test_bf16_judges_a_torch_port_under_autocast_against_the_emulated_reference(
     assert [d["mutants"] for d in broken.diagnosis] == [["stride_on"]]
 
 
+def _bf16_passes_and_catches_a_moved_stride(model, broken_port: str, framework_style: tuple[str, str]):
+    """The correct port passes check's emulated-bf16 rule; the stride on the second 3x3 fails and
+    is diagnosed at bf16."""
+    good = V.verify(model, size=32, precision="bf16")
+    assert (good.framework, good.spec.style, good.precision) == (*framework_style, "bf16")
+    assert good.passed and good.rel <= good.budget < 0.5 and good.diagnosis == []
+    broken = V.verify(broken_port, size=32, precision="bf16")
+    assert not broken.passed and broken.rel > 10 * broken.budget
+    assert [d["mutants"] for d in broken.diagnosis] == [["stride_on"]]
+
+
 def test_bf16_judges_a_keras_port_built_under_mixed_bfloat16():
     """``--precision bf16`` builds a Keras PORT under the mixed_bfloat16 policy (restored after)
     and judges it by check's emulated-bf16 oracle and budget: the Keras ResNet-18 passes; with
@@ -330,12 +341,7 @@ def test_bf16_judges_a_keras_port_built_under_mixed_bfloat16():
     port = f"{PORTS / 'keras_resnet.py'}:ResNet18"
     model = V.load_port(port, "bf16")
     assert keras.config.dtype_policy().name == "float32"
-    good = V.verify(model, size=32, precision="bf16")
-    assert (good.framework, good.spec.style, good.precision) == ("keras", "keras", "bf16")
-    assert good.passed and good.rel <= good.budget < 0.5 and good.diagnosis == []
-    broken = V.verify(f"{port}(broken='stride_conv2')", size=32, precision="bf16")
-    assert not broken.passed and broken.rel > 10 * broken.budget
-    assert [d["mutants"] for d in broken.diagnosis] == [["stride_on"]]
+    _bf16_passes_and_catches_a_moved_stride(model, f"{port}(broken='stride_conv2')", ("keras", "keras"))
     with pytest.raises(V.VerifyError, match=r"--precision fp32: the port's layer conv1_conv \(bfloat16\) does not "
                                             r"compute in float32; it was built under a mixed policy"):
         V.verify(model, size=32)
@@ -352,12 +358,8 @@ def test_bf16_judges_a_flax_nnx_port_built_with_a_bfloat16_compute_dtype():
     pytest.importorskip("flax")
     port = f"{PORTS / 'flax_resnet.py'}:ResNet18"
     model = V.load_port(f"{port}(dtype='bfloat16')")
-    good = V.verify(model, size=32, precision="bf16")
-    assert (good.framework, good.spec.style, good.precision) == ("flax", "torchvision", "bf16")
-    assert good.passed and good.rel <= good.budget < 0.5 and good.diagnosis == []
-    broken = V.verify(f"{port}(broken='stride_conv2', dtype='bfloat16')", size=32, precision="bf16")
-    assert not broken.passed and broken.rel > 10 * broken.budget
-    assert [d["mutants"] for d in broken.diagnosis] == [["stride_on"]]
+    _bf16_passes_and_catches_a_moved_stride(model, f"{port}(broken='stride_conv2', dtype='bfloat16')",
+                                            ("flax", "torchvision"))
     with pytest.raises(V.VerifyError, match=r"layer conv1 \(float32\) does not compute in bfloat16; an nnx port "
                                             r"computes in the dtype its constructor gives its layers"):
         V.verify(port, size=32, precision="bf16")
