@@ -144,7 +144,7 @@ class MutatedSpec(ResNetSpec):
     def blocks(self):
         out = []
         for block in super().blocks():
-            parts = {part: tuple(map(self._layer_fn, getattr(block, part))) for part in ("pre", "main", "shortcut", "out")}
+            parts = {part: tuple(map(self._layer_fn, getattr(block, part))) for part in ("pre", "main", "shortcut", "out", "attention")}
             out.append(self._block_fn(dataclasses.replace(block, **parts)))
         return tuple(out)
 

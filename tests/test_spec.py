@@ -21,9 +21,49 @@ KERAS_PARAMS = {
     "resnet50v2": 25_613_800, "resnet101v2": 44_675_560, "resnet152v2": 60_380_648,
 }
 
+# timm 1.0.31: sum(p.numel() for p in timm.create_model(name).parameters()), read off timm's own
+# models on 2026-12-06 (tests/test_timm.py checks them against the installed timm too).
+TIMM_PARAMS = {
+    "resnet26": 15_995_176, "resnet200": 64_673_832, "resnet10t": 5_435_488, "resnet18d": 11_708_744,
+    "resnet26d": 16_014_408, "resnet26t": 16_011_872, "resnet50c": 25_576_264, "resnet50d": 25_576_264,
+    "resnet50s": 25_680_808, "resnet50t": 25_573_728, "resnet101d": 44_568_392,
+    "resnext50d_32x4d": 25_048_136, "seresnet18": 11_779_624, "seresnet50": 28_088_024,
+    "seresnext26d_32x4d": 16_809_512, "seresnext50_32x4d": 27_559_896, "ecaresnet26t": 16_011_916,
+    "ecaresnet50d": 25_576_350, "resnetrs50": 35_691_912, "resnetaa50": 25_557_032,
+    "resnetaa50d": 25_576_264, "resnetblur18": 11_689_512, "resnetblur50": 25_557_032,
+    "resnetv2_50": 25_549_352, "resnetv2_101": 44_541_480,
+}
+# keras-hub 0.32: ResNetBackbone(block_type="basic_block_vd", input_conv_filters=[32, 32, 64], ...)
+# count_params() (with BN statistics) plus the 1000-class Dense of ResNetImageClassifier.
+KERAS_HUB_PARAMS = {"resnet_vd_18": 11_209_824 + 513_000, "resnet_vd_34": 21_325_408 + 513_000}
+
 
 def test_every_preset_has_a_published_count():
-    assert set(S.ARCHS) == set(TORCHVISION_PARAMS) | set(KERAS_PARAMS)
+    assert set(S.ARCHS) == set(TORCHVISION_PARAMS) | set(KERAS_PARAMS) | set(TIMM_PARAMS) | set(KERAS_HUB_PARAMS)
+
+
+@pytest.mark.parametrize("arch", sorted(TIMM_PARAMS))
+def test_parameter_counts_match_timm(arch):
+    assert S.preset(arch).num_params() == TIMM_PARAMS[arch] == S.PRESETS[arch].params
+
+
+@pytest.mark.parametrize("arch", sorted(KERAS_HUB_PARAMS))
+def test_parameter_counts_match_keras_hub(arch):
+    assert S.preset(arch).num_params(include_bn_statistics=True) == KERAS_HUB_PARAMS[arch]
+
+
+def test_se_width_is_timms_make_divisible():
+    """timm's SE hidden width: C/16 rounded to the nearest multiple of 8, at least 8 (so 8, not
+    4, for a 64-channel basic block); ResNet-RS's 1/4."""
+    widths = [b.attention[1].out_channels for b in S.preset("seresnet18").blocks()]
+    assert widths == [8, 8, 8, 8, 16, 16, 32, 32]
+    rs = {b.out_channels: b.attention[1].out_channels for b in S.preset("resnetrs50").blocks()}
+    assert rs == {256: 64, 512: 128, 1024: 256, 2048: 512}
+
+
+def test_eca_kernel_is_ecas_rule():
+    kernels = {b.out_channels: b.attention[1].kernel_size for b in S.preset("ecaresnet50d").blocks()}
+    assert kernels == {256: 5, 512: 5, 1024: 5, 2048: 7}
 
 
 @pytest.mark.parametrize("arch", sorted(TORCHVISION_PARAMS))
@@ -136,7 +176,7 @@ def test_bad_preset_arguments():
         S.resnet50(style="caffe")
     with pytest.raises(ValueError, match=r"style: resnet50v2 exists in style\(s\) \('keras',\), got 'torchvision'"):
         S.preset("resnet50v2", "torchvision")
-    with pytest.raises(ValueError, match="style: 'torchvision' has no 'preact' ResNet; use one of \\('keras',\\)"):
+    with pytest.raises(ValueError, match="style: 'torchvision' has no 'preact' ResNet; use one of \\('keras', 'timm'\\)"):
         S.preset_spec("torchvision", block="preact")
     with pytest.raises(ValueError, match="arch: unknown"):
         S.preset("resnet19")
