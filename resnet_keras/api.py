@@ -260,6 +260,357 @@ def ResNet152V2(img_channel: int = 3, num_classes: int = 1000, *, style: str = '
                         classifier_activation)
 
 
+def ResNet26(img_channel: int = 3, num_classes: int = 1000, *, style: str = 'torchvision',
+        weights: str | os.PathLike | Mapping | None = None, include_top: bool = True,
+        pooling: str | None = None, classifier_activation: str | None = None) -> keras.Model:
+    """ResNet26 (timm.resnet26; style(s) torchvision, default 'torchvision'), in eval mode.
+    ``weights``: None (random init), a canonical dict, a checkpoint file (the core's
+    ``.safetensors`` and Keras Applications ``.h5``, and this package's native formats) or a
+    ``shared.hub`` name; a checkpoint of another architecture, style or class count is a ValueError.
+    ``include_top``, ``pooling``, ``classifier_activation``: Keras Applications' meaning
+    (``shared.contract.constructor_spec``); None gives logits."""
+    return _constructed('resnet26', img_channel, num_classes, style, weights, include_top, pooling,
+                        classifier_activation)
+
+
+def ResNet200(img_channel: int = 3, num_classes: int = 1000, *, style: str = 'torchvision',
+        weights: str | os.PathLike | Mapping | None = None, include_top: bool = True,
+        pooling: str | None = None, classifier_activation: str | None = None) -> keras.Model:
+    """ResNet200 (timm.resnet200; style(s) torchvision, default 'torchvision'), in eval mode.
+    ``weights``: None (random init), a canonical dict, a checkpoint file (the core's
+    ``.safetensors`` and Keras Applications ``.h5``, and this package's native formats) or a
+    ``shared.hub`` name; a checkpoint of another architecture, style or class count is a ValueError.
+    ``include_top``, ``pooling``, ``classifier_activation``: Keras Applications' meaning
+    (``shared.contract.constructor_spec``); None gives logits."""
+    return _constructed('resnet200', img_channel, num_classes, style, weights, include_top, pooling,
+                        classifier_activation)
+
+
+def ResNet10T(img_channel: int = 3, num_classes: int = 1000, *, style: str = 'torchvision',
+        weights: str | os.PathLike | Mapping | None = None, include_top: bool = True,
+        pooling: str | None = None, classifier_activation: str | None = None) -> keras.Model:
+    """ResNet10T (timm.resnet10t; style(s) torchvision, default 'torchvision'), in eval mode.
+    ``weights``: None (random init), a canonical dict, a checkpoint file (the core's
+    ``.safetensors`` and Keras Applications ``.h5``, and this package's native formats) or a
+    ``shared.hub`` name; a checkpoint of another architecture, style or class count is a ValueError.
+    ``include_top``, ``pooling``, ``classifier_activation``: Keras Applications' meaning
+    (``shared.contract.constructor_spec``); None gives logits."""
+    return _constructed('resnet10t', img_channel, num_classes, style, weights, include_top, pooling,
+                        classifier_activation)
+
+
+def ResNet18D(img_channel: int = 3, num_classes: int = 1000, *, style: str = 'torchvision',
+        weights: str | os.PathLike | Mapping | None = None, include_top: bool = True,
+        pooling: str | None = None, classifier_activation: str | None = None) -> keras.Model:
+    """ResNet18D (timm.resnet18d; style(s) torchvision, default 'torchvision'), in eval mode.
+    ``weights``: None (random init), a canonical dict, a checkpoint file (the core's
+    ``.safetensors`` and Keras Applications ``.h5``, and this package's native formats) or a
+    ``shared.hub`` name; a checkpoint of another architecture, style or class count is a ValueError.
+    ``include_top``, ``pooling``, ``classifier_activation``: Keras Applications' meaning
+    (``shared.contract.constructor_spec``); None gives logits."""
+    return _constructed('resnet18d', img_channel, num_classes, style, weights, include_top, pooling,
+                        classifier_activation)
+
+
+def ResNet26D(img_channel: int = 3, num_classes: int = 1000, *, style: str = 'torchvision',
+        weights: str | os.PathLike | Mapping | None = None, include_top: bool = True,
+        pooling: str | None = None, classifier_activation: str | None = None) -> keras.Model:
+    """ResNet26D (timm.resnet26d; style(s) torchvision, default 'torchvision'), in eval mode.
+    ``weights``: None (random init), a canonical dict, a checkpoint file (the core's
+    ``.safetensors`` and Keras Applications ``.h5``, and this package's native formats) or a
+    ``shared.hub`` name; a checkpoint of another architecture, style or class count is a ValueError.
+    ``include_top``, ``pooling``, ``classifier_activation``: Keras Applications' meaning
+    (``shared.contract.constructor_spec``); None gives logits."""
+    return _constructed('resnet26d', img_channel, num_classes, style, weights, include_top, pooling,
+                        classifier_activation)
+
+
+def ResNet26T(img_channel: int = 3, num_classes: int = 1000, *, style: str = 'torchvision',
+        weights: str | os.PathLike | Mapping | None = None, include_top: bool = True,
+        pooling: str | None = None, classifier_activation: str | None = None) -> keras.Model:
+    """ResNet26T (timm.resnet26t; style(s) torchvision, default 'torchvision'), in eval mode.
+    ``weights``: None (random init), a canonical dict, a checkpoint file (the core's
+    ``.safetensors`` and Keras Applications ``.h5``, and this package's native formats) or a
+    ``shared.hub`` name; a checkpoint of another architecture, style or class count is a ValueError.
+    ``include_top``, ``pooling``, ``classifier_activation``: Keras Applications' meaning
+    (``shared.contract.constructor_spec``); None gives logits."""
+    return _constructed('resnet26t', img_channel, num_classes, style, weights, include_top, pooling,
+                        classifier_activation)
+
+
+def ResNet50C(img_channel: int = 3, num_classes: int = 1000, *, style: str = 'torchvision',
+        weights: str | os.PathLike | Mapping | None = None, include_top: bool = True,
+        pooling: str | None = None, classifier_activation: str | None = None) -> keras.Model:
+    """ResNet50C (timm.resnet50c; style(s) torchvision, default 'torchvision'), in eval mode.
+    ``weights``: None (random init), a canonical dict, a checkpoint file (the core's
+    ``.safetensors`` and Keras Applications ``.h5``, and this package's native formats) or a
+    ``shared.hub`` name; a checkpoint of another architecture, style or class count is a ValueError.
+    ``include_top``, ``pooling``, ``classifier_activation``: Keras Applications' meaning
+    (``shared.contract.constructor_spec``); None gives logits."""
+    return _constructed('resnet50c', img_channel, num_classes, style, weights, include_top, pooling,
+                        classifier_activation)
+
+
+def ResNet50D(img_channel: int = 3, num_classes: int = 1000, *, style: str = 'torchvision',
+        weights: str | os.PathLike | Mapping | None = None, include_top: bool = True,
+        pooling: str | None = None, classifier_activation: str | None = None) -> keras.Model:
+    """ResNet50D (timm.resnet50d; style(s) torchvision, default 'torchvision'), in eval mode.
+    ``weights``: None (random init), a canonical dict, a checkpoint file (the core's
+    ``.safetensors`` and Keras Applications ``.h5``, and this package's native formats) or a
+    ``shared.hub`` name; a checkpoint of another architecture, style or class count is a ValueError.
+    ``include_top``, ``pooling``, ``classifier_activation``: Keras Applications' meaning
+    (``shared.contract.constructor_spec``); None gives logits."""
+    return _constructed('resnet50d', img_channel, num_classes, style, weights, include_top, pooling,
+                        classifier_activation)
+
+
+def ResNet50S(img_channel: int = 3, num_classes: int = 1000, *, style: str = 'torchvision',
+        weights: str | os.PathLike | Mapping | None = None, include_top: bool = True,
+        pooling: str | None = None, classifier_activation: str | None = None) -> keras.Model:
+    """ResNet50S (timm.resnet50s; style(s) torchvision, default 'torchvision'), in eval mode.
+    ``weights``: None (random init), a canonical dict, a checkpoint file (the core's
+    ``.safetensors`` and Keras Applications ``.h5``, and this package's native formats) or a
+    ``shared.hub`` name; a checkpoint of another architecture, style or class count is a ValueError.
+    ``include_top``, ``pooling``, ``classifier_activation``: Keras Applications' meaning
+    (``shared.contract.constructor_spec``); None gives logits."""
+    return _constructed('resnet50s', img_channel, num_classes, style, weights, include_top, pooling,
+                        classifier_activation)
+
+
+def ResNet50T(img_channel: int = 3, num_classes: int = 1000, *, style: str = 'torchvision',
+        weights: str | os.PathLike | Mapping | None = None, include_top: bool = True,
+        pooling: str | None = None, classifier_activation: str | None = None) -> keras.Model:
+    """ResNet50T (timm.resnet50t; style(s) torchvision, default 'torchvision'), in eval mode.
+    ``weights``: None (random init), a canonical dict, a checkpoint file (the core's
+    ``.safetensors`` and Keras Applications ``.h5``, and this package's native formats) or a
+    ``shared.hub`` name; a checkpoint of another architecture, style or class count is a ValueError.
+    ``include_top``, ``pooling``, ``classifier_activation``: Keras Applications' meaning
+    (``shared.contract.constructor_spec``); None gives logits."""
+    return _constructed('resnet50t', img_channel, num_classes, style, weights, include_top, pooling,
+                        classifier_activation)
+
+
+def ResNet101D(img_channel: int = 3, num_classes: int = 1000, *, style: str = 'torchvision',
+        weights: str | os.PathLike | Mapping | None = None, include_top: bool = True,
+        pooling: str | None = None, classifier_activation: str | None = None) -> keras.Model:
+    """ResNet101D (timm.resnet101d; style(s) torchvision, default 'torchvision'), in eval mode.
+    ``weights``: None (random init), a canonical dict, a checkpoint file (the core's
+    ``.safetensors`` and Keras Applications ``.h5``, and this package's native formats) or a
+    ``shared.hub`` name; a checkpoint of another architecture, style or class count is a ValueError.
+    ``include_top``, ``pooling``, ``classifier_activation``: Keras Applications' meaning
+    (``shared.contract.constructor_spec``); None gives logits."""
+    return _constructed('resnet101d', img_channel, num_classes, style, weights, include_top, pooling,
+                        classifier_activation)
+
+
+def ResNeXt50D_32x4d(img_channel: int = 3, num_classes: int = 1000, *, style: str = 'torchvision',
+        weights: str | os.PathLike | Mapping | None = None, include_top: bool = True,
+        pooling: str | None = None, classifier_activation: str | None = None) -> keras.Model:
+    """ResNeXt50D_32x4d (timm.resnext50d_32x4d; style(s) torchvision, default 'torchvision'), in eval
+    mode. ``weights``: None (random init), a canonical dict, a checkpoint file (the core's
+    ``.safetensors`` and Keras Applications ``.h5``, and this package's native formats) or a
+    ``shared.hub`` name; a checkpoint of another architecture, style or class count is a ValueError.
+    ``include_top``, ``pooling``, ``classifier_activation``: Keras Applications' meaning
+    (``shared.contract.constructor_spec``); None gives logits."""
+    return _constructed('resnext50d_32x4d', img_channel, num_classes, style, weights, include_top, pooling,
+                        classifier_activation)
+
+
+def SEResNet18(img_channel: int = 3, num_classes: int = 1000, *, style: str = 'torchvision',
+        weights: str | os.PathLike | Mapping | None = None, include_top: bool = True,
+        pooling: str | None = None, classifier_activation: str | None = None) -> keras.Model:
+    """SEResNet18 (timm.seresnet18; style(s) torchvision, default 'torchvision'), in eval mode.
+    ``weights``: None (random init), a canonical dict, a checkpoint file (the core's
+    ``.safetensors`` and Keras Applications ``.h5``, and this package's native formats) or a
+    ``shared.hub`` name; a checkpoint of another architecture, style or class count is a ValueError.
+    ``include_top``, ``pooling``, ``classifier_activation``: Keras Applications' meaning
+    (``shared.contract.constructor_spec``); None gives logits."""
+    return _constructed('seresnet18', img_channel, num_classes, style, weights, include_top, pooling,
+                        classifier_activation)
+
+
+def SEResNet50(img_channel: int = 3, num_classes: int = 1000, *, style: str = 'torchvision',
+        weights: str | os.PathLike | Mapping | None = None, include_top: bool = True,
+        pooling: str | None = None, classifier_activation: str | None = None) -> keras.Model:
+    """SEResNet50 (timm.seresnet50; style(s) torchvision, default 'torchvision'), in eval mode.
+    ``weights``: None (random init), a canonical dict, a checkpoint file (the core's
+    ``.safetensors`` and Keras Applications ``.h5``, and this package's native formats) or a
+    ``shared.hub`` name; a checkpoint of another architecture, style or class count is a ValueError.
+    ``include_top``, ``pooling``, ``classifier_activation``: Keras Applications' meaning
+    (``shared.contract.constructor_spec``); None gives logits."""
+    return _constructed('seresnet50', img_channel, num_classes, style, weights, include_top, pooling,
+                        classifier_activation)
+
+
+def SEResNeXt26D_32x4d(img_channel: int = 3, num_classes: int = 1000, *, style: str = 'torchvision',
+        weights: str | os.PathLike | Mapping | None = None, include_top: bool = True,
+        pooling: str | None = None, classifier_activation: str | None = None) -> keras.Model:
+    """SEResNeXt26D_32x4d (timm.seresnext26d_32x4d; style(s) torchvision, default 'torchvision'), in
+    eval mode. ``weights``: None (random init), a canonical dict, a checkpoint file (the core's
+    ``.safetensors`` and Keras Applications ``.h5``, and this package's native formats) or a
+    ``shared.hub`` name; a checkpoint of another architecture, style or class count is a ValueError.
+    ``include_top``, ``pooling``, ``classifier_activation``: Keras Applications' meaning
+    (``shared.contract.constructor_spec``); None gives logits."""
+    return _constructed('seresnext26d_32x4d', img_channel, num_classes, style, weights, include_top, pooling,
+                        classifier_activation)
+
+
+def SEResNeXt50_32x4d(img_channel: int = 3, num_classes: int = 1000, *, style: str = 'torchvision',
+        weights: str | os.PathLike | Mapping | None = None, include_top: bool = True,
+        pooling: str | None = None, classifier_activation: str | None = None) -> keras.Model:
+    """SEResNeXt50_32x4d (timm.seresnext50_32x4d; style(s) torchvision, default 'torchvision'), in eval
+    mode. ``weights``: None (random init), a canonical dict, a checkpoint file (the core's
+    ``.safetensors`` and Keras Applications ``.h5``, and this package's native formats) or a
+    ``shared.hub`` name; a checkpoint of another architecture, style or class count is a ValueError.
+    ``include_top``, ``pooling``, ``classifier_activation``: Keras Applications' meaning
+    (``shared.contract.constructor_spec``); None gives logits."""
+    return _constructed('seresnext50_32x4d', img_channel, num_classes, style, weights, include_top, pooling,
+                        classifier_activation)
+
+
+def ECAResNet26T(img_channel: int = 3, num_classes: int = 1000, *, style: str = 'torchvision',
+        weights: str | os.PathLike | Mapping | None = None, include_top: bool = True,
+        pooling: str | None = None, classifier_activation: str | None = None) -> keras.Model:
+    """ECAResNet26T (timm.ecaresnet26t; style(s) torchvision, default 'torchvision'), in eval mode.
+    ``weights``: None (random init), a canonical dict, a checkpoint file (the core's
+    ``.safetensors`` and Keras Applications ``.h5``, and this package's native formats) or a
+    ``shared.hub`` name; a checkpoint of another architecture, style or class count is a ValueError.
+    ``include_top``, ``pooling``, ``classifier_activation``: Keras Applications' meaning
+    (``shared.contract.constructor_spec``); None gives logits."""
+    return _constructed('ecaresnet26t', img_channel, num_classes, style, weights, include_top, pooling,
+                        classifier_activation)
+
+
+def ECAResNet50D(img_channel: int = 3, num_classes: int = 1000, *, style: str = 'torchvision',
+        weights: str | os.PathLike | Mapping | None = None, include_top: bool = True,
+        pooling: str | None = None, classifier_activation: str | None = None) -> keras.Model:
+    """ECAResNet50D (timm.ecaresnet50d; style(s) torchvision, default 'torchvision'), in eval mode.
+    ``weights``: None (random init), a canonical dict, a checkpoint file (the core's
+    ``.safetensors`` and Keras Applications ``.h5``, and this package's native formats) or a
+    ``shared.hub`` name; a checkpoint of another architecture, style or class count is a ValueError.
+    ``include_top``, ``pooling``, ``classifier_activation``: Keras Applications' meaning
+    (``shared.contract.constructor_spec``); None gives logits."""
+    return _constructed('ecaresnet50d', img_channel, num_classes, style, weights, include_top, pooling,
+                        classifier_activation)
+
+
+def ResNetRS50(img_channel: int = 3, num_classes: int = 1000, *, style: str = 'torchvision',
+        weights: str | os.PathLike | Mapping | None = None, include_top: bool = True,
+        pooling: str | None = None, classifier_activation: str | None = None) -> keras.Model:
+    """ResNetRS50 (timm.resnetrs50; style(s) torchvision, default 'torchvision'), in eval mode.
+    ``weights``: None (random init), a canonical dict, a checkpoint file (the core's
+    ``.safetensors`` and Keras Applications ``.h5``, and this package's native formats) or a
+    ``shared.hub`` name; a checkpoint of another architecture, style or class count is a ValueError.
+    ``include_top``, ``pooling``, ``classifier_activation``: Keras Applications' meaning
+    (``shared.contract.constructor_spec``); None gives logits."""
+    return _constructed('resnetrs50', img_channel, num_classes, style, weights, include_top, pooling,
+                        classifier_activation)
+
+
+def ResNetAA50(img_channel: int = 3, num_classes: int = 1000, *, style: str = 'torchvision',
+        weights: str | os.PathLike | Mapping | None = None, include_top: bool = True,
+        pooling: str | None = None, classifier_activation: str | None = None) -> keras.Model:
+    """ResNetAA50 (timm.resnetaa50; style(s) torchvision, default 'torchvision'), in eval mode.
+    ``weights``: None (random init), a canonical dict, a checkpoint file (the core's
+    ``.safetensors`` and Keras Applications ``.h5``, and this package's native formats) or a
+    ``shared.hub`` name; a checkpoint of another architecture, style or class count is a ValueError.
+    ``include_top``, ``pooling``, ``classifier_activation``: Keras Applications' meaning
+    (``shared.contract.constructor_spec``); None gives logits."""
+    return _constructed('resnetaa50', img_channel, num_classes, style, weights, include_top, pooling,
+                        classifier_activation)
+
+
+def ResNetAA50D(img_channel: int = 3, num_classes: int = 1000, *, style: str = 'torchvision',
+        weights: str | os.PathLike | Mapping | None = None, include_top: bool = True,
+        pooling: str | None = None, classifier_activation: str | None = None) -> keras.Model:
+    """ResNetAA50D (timm.resnetaa50d; style(s) torchvision, default 'torchvision'), in eval mode.
+    ``weights``: None (random init), a canonical dict, a checkpoint file (the core's
+    ``.safetensors`` and Keras Applications ``.h5``, and this package's native formats) or a
+    ``shared.hub`` name; a checkpoint of another architecture, style or class count is a ValueError.
+    ``include_top``, ``pooling``, ``classifier_activation``: Keras Applications' meaning
+    (``shared.contract.constructor_spec``); None gives logits."""
+    return _constructed('resnetaa50d', img_channel, num_classes, style, weights, include_top, pooling,
+                        classifier_activation)
+
+
+def ResNetBlur18(img_channel: int = 3, num_classes: int = 1000, *, style: str = 'torchvision',
+        weights: str | os.PathLike | Mapping | None = None, include_top: bool = True,
+        pooling: str | None = None, classifier_activation: str | None = None) -> keras.Model:
+    """ResNetBlur18 (timm.resnetblur18; style(s) torchvision, default 'torchvision'), in eval mode.
+    ``weights``: None (random init), a canonical dict, a checkpoint file (the core's
+    ``.safetensors`` and Keras Applications ``.h5``, and this package's native formats) or a
+    ``shared.hub`` name; a checkpoint of another architecture, style or class count is a ValueError.
+    ``include_top``, ``pooling``, ``classifier_activation``: Keras Applications' meaning
+    (``shared.contract.constructor_spec``); None gives logits."""
+    return _constructed('resnetblur18', img_channel, num_classes, style, weights, include_top, pooling,
+                        classifier_activation)
+
+
+def ResNetBlur50(img_channel: int = 3, num_classes: int = 1000, *, style: str = 'torchvision',
+        weights: str | os.PathLike | Mapping | None = None, include_top: bool = True,
+        pooling: str | None = None, classifier_activation: str | None = None) -> keras.Model:
+    """ResNetBlur50 (timm.resnetblur50; style(s) torchvision, default 'torchvision'), in eval mode.
+    ``weights``: None (random init), a canonical dict, a checkpoint file (the core's
+    ``.safetensors`` and Keras Applications ``.h5``, and this package's native formats) or a
+    ``shared.hub`` name; a checkpoint of another architecture, style or class count is a ValueError.
+    ``include_top``, ``pooling``, ``classifier_activation``: Keras Applications' meaning
+    (``shared.contract.constructor_spec``); None gives logits."""
+    return _constructed('resnetblur50', img_channel, num_classes, style, weights, include_top, pooling,
+                        classifier_activation)
+
+
+def ResNetV2_50(img_channel: int = 3, num_classes: int = 1000, *, style: str = 'timm',
+        weights: str | os.PathLike | Mapping | None = None, include_top: bool = True,
+        pooling: str | None = None, classifier_activation: str | None = None) -> keras.Model:
+    """ResNetV2_50 (timm.resnetv2_50; style(s) timm, default 'timm'), in eval mode. ``weights``: None
+    (random init), a canonical dict, a checkpoint file (the core's ``.safetensors`` and Keras
+    Applications ``.h5``, and this package's native formats) or a ``shared.hub`` name; a checkpoint
+    of another architecture, style or class count is a ValueError. ``include_top``, ``pooling``,
+    ``classifier_activation``: Keras Applications' meaning (``shared.contract.constructor_spec``);
+    None gives logits."""
+    return _constructed('resnetv2_50', img_channel, num_classes, style, weights, include_top, pooling,
+                        classifier_activation)
+
+
+def ResNetV2_101(img_channel: int = 3, num_classes: int = 1000, *, style: str = 'timm',
+        weights: str | os.PathLike | Mapping | None = None, include_top: bool = True,
+        pooling: str | None = None, classifier_activation: str | None = None) -> keras.Model:
+    """ResNetV2_101 (timm.resnetv2_101; style(s) timm, default 'timm'), in eval mode. ``weights``: None
+    (random init), a canonical dict, a checkpoint file (the core's ``.safetensors`` and Keras
+    Applications ``.h5``, and this package's native formats) or a ``shared.hub`` name; a checkpoint
+    of another architecture, style or class count is a ValueError. ``include_top``, ``pooling``,
+    ``classifier_activation``: Keras Applications' meaning (``shared.contract.constructor_spec``);
+    None gives logits."""
+    return _constructed('resnetv2_101', img_channel, num_classes, style, weights, include_top, pooling,
+                        classifier_activation)
+
+
+def ResNetVD18(img_channel: int = 3, num_classes: int = 1000, *, style: str = 'torchvision',
+        weights: str | os.PathLike | Mapping | None = None, include_top: bool = True,
+        pooling: str | None = None, classifier_activation: str | None = None) -> keras.Model:
+    """ResNetVD18 (keras_hub.resnet_vd_18; style(s) torchvision, default 'torchvision'), in eval mode.
+    ``weights``: None (random init), a canonical dict, a checkpoint file (the core's
+    ``.safetensors`` and Keras Applications ``.h5``, and this package's native formats) or a
+    ``shared.hub`` name; a checkpoint of another architecture, style or class count is a ValueError.
+    ``include_top``, ``pooling``, ``classifier_activation``: Keras Applications' meaning
+    (``shared.contract.constructor_spec``); None gives logits."""
+    return _constructed('resnet_vd_18', img_channel, num_classes, style, weights, include_top, pooling,
+                        classifier_activation)
+
+
+def ResNetVD34(img_channel: int = 3, num_classes: int = 1000, *, style: str = 'torchvision',
+        weights: str | os.PathLike | Mapping | None = None, include_top: bool = True,
+        pooling: str | None = None, classifier_activation: str | None = None) -> keras.Model:
+    """ResNetVD34 (keras_hub.resnet_vd_34; style(s) torchvision, default 'torchvision'), in eval mode.
+    ``weights``: None (random init), a canonical dict, a checkpoint file (the core's
+    ``.safetensors`` and Keras Applications ``.h5``, and this package's native formats) or a
+    ``shared.hub`` name; a checkpoint of another architecture, style or class count is a ValueError.
+    ``include_top``, ``pooling``, ``classifier_activation``: Keras Applications' meaning
+    (``shared.contract.constructor_spec``); None gives logits."""
+    return _constructed('resnet_vd_34', img_channel, num_classes, style, weights, include_top, pooling,
+                        classifier_activation)
+
+
 CONSTRUCTORS = (
     'ResNet18',
     'ResNet34',
@@ -274,5 +625,32 @@ CONSTRUCTORS = (
     'ResNet50V2',
     'ResNet101V2',
     'ResNet152V2',
+    'ResNet26',
+    'ResNet200',
+    'ResNet10T',
+    'ResNet18D',
+    'ResNet26D',
+    'ResNet26T',
+    'ResNet50C',
+    'ResNet50D',
+    'ResNet50S',
+    'ResNet50T',
+    'ResNet101D',
+    'ResNeXt50D_32x4d',
+    'SEResNet18',
+    'SEResNet50',
+    'SEResNeXt26D_32x4d',
+    'SEResNeXt50_32x4d',
+    'ECAResNet26T',
+    'ECAResNet50D',
+    'ResNetRS50',
+    'ResNetAA50',
+    'ResNetAA50D',
+    'ResNetBlur18',
+    'ResNetBlur50',
+    'ResNetV2_50',
+    'ResNetV2_101',
+    'ResNetVD18',
+    'ResNetVD34',
 )
 # END generated
