@@ -12,7 +12,8 @@ from typing import Callable, Mapping
 import numpy as np
 
 from shared.fold import refuse_training
-from shared.spec import BatchNorm, Conv, Dense, GlobalPool, MaxPool, ReLU, ResNetSpec
+from shared.spec import (AvgPool, BatchNorm, Blur, ChannelConv, Conv, Dense, Gate, GlobalPool, MaxPool, ReLU,
+                         ResNetSpec, _out_len)
 from shared.weights import DTYPE, init, randomize_batchnorm, validate
 
 
@@ -88,6 +89,50 @@ def maxpool(x: np.ndarray, size: int, stride: int, padding, pad_value: float = -
     return _windows(_pad(x, padding, pad_value), size, stride).max(axis=(4, 5))
 
 
+def avgpool(x: np.ndarray, layer: AvgPool) -> np.ndarray:
+    """PyTorch's AvgPool2d: explicit zero padding, then windows at the stride; with ceil_mode a
+    last window cut at the padded input's end. The divisor counts the window's positions inside
+    the padded input (``count_include_pad``) or inside the input only."""
+    t, b, l, r = layer.padding
+    n, h, w, c = x.shape
+    ho, wo = _out_len(h, t, b, layer.size, layer), _out_len(w, l, r, layer.size, layer)
+    # room for the last window: zeros past the padded input, never counted
+    extra_h = max(0, (ho - 1) * layer.stride + layer.size - (h + t + b))
+    extra_w = max(0, (wo - 1) * layer.stride + layer.size - (w + l + r))
+    padded = np.pad(x, ((0, 0), (t, b + extra_h), (l, r + extra_w), (0, 0)))
+    inside = np.zeros((1, h + t + b + extra_h, w + l + r + extra_w, 1))
+    if layer.count_include_pad:
+        inside[:, : h + t + b, : w + l + r] = 1.0
+    else:
+        inside[:, t : t + h, l : l + w] = 1.0
+    sums = _windows(padded, layer.size, layer.stride)[:, :ho, :wo].sum(axis=(4, 5))
+    counts = _windows(inside, layer.size, layer.stride)[:, :ho, :wo].sum(axis=(4, 5))
+    return sums / counts
+
+
+def blur(x: np.ndarray, layer: Blur) -> np.ndarray:
+    """The fixed filter on every channel (a depthwise conv), after ``pad_mode`` padding."""
+    t, b, l, r = layer.padding
+    mode = "reflect" if layer.pad_mode == "reflect" else "constant"
+    padded = np.pad(x, ((0, 0), (t, b), (l, r), (0, 0)), mode=mode)
+    taps = np.asarray(layer.taps(), dtype=x.dtype)
+    return np.einsum("nhwcij,ij->nhwc", _windows(padded, layer.kernel_size, layer.stride), taps)
+
+
+def channel_conv(x: np.ndarray, kernel: np.ndarray, padding: tuple[int, int]) -> np.ndarray:
+    """ECA's 1-D cross-correlation over the channel axis of an (N, 1, 1, C) squeeze."""
+    before, after = padding
+    padded = np.pad(x, ((0, 0), (0, 0), (0, 0), (before, after)))
+    win = np.lib.stride_tricks.sliding_window_view(padded, kernel.shape[0], axis=3)
+    return win @ kernel
+
+
+def gate(x: np.ndarray, function: str) -> np.ndarray:
+    if function == "hard_sigmoid":
+        return np.clip(x + 3.0, 0.0, 6.0) / 6.0
+    return 1.0 / (1.0 + np.exp(-x))
+
+
 # Low precision, emulated: what a framework's bf16 (autocast / mixed_bfloat16) or TF32 path
 # rounds, applied to float64 arithmetic. ``bits`` is how many low mantissa bits of a float32 are
 # dropped (round to nearest even): bf16 keeps 7 of 23, TF32 keeps 10.
@@ -138,9 +183,18 @@ def _apply_exact(layer, x, w: Mapping[str, np.ndarray], batch_stats: dict | None
     if isinstance(layer, MaxPool):
         return maxpool(x, layer.size, layer.stride, layer.padding, layer.pad_value)
     if isinstance(layer, GlobalPool):
-        return x.mean(axis=(1, 2)) if layer.mode == "avg" else x.max(axis=(1, 2))
+        reduce = np.mean if layer.mode == "avg" else np.max
+        return reduce(x, axis=(1, 2), keepdims=layer.keepdims)
     if isinstance(layer, Dense):
         return operand(x) @ operand(w[f"{layer.name}.kernel"]) + w[f"{layer.name}.bias"]
+    if isinstance(layer, AvgPool):
+        return avgpool(x, layer)
+    if isinstance(layer, Blur):
+        return blur(x, layer)
+    if isinstance(layer, ChannelConv):
+        return channel_conv(operand(x), operand(w[f"{layer.name}.kernel"]), layer.padding)
+    if isinstance(layer, Gate):
+        return gate(x, layer.function)
     raise TypeError(f"reference: no rule for layer {layer!r}")
 
 
@@ -172,11 +226,15 @@ def _run(spec: ResNetSpec, weights, images, hook: Hook | None, batch_stats: dict
         total = main + shortcut
         return round_mantissa(total, rounding["bits"]) if outputs else total
 
+    def scale(layer, main, gate):
+        product = main * gate
+        return round_mantissa(product, rounding["bits"]) if outputs else product
+
     x = chain(spec.stem(), x)
     if hook:
         hook("stem", x)
     for block in spec.blocks():
-        x = block.walk(x, chain, add)
+        x = block.walk(x, chain, add, scale)
         if hook:
             hook(block.name, x)
     head = spec.head()

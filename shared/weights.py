@@ -19,7 +19,7 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
-from shared.spec import BatchNorm, Conv, Dense, ResNetSpec
+from shared.spec import BatchNorm, ChannelConv, Conv, Dense, ResNetSpec
 
 DTYPE = np.dtype(np.float32)
 
@@ -35,8 +35,10 @@ def _rng(seed: int, name: str) -> np.random.Generator:
 
 
 def init(spec: ResNetSpec, seed: int = 0) -> dict[str, np.ndarray]:
-    """He-normal convs (fan_out, as torchvision), uniform dense (as torch.nn.Linear), BatchNorm
-    at identity (gamma 1 or 0 with zero_init_residual, beta 0, mean 0, var 1), conv bias 0."""
+    """He-normal convs (fan_out, as torchvision and timm, attention convs too), uniform dense
+    and ECA's channel conv (torch.nn.Linear's and Conv1d's default, within 1/sqrt(fan_in)),
+    BatchNorm at identity (gamma 1 or 0 with zero_init_residual, beta 0, mean 0, var 1), conv
+    bias 0."""
     out: dict[str, np.ndarray] = {}
     for layer in spec.layers():
         if isinstance(layer, Conv):
@@ -52,6 +54,9 @@ def init(spec: ResNetSpec, seed: int = 0) -> dict[str, np.ndarray]:
             out[f"{layer.name}.beta"] = np.zeros(c)
             out[f"{layer.name}.mean"] = np.zeros(c)
             out[f"{layer.name}.var"] = np.ones(c)
+        elif isinstance(layer, ChannelConv):
+            bound = 1.0 / np.sqrt(layer.kernel_size)
+            out[f"{layer.name}.kernel"] = _rng(seed, layer.name).uniform(-bound, bound, layer.params["kernel"])
         elif isinstance(layer, Dense):
             bound = 1.0 / np.sqrt(layer.in_features)
             rng = _rng(seed, layer.name)
