@@ -8,9 +8,13 @@ The tree is ``{layer: {native param: {"value": array}}}`` (``nnx.to_pure_dict`` 
 ``value`` level; both are read). Reading takes the tree's shapes from the checkpoint's metadata,
 reads the spec off them (as for any weights-only file: ``style`` for stride placement, epsilon
 and momentum; default: biased convs mean Keras Applications, unbiased torchvision), checks every
-array against the model that spec builds (an error names the first key that does not fit, with
-both shapes, before any array is read), restores into that model's abstract state with Orbax
-and exports canonical weights. A directory without its parts is refused naming the part.
+array against the tree that spec's model has (an error names the first key that does not fit,
+with both shapes, before any array is read), restores that tree with Orbax and renames it to
+canonical weights. Writing saves the very tree ``nnx.state`` of a loaded model holds (same
+keys, the ``value`` level, jax arrays: the same checkpoint metadata, which a test restores into
+a model's state as the guide does). Both work on trees named by ``NATIVE_PARAM``, never on a
+model, so this module needs neither ``resnet_flax.model`` nor ``resnet_flax.weights`` (whose
+``load_weights`` reads these files through ``READERS``).
 
 ``READERS``/``WRITERS`` are what this package hands the core's dispatcher (``shared.formats``), so
 ``load_weights`` and the constructors read these files; ``read_checkpoint`` reads any checkpoint
@@ -23,16 +27,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from shared import checkpoint
 from shared.spec import ResNetSpec
-from shared.weights import WeightsError
+from shared.weights import DTYPE, WeightsError, validate
 from resnet_flax.layers import NATIVE_PARAM
-from resnet_flax.model import ResNet
-from resnet_flax.weights import export_weights, load_weights
-
 
 
 def _checkpointer():
@@ -141,28 +143,39 @@ def read_orbax(path: str | os.PathLike, spec: ResNetSpec | None = None,
     if problems:
         raise WeightsError(f"{path}: does not fit {spec.style} spec {spec.depths}, {spec.num_classes} classes: "
                            f"{problems[0]}" + (f" (and {len(problems) - 1} more:\n  " + "\n  ".join(problems[1:]) + ")" if len(problems) > 1 else ""))
-    abstract = nnx.eval_shape(lambda: ResNet(spec))
-    graphdef, state = nnx.split(abstract)
-    target = state if wrapped else nnx.to_pure_dict(state)
+    target = _tree(spec, lambda key, shape: jax.ShapeDtypeStruct(shape, DTYPE), wrapped)
     try:
         with _checkpointer() as checkpointer:
             restored = checkpointer.restore(path, target)
     except Exception as e:
         raise WeightsError(f"{path}: Orbax could not restore the arrays, the checkpoint is damaged or incomplete "
                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    if not wrapped:
-        nnx.replace_by_pure_dict(state, restored)
-        restored = state
-    return spec, export_weights(nnx.merge(graphdef, restored))
+    weights = {}
+    for native, (key, _) in expected.items():
+        layer, attr = native.split("/")
+        leaf = restored[layer][attr]
+        weights[key] = np.array(leaf["value"] if wrapped else leaf, dtype=DTYPE)
+    return spec, weights
+
+
+def _tree(spec: ResNetSpec, leaf, wrapped: bool = True) -> dict:
+    """``{layer: {native param: {"value": leaf(key, shape)}}}``: the tree of ``nnx.state`` of a
+    resnet_flax model (``wrapped=False``: of ``nnx.to_pure_dict``, no ``value`` level)."""
+    tree: dict = {}
+    for native, (key, shape) in _native_keys(spec).items():
+        layer, attr = native.split("/")
+        value = leaf(key, shape)
+        tree.setdefault(layer, {})[attr] = {"value": value} if wrapped else value
+    return tree
 
 
 def write_orbax(spec: ResNetSpec, weights, path: str | os.PathLike) -> None:
     """Canonical weights -> ``StandardCheckpointer().save(path, nnx.state(model))`` of a
     resnet_flax model: what a Flax user restores with ``nnx.state`` of ``resnet_flax.build(spec)``."""
-    model = ResNet(spec)  # a zero shell; load_weights fills every parameter and statistic
-    load_weights(model, weights)
+    validate(spec, weights)
+    tree = _tree(spec, lambda key, shape: jnp.asarray(np.array(weights[key], dtype=DTYPE)))
     with _checkpointer() as checkpointer:
-        checkpointer.save(Path(path).absolute(), nnx.state(model))
+        checkpointer.save(Path(path).absolute(), tree)
         checkpointer.wait_until_finished()
 
 

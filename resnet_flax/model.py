@@ -1,15 +1,16 @@
 """The ResNet as a ``flax.nnx.Module``, built by walking a ``shared.spec.ResNetSpec``.
 
 Every layer with parameters is an attribute named after its spec layer (``model.conv1_conv``,
-``model.conv2_block1_1_bn``, ``model.predictions``), so a canonical weight ``{layer}.{param}``
-is ``getattr(model, layer).{native param}`` by one rule (``NATIVE_PARAM``). Layers without
-parameters (ReLU, pools, the residual add) are computed from the spec in ``__call__``, which
-walks each block through ``Block.walk`` (pre-activation, shortcut source, what follows the add):
-this file holds no block structure of its own, so every preset of ``shared.spec.PRESETS`` builds.
+``model.conv2_block1_1_bn``, ``model.conv2_block1_eca_conv``, ``model.predictions``), so a
+canonical weight ``{layer}.{param}`` is ``getattr(model, layer).{native param}`` by one rule
+(``NATIVE_PARAM``). Layers without parameters (ReLU, pools, the blur, gates, the residual add
+and the attention's scale) are computed from the spec in ``__call__``, which walks each block
+through ``Block.walk`` (pre-activation, shortcut source, attention, what follows the add): this
+file holds no block structure of its own, so every preset of ``shared.spec.PRESETS`` builds.
 
-NHWC throughout. Padding is always the spec's explicit symmetric padding, never 'SAME': for a
-strided layer XLA's 'SAME' puts the odd pixel at the bottom/right and no longer computes
-torchvision's function.
+NHWC throughout. Padding is always the spec's explicit padding, never 'SAME': for a strided
+layer XLA's 'SAME' puts the odd pixel at the bottom/right and no longer computes torchvision's
+function.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from shared.fold import refuse_training
 from shared.spec import ResNetSpec
 from shared.weights import init
 from resnet_flax import layers
+from resnet_flax.weights import load_weights
 
 class ResNet(nnx.Module):
     """A ResNet for NHWC images (any block kind of the spec), every number taken from ``spec``.
@@ -57,8 +59,6 @@ class ResNet(nnx.Module):
                 setattr(self, layer.name, layers.native_layer(layer, rngs if draw else nnx.Rngs(0), draw, dtype,
                                                         param_dtype))
         if rngs is not None and not draw:
-            from resnet_flax.weights import load_weights  # weights.py imports this module
-
             load_weights(self, init(spec, rngs))
 
     def train(self, **attributes):
@@ -72,8 +72,14 @@ class ResNet(nnx.Module):
             return self.relu(x)
         if layer.kind == "maxpool":
             return layers.max_pool(x, layer)
+        if layer.kind == "avgpool":
+            return layers.avg_pool(x, layer)
+        if layer.kind == "blur":
+            return layers.blur(x, layer)
+        if layer.kind == "gate":
+            return layers.gate(x, layer)
         if layer.kind == "globalpool":
-            return x.mean(axis=(1, 2)) if layer.mode == "avg" else x.max(axis=(1, 2))
+            return layers.global_pool(x, layer)
         raise TypeError(f"resnet_flax: no rule for layer {layer!r}")
 
     def _chain(self, layers, x):
@@ -85,6 +91,10 @@ class ResNet(nnx.Module):
     def _add(layer, main, shortcut):
         return main + shortcut
 
+    @staticmethod
+    def _scale(layer, main, gate):
+        return main * gate  # gate (N, 1, 1, C): broadcast over height and width
+
     def __call__(self, images, hook=None):
         """NHWC images -> logits (or pooled features, or the last feature map, per the spec).
 
@@ -95,7 +105,7 @@ class ResNet(nnx.Module):
         x = self._chain(self.spec.stem(), x)
         hook("stem", x)
         for block in self.spec.blocks():
-            x = block.walk(x, self._chain, self._add)
+            x = block.walk(x, self._chain, self._add, self._scale)
             hook(block.name, x)
         x = self._chain(self.spec.head(), x)
         if self.classifier_activation == "softmax":

@@ -1,7 +1,11 @@
 """Canonical weights <-> the nnx model, by name: ``{layer}.{param}`` is
-``getattr(model, layer)``'s ``NATIVE_PARAM`` attribute. Conv kernels are HWIO and dense kernels
-(in, out) in Flax as in the canonical format, so no array is transposed; only BatchNorm's names
-differ (gamma/beta <-> scale/bias)."""
+``getattr(model, layer)``'s ``NATIVE_PARAM`` attribute. Conv kernels are HWIO, dense kernels
+(in, out) and ECA's channel conv (k,) in Flax as in the canonical format, so no array is
+transposed; only BatchNorm's names differ (gamma/beta <-> scale/bias).
+
+The model is reached through its spec and attributes only: ``resnet_flax.model`` imports this
+module (a seeded model starts from ``load_weights``), and ``resnet_flax.checkpoints`` (the Orbax
+reader ``load_weights`` takes) needs neither."""
 
 from __future__ import annotations
 
@@ -13,19 +17,20 @@ import numpy as np
 
 from shared import checkpoint
 from shared.weights import DTYPE, WeightsError, validate
+from resnet_flax.checkpoints import READERS
 from resnet_flax.layers import NATIVE_PARAM
-from resnet_flax.model import ResNet
 
 
-def variables(model: ResNet):
-    """(canonical key, nnx.Variable) for every weight, in the spec's order."""
+def variables(model):
+    """(canonical key, nnx.Variable) for every weight of a ``resnet_flax.ResNet``, in the spec's
+    order."""
     for layer in model.spec.layers():
         native = getattr(model, layer.name, None) if layer.params else None
         for param in layer.params:
             yield f"{layer.name}.{param}", getattr(native, NATIVE_PARAM[layer.kind][param])
 
 
-def _check_fits(model: ResNet) -> list:
+def _check_fits(model) -> list:
     """(key, variable) pairs; WeightsError naming every layer or variable of the model that differs
     from its spec (a user may have swapped a submodule)."""
     pairs, found = [], []
@@ -48,15 +53,16 @@ def _check_fits(model: ResNet) -> list:
     return pairs
 
 
-def load_weights(model: ResNet, weights: Mapping[str, np.ndarray] | str | os.PathLike) -> ResNet:
-    """Copy canonical float32 weights into ``model`` (cast to its parameter dtype) and return it.
+def load_weights(model, weights: Mapping[str, np.ndarray] | str | os.PathLike):
+    """Copy canonical float32 weights into ``model`` (a ``resnet_flax.ResNet``, cast to its
+    parameter dtype) and return it.
     ``weights``: a canonical dict, or a checkpoint file or ``shared.hub`` name (``shared.checkpoint``).
 
     Raises ``shared.weights.WeightsError`` (a ValueError) naming every missing, unexpected,
     mis-shaped or wrongly typed key, and any model variable that differs from the spec, before
     any parameter is touched.
     """
-    weights = checkpoint.canonical(model.spec, weights, _readers())
+    weights = checkpoint.canonical(model.spec, weights, READERS)
     validate(model.spec, weights)
     for key, variable in _check_fits(model):
         # A whole new value (also fills a model made by nnx.eval_shape). The numpy copy is ours:
@@ -67,12 +73,6 @@ def load_weights(model: ResNet, weights: Mapping[str, np.ndarray] | str | os.Pat
     return model
 
 
-def export_weights(model: ResNet) -> dict[str, np.ndarray]:
+def export_weights(model) -> dict[str, np.ndarray]:
     """The model's weights as a canonical dict of float32 numpy arrays (fresh copies)."""
     return {key: np.array(variable[...], dtype=DTYPE) for key, variable in variables(model)}
-
-
-def _readers():
-    from resnet_flax.checkpoints import READERS  # here: checkpoints builds models with this module
-
-    return READERS

@@ -2,8 +2,9 @@
 and ``model.save("x.keras")``, of resnet_keras models and of keras.applications ResNets.
 
 Keras 3 keys a ``.weights.h5`` file by object path, not by layer name: the n-th
-BatchNormalization of ``model.layers`` is ``layers/batch_normalization_n/vars/{0..3}``. So a file
-is read by building the model it belongs to (``resnet_keras.build(spec)``, whose layers are, in
+BatchNormalization of ``model.layers`` is ``layers/batch_normalization_n/vars/{0..3}``. keras-hub's
+``ResNetBackbone``/``ResNetImageClassifier`` files (``save_weights``) are read by h5py alone,
+``shared.keras_h5.from_keras_hub``. Any other file is read by building the model it belongs to (``resnet_keras.build(spec)``, whose layers are, in
 keras style, keras.applications' layer for layer), checking every path's shape against that
 model (an error names the first layer that does not fit, with both shapes), loading it with
 Keras and exporting canonical weights. Without a spec, the file's arrays are named canonically
@@ -34,8 +35,7 @@ from shared import checkpoint, keras_h5
 from shared.interop import spec_from_canonical
 from shared.spec import STYLES, ResNetSpec, conventions
 from shared.weights import WeightsError, validate
-from resnet_keras.model import build
-from resnet_keras.weights import export_weights, load_weights
+from resnet_keras.model import build, variables
 
 _AUTO = re.compile(r"^(.*?)(?:_(\d+))?$")
 
@@ -120,10 +120,11 @@ def _canonical_shapes(path: Path, classes: dict[str, list[list[tuple[int, ...]]]
         names[f"conv{stage}_block{block}_{2 if n % per_block or not basic else 1}_conv.kernel"] = convs[i][0]
     if not basic:
         inner = convs[threes[0]][0][3]
-        reads = [s[0] for s in convs[threes[0] + 1:] if s and s[0][:3] == (1, 1, inner)]
+        reads = [s for s in convs[threes[0] + 1:] if s and s[0][:3] == (1, 1, inner)]
         if not reads:
             raise WeightsError(f"{path}: no 1x1 convolution reads the first 3x3's {inner} channels")
-        names["conv2_block1_3_conv.kernel"] = reads[0]
+        names["conv2_block1_3_conv.kernel"] = reads[0][0]
+        names.update({"conv2_block1_3_conv.bias": reads[0][1]} if len(reads[0]) == 2 else {})  # V2: Keras' or timm's
     dense = classes.get("dense", [])
     if dense and (len(dense) != 1 or not dense[0]):
         raise WeightsError(f"{path}: expected one Dense classifier, found {len(dense)}")
@@ -166,8 +167,13 @@ def _fit_problems(model: keras.Model, f: h5py.File) -> list[str]:
 
 def read_weights_h5(path: str | os.PathLike, spec: ResNetSpec | None = None,
                     style: str | None = None) -> tuple[ResNetSpec, dict[str, np.ndarray]]:
-    """A Keras 3 ``.weights.h5`` (``model.save_weights``) -> (spec, canonical weights)."""
+    """A Keras 3 ``.weights.h5`` (``model.save_weights``) -> (spec, canonical weights): of a
+    resnet_keras model, a keras.applications ResNet, or keras-hub's ResNet."""
     path = Path(path)
+    with _open_h5(path) as f:
+        hub = keras_h5.is_keras_hub(f)
+    if hub:
+        return keras_h5.from_keras_hub(path, spec, style)
     spec = spec or spec_from_weights_h5(path, style)
     model = build(spec)
     with _open_h5(path) as f:
@@ -179,15 +185,22 @@ def read_weights_h5(path: str | os.PathLike, spec: ResNetSpec | None = None,
         model.load_weights(str(path))
     except Exception as e:  # Keras' own reading, after our checks: a damaged dataset
         raise WeightsError(f"{path}: Keras could not load it ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    return spec, export_weights(model)
+    return spec, keras_h5.canonical_from_keras_layers(spec, keras_h5._read_model(model)[1], source=str(path))
+
+
+def _loaded(spec: ResNetSpec, weights) -> keras.Model:
+    """``build(spec)`` holding canonical ``weights`` (validated first)."""
+    validate(spec, weights)
+    model = build(spec)
+    for key, variable in variables(model):
+        variable.assign(weights[key])
+    return model
 
 
 def write_weights_h5(spec: ResNetSpec, weights, path: str | os.PathLike) -> None:
     """Canonical weights -> ``model.save_weights(path)`` of ``resnet_keras.build(spec)``, which
     keras.applications' ResNet50/101/152 (keras style, same top) load unchanged."""
-    model = build(spec)
-    load_weights(model, weights)
-    model.save_weights(str(path))
+    _loaded(spec, weights).save_weights(str(path))
 
 
 # ----------------------------------------------------------------------------- .keras
@@ -245,9 +258,7 @@ def read_keras(path: str | os.PathLike, spec: ResNetSpec | None = None,
 
 def write_keras(spec: ResNetSpec, weights, path: str | os.PathLike) -> None:
     """Canonical weights -> ``model.save(path)`` of ``resnet_keras.build(spec)`` (logits head)."""
-    model = build(spec)
-    load_weights(model, weights)
-    model.save(str(path))
+    _loaded(spec, weights).save(str(path))
 
 
 READERS = {"keras-weights-h5": read_weights_h5, "keras": read_keras}

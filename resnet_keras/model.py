@@ -2,14 +2,15 @@
 ``Block.walk``, ``head()``) and express each layer as a Keras layer of the same name.
 
 Layer for layer what ``keras.applications`` ResNet50/101/152 and ResNet50V2/101V2/152V2 build
-(keras/src/applications/resnet.py, resnet_v2.py): ZeroPadding2D + valid conv/pool wherever the
-padding is not plain 'same' (in V2 wherever a layer pads; a max pool that pads with -inf
-where no ReLU comes first: ``ConstantPadding2D``), grouped convs as
-``Conv2D(groups=...)``, a block's shortcut created before its main path and added as
-``Add()([shortcut, main])`` (which fixes the order ``model.layers`` lists them in, and so the
-order of ``get_weights()`` and of legacy ``.h5`` files), BatchNormalization on the last axis.
-Always channels_last, whatever ``keras.config.image_data_format()`` says, because the canonical
-layout is NHWC.
+(keras/src/applications/resnet.py, resnet_v2.py), and keras-hub's ``ResNetBackbone`` (vd and
+V2 blocks: ``timm`` style): ZeroPadding2D + valid conv/pool wherever the padding is not plain
+'same' (in Keras Applications' V2 wherever a layer pads; a max pool that pads with -inf where no
+ReLU comes first: ``ConstantPadding2D``), grouped convs as ``Conv2D(groups=...)``, a block's
+paths added as ``Add()([shortcut, main])`` and an attention's gate applied as
+``Multiply()([main, gate])`` (which fix the order ``model.layers`` lists them in, and so the
+order of ``get_weights()`` and of legacy ``.h5`` files: ``shared.keras_h5.keras_layer_names``),
+BatchNormalization on the last axis. Always channels_last, whatever
+``keras.config.image_data_format()`` says, because the canonical layout is NHWC.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import keras
-from shared.keras_h5 import INPUT_LAYER, keras_explicit_padding
+from shared.keras_h5 import INPUT_LAYER, KERAS_PARAM, keras_explicit_padding
 from shared.fold import refuse_training
 from shared.spec import ResNetSpec
+from shared.weights import WeightsError
 from resnet_keras import layers
 
 @dataclass(frozen=True)
@@ -30,7 +32,8 @@ class _Options:
 
 
 def _chainer(spec: ResNetSpec, classifier_activation):
-    """``chain(layers, x)`` and ``add(layer, main, shortcut)`` for ``Block.walk``."""
+    """``chain(layers, x)``, ``add(layer, main, shortcut)`` and ``scale(layer, main, gate)`` for
+    ``Block.walk``."""
     options = _Options(keras_explicit_padding(spec), classifier_activation)
 
     def chain(spec_layers, x):
@@ -44,7 +47,10 @@ def _chainer(spec: ResNetSpec, classifier_activation):
         # [shortcut, main], as Keras Applications: the order model.layers lists the branches in
         return keras.layers.Add(name=layer.name)([shortcut, main])
 
-    return chain, add
+    def scale(layer, main, gate):
+        return keras.layers.Multiply(name=layer.name)([main, gate])  # (N, 1, 1, C) broadcast
+
+    return chain, add, scale
 
 
 def _input_shape(spec: ResNetSpec, input_shape) -> tuple:
@@ -76,10 +82,10 @@ def keras_model(spec: ResNetSpec, input_shape=None, classifier_activation=None, 
     ``training=False`` (or ``predict``), as for any Keras model with BatchNormalization.
     """
     inputs = keras.Input(shape=_input_shape(spec, input_shape), name=INPUT_LAYER)
-    chain, add = _chainer(spec, classifier_activation)
+    chain, add, scale = _chainer(spec, classifier_activation)
     x = chain(spec.stem(), inputs)
     for block in spec.blocks():
-        x = block.walk(x, chain, add)  # the shortcut before the main path, as Keras Applications
+        x = block.walk(x, chain, add, scale)
     x = chain(spec.head(), x)
     model = keras.Model(inputs, x, name=name or spec.arch or "resnet")
     model.spec = spec
@@ -106,3 +112,17 @@ def spec_of(model) -> ResNetSpec:
             "shared.keras_h5.from_keras_applications(model)"
         )
     return spec
+
+
+def variables(model: keras.Model):
+    """(canonical key, Keras variable) for every weight, in the spec's order:
+    ``{layer}.{param}`` is ``model.get_layer(layer)``'s ``KERAS_PARAM[param]`` variable."""
+    by_name = {layer.name: layer for layer in model.layers}
+    for layer in spec_of(model).layers():
+        if not layer.params:
+            continue
+        native = by_name.get(layer.name)
+        if native is None:
+            raise WeightsError(f"{layer.name}: the model has no layer of this name (was it built from its .spec?)")
+        for param in layer.params:
+            yield f"{layer.name}.{param}", getattr(native, KERAS_PARAM[param])

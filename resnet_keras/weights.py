@@ -1,7 +1,10 @@
 """Canonical weights <-> the Keras model, by name: ``{layer}.{param}`` is
 ``model.get_layer(layer)``'s ``KERAS_PARAM[param]`` variable (``kernel``, ``bias``, ``gamma``,
-``beta``, ``moving_mean``, ``moving_variance``). Keras kernels are HWIO and (in, out) like the
-canonical ones, so no array is transposed."""
+``beta``, ``moving_mean``, ``moving_variance``; ECA's channel conv: ``kernel``, (k,)). Keras kernels
+are HWIO and (in, out) like the canonical ones, so no array is transposed.
+
+``load_weights`` reads checkpoint files through ``resnet_keras.checkpoints.READERS``; that module
+builds its models with ``resnet_keras.model`` and never imports this one."""
 
 from __future__ import annotations
 
@@ -12,22 +15,11 @@ import keras
 import numpy as np
 
 from shared import checkpoint
-from shared.keras_h5 import KERAS_PARAM
 from shared.weights import DTYPE, WeightsError, validate
-from resnet_keras.model import spec_of
+from resnet_keras.checkpoints import READERS
+from resnet_keras.model import spec_of, variables
 
-
-def variables(model: keras.Model):
-    """(canonical key, Keras variable) for every weight, in the spec's order."""
-    by_name = {layer.name: layer for layer in model.layers}
-    for layer in spec_of(model).layers():
-        if not layer.params:
-            continue
-        native = by_name.get(layer.name)
-        if native is None:
-            raise WeightsError(f"{layer.name}: the model has no layer of this name (was it built from its .spec?)")
-        for param in layer.params:
-            yield f"{layer.name}.{param}", getattr(native, KERAS_PARAM[param])
+__all__ = ["export_weights", "load_weights", "variables"]
 
 
 def load_weights(model: keras.Model, weights: Mapping[str, np.ndarray] | str | os.PathLike) -> keras.Model:
@@ -38,7 +30,7 @@ def load_weights(model: keras.Model, weights: Mapping[str, np.ndarray] | str | o
     mis-shaped or wrongly typed key, and any model variable whose shape differs from the
     spec's, before any variable is touched.
     """
-    weights = checkpoint.canonical(spec_of(model), weights, _readers())
+    weights = checkpoint.canonical(spec_of(model), weights, READERS)
     validate(spec_of(model), weights)
     pairs = list(variables(model))
     wrong = [f"{key}: model variable {v.path} has shape {tuple(v.shape)}, the weights {weights[key].shape}"
@@ -54,8 +46,3 @@ def export_weights(model: keras.Model) -> dict[str, np.ndarray]:
     """The model's weights as a canonical dict of float32 numpy arrays (fresh copies)."""
     return {key: np.array(keras.ops.convert_to_numpy(v), dtype=DTYPE) for key, v in variables(model)}
 
-
-def _readers():
-    from resnet_keras.checkpoints import READERS  # here: checkpoints builds models with this module
-
-    return READERS

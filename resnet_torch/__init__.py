@@ -9,7 +9,8 @@ resnet_keras and resnet_flax (``shared.contract``)::
     logits = predict(model, images_nhwc)         # numpy in, numpy out
     feats = features(model, images_nhwc)         # {"stem", "stage1".."stage4"}, NHWC numpy
 
-The module itself is plain PyTorch: NCHW tensors in, ``model.load_state_dict(torchvision_sd)``,
+The module itself is plain PyTorch: NCHW tensors in, ``model.load_state_dict(torchvision_sd)``
+(or a timm ``resnet.py`` model's state_dict: ``ResNet50D``, ``SEResNeXt50_32x4d``...),
 ``model.forward_features(x)`` for the stage outputs as tensors.
 """
 

@@ -3,7 +3,9 @@ one ``.pth`` reader of resnet-parity, and the package's door to every format it 
 
 Reading goes through ``torch.load(weights_only=True)`` only (no pickle runs), unwraps
 ``{"state_dict": ...}`` (what training scripts save beside their optimiser state), and maps
-torchvision's keys by the core's one rule (``shared.formats.from_torchvision_state``).
+torchvision's keys by the core's one rule (``shared.formats.from_torchvision_state``): timm's
+``resnet.py`` family has those keys (``conv1.0``, ``downsample.2``, ``se.fc1``), and timm's
+``resnetv2`` keys are renamed to them (``shared.interop``).
 ``READERS``/``WRITERS`` are what this package hands the core's dispatcher
 (``shared.formats``); ``read_checkpoint`` reads any checkpoint ``resnet_torch`` takes: the
 core's formats, ``.pth``, or a ``shared.hub`` name.
@@ -41,8 +43,9 @@ def _load_state(path: Path) -> Mapping[str, torch.Tensor]:
 
 def read_pth(path: str | os.PathLike, spec: ResNetSpec | None = None,
              style: str | None = None) -> tuple[ResNetSpec, dict[str, np.ndarray]]:
-    """A torchvision-keyed ``.pth``/``.pt`` -> (spec, canonical weights); the spec read off the
-    keys and shapes unless given (``style`` for the conventions shapes cannot show)."""
+    """A torchvision- or timm-keyed ``.pth``/``.pt`` -> (spec, canonical weights); the spec read
+    off the keys and shapes unless given (``style`` for the conventions shapes cannot show;
+    anti-aliasing and the blur or avg stem pools have no weights: a model's own spec says them)."""
     return formats.from_torchvision_state(_load_state(Path(path)), spec, style)
 
 

@@ -9,9 +9,12 @@ replica in ``shared.reference_dp``; in float32 the same arithmetic is the peer w
 the budget, as ``reference.forward(..., dtype=np.float32)`` does for the logits.
 The forward walks each block through ``Block.walk`` and the backward reverses it: the sum's
 gradient goes to both paths and adds up where the shortcut starts (the block input, or V2's
-pre-activation output). ``tests/test_verdict.py`` and ``tests/test_backprop_family.py`` (every
-block kind) prove it against central finite differences of the float64 forward and against
-torchvision's autograd.
+pre-activation output); an attention's product ``main * gate(main)`` sends the main path a
+gradient through both factors, added up the same way. ``tests/test_verdict.py`` and
+``tests/test_backprop_family.py`` (every block kind and every layer kind: avg pools with
+``ceil_mode``, blur, SE, ECA, both gates) prove it against central finite differences of the
+float64 forward; ``tests/test_backprop_family.py`` and ``tests/test_reference_family.py``
+against torchvision's and timm's float64 autograd.
 
 A ReLU's derivative is a step: where a pre-activation lies within rounding of 0, a legitimate
 float32 implementation may take it on the other side. ``relu_ties`` finds those units (within
@@ -30,12 +33,26 @@ import numpy as np
 from shared import reference as R
 from shared.fold import refuse_training
 from shared import spec as S
-from shared.spec import BatchNorm, Conv, Dense, GlobalPool, MaxPool, ReLU, ResNetSpec
+from shared.spec import (AvgPool, BatchNorm, Blur, ChannelConv, Conv, Dense, Gate, GlobalPool, MaxPool, ReLU,
+                         ResNetSpec)
 
 
 def _unpad(x: np.ndarray, padding) -> np.ndarray:
     t, b, l, r = padding
     return x[:, t:x.shape[1] - b, l:x.shape[2] - r]
+
+
+def _scatter_windows(shape, k: int, s: int, dwin, dtype) -> np.ndarray:
+    """The transpose of taking every k x k window at stride ``s``: ``dwin(i, j)`` is the
+    gradient reaching tap (i, j) of every window, (N, Ho, Wo, C); each lands on the position of
+    the padded input (of ``shape``) that tap read."""
+    dxp = np.zeros(shape, dtype)
+    for i in range(k):
+        for j in range(k):
+            d = dwin(i, j)
+            ho, wo = d.shape[1:3]
+            dxp[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :] += d
+    return dxp
 
 
 def _conv_backward(layer: Conv, x: np.ndarray, kernel: np.ndarray, dy: np.ndarray, grads: dict):
@@ -57,11 +74,7 @@ def _conv_backward(layer: Conv, x: np.ndarray, kernel: np.ndarray, dy: np.ndarra
     grads[f"{layer.name}.kernel"] = dkernel.reshape(g, k * k, cg, og).transpose(1, 2, 0, 3).reshape(k, k, cg, cout)
     dcols = (d @ kern.transpose(0, 2, 1)).reshape(g, n, ho, wo, k, k, cg).transpose(1, 2, 3, 4, 5, 0, 6)
     dcols = dcols.reshape(n, ho, wo, k, k, cin)  # channel c = group * C/G + c within the group
-    dxp = np.zeros_like(xp)
-    for i in range(k):
-        for j in range(k):
-            dxp[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :] += dcols[:, :, :, i, j, :]
-    return _unpad(dxp, layer.padding)
+    return _unpad(_scatter_windows(xp.shape, k, s, lambda i, j: dcols[:, :, :, i, j, :], xp.dtype), layer.padding)
 
 
 def _maxpool_backward(layer: MaxPool, x: np.ndarray, dy: np.ndarray) -> np.ndarray:
@@ -72,11 +85,78 @@ def _maxpool_backward(layer: MaxPool, x: np.ndarray, dy: np.ndarray) -> np.ndarr
     n, ho, wo, c = dy.shape
     win = R._windows(xp, k, s)[:, :ho, :wo].reshape(n, ho, wo, c, k * k)
     arg = win.argmax(axis=-1)
-    dxp = np.zeros_like(xp)
-    for idx in range(k * k):
-        i, j = divmod(idx, k)
-        dxp[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :] += np.where(arg == idx, dy, 0.0)
+    dxp = _scatter_windows(xp.shape, k, s, lambda i, j: np.where(arg == i * k + j, dy, 0.0), xp.dtype)
     return _unpad(dxp, layer.padding)
+
+
+def _window_counts(n: int, before: int, after: int, out: int, layer: AvgPool) -> np.ndarray:
+    """Along one axis: how many of each window's positions its divisor counts (those in the
+    input, or with ``count_include_pad`` in the padded input; never past it)."""
+    lo, hi = (-before, n + after) if layer.count_include_pad else (0, n)
+    start = np.arange(out) * layer.stride - before
+    return np.minimum(start + layer.size, hi) - np.maximum(start, lo)
+
+
+def _avgpool_backward(layer: AvgPool, x: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """Each window's gradient divided by its divisor (rows counted x columns counted) and spread
+    over its positions; what lands on the padding (explicit, or past it from ``ceil_mode``) is
+    dropped."""
+    t, b, l, r = layer.padding
+    n, h, w, c = x.shape
+    ho, wo = dy.shape[1:3]
+    k, s = layer.size, layer.stride
+    counts = np.outer(_window_counts(h, t, b, ho, layer), _window_counts(w, l, r, wo, layer)).astype(dy.dtype)
+    share = dy / counts[None, :, :, None]
+    shape = (n, max(h + t + b, (ho - 1) * s + k), max(w + l + r, (wo - 1) * s + k), c)
+    return _scatter_windows(shape, k, s, lambda i, j: share, dy.dtype)[:, t:t + h, l:l + w]
+
+
+def _padding_matrix(n: int, before: int, after: int, mode: str, dtype) -> np.ndarray:
+    """(n + before + after, n): row p is the one-hot of the input position padded position p
+    copies (numpy's ``reflect``: the edge not repeated), all zero for a constant pad. Padding
+    is this matrix applied along one axis; its gradient, the transpose."""
+    positions = np.arange(n)
+    if mode == "reflect":
+        source = np.pad(positions, (before, after), mode="reflect")
+    else:
+        source = np.pad(positions, (before, after), constant_values=-1)
+    return (source[:, None] == positions[None, :]).astype(dtype)
+
+
+def _blur_backward(layer: Blur, x: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """The fixed filter transposed (each output's gradient times each tap, back onto the pixel
+    that tap read), then the padding's gradient: a mirrored pixel's share added to its source."""
+    t, b, l, r = layer.padding
+    n, h, w, c = x.shape
+    taps = np.asarray(layer.taps(), dtype=dy.dtype)
+    k, s = layer.kernel_size, layer.stride
+    dxp = _scatter_windows((n, h + t + b, w + l + r, c), k, s, lambda i, j: dy * taps[i, j], dy.dtype)
+    rows = _padding_matrix(h, t, b, layer.pad_mode, dy.dtype)
+    cols = _padding_matrix(w, l, r, layer.pad_mode, dy.dtype)
+    return np.einsum("nhwc,hi,wj->nijc", dxp, rows, cols)
+
+
+def _channel_conv_backward(layer: ChannelConv, x: np.ndarray, kernel: np.ndarray, dy: np.ndarray, grads: dict):
+    """ECA's 1-D cross-correlation over channels, ``y[c] = sum_j xp[c + j] k[j]``: the kernel's
+    gradient correlates the padded input with ``dy``; the input's puts ``dy[c] k[j]`` back on
+    ``xp[c + j]`` and drops the zero padding."""
+    before, after = layer.padding
+    k, c = layer.kernel_size, x.shape[-1]
+    xp = np.pad(x, ((0, 0), (0, 0), (0, 0), (before, after)))
+    grads[f"{layer.name}.kernel"] = np.array([(xp[..., j:j + c] * dy).sum() for j in range(k)])
+    dxp = np.zeros_like(xp)
+    for j in range(k):
+        dxp[..., j:j + c] += dy * kernel[j]
+    return dxp[..., before:before + c]
+
+
+def _gate_backward(layer: Gate, x: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """sigmoid' = s (1 - s); hard_sigmoid = relu6(x + 3) / 6 has slope 1/6 strictly inside
+    (-3, 3) and 0 outside and at the kinks (torch's ``hardsigmoid_backward``)."""
+    if layer.function == "hard_sigmoid":
+        return dy * ((x > -3.0) & (x < 3.0)) / 6.0
+    g = 1.0 / (1.0 + np.exp(-x))
+    return dy * g * (1.0 - g)
 
 
 def _bn_backward(layer: BatchNorm, x, gamma, dy, grads, stats=None):
@@ -145,12 +225,21 @@ class _Tape:
         if isinstance(layer, MaxPool):
             return _maxpool_backward(layer, x, dy)
         if isinstance(layer, GlobalPool):
+            dy = dy.reshape(x.shape[0], 1, 1, x.shape[-1])  # (N, C), or (N, 1, 1, C) with keepdims
             if layer.mode == "avg":
-                return np.broadcast_to(dy[:, None, None, :] / (x.shape[1] * x.shape[2]), x.shape).copy()
+                return np.broadcast_to(dy / (x.shape[1] * x.shape[2]), x.shape).copy()
             flat = x.reshape(x.shape[0], -1, x.shape[-1])
             mask = np.zeros_like(flat)
             np.put_along_axis(mask, flat.argmax(axis=1)[:, None, :], 1.0, axis=1)
-            return (mask * dy[:, None, :]).reshape(x.shape)
+            return mask.reshape(x.shape) * dy
+        if isinstance(layer, AvgPool):
+            return _avgpool_backward(layer, x, dy)
+        if isinstance(layer, Blur):
+            return _blur_backward(layer, x, dy)
+        if isinstance(layer, ChannelConv):
+            return _channel_conv_backward(layer, x, w[f"{layer.name}.kernel"], dy, grads)
+        if isinstance(layer, Gate):
+            return _gate_backward(layer, x, dy)
         if isinstance(layer, Dense):
             grads[f"{layer.name}.kernel"] = x.T @ dy
             grads[f"{layer.name}.bias"] = dy.sum(axis=0)
@@ -225,10 +314,16 @@ def step(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray
             x = tape.forward(layer, x, record)
         return x
 
+    scaled: dict[str, tuple] = {}  # an attention's scale -> (main path, gate) it multiplied
+
+    def scale(layer, main, gate):
+        scaled[layer.name] = (main, gate)
+        return main * gate
+
     x = chain(spec.stem(), np.asarray(images, dtype=dtype))
     blocks = spec.blocks()
     for block in blocks:
-        x = block.walk(x, chain, lambda _, main, shortcut: main + shortcut)
+        x = block.walk(x, chain, lambda _, main, shortcut: main + shortcut, scale)
     logits = chain(spec.head(), x)
     loss, dy = cross_entropy(logits, labels.astype(int))
 
@@ -243,7 +338,14 @@ def step(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray
         # starts (the block input or the pre-activation's output) the two gradients add up.
         d_sum = back(block.out, dy)
         d_source = back(block.shortcut, d_sum)
-        d_pre = back(block.main, d_sum)
+        d_main = d_sum
+        if block.attention:
+            # main * gate(main): the product's gradient to each factor (the gate's summed over
+            # the positions it was broadcast to), and the main path's two routes added up.
+            main, gate = scaled[block.scale.name]
+            d_gate = (d_sum * main).sum(axis=(1, 2), keepdims=True)
+            d_main = d_sum * gate + back(block.attention, d_gate)
+        d_pre = back(block.main, d_main)
         if block.shortcut_from == "pre":
             dy = back(block.pre, d_pre + d_source)
         else:

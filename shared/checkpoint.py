@@ -22,9 +22,11 @@ from shared import formats, hub
 from shared import weights as W
 from shared.spec import STYLES, ResNetSpec
 
-# Fields that change the function a set of weights computes (pooling has no weights; the init
-# flag zero_init_residual does not matter once weights are loaded).
-_ARCH = ("block", "depths", "width", "expansion", "groups", "width_per_group", "image_channels")
+# Fields that change the function a set of weights computes and that the weights show (pooling,
+# anti-aliasing, the gate and a parameterless stem pool have no weights: the model's spec decides
+# them; the init flag zero_init_residual does not matter once weights are loaded).
+_ARCH = ("block", "depths", "width", "expansion", "groups", "width_per_group", "image_channels", "stem_convs",
+         "shortcut", "shortcut_kernel", "project_first", "attention", "se_ratio", "se_divisor")
 _STYLE = ("stride_on", "stride_block", "conv_bias", "bn_epsilon", "bn_momentum", "pool_pad_value")
 
 
@@ -73,6 +75,8 @@ def differences(model: ResNetSpec, checkpoint: ResNetSpec) -> list[str]:
     fields = [*_ARCH, *_STYLE]
     if model.include_top:
         fields += ["include_top", "num_classes"]
+    if "conv" in (model.stem_pool, checkpoint.stem_pool):  # the only stem pool with weights
+        fields.append("stem_pool")
     return [f"{f}: checkpoint {getattr(checkpoint, f)!r}, model {getattr(model, f)!r}"
             for f in fields if getattr(checkpoint, f) != getattr(model, f)]
 

@@ -1,7 +1,8 @@
 """BatchNorm folded into the conv before it, as a spec transform: the fast, eval-only network.
 
 ``fold_batchnorm(spec, weights)`` returns ``spec.replace(folded=True)`` (no BatchNorm directly
-after a conv, every conv biased) and weights where each conv followed by a BatchNorm is one conv::
+after a conv, every conv biased: 0 where no BatchNorm was folded into an unbiased one) and
+weights where each conv followed by a BatchNorm is one conv::
 
     scale  = gamma / sqrt(var + epsilon)
     kernel = kernel * scale                      (per output channel, HWIO's last axis)
@@ -10,7 +11,10 @@ after a conv, every conv biased) and weights where each conv followed by a Batch
 computed in float64 and cast to float32 once. This is exact in real arithmetic wherever a
 BatchNorm directly follows a conv and sees its whole output: every BatchNorm of the basic and
 bottleneck blocks, and the two inside a pre-activation (V2) block's main path. A grouped conv
-folds the same way: each output channel belongs to one group and is scaled alone.
+folds the same way: each output channel belongs to one group and is scaled alone. The family's
+BatchNorms all follow a conv too: a deep stem's after each of its convs, ResNet-RS's stem pool
+conv, avg-down's 1x1 conv (after its pool, which the fold leaves where it is). An attention (SE,
+ECA) has no BatchNorm; its layers come through unchanged.
 
 The other BatchNorms stay (``kept_batchnorms``, ``fold_note``): a V2 block's pre-activation BN
 and the head's ``post_bn`` come after an add (or the stem's pool), so no single conv computes
@@ -117,6 +121,11 @@ def fold_batchnorm(spec: ResNetSpec, weights: Mapping[str, np.ndarray], dtype=DT
         out[f"{conv.name}.bias"] = (bias - p["mean"]) * scale + p["beta"]
         for k in ("gamma", "beta", "mean", "var"):
             del out[f"{bn.name}.{k}"]
+    for conv in folded_spec.layers():
+        # A conv no BatchNorm follows that had no bias (timm's V2: the stem, each block's last
+        # conv and its shortcut) is biased in the folded spec too: its bias is 0.
+        if isinstance(conv, Conv) and conv.bias and f"{conv.name}.bias" not in out:
+            out[f"{conv.name}.bias"] = np.zeros(conv.out_channels)
     out = {k: np.ascontiguousarray(out[k], dtype=dtype) for k in folded_spec.param_shapes()}
     # e.g. a huge gamma over a tiny var -> inf in float32
     validate(folded_spec, {k: v.astype(DTYPE, copy=False) for k, v in out.items()}, source="folded weights")

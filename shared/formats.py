@@ -30,6 +30,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from shared import interop
 from shared.spec import ResNetSpec
 from shared.weights import WeightsError, atomic_path
 
@@ -63,7 +64,7 @@ def _is_torchvision_safetensors(path: Path) -> bool:
 
     try:
         with safe_open(str(path), "np") as f:
-            return "conv1.weight" in f.keys()
+            return interop.is_torch_state_dict(f.keys())
     except (SafetensorError, OSError, ValueError):
         return False  # unreadable: let the canonical reader name the problem
 
@@ -141,7 +142,7 @@ def read(path: str | os.PathLike, spec: ResNetSpec | None = None, style: str | N
     ``style`` (default: biased convs mean Keras Applications, unbiased torchvision) for the
     conventions weights cannot show (stride placement, BatchNorm epsilon and momentum).
     ``readers``: the framework formats' readers (module docstring)."""
-    from shared import interop, keras_h5, weights as W
+    from shared import keras_h5, weights as W
 
     path = Path(path)
     fmt = format or detect(path)
@@ -195,7 +196,7 @@ def write(spec: ResNetSpec, weights: Mapping[str, np.ndarray], path: str | os.Pa
     """Canonical weights -> ``path`` in ``format`` (default: by its type, see
     ``destination_format``); returns the format written. Validated before anything is written;
     written atomically. ``writers``: the framework formats' writers (module docstring)."""
-    from shared import interop, keras_h5, weights as W
+    from shared import keras_h5, weights as W
 
     path = Path(path)
     fmt = destination_format(path, format)

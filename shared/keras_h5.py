@@ -10,6 +10,10 @@ beta, moving_mean, moving_variance. A full-model file (``model.save("x.h5")``) h
 under ``model_weights``. Keras loads such a file by position, not by name, so the writer lists
 layers in exactly the order a Keras functional model lists them (``keras_layer_names``).
 Kernels are HWIO / (in, out) in Keras as in the canonical format: nothing is transposed.
+
+keras-hub's ResNet (``ResNetBackbone``, ``ResNetImageClassifier``) saves Keras 3 ``.weights.h5``
+files, keyed by object path (``layers/conv2d_3/vars/0``) with each layer's name stored beside its
+variables; ``from_keras_hub`` reads them by those names (or, in a file without them, by position).
 """
 
 from __future__ import annotations
@@ -18,11 +22,11 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import numpy as np
 
-from shared.spec import Block, Conv, MaxPool, ResNetSpec
+from shared.spec import BatchNorm, Conv, Dense, MaxPool, ResNetSpec
 from shared.weights import DTYPE, WeightsError, atomic_path, validate
 
 # canonical param -> Keras variable name
@@ -38,10 +42,11 @@ _STAGE = re.compile(r"conv(\d+)_block(\d+)_")
 # ----------------------------------------------------------------------------- layer order
 
 def keras_explicit_padding(spec: ResNetSpec) -> bool:
-    """Whether Keras Applications writes a ZeroPadding2D before every padded layer of this kind
-    of ResNet: V2 (``residual_block_v2``'s ``_2_pad`` at every stride) does, V1 writes 'same'
-    where that pads the same pixels."""
-    return spec.block == "preact"
+    """Whether this kind of ResNet gets a ZeroPadding2D before every padded layer: Keras
+    Applications' V2 (``residual_block_v2``'s ``_2_pad`` at every stride; its biased convs,
+    ``preact_bias``) does; V1 and keras-hub's V2 (timm's conventions) write 'same' where that
+    pads the same pixels."""
+    return spec.block == "preact" and spec.preact_bias
 
 
 def keras_padding(layer: Conv | MaxPool, explicit: bool = False) -> str:
@@ -62,40 +67,60 @@ def pad_name(layer: Conv | MaxPool) -> str:
     return layer.name.rsplit("_", 1)[0] + "_pad"
 
 
-def _expanded(layers: Iterable, explicit: bool) -> list[str]:
-    names = []
-    for layer in layers:
-        if isinstance(layer, (Conv, MaxPool)) and keras_padding(layer, explicit) == "pad":
-            names.append(pad_name(layer))
-        names.append(layer.name)
-    return names
+def _graph(spec: ResNetSpec, explicit: bool) -> tuple[dict[str, tuple[str, ...]], str]:
+    """The Keras functional graph ``resnet_keras.build(spec)`` makes, as layer name -> the names
+    of its inputs in call order (a padded conv or pool is a ZeroPadding2D then the layer; an
+    ``Add`` takes [shortcut, main], a ``Multiply`` [main, gate]), and the output layer's name."""
+    graph: dict[str, tuple[str, ...]] = {INPUT_LAYER: ()}
+
+    def chain(layers, x):
+        for layer in layers:
+            if isinstance(layer, (Conv, MaxPool)) and keras_padding(layer, explicit) == "pad":
+                graph[pad_name(layer)], x = (x,), pad_name(layer)
+            graph[layer.name], x = (x,), layer.name
+        return x
+
+    def join(layer, *inputs):
+        graph[layer.name] = inputs
+        return layer.name
+
+    x = chain(spec.stem(), INPUT_LAYER)
+    for block in spec.blocks():
+        x = block.walk(x, chain, lambda layer, main, shortcut: join(layer, shortcut, main), join)
+    return graph, chain(spec.head(), x)
 
 
-def _block_order(block: Block, explicit: bool) -> list[str]:
-    # A Keras functional model lists layers by decreasing depth (the longest path to the
-    # output), ties in the order a depth-first walk from the output meets them; the block's Add
-    # takes [shortcut, main], so the shortcut branch wins ties: ... 2_relu, 0_conv, 3_conv, 0_bn,
-    # 3_bn (V1); ... 2_relu, 0_conv or the shortcut's pool, 3_conv (V2). The pre-activation
-    # feeds both branches (or the main one only): it lies deeper than either.
-    pre, main, shortcut = (_expanded(part, explicit) for part in (block.pre, block.main, block.shortcut))
-    ranked = [(len(shortcut) - i, 0, n) for i, n in enumerate(shortcut)]
-    ranked += [(len(main) - i, 1, n) for i, n in enumerate(main)]
-    below = max(len(main), len(shortcut) if block.shortcut_from == "pre" else 0)
-    ranked += [(below + len(pre) - i, 2, n) for i, n in enumerate(pre)]
-    ordered = [n for _, _, n in sorted(ranked, key=lambda r: (-r[0], r[1]))]
-    return ordered + [block.add.name, *_expanded(block.out, explicit)]
+def _keras_order(graph: dict[str, tuple[str, ...]], output: str) -> list[str]:
+    """The order ``model.layers`` lists a functional graph's layers in (keras/src/ops/function.py,
+    ``map_graph``): by decreasing depth (the longest path to the output), ties in the order a
+    depth-first walk from the output first meets them, each layer's inputs in call order."""
+    seen: dict[str, int] = {}
+    finished: list[str] = []  # inputs first
+    stack = [(output, iter(graph[output]))]
+    seen[output] = 0
+    while stack:
+        name, inputs = stack[-1]
+        parent = next(inputs, None)
+        if parent is None:
+            finished.append(stack.pop()[0])
+        elif parent not in seen:
+            seen[parent] = len(seen)
+            stack.append((parent, iter(graph[parent])))
+    depth: dict[str, int] = {}
+    for name in reversed(finished):
+        d = depth.setdefault(name, 0)
+        for parent in graph[name]:
+            depth[parent] = max(d + 1, depth.get(parent, 0))
+    return sorted(finished, key=lambda name: (-depth[name], seen[name]))
 
 
-def keras_layer_names(spec: ResNetSpec) -> list[str]:
+def keras_layer_names(spec: ResNetSpec, explicit: bool | None = None) -> list[str]:
     """Every layer name in the order ``model.layers`` lists them for ``resnet_keras.build(spec)``
     (and, for the keras style, ``keras.applications.ResNet50/101/152`` and ResNet50V2/101V2/152V2,
     whose shortcut max pools Keras names itself, ``max_pooling2d_N``, where the spec says
-    ``{block}_0_pool``), input layer first."""
-    explicit = keras_explicit_padding(spec)
-    names = [INPUT_LAYER, *_expanded(spec.stem(), explicit)]
-    for block in spec.blocks():
-        names += _block_order(block, explicit)
-    return names + _expanded(spec.head(), explicit)
+    ``{block}_0_pool``), input layer first. ``explicit``: another padding rule than the spec's
+    own (``keras_explicit_padding``)."""
+    return _keras_order(*_graph(spec, keras_explicit_padding(spec) if explicit is None else explicit))
 
 
 def _weighted_layers(spec: ResNetSpec) -> dict:
@@ -299,4 +324,118 @@ def from_keras_applications(model_or_h5_path, spec: ResNetSpec | None = None,
         raise TypeError("from_keras_applications: expected a .h5 path or a keras.Model, "
                         f"got {type(model_or_h5_path).__name__}")
     spec = spec or stored or spec_from_keras_layers(layer_names, arrays, source)
+    return spec, canonical_from_keras_layers(spec, arrays, source)
+
+
+# ----------------------------------------------------------------------------- keras-hub
+
+_HUB_BACKBONE = "res_net_backbone"  # where ResNetImageClassifier's file keeps its ResNetBackbone
+_HUB_STEM = re.compile(r"conv(\d+)_(conv|bn)$")
+_HUB_BLOCK = re.compile(r"stack(\d+)_block(\d+)_(.+)$")
+_NUMBERED = re.compile(r"^(.*?)(?:_(\d+))?$")
+# Keras' variables of each layer class, in the order it saves them (vars/0, vars/1, ...)
+_HUB_VARIABLES = {"conv2d": ("kernel", "bias"), "dense": ("kernel", "bias"),
+                  "batch_normalization": ("gamma", "beta", "moving_mean", "moving_variance")}
+_KIND = {"conv2d": Conv, "batch_normalization": BatchNorm, "dense": Dense}
+
+
+def _hub_groups(layers) -> list[tuple[str, int, str | None, list[np.ndarray]]]:
+    """(class in snake case, its number, the layer name Keras stored or None, the arrays) of each
+    group under a Keras 3 file's ``layers``, by class then number (``model.layers`` order)."""
+    out = []
+    for key, group in layers.items():
+        base, number = _NUMBERED.match(key).groups()
+        variables = group.get("vars")
+        name = None if variables is None else variables.attrs.get("name")
+        arrays = [] if variables is None else [np.asarray(variables[k][()]) for k in sorted(variables, key=int)]
+        out.append((base, int(number or 0), name.decode() if isinstance(name, bytes) else name, arrays))
+    return sorted(out, key=lambda g: g[:2])
+
+
+def is_keras_hub(f) -> bool:
+    """Whether an open Keras 3 ``.weights.h5`` holds keras-hub's ResNet: a classifier's nested
+    ``ResNetBackbone``, or the layer names keras-hub gives (``stack0_block0_1_conv``)."""
+    layers = f.get("layers")
+    if layers is None:
+        return False
+    return _HUB_BACKBONE in layers or any(_HUB_BLOCK.match(g[2] or "") for g in _hub_groups(layers))
+
+
+def keras_hub_layer_name(name: str, stem_convs: int, avg_down: bool) -> str:
+    """keras-hub's layer name -> the spec's: its stem ``conv{i}_conv``/``conv{i}_bn`` (the last BN
+    is ``conv1_bn``), ``stack{s}_block{b}_*`` (0-based) is ``conv{s+2}_block{b+1}_*``, its
+    ``_pre_activation_bn`` our ``_preact_bn``, a vd block's ``_0_conv``/``_0_bn`` (after the
+    average pool) our ``_down_conv``/``_down_bn``; ``post_bn`` and ``predictions`` as ours."""
+    stem = _HUB_STEM.match(name)
+    if stem:
+        i, kind = int(stem[1]), stem[2]
+        last = kind == "bn" and i == stem_convs
+        return f"conv1_{kind}" if stem_convs == 1 or last else f"conv1_{i}_{kind}"
+    block = _HUB_BLOCK.match(name)
+    if block:
+        rest = {"pre_activation_bn": "preact_bn"}.get(block[3], block[3])
+        if avg_down and rest in ("0_conv", "0_bn"):
+            rest = "down_" + rest[2:]
+        return f"conv{int(block[1]) + 2}_block{int(block[2]) + 1}_{rest}"
+    return name
+
+
+def _hub_by_structure(spec: ResNetSpec, groups, source: str) -> dict[str, dict[str, np.ndarray]]:
+    """Arrays of a file without stored names, by position: Keras numbers the layers of each class
+    in ``model.layers`` order, which keras-hub's graph shares with ``resnet_keras.build(spec)``
+    where padding is written as V1 writes it (keras-hub's V2 too)."""
+    layers = {layer.name: layer for layer in spec.layers()}
+    order = [layers[n] for n in keras_layer_names(spec, explicit=False) if n in layers]
+    arrays = {}
+    for base, kind in (("conv2d", Conv), ("batch_normalization", BatchNorm)):  # the classifier's Dense: apart
+        ours = [layer for layer in order if isinstance(layer, kind)]
+        theirs = [g for g in groups if g[0] == base]
+        if len(ours) != len(theirs):
+            raise WeightsError(f"{source}: {len(theirs)} {base} layers, the {spec.style} spec {spec.depths} has "
+                               f"{len(ours)} (a file without layer names is read by position: pass its spec)")
+        for layer, (_, _, _, values) in zip(ours, theirs):
+            arrays[layer.name] = dict(zip(_HUB_VARIABLES[base], values))
+    return arrays
+
+
+def from_keras_hub(path: str | os.PathLike, spec: ResNetSpec | None = None, style: str | None = None,
+                   ) -> tuple[ResNetSpec, dict[str, np.ndarray]]:
+    """keras-hub's ``ResNetBackbone`` or ``ResNetImageClassifier`` ``.weights.h5`` (its
+    ``save_weights``) -> (spec, canonical weights), with h5py alone. Keras stores each layer's
+    name beside its variables: the names are renamed (``keras_hub_layer_name``); a file without
+    them is read by position against ``spec``. Without ``spec`` the structure is read off the
+    renamed arrays by ``shared.interop.spec_from_canonical`` with ``style`` (default "timm":
+    keras-hub's BatchNorm conventions are timm's), the head off the classifier's layers."""
+    from shared.interop import spec_from_canonical
+
+    path, source = Path(path), str(path)
+    with open_h5(path) as f:
+        if not is_keras_hub(f):
+            raise WeightsError(f"{path}: not a keras-hub ResNet .weights.h5 (no {_HUB_BACKBONE} group, "
+                               "no stack{i}_block{j}_* layer names)")
+        classifier = _HUB_BACKBONE in f["layers"]
+        backbone = _hub_groups(f[f"layers/{_HUB_BACKBONE}/layers"] if classifier else f["layers"])
+        head = _hub_groups(f["layers"]) if classifier else []
+    dense = [g for g in head if g[0] == "dense"]
+    if classifier and len(dense) != 1:
+        raise WeightsError(f"{path}: expected one Dense classifier beside the backbone, found {len(dense)}")
+    pooling = next((mode for base, _, _, _ in head for mode, cls in (("avg", "global_average_pooling2d"),
+                    ("max", "global_max_pooling2d")) if base == cls), None)
+    weighted = [g for g in backbone if g[0] in _KIND]
+    if all(name is not None for _, _, name, _ in weighted):
+        stem_convs = sum(bool(_HUB_STEM.match(name) and name.endswith("_conv")) for _, _, name, _ in weighted)
+        avg_down = spec.shortcut == "avg_down" if spec else any(g[0] == "average_pooling2d" for g in backbone)
+        arrays = {keras_hub_layer_name(name, stem_convs, avg_down): dict(zip(_HUB_VARIABLES[base], values))
+                  for base, _, name, values in weighted}
+    elif spec is None:
+        raise WeightsError(f"{path}: Keras stored no layer names in this file; pass the spec it was saved from")
+    else:
+        arrays = _hub_by_structure(spec, weighted, source)
+    if dense:
+        arrays["predictions"] = dict(zip(_HUB_VARIABLES["dense"], dense[0][3]))
+    if spec is None:
+        shapes = {f"{layer}.{_CANONICAL_PARAM[v]}": np.broadcast_to(np.float32(0), a.shape)
+                  for layer, variables in arrays.items() for v, a in variables.items()}
+        spec = spec_from_canonical(shapes, style=style or "timm", source=source)
+        spec = spec.replace(pooling=pooling) if classifier else spec.replace(include_top=False, pooling=None)
     return spec, canonical_from_keras_layers(spec, arrays, source)

@@ -17,6 +17,16 @@ How each is injected, so the same bug reaches all three frameworks:
 - ``stats``: the running statistics the framework returns are those of the other variance rule;
 - ``native``: framework code swapped in the worker (``shared/tools/adapters/*.py``: a ReLU whose
   backward is scaled, BatchNorm statistics reduced in bf16).
+
+The family's ports (``FAMILY``) follow the same kinds. A port whose arrays have other shapes
+than the spec's (SE's width without timm's minimum, ECA's kernel size) cannot hold the spec's
+weights: every framework's load refuses them, naming the key and both shapes. What it computes
+once it holds what fits is a weights change of the spec's own shapes (the hidden units or taps
+it lacks zeroed), so the verdict judges it like any other. The
+vd first-block projection present where the spec has none (or absent where it has one) is a
+checkpoint loaded non-strictly: the port's extra projection keeps its initialisation, or the
+checkpoint's is dropped. Some ports change the function only at some input sizes (the avg-down
+pool's last window overhangs only an odd size): ``applies`` takes the size where it is known.
 """
 
 from __future__ import annotations
@@ -26,7 +36,9 @@ from typing import Callable
 
 import numpy as np
 
-from shared.spec import BatchNorm, Block, Conv, MaxPool, ReLU, ResNetSpec, _out_size
+from shared.spec import (SPATIAL, AvgPool, BatchNorm, Block, Blur, ChannelConv, Conv, Gate, GlobalPool, MaxPool,
+                         ReLU, ResNetSpec, _out_size)
+from shared.weights import init
 
 MODES = ("eval", "train")
 
@@ -40,23 +52,32 @@ class Mutant:
     precisions: tuple[str, ...] = ("fp32", "tf32", "bf16")
     # Extra condition on the spec: None, or a function returning why it does not apply.
     excluded: Callable[[ResNetSpec], str | None] | None = None
+    # On the input size, where the caller knows it (a pool's window overhangs only odd sizes).
+    size_excluded: Callable[[ResNetSpec, int], str | None] | None = None
+    # Where it applies, the port cannot run at all (shapes that cannot be added): its catch is
+    # that error, not a verdict.
+    fails_to_run: str = ""
 
-    def applies(self, spec: ResNetSpec, mode: str, precision: str) -> bool:
-        return mode in self.modes and precision in self.precisions and not (self.excluded and self.excluded(spec))
+    def applies(self, spec: ResNetSpec, mode: str, precision: str, size: int | None = None) -> bool:
+        return not self.why_not(spec, mode, precision, size)
 
-    def why_not(self, spec: ResNetSpec, mode: str, precision: str) -> str:
+    def why_not(self, spec: ResNetSpec, mode: str, precision: str, size: int | None = None) -> str:
         if mode not in self.modes:
             return f"changes nothing in {mode} mode"
         if precision not in self.precisions:
             return f"changes nothing at {precision}"
-        return (self.excluded and self.excluded(spec)) or ""
+        return ((self.excluded and self.excluded(spec))
+                or (size is not None and self.size_excluded and self.size_excluded(spec, size)) or "")
 
 
 def _pool_after_relu(spec: ResNetSpec) -> str | None:
     stem = spec.stem()
-    for before, layer in zip(stem, stem[1:]):
-        if isinstance(layer, MaxPool) and isinstance(before, ReLU):
-            return "the max pool follows a ReLU: its input is >= 0, so 0 and -inf padding agree"
+    padded = [(before, layer) for before, layer in zip(stem, stem[1:])
+              if isinstance(layer, MaxPool) and any(layer.padding)]
+    if not padded:
+        return "the stem has no padded max pool"
+    if all(isinstance(before, ReLU) for before, _ in padded):
+        return "the max pool follows a ReLU: its input is >= 0, so 0 and -inf padding agree"
     return None
 
 
@@ -67,6 +88,13 @@ def _no_conv_bias(spec: ResNetSpec) -> str | None:
 
 def _no_batchnorm(spec: ResNetSpec) -> str | None:
     return None if any(isinstance(layer, BatchNorm) for layer in spec.layers()) else "the spec has no BatchNorm"
+
+
+def _stride_on_excluded(spec: ResNetSpec) -> str | None:
+    reason = _no_strided_block(spec)
+    if reason is None and all(_move_stride(b) == b for b in spec.blocks()):
+        return "anti-aliased: a strided block's convs all run at stride 1 (its aa layer downsamples)"
+    return reason
 
 
 def _no_strided_block(spec: ResNetSpec) -> str | None:
@@ -103,10 +131,137 @@ def _no_groups(spec: ResNetSpec) -> str | None:
     return None if _grouped(spec) else "the spec has no grouped conv with several channels per group"
 
 
+# ----------------------------------------------------------------- the family's conventions
+
+def _walk_sizes(spec: ResNetSpec, height: int, width: int, visit) -> None:
+    """``visit(layer, (h, w))`` for every layer, with the spatial size of its input."""
+    def chain(layers, size):
+        for layer in layers:
+            visit(layer, size)
+            if isinstance(layer, SPATIAL):
+                size = _out_size(*size, layer)
+            elif isinstance(layer, GlobalPool):
+                size = (1, 1)
+        return size
+
+    size = chain(spec.stem(), (height, width))
+    for block in spec.blocks():
+        size = block.walk(size, chain, lambda add, main, shortcut: main, lambda scale, main, gate: main)
+    chain(spec.head(), size)
+
+
+def _down_pools(spec: ResNetSpec) -> list[AvgPool]:
+    return [layer for block in spec.blocks() for layer in block.shortcut if isinstance(layer, AvgPool)]
+
+
+def _no_down_pool(spec: ResNetSpec) -> str | None:
+    return None if _down_pools(spec) else "no avg-down shortcut pools (no strided avg-down block)"
+
+
+def _no_overhang(spec: ResNetSpec, size: int) -> str | None:
+    """Whether some avg-down pool's last window overhangs its input at ``size`` px (odd sizes)."""
+    inputs = {}
+    _walk_sizes(spec, size, size, lambda layer, hw: inputs.__setitem__(layer.name, hw))
+    if any((n - pool.size) % pool.stride for pool in _down_pools(spec) for n in inputs[pool.name]):
+        return None
+    return f"at {size} px no avg-down pool's window overhangs its input (only odd sizes do)"
+
+
+def _count_pad(layer):
+    """The avg-down pool of a port that pads the bottom/right explicitly and pools 'valid'
+    (Keras' ZeroPadding2D + AveragePooling2D): the padding counts in every divisor."""
+    if isinstance(layer, AvgPool) and layer.name.endswith("_down_pool"):
+        p = layer.size - 1
+        return dataclasses.replace(layer, padding=(0, p, 0, p), ceil_mode=False, count_include_pad=True)
+    return layer
+
+
+def _floor_mode(layer):
+    if isinstance(layer, AvgPool) and layer.name.endswith("_down_pool"):
+        return dataclasses.replace(layer, ceil_mode=False)
+    return layer
+
+
+def _conv_before_pool(block: Block) -> Block:
+    """The avg-down shortcut as (conv, pool, bn): a 1x1 conv without bias and an average pool
+    are both linear, one over channels, one over pixels, so they commute."""
+    if block.shortcut and isinstance(block.shortcut[0], AvgPool):
+        pool, conv, *rest = block.shortcut
+        return dataclasses.replace(block, shortcut=(conv, pool, *rest))
+    return block
+
+
+def _commutes(spec: ResNetSpec) -> str:
+    return "harmless: the same function with another order of sums (conv and pool commute)"
+
+
+def _no_attention(spec: ResNetSpec) -> str | None:
+    return None if spec.attention else "no attention (SE or ECA) to gate"
+
+
+def _gate_swapped(layer):
+    if isinstance(layer, Gate):
+        return dataclasses.replace(layer, function="hard_sigmoid" if layer.function == "sigmoid" else "sigmoid")
+    return layer
+
+
+def _se_narrow(spec: ResNetSpec) -> dict[str, int]:
+    """Block name -> SE hidden width of a port without timm's rounding and minimum
+    (``int(C * se_ratio)``, at least 1), where narrower than the spec's."""
+    out = {}
+    for block in spec.blocks():
+        first = next((layer for layer in block.attention if isinstance(layer, Conv)), None)
+        if first is not None:
+            port = max(1, int(first.in_channels * spec.se_ratio))
+            if port < first.out_channels:
+                out[block.name] = port
+    return out
+
+
+def _se_not_narrower(spec: ResNetSpec) -> str | None:
+    if spec.attention != "se":
+        return "no SE"
+    return None if _se_narrow(spec) else "every SE width is already int(C * se_ratio): timm's minimum never acts"
+
+
+def _eca_convs(spec: ResNetSpec) -> list[ChannelConv]:
+    return [layer for layer in spec.layers() if isinstance(layer, ChannelConv)]
+
+
+def _no_eca(spec: ResNetSpec) -> str | None:
+    return None if _eca_convs(spec) else "no ECA"
+
+
+def _one_sided(layer):
+    if isinstance(layer, ChannelConv):
+        return dataclasses.replace(layer, padding=(layer.kernel_size - 1, 0))
+    return layer
+
+
+def _no_blur(spec: ResNetSpec) -> str | None:
+    return None if any(isinstance(layer, Blur) for layer in spec.layers()) else "no blur"
+
+
+def _unnormalised(layer):
+    return dataclasses.replace(layer, normalize=False) if isinstance(layer, Blur) else layer
+
+
+def _first_toggled(spec: ResNetSpec) -> ResNetSpec:
+    return spec.replace(project_first=not spec.project_first)
+
+
+def _vd_excluded(spec: ResNetSpec) -> str | None:
+    if spec.shortcut != "avg_down":
+        return "not a vd spec (no avg-down shortcut): its first blocks are torchvision's"
+    if _first_toggled(spec).param_shapes().keys() == spec.param_shapes().keys():
+        return "every stage's first block changes its channels or stride: it has a projection either way"
+    return None
+
+
 CATALOGUE = {m.name: m for m in (
     Mutant("bn_epsilon", "BatchNorm epsilon 1e-3 instead of the spec's", "spec", excluded=_no_batchnorm),
     Mutant("stride_on", "a strided block's stride on its other conv (bottleneck 1x1 <-> 3x3, basic: the "
-           "second 3x3, V2: the first 1x1)", "layers", excluded=_no_strided_block),
+           "second 3x3, V2: the first 1x1)", "layers", excluded=_stride_on_excluded),
     Mutant("stride_block", "the other block of each stage downsamples (V1: the last, V2: the first)", "spec",
            excluded=_stride_block_excluded),
     Mutant("same_padding", "'SAME' padding on strided convs and the pool (odd pixel bottom/right)", "layers"),
@@ -125,7 +280,34 @@ CATALOGUE = {m.name: m for m in (
     Mutant("relu_backward", "every ReLU's backward scaled by 1.5 (forward unchanged)", "native", modes=("train",)),
     Mutant("bn_stats_bf16", "BatchNorm batch statistics reduced in bf16", "native", modes=("train",),
            precisions=("bf16",)),
+    # the family's conventions (timm, keras-hub)
+    Mutant("avg_down_count_pad", "the avg-down pool's overhanging last window averaged with zeros (bottom/right "
+           "zero padding counted, count_include_pad=True over it: divided by 4 where timm divides by 2 or 1); "
+           "differs only at odd sizes", "layers", excluded=_no_down_pool, size_excluded=_no_overhang),
+    Mutant("avg_down_floor", "the avg-down pool with ceil_mode=False: at odd sizes the shortcut loses its last "
+           "row and column, so it cannot be added to the main path; at even sizes it is the same function",
+           "layers", excluded=_no_down_pool, size_excluded=_no_overhang,
+           fails_to_run="the shortcut has one row and column fewer than the main path: the add fails"),
+    Mutant("avg_down_conv_first", "the avg-down shortcut's 1x1 conv before its pool (both linear: another order "
+           "of sums, the same function)", "layers", excluded=_commutes),
+    Mutant("se_no_min", "SE hidden width int(C * se_ratio), not timm's make_divisible (4, not 8, for 64 "
+           "channels): a port holding the spec's first hidden units, the others zeroed", "weights",
+           excluded=_se_not_narrower),
+    Mutant("se_hard_sigmoid", "the attention's gate hard-sigmoid instead of sigmoid (and the reverse)", "layers",
+           excluded=_no_attention),
+    Mutant("eca_kernel", "ECA's kernel 2 taps shorter (3 where ECA's rule gives 5): a port holding the spec's "
+           "middle taps, the outer two zeroed", "weights", excluded=_no_eca),
+    Mutant("eca_padding", "ECA's channel conv padded on one side, (k - 1, 0), not centred", "layers",
+           excluded=_no_eca),
+    Mutant("blur_unnormalised", "the blur filter not divided by its sum (taps summing to 16; in train mode the "
+           "BatchNorm after it undoes the scale only up to its epsilon)", "layers", excluded=_no_blur),
+    Mutant("vd_first_shortcut", "the vd first-block projection toggled (keras-hub's basic_block_vd <-> timm's "
+           "resnet18d), the checkpoint loaded non-strictly: an extra projection left at its initialisation, or "
+           "the checkpoint's dropped", "spec", excluded=_vd_excluded),
 )}
+# The family's ports (issue 29): tables of V1 runs made before them do not list them.
+FAMILY = ("avg_down_count_pad", "avg_down_floor", "avg_down_conv_first", "se_no_min", "se_hard_sigmoid",
+          "eca_kernel", "eca_padding", "blur_unnormalised", "vd_first_shortcut")
 
 
 class MutatedSpec(ResNetSpec):
@@ -205,12 +387,20 @@ def mutate_spec(name: str, spec: ResNetSpec) -> ResNetSpec:
         return spec if _stride_block_excluded(spec) else _other_stride_block(spec)
     if name == "bn_momentum":
         return spec.replace(bn_momentum=0.5 if spec.bn_momentum != 0.5 else 0.3)
+    if name == "vd_first_shortcut":
+        return spec if _vd_excluded(spec) else _first_toggled(spec)
     layer_fn, block_fn = {
         "stride_on": (None, _move_stride),
         "same_padding": (_same_padding, None),
         "pool_zero_pad": (_pad_swapped, None),
         "missing_relu": (None, _drop_relu),
         "shortcut_from_input": (None, _shortcut_from_input),
+        "avg_down_count_pad": (_count_pad, None),
+        "avg_down_floor": (_floor_mode, None),
+        "avg_down_conv_first": (None, _conv_before_pool),
+        "se_hard_sigmoid": (_gate_swapped, None),
+        "eca_padding": (_one_sided, None),
+        "blur_unnormalised": (_unnormalised, None),
     }.get(name, (None, None))
     if layer_fn or block_fn:
         return MutatedSpec(spec, layer_fn=layer_fn, block_fn=block_fn)
@@ -235,6 +425,26 @@ def mutate_weights(name: str, spec: ResNetSpec, weights: dict) -> dict:
             out[f"{conv.name}.kernel"] = np.ascontiguousarray(
                 kernel.reshape(*kernel.shape[:3], conv.groups, -1).swapaxes(3, 4).reshape(kernel.shape))
         return out
+    if name == "se_no_min":  # the hidden units past the port's width contribute nothing
+        out = dict(weights)
+        for block, port in _se_narrow(spec).items():
+            for key, index in ((f"{block}_se_1_conv.kernel", (..., slice(port, None))),
+                               (f"{block}_se_1_conv.bias", slice(port, None)),
+                               (f"{block}_se_2_conv.kernel", (slice(None), slice(None), slice(port, None)))):
+                out[key] = out[key].copy()
+                out[key][index] = 0.0
+        return out
+    if name == "eca_kernel":
+        out = dict(weights)
+        for conv in _eca_convs(spec):
+            kernel = out[f"{conv.name}.kernel"].copy()
+            kernel[[0, -1]] = 0.0
+            out[f"{conv.name}.kernel"] = kernel
+        return out
+    if name == "vd_first_shortcut" and not _vd_excluded(spec):
+        other = _first_toggled(spec)
+        fresh = init(other, seed=0)  # the port's own projection, as its framework initialises it
+        return {key: weights[key] if key in weights else fresh[key] for key in other.param_shapes()}
     return weights
 
 
@@ -260,16 +470,9 @@ def bn_counts(spec: ResNetSpec, batch: int, height: int, width: int) -> dict[str
     """For every BatchNorm: how many values per channel its batch statistics average over."""
     counts = {}
 
-    def chain(layers, size):
-        for layer in layers:
-            if isinstance(layer, (Conv, MaxPool)):
-                size = _out_size(*size, layer)
-            elif isinstance(layer, BatchNorm):
-                counts[layer.name] = batch * size[0] * size[1]
-        return size
+    def visit(layer, size):
+        if isinstance(layer, BatchNorm):
+            counts[layer.name] = batch * size[0] * size[1]
 
-    size = chain(spec.stem(), (height, width))
-    for block in spec.blocks():
-        size = block.walk(size, chain, lambda add, main, shortcut: main)
-    chain(spec.head(), size)
+    _walk_sizes(spec, height, width, visit)
     return counts

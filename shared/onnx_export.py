@@ -3,12 +3,28 @@
 No deep-learning framework is involved: a user with only numpy and ``onnx`` installed can turn a
 canonical checkpoint into a model onnxruntime (or any ONNX runtime) deploys. The graph is the
 spec's walk, one ONNX node per spec layer (Conv with its ``group``, BatchNormalization, Relu,
-MaxPool, Add, GlobalAveragePool/GlobalMaxPool + Flatten, Gemm), named after the spec layer, each
-block wired by ``Block.walk`` (pre-activation, shortcut from the input or the pre-activation,
-what follows the add); the weights are initializers with the canonical names. A max pool that
-pads with a value other than -inf (V2's 0) gets an explicit Pad node before it: ONNX MaxPool
-never picks its padding. Fold first (``shared.fold.fold_batchnorm``, or
-``--fold`` on the command line) for the fastest graph.
+MaxPool, AveragePool, Add, Mul, Sigmoid, GlobalAveragePool/GlobalMaxPool + Flatten, Gemm), named
+after the spec layer, each block wired by ``Block.walk`` (pre-activation, shortcut from the
+input or the pre-activation, attention and its scale, what follows the add); the weights are
+initializers with the canonical names. Where ONNX has no single op for a spec layer, a few:
+
+- a max pool that pads with a value other than -inf (V2's 0): an explicit Pad before it (ONNX
+  MaxPool never picks its padding);
+- ``AvgPool``: AveragePool with ``ceil_mode`` and ``count_include_pad``, whose rule onnxruntime
+  shares with PyTorch's AvgPool2d (the last window starts inside the input or its left padding,
+  positions past the padded input never count: tests/test_onnx_family.py);
+- ``Blur``: Pad (reflect or constant, output ``<name>/padded``), then a depthwise Conv whose
+  weight is the fixed filter, an initializer ``<name>.taps`` that is no canonical weight;
+- ``ChannelConv`` (ECA): Reshape (N, C, 1, 1) -> (N, 1, C) (``<name>/n1c``), a 1-D Conv with
+  the canonical (k,) kernel as (1, 1, k) and its zero padding, Reshape back (``<name>/nc11``);
+- ``Gate`` hard-sigmoid: Add 3, Clip [0, 6], Div 6, the spec's ``relu6(x + 3) / 6`` op for op:
+  in float32 the same bits as PyTorch's ``hardsigmoid`` and the float32 reference. ONNX's
+  HardSigmoid(alpha=1/6, beta=0.5) computes ``x * float32(1/6) + 0.5`` instead, one ulp away
+  from those on a third of the inputs in [-4, 4] (measured): a second legitimate rounding where
+  the first matches the peers bit for bit.
+
+Fold first (``shared.fold.fold_batchnorm``, or ``--fold`` on the command line) for the fastest
+graph.
 
 - Layout: ``"NCHW"`` (ONNX's own) or ``"NHWC"`` (the canonical layout: the model transposes
   once on the way in, and back for a feature-map output).
@@ -29,7 +45,8 @@ from typing import Mapping
 
 import numpy as np
 
-from shared.spec import BatchNorm, Conv, Dense, GlobalPool, MaxPool, ReLU, ResNetSpec
+from shared.spec import (AvgPool, BatchNorm, Blur, ChannelConv, Conv, Dense, Gate, GlobalPool, MaxPool, ReLU,
+                         ResNetSpec)
 from shared.weights import validate
 
 DEFAULT_OPSET = 17  # BatchNormalization-15, every op here; run by onnxruntime >= 1.13
@@ -37,6 +54,8 @@ MIN_OPSET = 13
 PROTOBUF_LIMIT = 2**31 - 1  # bytes; a ModelProto over this cannot be serialised in one piece
 INPUT, OUTPUT = "images", "output"
 LAYOUTS = ("NCHW", "NHWC")
+# Tensors inside one spec layer's nodes (``shared.quant`` names the int8 points among them so).
+PADDED, N1C, NC11 = "/padded", "/n1c", "/nc11"
 
 
 def _onnx():
@@ -99,10 +118,48 @@ def build_model(spec: ResNetSpec, weights: Mapping[str, np.ndarray], *, layout: 
                 x, (t, b, l, r) = f"{out}/padded", (0, 0, 0, 0)
             nodes.append(helper.make_node("MaxPool", [x], [out], name=layer.name, kernel_shape=[layer.size] * 2,
                                           strides=[layer.stride] * 2, pads=[t, l, b, r]))
+        elif isinstance(layer, AvgPool):
+            t, b, l, r = layer.padding
+            nodes.append(helper.make_node("AveragePool", [x], [out], name=layer.name, kernel_shape=[layer.size] * 2,
+                                          strides=[layer.stride] * 2, pads=[t, l, b, r],
+                                          ceil_mode=int(layer.ceil_mode),
+                                          count_include_pad=int(layer.count_include_pad)))
+        elif isinstance(layer, Blur):
+            if any(layer.padding):
+                t, b, l, r = layer.padding
+                pads = constant(f"{layer.name}/pads", np.array([0, 0, t, l, 0, 0, b, r], np.int64))
+                nodes.append(helper.make_node("Pad", [x, pads], [out + PADDED], name=f"{layer.name}_pad",
+                                              mode=layer.pad_mode))
+                x = out + PADDED
+            taps = np.broadcast_to(np.asarray(layer.taps(), np.float32), (layer.channels, 1, *[layer.kernel_size] * 2))
+            nodes.append(helper.make_node("Conv", [x, init(f"{layer.name}.taps", taps)], [out], name=layer.name,
+                                          kernel_shape=[layer.kernel_size] * 2, strides=[layer.stride] * 2,
+                                          group=layer.channels))
+        elif isinstance(layer, ChannelConv):
+            n1c = constant(f"{layer.name}/n1c_shape", np.array([0, 1, -1], np.int64))
+            nc11 = constant(f"{layer.name}/nc11_shape", np.array([0, -1, 1, 1], np.int64))
+            nodes.append(helper.make_node("Reshape", [x, n1c], [out + N1C], name=f"{layer.name}_to_n1c"))
+            kernel = init(f"{layer.name}.kernel", weights[f"{layer.name}.kernel"].reshape(1, 1, -1))
+            nodes.append(helper.make_node("Conv", [out + N1C, kernel], [out], name=layer.name,
+                                          kernel_shape=[layer.kernel_size], pads=list(layer.padding)))
+            nodes.append(helper.make_node("Reshape", [out, nc11], [out + NC11], name=f"{layer.name}_to_nc11"))
+            out += NC11
+        elif isinstance(layer, Gate):
+            if layer.function == "sigmoid":
+                nodes.append(helper.make_node("Sigmoid", [x], [out], name=layer.name))
+            else:  # relu6(x + 3) / 6, op for op (module doc)
+                three, zero, six = (constant(f"{layer.name}/{v}", np.array(v, np.float32)) for v in (3, 0, 6))
+                nodes.append(helper.make_node("Add", [x, three], [f"{out}/plus3"], name=f"{layer.name}_plus3"))
+                nodes.append(helper.make_node("Clip", [f"{out}/plus3", zero, six], [f"{out}/relu6"],
+                                              name=f"{layer.name}_relu6"))
+                nodes.append(helper.make_node("Div", [f"{out}/relu6", six], [out], name=layer.name))
         elif isinstance(layer, GlobalPool):
             op = "GlobalAveragePool" if layer.mode == "avg" else "GlobalMaxPool"
-            nodes.append(helper.make_node(op, [x], [f"{out}/nc11"], name=layer.name))
-            nodes.append(helper.make_node("Flatten", [f"{out}/nc11"], [out], name=f"{layer.name}_flatten", axis=1))
+            if layer.keepdims:  # ONNX's global pools keep (N, C, 1, 1)
+                nodes.append(helper.make_node(op, [x], [out], name=layer.name))
+            else:
+                nodes.append(helper.make_node(op, [x], [out + NC11], name=layer.name))
+                nodes.append(helper.make_node("Flatten", [out + NC11], [out], name=f"{layer.name}_flatten", axis=1))
         elif isinstance(layer, Dense):
             nodes.append(helper.make_node("Gemm", [x, init(f"{layer.name}.kernel", weights[f"{layer.name}.kernel"]),
                                                    init(f"{layer.name}.bias", weights[f"{layer.name}.bias"])],
@@ -120,6 +177,10 @@ def build_model(spec: ResNetSpec, weights: Mapping[str, np.ndarray], *, layout: 
         nodes.append(helper.make_node("Add", [main, shortcut], [layer.name], name=layer.name))
         return layer.name
 
+    def scale(layer, main: str, gate: str) -> str:  # (N, C, H, W) x (N, C, 1, 1)
+        nodes.append(helper.make_node("Mul", [main, gate], [layer.name], name=layer.name))
+        return layer.name
+
     traced = []
     x = INPUT
     if layout == "NHWC":
@@ -128,7 +189,7 @@ def build_model(spec: ResNetSpec, weights: Mapping[str, np.ndarray], *, layout: 
     x = chain(spec.stem(), x)
     traced.append(("stem", x))
     for block in spec.blocks():
-        x = block.walk(x, chain, add)
+        x = block.walk(x, chain, add, scale)
         traced.append((block.name, x))
     x = chain(spec.head(), x)
     if spec.head():

@@ -3,11 +3,19 @@ dequantize) at the points where a QDQ int8 model of the spec quantizes (docs/int
 
 The points are those of onnxruntime's static quantization of the spec's ONNX model with the
 recipe ``shared.tools.adapters.onnx_int8`` asks for (QDQ, ops Conv, Gemm, Relu, MaxPool; the
-logits kept float): the input of every conv and dense layer, the output of every conv (after
-its ReLU where one follows: the runtime fuses it) and of a max pool whose input is quantized
-(at its input's scale: exact). Everything else (the residual add, the ReLU after it, a kept
-BatchNorm, the global pool) stays float; a tensor quantized for a conv reaches every consumer,
-an identity shortcut too, quantized. How each point is quantized:
+logits kept float): the input of every ONNX Conv and Gemm, the output of every Conv (after its
+ReLU where one follows: the runtime fuses it) and of a max pool whose input is quantized (at
+its input's scale: exact). The family's layers follow from how ``shared.onnx_export`` writes
+them: a blur is a Pad and a depthwise Conv of the fixed taps (points: the padded tensor
+``<name>/padded`` and the blur's output; the taps quantized like any conv weight, so the int8
+blur is not exactly the float one), ECA's channel conv a 1-D Conv between Reshapes (points:
+``<name>/n1c`` and its output, (N, 1, C), held here as (N, 1, 1, C)), SE's 1x1 convs are convs.
+Everything else (the residual add, the ReLU after it, a kept BatchNorm, the average pools, the
+gates, the attention's scale) stays float; a tensor quantized for a conv reaches every consumer
+quantized (an identity shortcut, an avg-down pool, an attention's squeeze and scale). Where a
+float average pool sits between a dequantize and a quantize, onnxruntime's optimiser runs it as
+QLinearAveragePool or QLinearGlobalAveragePool: the same function, rounded otherwise, which the
+tie rule admits. How each point is quantized:
 
 - Activations: ``q = clip(round_half_even(x / scale) + zero_point)``, uint8 or int8, with the
   scale and zero point calibration gave the model; they are data, read from the model by the
@@ -29,7 +37,9 @@ from collections.abc import Mapping
 import numpy as np
 
 from shared import parity, reference
-from shared.spec import BatchNorm, Conv, Dense, GlobalPool, MaxPool, ReLU, ResNetSpec
+from shared.onnx_export import N1C, PADDED
+from shared.spec import (AvgPool, BatchNorm, Blur, ChannelConv, Conv, Dense, Gate, GlobalPool, MaxPool, ReLU,
+                         ResNetSpec)
 
 RANGES = {"uint8": (0, 255), "int8": (-128, 127)}
 WEIGHT_QMAX = 127  # symmetric int8 weights: [-127, 127]
@@ -39,6 +49,7 @@ WEIGHT_QMAX = 127  # symmetric int8 weights: [-127, 127]
 MARGIN = parity.MARGIN
 
 Params = Mapping[str, tuple[float, int, str]]
+CONVS = (Conv, Blur, ChannelConv)  # ONNX Conv nodes: each quantizes its input, weights and output
 
 
 def quantize(x: np.ndarray, scale: float, zero_point: int, dtype: str) -> np.ndarray:
@@ -69,6 +80,18 @@ def bias_ints(bias: np.ndarray, step: np.ndarray) -> np.ndarray:
     return np.rint(np.asarray(bias, np.float64) / np.asarray(step, np.float64))
 
 
+def _as_held(ints: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A model's integers in the oracle's shape: ECA's (N, 1, C) tensors are (N, 1, 1, C) here."""
+    return ints.reshape(shape) if ints.ndim == 3 and len(shape) == 4 else ints
+
+
+def _taps(layer: Blur) -> np.ndarray:
+    """A blur's fixed filter as the depthwise conv's HWIO kernel (k, k, 1, C), float32 as the
+    model stores it (quantized like any conv weight)."""
+    k = layer.kernel_size
+    return np.broadcast_to(np.asarray(layer.taps(), np.float32)[:, :, None, None], (k, k, 1, layer.channels))
+
+
 def forward(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray, params: Params,
             dtype=np.float64, given: Mapping[str, np.ndarray] | None = None,
             record: dict | None = None) -> np.ndarray:
@@ -91,14 +114,17 @@ def forward(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndar
             record[name] = x / np.asarray(scale, x.dtype)  # before rounding
         q = quantize(x, scale, zero_point, kind)
         if given is not None:
-            q = np.asarray(given[name], dtype)
+            q = _as_held(np.asarray(given[name], dtype), x.shape)
         return (q - zero_point) * np.asarray(scale, dtype)
+
+    def weight(kernel):  # int8 per output channel (the last axis), dequantized
+        s_w = weight_scales(kernel)
+        return weight_ints(kernel, s_w) * s_w.astype(dtype), s_w
 
     def layer_out(layer, x, name):
         if isinstance(layer, (Conv, Dense)):
             x = quantized(x, name)
-            s_w = weight_scales(weights[f"{layer.name}.kernel"])
-            kernel = weight_ints(weights[f"{layer.name}.kernel"], s_w) * s_w.astype(dtype)
+            kernel, s_w = weight(weights[f"{layer.name}.kernel"])
             b = weights.get(f"{layer.name}.bias")
             if b is not None:  # int32 at the scale input x weight (float32, as the model stores it)
                 step = np.float32(params[name][0]) * s_w
@@ -106,6 +132,16 @@ def forward(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndar
             if isinstance(layer, Dense):
                 return x @ kernel + b
             return reference.conv(x, kernel, layer.stride, layer.padding, b, layer.groups)
+        if isinstance(layer, Blur):  # Pad, then a depthwise conv of the quantized taps
+            if any(layer.padding):
+                t, b, l, r = layer.padding
+                x, name = np.pad(x, ((0, 0), (t, b), (l, r), (0, 0)), mode=layer.pad_mode), layer.name + PADDED
+            kernel, _ = weight(_taps(layer))
+            return reference.conv(quantized(x, name), kernel, layer.stride, (0, 0, 0, 0), None, layer.channels)
+        if isinstance(layer, ChannelConv):  # Reshape to (N, 1, C), a 1-D conv, Reshape back
+            x = quantized(x, layer.name + N1C)
+            kernel, _ = weight(weights[f"{layer.name}.kernel"].reshape(-1, 1))
+            return reference.channel_conv(x, kernel[:, 0], layer.padding)
         if isinstance(layer, BatchNorm):
             p = [w[f"{layer.name}.{k}"] for k in ("gamma", "beta", "mean", "var")]
             return reference.batchnorm(x, *p, layer.epsilon)
@@ -113,30 +149,42 @@ def forward(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndar
             return np.maximum(x, 0.0)
         if isinstance(layer, MaxPool):
             return reference.maxpool(x, layer.size, layer.stride, layer.padding, layer.pad_value)
+        if isinstance(layer, AvgPool):
+            return reference.avgpool(x, layer).astype(dtype)
         if isinstance(layer, GlobalPool):
-            return x.mean(axis=(1, 2)) if layer.mode == "avg" else x.max(axis=(1, 2))
+            reduce = np.mean if layer.mode == "avg" else np.max
+            return reduce(x, axis=(1, 2), keepdims=layer.keepdims)
+        if isinstance(layer, Gate):
+            return reference.gate(x, layer.function)
         raise TypeError(f"int8 oracle: no rule for layer {layer!r}")
+
+    def read(t):  # a tensor the model quantizes reaches every consumer dequantized
+        x, name = t
+        return quantized(x, name) if name in params else x
 
     def chain(layers, t):
         x, name = t
         for i, layer in enumerate(layers):
-            x = layer_out(layer, x, name)
-            fused = isinstance(layer, Conv) and i + 1 < len(layers) and isinstance(layers[i + 1], ReLU)
+            x = layer_out(layer, read((x, name)), name)
+            conv = isinstance(layer, CONVS)
+            fused = conv and i + 1 < len(layers) and isinstance(layers[i + 1], ReLU)
             after_conv = isinstance(layer, ReLU) and i and isinstance(layers[i - 1], Conv)
             # a max pool of quantized values is quantized at its input's scale: exact either way
             pooled = isinstance(layer, MaxPool) and layer.name in params
-            if (isinstance(layer, Conv) and not fused) or after_conv or pooled:
+            if (conv and not fused) or after_conv or pooled:
                 x = quantized(x, layer.name)
             name = layer.name
         return x, name
 
-    def add(layer, main, shortcut):  # an input the model quantizes (for a conv) reaches the add quantized
-        inputs = [quantized(x, name) if name in params else x for x, name in (main, shortcut)]
-        return inputs[0] + inputs[1], layer.name
+    def add(layer, main, shortcut):
+        return read(main) + read(shortcut), layer.name
+
+    def scale(layer, main, gate):
+        return read(main) * read(gate), layer.name
 
     t = chain(spec.stem(), (np.asarray(images, dtype), "images"))
     for block in spec.blocks():
-        t = block.walk(t, chain, add)
+        t = block.walk(t, chain, add, scale)
     return chain(spec.head(), t)[0]
 
 
@@ -172,7 +220,7 @@ def judge(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndarra
         _, zero_point, kind = params[name]
         lo, hi = RANGES[kind]
         q = np.clip(np.rint(t) + zero_point, lo, hi)
-        diff = np.asarray(ints[name], np.float64) - q
+        diff = _as_held(np.asarray(ints[name], np.float64), q.shape) - q
         near_tie = np.abs(t - np.floor(t) - 0.5) <= tolerance
         differ = diff != 0
         from_tie = np.abs(t - np.floor(t) - 0.5)[differ]

@@ -100,7 +100,7 @@ def avgpool(x: np.ndarray, layer: AvgPool) -> np.ndarray:
     extra_h = max(0, (ho - 1) * layer.stride + layer.size - (h + t + b))
     extra_w = max(0, (wo - 1) * layer.stride + layer.size - (w + l + r))
     padded = np.pad(x, ((0, 0), (t, b + extra_h), (l, r + extra_w), (0, 0)))
-    inside = np.zeros((1, h + t + b + extra_h, w + l + r + extra_w, 1))
+    inside = np.zeros((1, h + t + b + extra_h, w + l + r + extra_w, 1), x.dtype)  # float32 stays float32
     if layer.count_include_pad:
         inside[:, : h + t + b, : w + l + r] = 1.0
     else:

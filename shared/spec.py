@@ -538,12 +538,32 @@ class ResNetSpec:
         return (h, w, self.feature_channels)
 
     def check_input_size(self, height: int, width: int) -> None:
+        """ValueError for an input this spec cannot take: smaller than ``min_input_size``, or a
+        size where a block's two paths disagree (a 2x2 pool without ``ceil_mode`` drops an odd
+        row that the strided 3x3 keeps: timm's model fails there too)."""
         m = self.min_input_size
         if height < m or width < m:
             raise ValueError(
                 f"input size: this spec ({len(self.depths)} stages, total stride "
                 f"{self.total_stride}) needs images of at least {m}x{m} pixels, got {height}x{width}"
             )
+        size = (height, width)
+
+        def chain(layers, hw):
+            for layer in layers:
+                if isinstance(layer, SPATIAL):
+                    hw = _out_size(*hw, layer)
+            return hw
+
+        size = chain(self.stem(), size)
+        for block in self.blocks():
+            main, shortcut = chain(block.main, chain(block.pre, size)), chain(block.shortcut, size)
+            if main != shortcut:
+                raise ValueError(
+                    f"input size: {height}x{width} gives {block.name} a {main[0]}x{main[1]} main path and a "
+                    f"{shortcut[0]}x{shortcut[1]} shortcut (a pool without ceil_mode drops an odd row); use a "
+                    f"size divisible by {self.total_stride}")
+            size = main
 
     # ----------------------------------------------------------------- enumeration
 

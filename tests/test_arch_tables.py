@@ -86,19 +86,24 @@ def _runs():
     return {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
 
 
+# How the README names each publisher (``Preset.peer``'s first part).
+PUBLISHERS = {"torchvision": "torchvision", "keras": "keras.applications", "timm": "timm", "keras_hub": "keras-hub"}
+
+
 def test_readme_architectures_table_matches_the_spec_and_the_runs():
-    """Each README row: the published parameter count (the spec reproduces it, tests/test_spec.py
-    holds the publishers' figures) and the worst rel against float64 with its budget, taken from
-    docs/results/architectures-cpu/ARCH.json."""
+    """Each README row: its peer, the published parameter count (the spec reproduces it,
+    tests/test_spec.py holds the publishers' figures) and the worst rel against float64 with its
+    budget, taken from docs/results/architectures-cpu/ARCH.json."""
     from pathlib import Path
 
     rows = _table(Path(__file__).resolve().parents[1] / "README.md", "| architecture | peer |")
     runs = _runs()
     assert [row[0] for row in rows] == list(S.ARCHS) and set(runs) == set(S.ARCHS)
     for arch, peer, params, agreement in rows:
-        spec = S.preset(arch)
-        assert peer.startswith("keras.applications" if spec.block == "preact" else "torchvision"), arch
-        assert int(params.replace(",", "")) == spec.num_params(include_bn_statistics=spec.block == "preact"), arch
+        spec, preset = S.preset(arch), S.PRESETS[arch]
+        assert peer == f"{PUBLISHERS[preset.peer.split('.')[0]]} {preset.peer.rsplit('.', 1)[1]}", arch
+        assert int(params.replace(",", "")) == preset.params == spec.num_params(
+            include_bn_statistics=preset.params_count_bn_statistics), arch
         run = runs[arch]
         assert run["ok"] and S.ResNetSpec.from_dict(run["config"]["spec"]) == spec, arch
         worst = max(row["rel"] for row in run["rows"])

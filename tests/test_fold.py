@@ -102,6 +102,56 @@ def test_fold_is_exact_for_every_block_kind(kind, monkeypatch):
     assert parity.rel_error(reference.forward(fspec, exact, images), ref) <= 1e-12
 
 
+# The family's new places for a BatchNorm (deep stem, ResNet-RS's stem pool conv, avg-down's
+# conv after its pool) and the layers a fold must leave alone (SE's biased convs, ECA's channel
+# conv, the blur and avg pools, timm's V2 convs that no BatchNorm follows).
+FAMILY = {
+    "deep-stem-avg-down-se": dict(stem_convs=((3, 4, 2), (3, 4, 1), (3, 8, 1)), shortcut="avg_down", attention="se"),
+    "conv-stem-pool-eca": dict(block="basic", stem_pool="conv", attention="eca"),
+    "blur-project-first": dict(block="basic", stem_pool="max_blur", anti_alias="blur", shortcut="avg_down",
+                               project_first=True),
+    "avg-anti-alias": dict(stem_pool="avg", anti_alias="avg"),
+    "timm-preact": dict(block="preact"),
+}
+
+
+@pytest.mark.parametrize("kind", FAMILY)
+def test_fold_is_exact_for_the_family(kind, monkeypatch):
+    """The folded spec enumerates the unfolded one less its folded BatchNorms (every attention
+    kept, every conv biased); the attentions' weights come through bit-exact; folded in float64
+    the reference computes the unfolded function to 1e-12, in float32 within the fp32 budget."""
+    spec = S.preset_spec("timm", **KIND_TINY, **FAMILY[kind])
+    weights = reference.calibrated_weights(spec, seed=3, size=32)
+    images = reference.random_images(spec, 2, 32, seed=4)
+    ref = reference.forward(spec, weights, images)
+    fspec, fweights = fold_batchnorm(spec, weights)
+    kept = {bn.name for bn in kept_batchnorms(spec)}
+    folded = {bn.name for bn in spec.layers() if isinstance(bn, BatchNorm)} - kept
+    assert [l.name for l in fspec.layers()] == [l.name for l in spec.layers() if l.name not in folded]
+    assert all(layer.bias for layer in fspec.layers() if isinstance(layer, Conv))
+    assert [(b.attention, b.scale) for b in fspec.blocks()] == [(b.attention, b.scale) for b in spec.blocks()]
+    for key in (k for k in weights if "_se_" in k or "_eca_" in k):
+        assert fweights[key].tobytes() == weights[key].tobytes(), key
+    W.validate(fspec, fweights)
+    peer = parity.rel_error(reference.forward(spec, weights, images, dtype=np.float32), ref)
+    assert parity.rel_error(reference.forward(fspec, fweights, images), ref) <= fp32_budget(peer)
+    _, exact = fold_batchnorm(spec, weights, dtype=np.float64)
+    monkeypatch.setattr(reference, "validate", lambda *a, **k: None)  # float64 weights
+    assert parity.rel_error(reference.forward(fspec, exact, images), ref) <= 1e-12
+
+
+def test_family_kinds_are_where_the_fold_must_look():
+    """The cases above hold what they claim: BatchNorms after a deep stem's convs, the stem pool
+    conv and avg-down's conv; an attention in a block; V2 convs without a bias before the fold."""
+    names = {kind: [l.name for l in S.preset_spec("timm", **KIND_TINY, **f).layers()] for kind, f in FAMILY.items()}
+    assert {"conv1_1_bn", "conv1_2_bn", "conv1_bn", "conv3_block1_down_bn", "conv2_block1_se_2_conv"} <= set(
+        names["deep-stem-avg-down-se"])
+    assert {"pool1_bn", "conv2_block1_eca_conv"} <= set(names["conv-stem-pool-eca"])
+    assert {"conv2_block1_down_bn", "conv3_block1_down_pool", "conv3_block1_aa"} <= set(names["blur-project-first"])
+    v2 = S.preset_spec("timm", **KIND_TINY, **FAMILY["timm-preact"])
+    assert not any(l.bias for l in v2.layers() if isinstance(l, Conv))
+
+
 def test_a_wrong_grouped_fold_is_caught(monkeypatch):
     """The 1e-12 can fail: a grouped kernel scaled with its output channels' scales reversed
     within each group is far from the unfolded function."""

@@ -92,13 +92,19 @@ def test_torchvision_module_names_every_layer_kind():
 
 @pytest.mark.parametrize("arch, style", [(a, s) for a, p in S.PRESETS.items() for s in p.styles])
 def test_spec_from_canonical_infers_every_preset(arch, style):
-    """Block kind, depths, groups, width per group, expansion, bias read off canonical names and
-    shapes (zero-byte stand-ins); the style only where shapes cannot tell it."""
+    """Block kind, depths, groups, width per group, expansion, bias, deep stem, conv stem pool,
+    avg-down, project_first, SE ratio, ECA read off canonical names and shapes (zero-byte
+    stand-ins); the style only where shapes cannot tell it."""
     spec = S.preset(arch, style)
     shapes = {k: np.broadcast_to(np.float32(0), shape) for k, shape in spec.param_shapes().items()}
-    assert interop.spec_from_canonical(shapes, style=style) == spec
-    assert interop.spec_from_canonical(shapes) == spec  # V2: keras; V1: biased convs mean keras
-    headless = S.preset(arch, style, include_top=False)
+    # No weight shows anti-aliasing or a max+blur or avg stem pool: the inference gives the max
+    # pool and no anti-aliasing (the same weights), and the caller's spec says the rest.
+    weightless = dict(anti_alias=None, stem_pool="conv" if spec.stem_pool == "conv" else "max")
+    expected = spec.replace(**weightless)
+    assert expected.param_shapes() == spec.param_shapes()
+    assert interop.spec_from_canonical(shapes, style=style) == expected
+    assert interop.spec_from_canonical(shapes) == expected  # V2: keras or timm; V1: biased convs mean keras
+    headless = S.preset(arch, style, include_top=False, **weightless)
     no_top = {k: v for k, v in shapes.items() if not k.startswith("predictions.")}
     assert interop.spec_from_canonical(no_top) == headless
 
@@ -116,3 +122,25 @@ def test_resnet_v2_torchvision_style_state_dict_round_trips(arch):
     again_spec, again = interop.from_torchvision(state)
     assert again_spec == spec
     assert again.keys() == weights.keys() and all(np.array_equal(again[k], v) for k, v in weights.items())
+
+
+# --------------------------------------------------------------------- timm's keys
+
+@pytest.mark.parametrize("arch", ["ecaresnet26t", "seresnet18", "resnetv2_50"])
+def test_timm_state_dict_round_trips_bit_exact(arch):
+    """timm's own state_dict (resnet.py's keys as they are, resnetv2's renamed, its head's 1x1
+    conv kernel made dense): the spec read off it is the preset, and canonical weights give
+    every tensor back to the bit (ECA's (1, 1, k) kernel, SE's conv kernels and biases)."""
+    timm = pytest.importorskip("timm")
+    state = _randomised(timm.create_model(arch))
+    assert interop.is_torch_state_dict(state)
+    spec, weights = interop.from_torchvision(state)
+    assert spec == S.preset(arch)
+    back = interop.to_torchvision(spec, weights)
+    renamed = {interop.timm_v2_key(k): v.numpy() for k, v in state.items()} if spec.block == "preact" else \
+        {k: v.numpy() for k, v in state.items()}
+    if spec.block == "preact":
+        renamed["fc.weight"] = renamed["fc.weight"][:, :, 0, 0]
+    assert set(back) == set(renamed)
+    for key, value in renamed.items():
+        assert back[key].dtype == value.dtype and np.array_equal(back[key], value), key

@@ -293,7 +293,7 @@ def test_small_specs_against_reference(spec, size, seed):
     assert parity.rel_error(out, expected) <= tolerance
 
 
-@pytest.mark.parametrize("style", S.STYLES)
+@pytest.mark.parametrize("style", S.PRESETS["resnet50"].styles)
 def test_batchnorm_momentum_in_training(style):
     """One training step moves each running statistic by the spec's momentum (PyTorch's
     meaning; Keras gets 1 - momentum), with the biased batch variance Keras uses."""

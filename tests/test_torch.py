@@ -54,8 +54,9 @@ def _expected_state_shapes(spec) -> dict:
     out = {}
     for name, shape in spec.param_shapes().items():
         layer, param = name.rsplit(".", 1)
-        if param == "kernel":
-            shape = (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else shape[::-1]
+        if param == "kernel":  # conv OIHW, ECA's Conv1d (1, 1, k), dense (out, in)
+            shape = ((shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else (1, 1, *shape) if len(shape) == 1
+                     else shape[::-1])
         out[f"{torchvision_module(layer)}.{_TORCH_PARAM[param]}"] = shape
         if param == "var":
             out[f"{torchvision_module(layer)}.num_batches_tracked"] = ()
@@ -65,7 +66,7 @@ def _expected_state_shapes(spec) -> dict:
 # --------------------------------------------------------------------- torchvision: same function
 
 TORCHVISION_ARCHS = [a for a, p in S.PRESETS.items() if p.peer.startswith("torchvision.")]
-KERAS_ONLY_ARCHS = [a for a in S.ARCHS if a not in TORCHVISION_ARCHS]  # ResNet V2
+KERAS_ONLY_ARCHS = [a for a, p in S.PRESETS.items() if p.peer.startswith("keras.applications.")]  # ResNet V2
 # Typed from torchvision's weights metadata and Keras Applications' summaries (the design's
 # table), not read from PRESETS: Keras counts BatchNorm statistics.
 PUBLISHED_PARAMS = {
@@ -264,9 +265,51 @@ def test_small_specs_against_reference(tmp_path_factory, spec, zero_init, size, 
     assert np.array_equal(rt.predict(again, images), ours)
 
 
+# One small spec per layer kind of timm's and keras-hub's family, at 36 px: the stem leaves 9x9,
+# so every avg-down pool and blur sees an odd side (ceil_mode's extra window, the padding not
+# counted, reflect padding at both edges). Avg anti-aliasing runs at 64 px: its 2x2 pool floors
+# an odd side while the avg-down shortcut ceils it, so timm's resnetaa*d (and the spec) cannot
+# add the two there.
+FAMILY_CASES = {  # case: (spec, image side)
+    "avg-down, deep stem": (S.preset("resnet50d", depths=(1, 1, 1), width=8, num_classes=10), 36),
+    "tiered stem, basic": (S.preset("resnet10t", depths=(1, 1, 1), width=8, num_classes=10), 36),
+    "SE, hard-sigmoid gate": (S.preset("seresnet50", depths=(2, 1, 1), width=8, attention_gate="hard_sigmoid"), 36),
+    "ECA": (S.preset("ecaresnet26t", depths=(1, 1, 1), width=64, num_classes=10), 36),
+    "ResNet-RS conv stem pool": (S.preset("resnetrs50", depths=(1, 1, 1), width=8, num_classes=10), 36),
+    "avg anti-aliasing": (S.preset("resnetaa50d", depths=(1, 1, 1), width=8, num_classes=10), 64),
+    "blur anti-aliasing": (S.preset("resnetblur18", depths=(1, 1, 1), width=8, num_classes=10), 36),
+    "vd project_first": (S.preset("resnet_vd_18", depths=(2, 1, 1), width=16, num_classes=10,
+                                  stem_convs=((3, 8, 2), (3, 8, 1), (3, 16, 1))), 36),
+    "timm pre-activation": (S.preset("resnetv2_50", depths=(1, 1, 1), width=8, num_classes=10), 36),
+}
+
+
+@pytest.mark.parametrize("case", FAMILY_CASES)
+def test_family_layers_against_reference(case):
+    """Each new layer kind against the float64 reference at an odd feature side, within the
+    fp32 budget; the state_dict holds the names and shapes of the rule, the spec read off it is
+    the spec (anti-aliasing, the max+blur or avg stem pools and the gate have no weights: the
+    caller's)."""
+    spec, size = FAMILY_CASES[case]
+    w = reference.calibrated_weights(spec, seed=5)
+    model = rt.load_weights(rt.build(spec), w)
+    state = model.state_dict()
+    assert {k: tuple(v.shape) for k, v in state.items()} == _expected_state_shapes(spec)
+    assert_bit_exact(rt.export_weights(model), w)
+    weightless = dict(anti_alias=None, stem_pool="conv" if spec.stem_pool == "conv" else "max",
+                      attention_gate="sigmoid")
+    assert interop.spec_from_torchvision(state) == spec.replace(**weightless)
+    images = reference.random_images(spec, 2, size, seed=6)
+    ref = reference.forward(spec, w, images)
+    err, tol = rel_error(rt.predict(model, images), ref), f32_peer_budget(spec, w, images, ref)
+    print(f"{case}, {size} px: rel {err:.2e} vs float64, budget {tol:.2e}")
+    assert err <= tol, f"{case}: rel {err:.2e} vs float64, budget {tol:.2e}"
+
+
 def test_train_mode_against_reference():
-    """Batch statistics, unbiased running variance and the momentum convention of both styles."""
-    for style in S.STYLES:
+    """Batch statistics, unbiased running variance and the momentum convention of both styles
+    (timm's V1 conventions are torchvision's)."""
+    for style in S.PRESETS["resnet50"].styles:
         spec = S.resnet50(style=style).replace(depths=(1, 2), width=8, num_classes=10)
         w = reference.calibrated_weights(spec, seed=1)
         model = rt.load_weights(rt.build(spec), w).train()

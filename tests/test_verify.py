@@ -51,10 +51,11 @@ def test_what_the_spec_cannot_express_is_refused_naming_the_parameter():
 
     from shared.tools.cli import main
 
+    # a deep stem with no BatchNorm between its convs (timm's have one after each)
     deep_stem = V.load_port(f"{PORT}:ResNet50")
     deep_stem.conv1 = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, 2, 1, bias=False), torch.nn.Conv2d(32, 64, 3, 1, 1))
-    with pytest.raises(V.VerifyError, match=r"parameter #0 conv1.0.weight \(32, 3, 3, 3\) fits no preset .*"
-                                            r"resnet\d+ \(torchvision style\), expects conv1.weight \(64, 3, 7, 7\)"):
+    with pytest.raises(V.VerifyError, match=r"parameter #1 conv1.1.weight \(64, 32, 3, 3\) fits no preset .*"
+                                            r"\(torchvision style\), expects conv1.1.weight \(32,\) there"):
         V.verify(deep_stem)
     with pytest.raises(V.VerifyError, match="is no torch.nn.Module, keras.Model or flax.nnx.Module"):
         V.verify(object())
@@ -166,16 +167,23 @@ def test_train_mode_judges_one_step_and_names_a_momentum_bug():
     assert not both.passed and [sorted(d["mutants"]) for d in both.diagnosis] == [["bn_epsilon", "bn_momentum"]]
 
 
-def test_timms_resnet50_passes_and_its_resnet50d_is_refused():
-    """timm's resnet50 (torchvision's conventions, its own module names) passes; its resnet50d (a
-    deep stem, avg-down shortcuts) is no architecture the spec expresses and is refused at its
-    first parameter."""
+def test_timms_family_passes_and_a_hard_sigmoid_gate_is_named():
+    """timm's resnet50 (torchvision's conventions, its own module names) passes, and so do its
+    resnet50d (a deep stem, avg-down shortcuts) and seresnet18 (SE, width 8 in the first
+    stage); timm's seresnet18 built with a hard-sigmoid SE gate fails, and the diagnosis names
+    that convention."""
+    import functools
+
     timm = pytest.importorskip("timm", reason="timm not installed (the test extra installs it)")
     verdict = V.verify(timm.create_model("resnet50", pretrained=False), size=32)
     assert verdict.passed and verdict.rel <= verdict.budget and verdict.spec.arch == "resnet50"
     assert verdict.mapping["layer4.2.bn3.running_var"] == "conv5_block3_3_bn.var"
-    with pytest.raises(V.VerifyError, match=r"parameter #0 conv1.0.weight \(32, 3, 3, 3\) fits no preset"):
-        V.verify(timm.create_model("resnet50d", pretrained=False), size=32)
+    for arch in ("resnet50d", "seresnet18"):
+        verdict = V.verify(timm.create_model(arch, pretrained=False), size=32)
+        assert verdict.passed and verdict.spec.arch == arch
+    hard = functools.partial(timm.layers.SEModule, gate_layer="hard_sigmoid")
+    broken = V.verify(timm.create_model("seresnet18", block_args=dict(attn_layer=hard)), size=64)
+    assert not broken.passed and [d["mutants"] for d in broken.diagnosis] == [["se_hard_sigmoid"]]
 
 
 def test_hugging_faces_resnet50():

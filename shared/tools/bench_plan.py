@@ -35,10 +35,11 @@ class Run:
     precision: str
     style: str  # spec style: the reference's own
     fold: bool = False  # ours built from the BatchNorm-folded spec (shared.fold)
+    peer: str = "torchvision"  # whose model a torch reference is: "torchvision" or "timm"
 
     @property
     def label(self) -> str:
-        name = {("torch", "ours"): "resnet_torch", ("torch", "reference"): "torchvision",
+        name = {("torch", "ours"): "resnet_torch", ("torch", "reference"): self.peer,
                 ("keras", "ours"): "resnet_keras", ("keras", "reference"): "keras.applications",
                 ("flax", "ours"): "resnet_flax", ("onnx", "ours"): "onnxruntime",
                 ("onnx-int8", "ours"): "onnxruntime-int8", ("torch", "int8"): "torch.ao-int8"}[(self.framework, self.impl)]
@@ -50,7 +51,7 @@ class Run:
         """Import names this run needs."""
         needs = REQUIRES[self.framework]
         if self.framework == "torch" and self.impl != "ours":
-            needs += ("torchvision",)
+            needs += ("torchvision", "timm") if self.peer == "timm" else ("torchvision",)
         if self.backend:
             needs += (self.backend,)
         return needs
@@ -80,16 +81,24 @@ def _style(preset: S.Preset, wanted: str) -> str:
     return wanted if wanted in preset.styles else preset.styles[0]
 
 
+def _timm(preset: S.Preset) -> bool:
+    """A preset of timm's ``resnet.py`` family: timm's model is its torch reference."""
+    return preset.peer.startswith("timm.") and preset.fields.get("block") != "preact"
+
+
 def _pair(target: str, mode: str, precision: str, preset: S.Preset) -> Pair:
     """Ours beside the framework's own model of this architecture, where the framework has one
-    (torchvision: every torchvision preset; keras.applications: ResNet50/101/152 and V2)."""
+    (torchvision: every torchvision preset; timm: its ``resnet.py`` family; keras.applications:
+    ResNet50/101/152 and V2)."""
     framework, _, backend = target.partition("[")
     backend = backend.rstrip("]")
-    if framework in ("onnx", "onnx-int8", "torch", "torch-int8"):  # beside torchvision
+    if framework in ("onnx", "onnx-int8", "torch", "torch-int8"):  # beside torchvision (or timm)
         style = _style(preset, "torchvision")
         ours = Run(*(("torch", "int8") if framework in PEERS else (framework, "ours")), "", mode, precision, style)
-        has_ref = preset.torchvision and style == "torchvision"
-        ref = Run("torch", "reference", "", mode, precision, style) if has_ref else None
+        timm = _timm(preset) and framework not in PEERS
+        has_ref = (preset.torchvision or timm) and style == "torchvision"
+        ref = Run("torch", "reference", "", mode, precision, style, peer="timm" if timm else "torchvision") \
+            if has_ref else None
     else:
         style = _style(preset, "keras")
         ours = Run(framework, "ours", backend if framework == "keras" else "", mode, precision, style)

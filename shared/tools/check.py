@@ -407,6 +407,8 @@ class Cell:
     def outcome(self) -> str:
         """caught / missed where the mutant changes the function; passes / false alarm where it
         does not; error where it could not be run."""
+        if self.applies and self.status == "error" and mutants.CATALOGUE[self.mutant].fails_to_run:
+            return "caught"  # a port that cannot run at this size (the shapes of its two paths differ)
         if self.status == "error":
             return "error"
         if self.applies:
@@ -450,7 +452,7 @@ def catch_table(spec: ResNetSpec, weights: dict, *, names=None, modes=("eval", "
                     res = [results[name, m, q] for q in dict.fromkeys((p, "fp32"))]
                     row = _judge(t, res[0], res[1] if len(res) > 1 else None, oracles[m, p], m, p, False)
                     if name:
-                        cells.append(Cell(name, t.label, m, p, mutants.CATALOGUE[name].applies(spec, m, p),
+                        cells.append(Cell(name, t.label, m, p, mutants.CATALOGUE[name].applies(spec, m, p, size),
                                           row.status, row.detail))
                     else:
                         baseline.append(Cell("(none)", t.label, m, p, False, row.status, row.detail))

@@ -10,7 +10,10 @@ file (run with onnxruntime, from memory). Then:
    the layers; ONNX: the graph's), are read off the model (their names are not needed) and
    compared, shape by shape and in torch layouts, with each preset's canonical weights in
    torchvision's order, a block's projection shortcut before or after its main path as the port
-   lists it; the first preset that fits every array is the architecture (``--arch`` imposes one).
+   lists it; every preset that fits every array is a candidate (``--arch`` imposes one). Several
+   fit where presets differ only in layers without weights (timm's resnet50c and resnet50d,
+   resnet50 and resnetblur50): each is judged in turn, the first that passes is the
+   architecture, and when none does the nearest is diagnosed.
    A port that fits none is refused with one line naming the first array that no preset fits
    and what the closest preset expects there.
 2. **Weight mapping.** Every array of the port maps to one canonical weight, by position
@@ -159,21 +162,24 @@ def canonical_order(spec: ResNetSpec, shapes=None) -> list[tuple[str, str, tuple
     out = _entries(spec, spec.stem())
     for block in spec.blocks():
         out += _entries(spec, block.pre)
-        main, shortcut = _entries(spec, block.main), _entries(spec, block.shortcut)
+        main, shortcut = _entries(spec, block.main) + _entries(spec, block.attention), _entries(spec, block.shortcut)
         first = shortcut and shapes and len(out) < len(shapes) and shapes[len(out)][1] == shortcut[0][2]
         out += shortcut + main if first else main + shortcut
         out += _entries(spec, block.out)
     return out + _entries(spec, spec.head())
 
 
-def infer_spec(shapes: list[tuple[str, tuple[int, ...]]], arch: str | None = None,
-               style: str | None = None) -> tuple[ResNetSpec, list]:
-    """The preset whose canonical weights, in torchvision's (or Keras' shortcut-first) order,
-    have the port's shapes, and that order (``canonical_order``)."""
+def infer_specs(shapes: list[tuple[str, tuple[int, ...]]], arch: str | None = None,
+                style: str | None = None) -> list[tuple[ResNetSpec, list]]:
+    """Every preset whose canonical weights, in torchvision's (or Keras' shortcut-first) order,
+    have the port's shapes, with that order (``canonical_order``), in the presets' order. Several
+    fit where presets differ only in what has no weights (a shortcut's avg-down pool, anti-aliasing,
+    a stem's pool: timm's resnet50c and resnet50d, resnet50 and resnetblur50); the judge tells
+    them apart. None fits: VerifyError naming the first array no preset fits."""
     if not shapes or len(shapes[0][1]) != 4:
         raise VerifyError("PORT: its first parameter is no conv kernel: not a ResNet")
     channels, classes = shapes[0][1][1], shapes[-1][1][0]
-    best = None
+    best, found = None, []
     for name, p in PRESETS.items():
         if arch and name != arch:
             continue
@@ -184,9 +190,11 @@ def infer_spec(shapes: list[tuple[str, tuple[int, ...]]], arch: str | None = Non
             order = canonical_order(spec, shapes)
             fit = next((i for i, (a, b) in enumerate(zip(shapes, order)) if a[1] != b[2]), min(len(shapes), len(order)))
             if fit == len(shapes) == len(order):
-                return spec, order
-            if best is None or fit > best[0]:
+                found.append((spec, order))
+            elif best is None or fit > best[0]:
                 best = (fit, spec, order)
+    if found:
+        return found
     if best is None:
         raise VerifyError(f"--arch/--style: no preset {arch!r} in style {style!r}")
     fit, spec, order = best
@@ -231,10 +239,11 @@ def _fp32_rule(spec, weights, images) -> tuple[np.ndarray, float]:
     return ref, parity.fp32_budget(parity.rel_error(peer, ref))
 
 
-def eval_mutants(spec: ResNetSpec, precision: str = "fp32") -> list[str]:
-    """The mutants that change an eval-mode forward of ``spec`` and can be computed by the reference."""
+def eval_mutants(spec: ResNetSpec, precision: str = "fp32", size: int | None = None) -> list[str]:
+    """The mutants that change an eval-mode forward of ``spec`` (at ``size``) and can be computed
+    by the reference (a port that cannot run at all is no variant to name)."""
     return [name for name, m in mutants.CATALOGUE.items()
-            if m.how in ("spec", "layers", "weights") and m.applies(spec, "eval", precision)]
+            if m.how in ("spec", "layers", "weights") and not m.fails_to_run and m.applies(spec, "eval", precision, size)]
 
 
 def _variant(names, spec, weights):
@@ -285,7 +294,7 @@ def diagnose(logits: np.ndarray, spec: ResNetSpec, seed: int, size: int, batch: 
     """Every mutant (then pair of mutants) whose reference the port's logits match within that
     variant's own budget; singles first, pairs only when no single fits."""
     found = []
-    names = eval_mutants(spec, precision)
+    names = eval_mutants(spec, precision, size)
     for group in ([(n,) for n in names], list(itertools.combinations(names, 2))):
         for combo in group:
             try:
@@ -391,11 +400,12 @@ def _train_logits_fit(logits, spec, combo, seed, size, batch) -> bool:
     return parity.rel_error(logits, ref) <= limit
 
 
-def train_mutants(spec: ResNetSpec) -> list[str]:
+def train_mutants(spec: ResNetSpec, size: int | None = None) -> list[str]:
     """The mutants that change a train step of ``spec`` and that the reference can compute; the
     statistics' rule first (judged against the spec's own oracle, while it is still cached)."""
     return sorted((name for name, m in mutants.CATALOGUE.items()
-                   if m.how in ("spec", "layers", "weights", "stats") and m.applies(spec, "train", "fp32")),
+                   if m.how in ("spec", "layers", "weights", "stats") and not m.fails_to_run
+                   and m.applies(spec, "train", "fp32", size)),
                   key=lambda name: mutants.CATALOGUE[name].how != "stats")
 
 
@@ -413,7 +423,7 @@ def train_step(fw, model, spec, order, layout, framework, seed, size, batch) -> 
         res[f"{'stats' if is_statistic(key) else 'grad'}/{key}"] = _canonical_layout(value)
     row = _train_judged(res, spec, (), framework, seed, size, batch)
     found = []
-    names = train_mutants(spec) if row.status != "pass" else []
+    names = train_mutants(spec, size) if row.status != "pass" else []
     for group in ([(n,) for n in names], list(itertools.combinations(names, 2))):
         for combo in group:
             if not _train_logits_fit(logits, spec, combo, seed, size, batch):
@@ -477,17 +487,43 @@ def verify(port: str, *, arch: str | None = None, style: str | None = None, layo
     if off:
         raise VerifyError(f"--precision {precision}: the port's layer {off} does not compute in "
                           f"{'bfloat16' if precision == 'bf16' else 'float32'}; {BUILT_IN[framework][precision]}")
-    spec, order = infer_spec(shapes, arch, style)
-    weights, images = _inputs(spec, seed, size, batch)
-    state = interop.to_torchvision(spec, weights)
-    fw.port_load(model, [state[tv] for _, tv, _ in order])
-    mapping = {name: key for (name, _), (key, _, _) in zip(shapes, order)}
     layout = layout or LAYOUTS[framework]
+    judged = []
+    for spec, order in infer_specs(shapes, arch, style):  # the first that passes, else the nearest
+        judged.append((*_judge(fw, model, framework, shapes, spec, order, layout, size, batch, seed, mode, precision),
+                       order))
+        if judged[-1][0].passed:
+            break
+    verdict, logits, order = judged[-1] if judged[-1][0].passed else min(judged, key=lambda j: j[0].rel)
+    if mode == "train":
+        return verdict
+    spec = verdict.spec
+    if verdict is not judged[-1][0]:  # the nearest preset's weights back into the port, for the trace
+        _load(fw, model, spec, order, seed, size, batch)
+    if not verdict.passed:
+        verdict.diagnosis = diagnose(logits, spec, seed, size, batch, precision)
+    if trace_blocks or not (verdict.passed or verdict.diagnosis):  # no variant fits: where it diverges
+        verdict.trace = trace(fw, model, spec, order, layout, seed, size, batch)
+    return verdict
+
+
+def _load(fw, model, spec: ResNetSpec, order: list, seed: int, size: int, batch: int) -> None:
+    """The seeded, calibrated weights of ``spec`` into the port, by ``order``."""
+    state = interop.to_torchvision(spec, _inputs(spec, seed, size, batch)[0])
+    fw.port_load(model, [state[tv] for _, tv, _ in order])
+
+
+def _judge(fw, model, framework, shapes, spec, order, layout, size, batch, seed, mode, precision):
+    """The port with ``spec``'s seeded weights, judged as ``spec`` (eval: no diagnosis yet), and
+    its logits (None in train mode)."""
+    _load(fw, model, spec, order, seed, size, batch)
+    mapping = {name: key for (name, _), (key, _, _) in zip(shapes, order)}
     try:
         if mode == "train":
             _, row, found = train_step(fw, model, spec, order, layout, framework, seed, size, batch)
         else:
-            logits = fw.port_run(model, images, layout, *(("bf16",) if precision == "bf16" else ()))
+            logits = fw.port_run(model, _inputs(spec, seed, size, batch)[1], layout,
+                                 *(("bf16",) if precision == "bf16" else ()))
     except VerifyError:
         raise
     except Exception as e:  # noqa: BLE001 (any error of the port's own code: its framework's words, one line)
@@ -495,7 +531,7 @@ def verify(port: str, *, arch: str | None = None, style: str | None = None, layo
                           f"({type(e).__name__}: {_one_line(e)})") from None
     if mode == "train":
         return Verdict(spec, framework, mapping, row.rel, row.budget, row.status == "pass", found, mode="train",
-                       detail=row.detail)
+                       detail=row.detail), None
     ref, limit = _judged(spec, (), seed, size, batch, precision)
     _check_logits(logits, ref.shape, shapes)
     if precision == "bf16":
@@ -505,12 +541,7 @@ def verify(port: str, *, arch: str | None = None, style: str | None = None, layo
             raise VerifyError(f"--precision bf16: the budget {limit:.2e} is not below {LOW_PRECISION_CAP} here: it "
                               "could not tell a broken port from a correct one (try a larger --size or --batch)")
     rel = parity.rel_error(logits, ref)
-    verdict = Verdict(spec, framework, mapping, rel, limit, rel <= limit, precision=precision)
-    if not verdict.passed:
-        verdict.diagnosis = diagnose(logits, spec, seed, size, batch, precision)
-    if trace_blocks or not (verdict.passed or verdict.diagnosis):  # no variant fits: where it diverges
-        verdict.trace = trace(fw, model, spec, order, layout, seed, size, batch)
-    return verdict
+    return Verdict(spec, framework, mapping, rel, limit, rel <= limit, precision=precision), logits
 
 
 def report(verdict: Verdict) -> str:

@@ -105,7 +105,7 @@ def port_open(path: str):
 def _slots(model) -> list[tuple[object, int, str, bool]]:
     """(node, input index, name, transposed) of every weight input, in graph order. A weight is
     an initializer, directly or through Identity nodes (the torch exporter shares equal tensors
-    that way); transposed: a (in, out) matrix (Gemm without transB)."""
+    that way), except a blur's fixed filter; transposed: a (in, out) matrix (Gemm without transB)."""
     graph = model.graph
     initializers = {i.name for i in graph.initializer}
     source = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity"}
@@ -115,6 +115,15 @@ def _slots(model) -> list[tuple[object, int, str, bool]]:
             name = source[name]
         return name in initializers
 
+    def fixed_filter(node, index):
+        """A depthwise Conv's weight whose every channel is one filter: a blur (timm's BlurPool2d
+        keeps it out of its state_dict; our export's ``<name>.taps``), no learned weight."""
+        if node.op_type != "Conv" or index != 1:
+            return False
+        w = _value(model, node.input[1])
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        return w.ndim == 4 and w.shape[1] == 1 and group == w.shape[0] > 1 and bool((w == w[:1]).all())
+
     if not any(n.op_type == "BatchNormalization" for n in graph.node) and any(
             n.op_type == "Conv" and len(n.input) > 2 for n in graph.node):
         raise ValueError("PORT: the ONNX model has no BatchNormalization node: its BatchNorms were folded into "
@@ -122,7 +131,8 @@ def _slots(model) -> list[tuple[object, int, str, bool]]:
     out = []
     for node in graph.node:
         for index, role in enumerate(_SLOTS.get(node.op_type, ()), start=1):
-            if index < len(node.input) and node.input[index] and weight(node.input[index]):
+            if index < len(node.input) and node.input[index] and weight(node.input[index]) \
+                    and not fixed_filter(node, index):
                 trans = node.op_type == "Gemm" and not any(a.name == "transB" and a.i for a in node.attribute)
                 out.append((node, index, f"{node.name or node.op_type}.{role}", trans and role == "weight"))
     return out

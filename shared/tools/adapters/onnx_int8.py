@@ -4,7 +4,9 @@ quantized by onnxruntime's static post-training quantization, run in an onnxrunt
 The recipe (``quantize``): QDQ format, uint8 activations (calibrated, MinMax, on the images
 given or on seeded ``reference.random_images``), int8 weights symmetric per output channel,
 ops Conv, Gemm, Relu (fused into its conv) and MaxPool; the residual add and the logits stay
-float. ``run_check`` hands back, beside the logits, every activation's scale and zero point
+float. The family's layers take the same recipe as the ONNX export writes them: a blur's and
+ECA's convs and SE's 1x1 convs are Convs (quantized), the average pools, the gates and the
+attention's scale float. ``run_check`` hands back, beside the logits, every activation's scale and zero point
 read from the model (``params``): what ``shared.quant`` emulates. ``MUTANTS`` are broken
 quantized models the int8 check must catch.
 """

@@ -1,6 +1,7 @@
 """The PyTorch adapter (``shared.tools.adapter.Adapter``): resnet_torch for ``check`` and, for
-``bench``, resnet_torch or torchvision's ResNet with the fast paths a PyTorch user reaches for
-(channels_last, bf16 autocast, torch.compile), the same ones for both. Runs in a worker process.
+``bench``, resnet_torch or the peer's ResNet (torchvision's, or timm's for a preset of timm's
+``resnet.py`` family) with the fast paths a PyTorch user reaches for (channels_last, bf16
+autocast, torch.compile), the same ones for both. Runs in a worker process.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 
 from resnet_torch import build, load_weights
 from shared import interop, parity, reference
-from shared.spec import is_statistic
+from shared.spec import PRESETS, is_statistic
 from shared.tools.adapter import tf32
 from shared.tools.bench_timing import LEARNING_RATE, MOMENTUM, Step
 from shared.tools.jobs import Job
@@ -76,7 +77,8 @@ def run_check(spec, weights, images, *, labels=None, device="cpu", precision="fp
     out: dict[str, np.ndarray] = {}
     hooks = []
     if trace:
-        hooks.append(model.maxpool.register_forward_hook(lambda m, i, o: out.__setitem__("trace/stem", _nhwc(o))))
+        stem = getattr(model, model.stem_path[-1])  # the stem's last module (its pool, if it has one)
+        hooks.append(stem.register_forward_hook(lambda m, i, o: out.__setitem__("trace/stem", _nhwc(o))))
         for module in model.modules():
             if hasattr(module, "block_name"):  # one per spec Block
                 hooks.append(module.register_forward_hook(
@@ -109,9 +111,23 @@ def run_check(spec, weights, images, *, labels=None, device="cpu", precision="fp
 
 # ----------------------------------------------------------------------------------- bench
 
+def _timm_peer(spec) -> bool:
+    """Whether the peer is timm's: a preset of timm's ``resnet.py`` family (its state_dict keys
+    are resnet_torch's)."""
+    preset = PRESETS.get(spec.arch)
+    return preset is not None and preset.peer.startswith("timm.") and spec.block != "preact"
+
+
 def _bench_model(job: Job, spec, weights) -> torch.nn.Module:
     if job.impl == "ours":
         return load_weights(build(spec), weights)
+    state = {k: torch.from_numpy(v) for k, v in interop.to_torchvision(spec, weights).items()}
+    if _timm_peer(spec):
+        import timm
+
+        model = timm.create_model(spec.arch, num_classes=spec.num_classes)
+        model.load_state_dict(state)
+        return model
     import torchvision
     from torchvision.models.resnet import Bottleneck, ResNet
 
@@ -121,7 +137,7 @@ def _bench_model(job: Job, spec, weights) -> torch.nn.Module:
         model = ResNet(Bottleneck, list(spec.depths), num_classes=spec.num_classes)
     else:
         raise ValueError(f"torchvision has no ResNet with {spec.block} blocks and depths {spec.depths}")
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in interop.to_torchvision(spec, weights).items()})
+    model.load_state_dict(state)
     return model
 
 
@@ -130,10 +146,12 @@ def run_bench(job: Job, spec, weights) -> Step:
     ``job.impl == "int8"``, torch.ao's int8 torchvision model (``int8_bench``)."""
     if job.impl == "int8":
         return int8_bench(job, spec, weights)
-    # Loaded on both sides: peak RSS then compares the models, not whether torchvision's
-    # libraries (about 250 MiB) were imported.
+    # Loaded on both sides: peak RSS then compares the models, not whether torchvision's (or
+    # timm's) libraries (about 250 MiB) were imported.
     with contextlib.suppress(ImportError):
         import torchvision  # noqa: F401
+        if _timm_peer(spec):
+            import timm  # noqa: F401
 
     device = _device(job.device)
     layout = torch.channels_last if job.channels_last else torch.contiguous_format
