@@ -346,3 +346,16 @@ def test_a_relu_tie_rounded_the_other_way_passes_and_a_wrong_gradient_does_not()
     # A flipped tie is no licence for a wrong gradient: 0.1% off everywhere is caught.
     wrong = {k: v * 1.001 if k.startswith("grad/") else v for k, v in res.items()}
     assert check._judge_gradients(check.Row("keras", "pass"), wrong, oracle)
+
+
+def test_relu_ties_window_is_the_layers_largest_float32_error():
+    """A unit near 0 where the float32 peer happens to be exact is still a tie when the peer errs
+    by more elsewhere in that layer: another correct float32 pass may round it across 0 (the
+    per-unit window missed one in a Flax resnetaa50d); ranked nearest first."""
+    from types import SimpleNamespace
+
+    full = SimpleNamespace(relu_inputs={"r": np.array([1e-6, 0.5, -2e-6, 3.0])})
+    peer = SimpleNamespace(relu_inputs={"r": np.array([1e-6, 0.5 + 1e-6, -2e-6, 3.0])})
+    ties = backprop.relu_ties(peer, full, parity.MARGIN)
+    assert [(name, index) for name, index, _ in ties] == [("r", (0,)), ("r", (2,))]
+    assert [round(t[2], 6) for t in ties] == [0.25, 0.5]

@@ -409,20 +409,23 @@ def train_mutants(spec: ResNetSpec, size: int | None = None) -> list[str]:
                   key=lambda name: mutants.CATALOGUE[name].how != "stats")
 
 
-def train_step(fw, model, spec, order, layout, framework, seed, size, batch) -> tuple[dict, object, list[dict]]:
-    """The port's train step as check's result dict, check's row on it, and (on a FAIL) the
-    mutants (singles, then pairs when no single fits) whose train step it computes within every
-    budget."""
+def _train_row(fw, model, spec, order, layout, framework, seed, size, batch):
+    """The port's train step as check's result dict, and check's row on it."""
     from shared.tools.jobs import random_labels
 
     _, images = _inputs(spec, seed, size, batch)
     logits, loss, arrays = fw.port_train(model, images, random_labels(spec, batch, seed), layout)
     _check_logits(logits, (batch, spec.num_classes), fw.port_arrays(model))
-    res = {"logits": logits, "loss": np.array(loss)}
-    for (key, _, _), value in zip(order, arrays, strict=True):
-        res[f"{'stats' if is_statistic(key) else 'grad'}/{key}"] = _canonical_layout(value)
-    row = _train_judged(res, spec, (), framework, seed, size, batch)
-    found = []
+    res = {"logits": np.array(logits), "loss": np.array(loss)}
+    for (key, _, _), value in zip(order, arrays, strict=True):  # copies: the next candidate trains the same port
+        res[f"{'stats' if is_statistic(key) else 'grad'}/{key}"] = np.array(_canonical_layout(value))
+    return res, _train_judged(res, spec, (), framework, seed, size, batch)
+
+
+def train_diagnosis(res, row, spec, framework, seed, size, batch) -> list[dict]:
+    """On a FAIL, the mutants (singles, then pairs when no single fits) whose train step the
+    port's (``res``) computes within every budget."""
+    logits, found = res["logits"], []
     names = train_mutants(spec, size) if row.status != "pass" else []
     for group in ([(n,) for n in names], list(itertools.combinations(names, 2))):
         for combo in group:
@@ -437,7 +440,7 @@ def train_step(fw, model, spec, order, layout, framework, seed, size, batch) -> 
                               "rel": variant.rel, "budget": variant.budget})
         if found:
             break
-    return res, row, found
+    return found
 
 
 def _check_logits(logits: np.ndarray, expected: tuple[int, ...], shapes: list) -> None:
@@ -495,7 +498,9 @@ def verify(port: str, *, arch: str | None = None, style: str | None = None, layo
         if judged[-1][0].passed:
             break
     verdict, logits, order = judged[-1] if judged[-1][0].passed else min(judged, key=lambda j: j[0].rel)
-    if mode == "train":
+    if mode == "train":  # ``logits``: the train step's result and row
+        if not verdict.passed:
+            verdict.diagnosis = train_diagnosis(*logits, verdict.spec, framework, seed, size, batch)
         return verdict
     spec = verdict.spec
     if verdict is not judged[-1][0]:  # the nearest preset's weights back into the port, for the trace
@@ -514,13 +519,13 @@ def _load(fw, model, spec: ResNetSpec, order: list, seed: int, size: int, batch:
 
 
 def _judge(fw, model, framework, shapes, spec, order, layout, size, batch, seed, mode, precision):
-    """The port with ``spec``'s seeded weights, judged as ``spec`` (eval: no diagnosis yet), and
-    its logits (None in train mode)."""
+    """The port with ``spec``'s seeded weights, judged as ``spec`` (no diagnosis yet), and its
+    logits (train mode: its train step's result and check's row on it)."""
     _load(fw, model, spec, order, seed, size, batch)
     mapping = {name: key for (name, _), (key, _, _) in zip(shapes, order)}
     try:
         if mode == "train":
-            _, row, found = train_step(fw, model, spec, order, layout, framework, seed, size, batch)
+            res, row = _train_row(fw, model, spec, order, layout, framework, seed, size, batch)
         else:
             logits = fw.port_run(model, _inputs(spec, seed, size, batch)[1], layout,
                                  *(("bf16",) if precision == "bf16" else ()))
@@ -530,8 +535,8 @@ def _judge(fw, model, framework, shapes, spec, order, layout, size, batch, seed,
         raise VerifyError(f"PORT: its forward fails on a {batch}x{size}x{size}x{spec.image_channels} input "
                           f"({type(e).__name__}: {_one_line(e)})") from None
     if mode == "train":
-        return Verdict(spec, framework, mapping, row.rel, row.budget, row.status == "pass", found, mode="train",
-                       detail=row.detail), None
+        return Verdict(spec, framework, mapping, row.rel, row.budget, row.status == "pass", mode="train",
+                       detail=row.detail), (res, row)
     ref, limit = _judged(spec, (), seed, size, batch, precision)
     _check_logits(logits, ref.shape, shapes)
     if precision == "bf16":
