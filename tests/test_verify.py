@@ -191,6 +191,9 @@ def test_hugging_faces_resnet50():
                                                               "is not judged here")
     model = transformers.ResNetForImageClassification(transformers.ResNetConfig())
     assert V.verify(model, size=32).passed
+    # train mode reads the logits out of its output object too (it once blamed the port)
+    trained = V.verify(model, size=64, mode="train")
+    assert trained.passed and trained.spec.arch == "resnet50"
 
 
 class _FirstTen(__import__("torch").nn.Module):
@@ -373,3 +376,18 @@ def test_bf16_judges_a_flax_nnx_port_built_with_a_bfloat16_compute_dtype():
         V.verify(port, size=32, precision="bf16")
     with pytest.raises(V.VerifyError, match=r"--precision fp32: the port's layer conv1 \(bfloat16\)"):
         V.verify(model, size=32)
+
+
+def test_keras_hubs_pre_activation_classifier_is_timms_resnetv2_50():
+    """keras-hub's V2 ``ResNetImageClassifier`` (its stem pads with an ``ops.pad`` node, an
+    operation without weights, once a traceback here) is judged: timm's resnetv2_50, passing."""
+    keras_hub = pytest.importorskip("keras_hub", reason="keras-hub not installed (the test extra installs it)")
+    from keras_hub.src.models.resnet.resnet_backbone import ResNetBackbone
+
+    backbone = ResNetBackbone(input_conv_filters=[64], input_conv_kernel_sizes=[7],
+                              stackwise_num_filters=[64, 128, 256, 512], stackwise_num_blocks=[3, 4, 6, 3],
+                              stackwise_num_strides=[1, 2, 2, 2], block_type="bottleneck_block",
+                              use_pre_activation=True)
+    verdict = V.verify(keras_hub.models.ResNetImageClassifier(backbone=backbone, num_classes=10), size=64)
+    assert verdict.passed and (verdict.spec.arch, verdict.spec.style, verdict.spec.num_classes) == (
+        "resnetv2_50", "timm", 10)

@@ -320,10 +320,12 @@ def _dataflow_order(model) -> list:
 def _port_weights(model) -> list:
     """(layer, variable) of every weight of a keras.Model in dataflow order (nested models
     walked), each layer's in its own order (Conv2D kernel, bias; BatchNormalization gamma, beta,
-    moving_mean, moving_variance)."""
+    moving_mean, moving_variance). A graph node that is an operation, not a layer (``ops.pad``
+    in keras-hub's V2 stem: a ``Pad``), holds none."""
     out = []
     for layer in _dataflow_order(model):
-        out.extend(_port_weights(layer) if hasattr(layer, "layers") else [(layer, v) for v in layer.weights])
+        out.extend(_port_weights(layer) if hasattr(layer, "layers")
+                   else [(layer, v) for v in getattr(layer, "weights", ())])
     return out
 
 

@@ -320,9 +320,15 @@ def port_run(module, images_nhwc: np.ndarray, layout: str = "NCHW", precision: s
         x = x.permute(0, 3, 1, 2).contiguous()
     module.eval()
     with torch.no_grad(), autocast(precision, torch.device("cpu")):
-        out = module(x)
-    out = getattr(out, "logits", out)  # Hugging Face's output object
-    return (out[0] if isinstance(out, (tuple, list)) else out).float().numpy()
+        out = _logits(module(x))
+    return out.float().numpy()
+
+
+def _logits(out) -> torch.Tensor:
+    """A port's logits out of what its forward returns: a tensor, a tuple or list (the first),
+    or an output object with ``.logits`` (Hugging Face's)."""
+    out = getattr(out, "logits", out)
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def port_inputs(module, images_nhwc: np.ndarray, layout: str, positions: list[int]) -> list[np.ndarray]:
@@ -350,7 +356,7 @@ def port_train(module, images_nhwc: np.ndarray, labels: np.ndarray, layout: str 
         x = x.permute(0, 3, 1, 2).contiguous()
     module.train()
     module.zero_grad(set_to_none=True)
-    logits = module(x)
+    logits = _logits(module(x))
     loss = F.cross_entropy(logits.float(), torch.from_numpy(labels).long())
     loss.backward()
     module.eval()
