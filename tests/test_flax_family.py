@@ -246,10 +246,10 @@ def test_family_names_are_the_specs():
 
 
 def test_native_init_draws_every_new_parameter():
-    spec = S.preset("ecaresnet26t", depths=(1, 1), num_classes=10)
+    spec = S.preset("ecaresnet26t", depths=(1, 1), num_classes=10, width=16)  # 64 channels: ECA's 3 taps
     w = rf.export_weights(rf.ResNet(spec, rngs=nnx.Rngs(0)))
     eca = w["conv2_block1_eca_conv.kernel"]
-    assert eca.shape == (5,) and 0 < np.abs(eca).max() <= 5**-0.5
+    assert eca.shape == (3,) and 0 < np.abs(eca).max() <= 3**-0.5
     se = rf.export_weights(rf.ResNet(KINDS["se"], rngs=nnx.Rngs(0)))
     assert (se["conv2_block1_se_1_conv.bias"] == 0).all() and se["conv2_block1_se_1_conv.kernel"].std() > 0
     assert all(np.isfinite(v).all() for v in w.values())
