@@ -170,8 +170,8 @@ def test_train_mode_judges_one_step_and_names_a_momentum_bug():
 def test_timms_family_passes_and_a_hard_sigmoid_gate_is_named():
     """timm's resnet50 (torchvision's conventions, its own module names) passes, and so do its
     resnet50d (a deep stem, avg-down shortcuts) and seresnet18 (SE, width 8 in the first
-    stage); timm's seresnet18 built with a hard-sigmoid SE gate fails, and the diagnosis names
-    that convention."""
+    stage); timm's seresnet18 built with a hard-sigmoid SE gate, and its resnetblur18 with an
+    unnormalised blur, fail, and the diagnosis names each convention."""
     import functools
 
     timm = pytest.importorskip("timm", reason="timm not installed (the test extra installs it)")
@@ -184,6 +184,13 @@ def test_timms_family_passes_and_a_hard_sigmoid_gate_is_named():
     hard = functools.partial(timm.layers.SEModule, gate_layer="hard_sigmoid")
     broken = V.verify(timm.create_model("seresnet18", block_args=dict(attn_layer=hard)), size=64)
     assert not broken.passed and [d["mutants"] for d in broken.diagnosis] == [["se_hard_sigmoid"]]
+    # resnetblur18's arrays fit resnet18 too (its blur has none): each is diagnosed, nearest first
+    blur = timm.create_model("resnetblur18")
+    for module in blur.modules():
+        if isinstance(module, timm.layers.BlurPool2d):
+            module.filt.mul_(16.0)  # the [1, 2, 1] x [1, 2, 1] filter not divided by 16
+    broken = V.verify(blur, size=64)
+    assert broken.spec.arch == "resnetblur18" and [d["mutants"] for d in broken.diagnosis] == [["blur_unnormalised"]]
 
 
 def test_hugging_faces_resnet50():

@@ -13,7 +13,8 @@ file (run with onnxruntime, from memory). Then:
    lists it; every preset that fits every array is a candidate (``--arch`` imposes one). Several
    fit where presets differ only in layers without weights (timm's resnet50c and resnet50d,
    resnet50 and resnetblur50): each is judged in turn, the first that passes is the
-   architecture, and when none does the nearest is diagnosed.
+   architecture; when none does, each is diagnosed, nearest first, and the first a mutant
+   explains is reported (else the nearest).
    A port that fits none is refused with one line naming the first array that no preset fits
    and what the closest preset expects there.
 2. **Weight mapping.** Every array of the port maps to one canonical weight, by position
@@ -497,16 +498,21 @@ def verify(port: str, *, arch: str | None = None, style: str | None = None, layo
                        order))
         if judged[-1][0].passed:
             break
-    verdict, logits, order = judged[-1] if judged[-1][0].passed else min(judged, key=lambda j: j[0].rel)
-    if mode == "train":  # ``logits``: the train step's result and row
-        if not verdict.passed:
-            verdict.diagnosis = train_diagnosis(*logits, verdict.spec, framework, seed, size, batch)
+    if judged[-1][0].passed:
+        verdict, logits, order = judged[-1]
+    else:  # the nearest preset a mutant explains, else the nearest (``logits``: train mode's result and row)
+        for verdict, logits, order in sorted(judged, key=lambda j: j[0].rel):
+            verdict.diagnosis = (train_diagnosis(*logits, verdict.spec, framework, seed, size, batch)
+                                 if mode == "train" else diagnose(logits, verdict.spec, seed, size, batch, precision))
+            if verdict.diagnosis:
+                break
+        else:
+            verdict, logits, order = min(judged, key=lambda j: j[0].rel)
+    if mode == "train":
         return verdict
     spec = verdict.spec
-    if verdict is not judged[-1][0]:  # the nearest preset's weights back into the port, for the trace
+    if verdict is not judged[-1][0]:  # the chosen preset's weights back into the port, for the trace
         _load(fw, model, spec, order, seed, size, batch)
-    if not verdict.passed:
-        verdict.diagnosis = diagnose(logits, spec, seed, size, batch, precision)
     if trace_blocks or not (verdict.passed or verdict.diagnosis):  # no variant fits: where it diverges
         verdict.trace = trace(fw, model, spec, order, layout, seed, size, batch)
     return verdict
