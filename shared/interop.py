@@ -95,9 +95,9 @@ def _numpy(value) -> np.ndarray:
     return np.asarray(value)
 
 
-def _canonical_kernel(value: np.ndarray) -> np.ndarray:
+def canonical_kernel(value: np.ndarray) -> np.ndarray:
     """A torch kernel in canonical layout: a conv's OIHW as HWIO, ECA's Conv1d (1, 1, k) as
-    (k,), a dense (out, in) as (in, out)."""
+    (k,), a dense (out, in) as (in, out); a 1-D array as it is."""
     if value.ndim == 4:
         return value.transpose(2, 3, 1, 0)
     if value.ndim == 3 and value.shape[:2] == (1, 1):
@@ -105,8 +105,8 @@ def _canonical_kernel(value: np.ndarray) -> np.ndarray:
     return value.T
 
 
-def _torch_kernel(layer, value: np.ndarray) -> np.ndarray:
-    """The inverse of ``_canonical_kernel`` for ``layer``'s kind."""
+def torch_kernel(layer, value: np.ndarray) -> np.ndarray:
+    """The inverse of ``canonical_kernel`` for ``layer``'s kind."""
     if isinstance(layer, Conv):
         return value.transpose(3, 2, 0, 1)
     if isinstance(layer, ChannelConv):
@@ -240,7 +240,7 @@ def spec_from_torchvision(state_dict: Mapping[str, object]) -> ResNetSpec:
             continue
         shape = np.shape(_numpy(value))
         if canonical.endswith(".kernel"):
-            shape = _canonical_kernel(np.broadcast_to(np.float32(0), shape)).shape
+            shape = canonical_kernel(np.broadcast_to(np.float32(0), shape)).shape
         shapes[canonical], names[canonical] = np.broadcast_to(np.float32(0), shape), named_as(key)
     style = "torchvision"
     if "layer1.0.preact_bn.weight" in state_dict:
@@ -377,7 +377,7 @@ def from_torchvision(state_dict: Mapping[str, object], spec: ResNetSpec | None =
             value = _numpy(state_dict[tv])
             unused.discard(tv)
             if param == "kernel":
-                value = _canonical_kernel(value)
+                value = canonical_kernel(value)
             weights[f"{layer.name}.{param}"] = np.array(value, dtype=DTYPE, order="C", copy=True)  # never a view of the caller's tensor
     if unused:
         raise WeightsError(f"torchvision state_dict: unexpected key(s) {sorted(named_as(k) for k in unused)}")
@@ -397,7 +397,7 @@ def to_torchvision(spec: ResNetSpec, weights: Mapping[str, np.ndarray]) -> dict[
         for param in layer.params:
             value = weights[f"{layer.name}.{param}"]
             if param == "kernel":
-                value = _torch_kernel(layer, value)
+                value = torch_kernel(layer, value)
             out[f"{module}.{torchvision_param(layer, param)}"] = np.ascontiguousarray(value)
         if isinstance(layer, BatchNorm):
             out[f"{module}.num_batches_tracked"] = np.zeros((), dtype=np.int64)

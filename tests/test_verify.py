@@ -169,16 +169,17 @@ def test_train_mode_judges_one_step_and_names_a_momentum_bug():
 
 def test_timms_family_passes_and_a_hard_sigmoid_gate_is_named():
     """timm's resnet50 (torchvision's conventions, its own module names) passes, and so do its
-    resnet50d (a deep stem, avg-down shortcuts) and seresnet18 (SE, width 8 in the first
-    stage); timm's seresnet18 built with a hard-sigmoid SE gate, and its resnetblur18 with an
-    unnormalised blur, fail, and the diagnosis names each convention."""
+    resnet50d (a deep stem, avg-down shortcuts), seresnet18 (SE, width 8 in the first stage)
+    and ecaresnet26t (ECA, a Conv1d kernel); timm's seresnet18 built with a hard-sigmoid SE
+    gate, and its resnetblur18 with an unnormalised blur, fail, and the diagnosis names each
+    convention."""
     import functools
 
     timm = pytest.importorskip("timm", reason="timm not installed (the test extra installs it)")
     verdict = V.verify(timm.create_model("resnet50", pretrained=False), size=32)
     assert verdict.passed and verdict.rel <= verdict.budget and verdict.spec.arch == "resnet50"
     assert verdict.mapping["layer4.2.bn3.running_var"] == "conv5_block3_3_bn.var"
-    for arch in ("resnet50d", "seresnet18"):
+    for arch in ("resnet50d", "seresnet18", "ecaresnet26t"):  # ECA: a Conv1d (1, 1, k) kernel
         verdict = V.verify(timm.create_model(arch, pretrained=False), size=32)
         assert verdict.passed and verdict.spec.arch == arch
     hard = functools.partial(timm.layers.SEModule, gate_layer="hard_sigmoid")

@@ -149,8 +149,8 @@ def _entries(spec: ResNetSpec, layers) -> list[tuple[str, str, tuple[int, ...]]]
         module = interop.torchvision_module(layer.name) if layer.params else ""
         for param in layer.params:
             key, shape = f"{layer.name}.{param}", shapes[f"{layer.name}.{param}"]
-            if param == "kernel":  # HWIO -> OIHW, (in, out) -> (out, in)
-                shape = (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else shape[::-1]
+            if param == "kernel":  # HWIO -> OIHW, (k,) -> (1, 1, k), (in, out) -> (out, in)
+                shape = interop.torch_kernel(layer, np.broadcast_to(np.float32(0), shape)).shape
             out.append((key, f"{module}.{interop.torchvision_param(layer, param)}", tuple(shape)))
     return out
 
@@ -348,11 +348,6 @@ def trace(fw, model, spec: ResNetSpec, order: list, layout: str, seed: int, size
 
 # ----------------------------------------------------------------------------- training mode
 
-def _canonical_layout(a: np.ndarray) -> np.ndarray:
-    """OIHW -> HWIO, (out, in) -> (in, out): a torch-layout array as the canonical weight."""
-    return a.transpose(2, 3, 1, 0) if a.ndim == 4 else a.T if a.ndim == 2 else a
-
-
 @functools.lru_cache(maxsize=2)  # each holds every float64 gradient
 def _train_oracle(spec: ResNetSpec, combo: tuple[str, ...], seed: int, size: int, batch: int):
     """check's train-mode oracle (``shared.backprop``, both variance rules, its budgets) of
@@ -419,7 +414,7 @@ def _train_row(fw, model, spec, order, layout, framework, seed, size, batch):
     _check_logits(logits, (batch, spec.num_classes), fw.port_arrays(model))
     res = {"logits": np.array(logits), "loss": np.array(loss)}
     for (key, _, _), value in zip(order, arrays, strict=True):  # copies: the next candidate trains the same port
-        res[f"{'stats' if is_statistic(key) else 'grad'}/{key}"] = np.array(_canonical_layout(value))
+        res[f"{'stats' if is_statistic(key) else 'grad'}/{key}"] = np.array(interop.canonical_kernel(value))
     return res, _train_judged(res, spec, (), framework, seed, size, batch)
 
 
