@@ -54,8 +54,9 @@ def test_what_the_spec_cannot_express_is_refused_naming_the_parameter():
     # a deep stem with no BatchNorm between its convs (timm's have one after each)
     deep_stem = V.load_port(f"{PORT}:ResNet50")
     deep_stem.conv1 = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, 2, 1, bias=False), torch.nn.Conv2d(32, 64, 3, 1, 1))
-    with pytest.raises(V.VerifyError, match=r"parameter #1 conv1.1.weight \(64, 32, 3, 3\) fits no preset .*"
-                                            r"\(torchvision style\), expects conv1.1.weight \(32,\) there"):
+    with pytest.raises(V.VerifyError, match=r"parameter #1 conv1.1.weight \(64, 32, 3, 3\) fits no ResNet the spec "
+                                            r"expresses; the closest structure, \w+'s \(torchvision style\), expects "
+                                            r"bn1.weight \(32,\) there"):
         V.verify(deep_stem)
     with pytest.raises(V.VerifyError, match="is no torch.nn.Module, keras.Model or flax.nnx.Module"):
         V.verify(object())

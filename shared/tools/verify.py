@@ -52,8 +52,9 @@ from pathlib import Path
 import numpy as np
 
 from shared import interop, mutants, parity, reference
-from shared.spec import PRESETS, ResNetSpec, is_statistic, preset
-from shared.tools import adapter
+from shared.fold import fold_batchnorm
+from shared.spec import ResNetSpec, is_statistic
+from shared.tools import adapter, infer
 
 
 class VerifyError(ValueError):
@@ -143,68 +144,22 @@ def framework_of(model) -> str:
 
 # ----------------------------------------------------------------------------- the architecture
 
-def _entries(spec: ResNetSpec, layers) -> list[tuple[str, str, tuple[int, ...]]]:
-    shapes, out = spec.param_shapes(), []
-    for layer in layers:
-        module = interop.torchvision_module(layer.name) if layer.params else ""
-        for param in layer.params:
-            key, shape = f"{layer.name}.{param}", shapes[f"{layer.name}.{param}"]
-            if param == "kernel":  # HWIO -> OIHW, (k,) -> (1, 1, k), (in, out) -> (out, in)
-                shape = interop.torch_kernel(layer, np.broadcast_to(np.float32(0), shape)).shape
-            out.append((key, f"{module}.{interop.torchvision_param(layer, param)}", tuple(shape)))
-    return out
-
-
-def canonical_order(spec: ResNetSpec, shapes=None) -> list[tuple[str, str, tuple[int, ...]]]:
-    """(canonical key, torchvision key, torch-layout shape) of every weight, in torchvision's
-    order (the spec's layer order; no array is made). With the port's ``shapes`` (a list of
-    (name, shape)), a block's projection shortcut comes before its main path where the port
-    lists it first, as Keras does (the first arrays of the two differ in shape in every preset)."""
-    out = _entries(spec, spec.stem())
-    for block in spec.blocks():
-        out += _entries(spec, block.pre)
-        main, shortcut = _entries(spec, block.main) + _entries(spec, block.attention), _entries(spec, block.shortcut)
-        first = shortcut and shapes and len(out) < len(shapes) and shapes[len(out)][1] == shortcut[0][2]
-        out += shortcut + main if first else main + shortcut
-        out += _entries(spec, block.out)
-    return out + _entries(spec, spec.head())
+canonical_order = infer.canonical_order
 
 
 def infer_specs(shapes: list[tuple[str, tuple[int, ...]]], arch: str | None = None,
                 style: str | None = None) -> list[tuple[ResNetSpec, list]]:
-    """Every preset whose canonical weights, in torchvision's (or Keras' shortcut-first) order,
-    have the port's shapes, with that order (``canonical_order``), in the presets' order. Several
-    fit where presets differ only in what has no weights (a shortcut's avg-down pool, anti-aliasing,
-    a stem's pool: timm's resnet50c and resnet50d, resnet50 and resnetblur50); the judge tells
-    them apart. None fits: VerifyError naming the first array no preset fits."""
-    if not shapes or len(shapes[0][1]) != 4:
-        raise VerifyError("PORT: its first parameter is no conv kernel: not a ResNet")
-    channels, classes = shapes[0][1][1], shapes[-1][1][0]
-    best, found = None, []
-    for name, p in PRESETS.items():
-        if arch and name != arch:
-            continue
-        for st in ([style] if style else p.styles):
-            if st not in p.styles:
-                continue
-            spec = preset(name, st, image_channels=channels, num_classes=classes)
-            order = canonical_order(spec, shapes)
-            fit = next((i for i, (a, b) in enumerate(zip(shapes, order)) if a[1] != b[2]), min(len(shapes), len(order)))
-            if fit == len(shapes) == len(order):
-                found.append((spec, order))
-            elif best is None or fit > best[0]:
-                best = (fit, spec, order)
-    if found:
-        return found
-    if best is None:
-        raise VerifyError(f"--arch/--style: no preset {arch!r} in style {style!r}")
-    fit, spec, order = best
-    if fit < len(shapes):
-        expected = f"{order[fit][1]} {order[fit][2]}" if fit < len(order) else "nothing more"
-        raise VerifyError(f"PORT: parameter #{fit} {shapes[fit][0]} {shapes[fit][1]} fits no preset the spec "
-                          f"expresses; the closest, {spec.arch} ({spec.style} style), expects {expected} there")
-    raise VerifyError(f"PORT: ends after {len(shapes)} arrays; the closest preset, {spec.arch} ({spec.style} "
-                      f"style), goes on with {order[fit][1]} {order[fit][2]}")
+    """Every spec with the port's arrays, with its order (``shared.tools.infer``); VerifyError
+    naming the first array no structure reads."""
+    try:
+        return infer.infer_specs(shapes, arch, style)
+    except infer.ArchitectureError as e:
+        raise VerifyError(str(e)) from None
+
+
+def _reference(spec: ResNetSpec) -> ResNetSpec:
+    """The spec the reference runs: a port with BatchNorm folded computes the unfolded function."""
+    return spec.replace(folded=False) if spec.folded else spec
 
 
 # ----------------------------------------------------------------------------- judge and diagnose
@@ -223,12 +178,16 @@ class Verdict:
     detail: str = ""  # train mode: what check's row found out of budget
     precision: str = "fp32"  # bf16: judged against the emulated-bf16 reference
 
+    def __str__(self) -> str:
+        return report(self)
+
     @property
     def first_out_of_budget(self) -> dict | None:
         return next((t for t in self.trace if not t["rel"] <= t["budget"]), None)
 
     def to_json(self) -> dict:
-        return {"arch": self.spec.arch, "style": self.spec.style, "framework": self.framework, "rel": self.rel,
+        return {"arch": self.spec.arch, "structure": infer.describe(self.spec), "spec": self.spec.to_dict(),
+                "style": self.spec.style, "framework": self.framework, "rel": self.rel,
                 "budget": self.budget, "pass": self.passed, "mapping": self.mapping, "diagnosis": self.diagnosis,
                 "trace": self.trace, "mode": self.mode, "detail": self.detail,
                 "precision": self.precision}
@@ -257,7 +216,9 @@ def _variant(names, spec, weights):
 
 @functools.lru_cache(maxsize=2)
 def _inputs(spec: ResNetSpec, seed: int, size: int, batch: int) -> tuple[dict, np.ndarray]:
-    """The seeded calibrated weights and images a verdict on ``spec`` uses (as ``check``)."""
+    """The seeded calibrated weights and images a verdict on ``spec`` uses (as ``check``; a
+    folded spec's: the unfolded one's)."""
+    spec = _reference(spec)
     return reference.calibrated_weights(spec, seed=seed, size=size), reference.random_images(spec, batch, size, seed + 1)
 
 
@@ -283,6 +244,7 @@ def _judged(spec: ResNetSpec, combo: tuple[str, ...], seed: int, size: int, batc
 def _traced(spec: ResNetSpec, seed: int, size: int, batch: int) -> tuple[np.ndarray, float, dict]:
     """``_fp32_rule`` of the spec itself, with the float64 and float32 activations after the
     stem, every block and the head (``reference.forward``'s hook; check --trace's)."""
+    spec = _reference(spec)
     weights, images = _inputs(spec, seed, size, batch)
     acts: dict = {"f64": {}, "f32": {}}
     ref = reference.forward(spec, weights, images, hook=acts["f64"].__setitem__)
@@ -290,12 +252,17 @@ def _traced(spec: ResNetSpec, seed: int, size: int, batch: int) -> tuple[np.ndar
     return ref, parity.fp32_budget(parity.rel_error(peer, ref)), acts
 
 
+# What a file with BatchNorm folded cannot show: verify folds the seeded weights itself, with the
+# spec's epsilon, so the port's own epsilon never enters.
+FOLDED_AWAY = ("bn_epsilon",)
+
+
 def diagnose(logits: np.ndarray, spec: ResNetSpec, seed: int, size: int, batch: int,
              precision: str = "fp32") -> list[dict]:
     """Every mutant (then pair of mutants) whose reference the port's logits match within that
     variant's own budget; singles first, pairs only when no single fits."""
-    found = []
-    names = eval_mutants(spec, precision, size)
+    found, folded, spec = [], spec.folded, _reference(spec)
+    names = [n for n in eval_mutants(spec, precision, size) if not (folded and n in FOLDED_AWAY)]
     for group in ([(n,) for n in names], list(itertools.combinations(names, 2))):
         for combo in group:
             try:
@@ -470,8 +437,14 @@ def verify(port: str, *, arch: str | None = None, style: str | None = None, layo
         framework, model = "onnx", None
     else:
         model = port if not isinstance(port, str) else load_port(port, precision)
-        framework = framework_of(model)
+        # a PORT may return (module, variables): Flax linen's
+        framework = framework_of(model[0] if isinstance(model, tuple) and len(model) == 2 else model)
     fw = adapter.load(framework)
+    if model is not None and hasattr(fw, "port_wrap"):
+        try:
+            model = fw.port_wrap(model, size)
+        except (ValueError, TypeError) as e:
+            raise VerifyError(f"PORT: {_one_line(e)}") from None
     if mode == "train" and not hasattr(fw, "port_train"):
         raise VerifyError("--mode train: verify trains torch, Keras and Flax ports; an ONNX file only infers")
     if precision == "bf16" and framework == "onnx":
@@ -515,13 +488,19 @@ def verify(port: str, *, arch: str | None = None, style: str | None = None, layo
 
 def _load(fw, model, spec: ResNetSpec, order: list, seed: int, size: int, batch: int) -> None:
     """The seeded, calibrated weights of ``spec`` into the port, by ``order``."""
-    state = interop.to_torchvision(spec, _inputs(spec, seed, size, batch)[0])
+    weights = _inputs(spec, seed, size, batch)[0]
+    if spec.folded:  # the seeded weights folded as the port holds them
+        weights = fold_batchnorm(_reference(spec), weights)[1]
+    state = interop.to_torchvision(spec, weights)
     fw.port_load(model, [state[tv] for _, tv, _ in order])
 
 
 def _judge(fw, model, framework, shapes, spec, order, layout, size, batch, seed, mode, precision):
     """The port with ``spec``'s seeded weights, judged as ``spec`` (no diagnosis yet), and its
     logits (train mode: its train step's result and check's row on it)."""
+    if spec.folded and (mode == "train" or precision != "fp32"):
+        raise VerifyError(f"PORT: its BatchNorms are folded into its convs ({order[1][1]} {order[1][2]} is a bias): "
+                          f"an inference-only network, judged in eval mode at fp32 only, not {mode} {precision}")
     _load(fw, model, spec, order, seed, size, batch)
     mapping = {name: key for (name, _), (key, _, _) in zip(shapes, order)}
     try:
@@ -555,8 +534,9 @@ def report(verdict: Verdict) -> str:
     train = " train-mode" if verdict.mode == "train" else ""
     detail = f" ({verdict.detail})" if verdict.detail else ""
     oracle = "the emulated-bf16 reference" if verdict.precision == "bf16" else "the float64 reference"
-    head = (f"{verdict.framework} port of {spec.arch} ({spec.style} style):{train} logits rel {verdict.rel:.2e} "
-            f"against {oracle}, budget {verdict.budget:.2e}{detail}: ")
+    folded = ", BatchNorm folded" if spec.folded else ""
+    head = (f"{verdict.framework} port of {infer.describe(spec)} ({spec.style} style{folded}):{train} logits rel "
+            f"{verdict.rel:.2e} against {oracle}, budget {verdict.budget:.2e}{detail}: ")
     if verdict.passed:
         line = head + "pass"
     elif not verdict.diagnosis:
@@ -565,6 +545,8 @@ def report(verdict: Verdict) -> str:
         best = min(verdict.diagnosis, key=lambda d: d["rel"])
         line = head + (f"FAIL; it computes the spec with {' and '.join(best['what'])} (rel {best['rel']:.2e}): "
                        f"fix that convention ({', '.join(best['mutants'])} in shared.mutants)")
+    if spec.folded and not verdict.passed:
+        line += "\n(BatchNorm is folded into the convs: its epsilon cannot be seen in this file)"
     first = verdict.first_out_of_budget
     if first:
         line += (f"\nfirst block out of budget: {first['block']} (rel {first['rel']:.2e}, budget "
