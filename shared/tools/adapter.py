@@ -30,12 +30,15 @@ from shared.tools.jobs import Job
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 NAMES = ("torch", "keras", "flax", "onnx")
-# Targets only when asked for (not in the default runs): the spec's ONNX model quantized to int8.
-QUANTIZED = ("onnx-int8",)
+# Targets only when asked for (not in the default runs): the spec's ONNX model quantized to int8
+# (run by onnxruntime, and the same QDQ model by OpenVINO), and the spec's ONNX model on OpenVINO.
+QUANTIZED = ("onnx-int8", "openvino-int8")
+RUNTIMES = ("openvino",)
 KERAS_BACKENDS = ("tensorflow", "jax", "torch")
 # What each adapter needs installed, by import name (a Keras backend needs itself).
 REQUIRES = {"torch": ("torch",), "keras": ("keras",), "flax": ("jax", "flax", "optax"), "onnx": ("onnx", "onnxruntime"),
-            "onnx-int8": ("onnx", "onnxruntime")}
+            "onnx-int8": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino"),
+            "openvino-int8": ("onnx", "onnxruntime", "openvino")}
 # The running-variance rule each framework's BatchNorm update uses (reference.VARIANCES).
 VARIANCE = {"torch": "unbiased", "keras": "biased", "flax": "biased"}
 
@@ -89,8 +92,8 @@ class Adapter(Protocol):
 
 def load(name: str) -> Adapter:
     """The adapter module of framework ``name``, checked against ``Adapter`` (imports the framework)."""
-    if name not in NAMES + QUANTIZED:
-        raise ValueError(f"framework: expected one of {', '.join(NAMES + QUANTIZED)}, got {name!r}")
+    if name not in NAMES + QUANTIZED + RUNTIMES:
+        raise ValueError(f"framework: expected one of {', '.join(NAMES + QUANTIZED + RUNTIMES)}, got {name!r}")
     module = importlib.import_module(f"shared.tools.adapters.{name.replace('-', '_')}")
     missing = conformance(module)
     if missing:

@@ -165,7 +165,7 @@ def not_supported(framework: str, precision: str, flags: frozenset[str] | None =
     """Why this CPU cannot run ``framework`` at ``precision`` as the row means it ("": it can)."""
     flags = cpu_flags() if flags is None else flags
     if framework in INT8 and precision != "fp32":
-        runtime = "torch.ao" if framework in PEERS else "onnxruntime"
+        runtime = {"torch-int8": "torch.ao", "openvino-int8": "OpenVINO"}.get(framework, "onnxruntime")
         return f"int8 {precision}: the arithmetic around {runtime}'s int8 ops is fp32 only"
     if framework == "onnx" and precision != "fp32":
         return (f"onnxruntime {precision}: ONNX Conv takes no bfloat16 (opset 17 types: float16, float, double) and "

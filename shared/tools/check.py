@@ -34,7 +34,7 @@ import numpy as np
 from shared import backprop, mutants, parity, quant, reference, weights as W
 from shared.spec import ResNetSpec
 from shared.tools import check_fast
-from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS, PRECISIONS, QUANTIZED, VARIANCE, installed
+from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS, PRECISIONS, QUANTIZED, RUNTIMES, VARIANCE, installed
 from shared.tools.jobs import Job, environment, launch, random_labels, read_result, stage
 
 from shared.parity import fp32_budget  # noqa: E402  (the one fp32 budget rule: MARGIN x the worst peer, floor parity.FP32_FLOOR)
@@ -277,6 +277,7 @@ def check(spec: ResNetSpec, weights: dict, *, frameworks=FRAMEWORKS, keras_backe
     run_spec, run_weights, found, note = check_fast.prepare(spec, weights, found, fold=fold, mode=mode,
                                                              device=device, precision=precision)
     found, note = _int8_targets(found, note, mode, device, precision)
+    found, note = _runtime_targets(found, note, mode, device, precision)
     config = dict(spec=spec.to_dict(), device=device, precision=precision, mode=mode, batch=batch,
                   size=size, seed=seed, trace=trace, overrides=overrides or {}, mutant=mutant, fold=fold, note=note)
     oracle = _oracle(spec, weights, images, labels, mode, precision, trace)
@@ -451,7 +452,8 @@ def catch_table(spec: ResNetSpec, weights: dict, *, names=None, modes=("eval", "
     labels = random_labels(spec, batch, seed)
     # onnxruntime runs eval fp32 only and has no framework code to break: the table covers the
     # three framework packages.
-    found, missing = targets([f for f in frameworks if f != check_fast.ONNX and f not in QUANTIZED], keras_backends)
+    found, missing = targets([f for f in frameworks if f != check_fast.ONNX and f not in QUANTIZED + RUNTIMES],
+                             keras_backends)
     combos = [(m, p) for m in modes for p in precisions]
     oracles = {}
     for m, p in combos:
@@ -484,6 +486,19 @@ def catch_table(spec: ResNetSpec, weights: dict, *, names=None, modes=("eval", "
             "combos": combos, "cells": cells, "baseline": baseline,
             "budgets": {f"{m} {p}": {"budget": o.budget, "grad_budget": o.grad_budget, "stats_budget": o.stats_budget}
                         for (m, p), o in oracles.items()}}
+
+
+def _runtime_targets(found: list, note: str, mode: str, device: str, precision: str) -> tuple[list, str]:
+    """OpenVINO joins eval-mode CPU checks at fp32, and at bf16 on a CPU with bf16 instructions
+    (elsewhere its bf16 hint runs float32: "not supported here", never a silent fp32 row)."""
+    from shared.tools.bench_plan import not_supported
+
+    why = (f"OpenVINO joins eval-mode CPU checks only, not {mode} {device}" if mode != "eval" or device != "cpu"
+           else not_supported(RUNTIMES[0], precision) and f"not supported here: {not_supported(RUNTIMES[0], precision)}")
+    dropped = [t.label for t in found if t.framework in RUNTIMES]
+    if not why or not dropped:
+        return found, note
+    return [t for t in found if t.framework not in RUNTIMES], "; ".join(filter(None, (note, f"{', '.join(dropped)} not run: {why}")))
 
 
 # ----------------------------------------------------------------------------------- int8

@@ -12,7 +12,7 @@ import sys
 
 from shared import mutants, spec as S
 from shared.tools import bench
-from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS, PRECISIONS, QUANTIZED
+from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS, PRECISIONS, QUANTIZED, RUNTIMES
 from shared.tools.jobs import write_json
 from shared.tools.options import CliError, csv_choices, depths, literal
 from shared.weights import WeightsError
@@ -352,8 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="prove the frameworks compute the same function (default job)")
     check.add_argument("--arch", choices=S.ARCHS, default=None)
     check.add_argument("--style", choices=S.STYLES, default=None)
-    check.add_argument("--frameworks", type=csv_choices(FRAMEWORKS + QUANTIZED), default=list(FRAMEWORKS),
-                       help=f"default: {','.join(FRAMEWORKS)}; {', '.join(QUANTIZED)} (int8) only when named")
+    check.add_argument("--frameworks", type=csv_choices(FRAMEWORKS + QUANTIZED + RUNTIMES), default=list(FRAMEWORKS),
+                       help=f"default: {','.join(FRAMEWORKS)}; {', '.join(QUANTIZED)} (int8) and "
+                            f"{', '.join(RUNTIMES)} only when named")
     check.add_argument("--keras-backends", type=csv_choices(KERAS_BACKENDS), default=list(KERAS_BACKENDS))
     check.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     check.add_argument("--precision", choices=PRECISIONS, default="fp32")
