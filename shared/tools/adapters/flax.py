@@ -8,11 +8,14 @@ reference is keras.applications on the jax backend (``shared.tools.bench_plan``)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from flax import linen, nnx
 
 from resnet_flax.model import ResNet
 from resnet_flax.weights import variables, load_weights
@@ -273,11 +276,15 @@ def _torch_layout(shape: tuple[int, ...]) -> tuple[int, ...]:
 def port_arrays(model) -> list[tuple[str, tuple[int, ...]]]:
     """(path, torch-layout shape) of every weight of a ``flax.nnx.Module`` ResNet, its layers in
     call order, each layer's in torch's (kernel, bias; BatchNorm scale, bias, mean, var)."""
+    if isinstance(model, LinenPort):
+        return _linen_arrays(model)
     return [(name, _torch_layout(tuple(v[...].shape))) for name, v in _port_variables(model)]
 
 
 def port_load(model, arrays: list[np.ndarray]) -> None:
     """Set the model's own variables to ``arrays`` (``port_arrays`` order, torch layouts)."""
+    if isinstance(model, LinenPort):
+        return _linen_load(model, arrays)
     for (_, variable), value in zip(_port_variables(model), arrays, strict=True):
         value = np.asarray(value, np.float32)
         variable[...] = jnp.asarray(value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T if value.ndim == 2
@@ -288,6 +295,8 @@ def port_run(model, images_nhwc: np.ndarray, layout: str = "NHWC", precision: st
     """Eval-mode logits (as float32; running statistics, full-precision matmuls) for NHWC images,
     computed in the dtype the port was built with (``port_off_dtype`` says which), so
     ``precision`` changes nothing here."""
+    if isinstance(model, LinenPort):
+        return np.asarray(_linen_run(model, images_nhwc, layout)[0], np.float32)
     x = np.asarray(images_nhwc, np.float32)
     model.eval()
     with jax.default_matmul_precision("highest"):
@@ -297,6 +306,8 @@ def port_run(model, images_nhwc: np.ndarray, layout: str = "NHWC", precision: st
 def port_inputs(model, images_nhwc: np.ndarray, layout: str, positions: list[int]) -> list[np.ndarray]:
     """The eval-mode input (NHWC) of the layer holding each array of ``port_arrays`` at
     ``positions`` (recorded as the forward calls it), for ``verify --trace``."""
+    if isinstance(model, LinenPort):
+        return _linen_inputs(model, images_nhwc, layout, positions)
     owners = [layer for path, layer in _call_order(model) for name in _WEIGHTS[type(layer)]
               if getattr(layer, name, None) is not None]
     inputs: dict = {}
@@ -310,6 +321,8 @@ def port_train(model, images_nhwc: np.ndarray, labels: np.ndarray, layout: str =
     """One train-mode forward and backward (mean cross-entropy) under nnx.jit, float32 with
     full-precision matmuls: (logits, loss, arrays in ``port_arrays`` order, torch layouts: each
     parameter's gradient, each statistic's value after the update), for ``verify --mode train``."""
+    if isinstance(model, LinenPort):
+        return _linen_train(model, images_nhwc, labels, layout)
     x = np.asarray(images_nhwc, np.float32)
     x, y = jnp.asarray(x.transpose(0, 3, 1, 2) if layout == "NCHW" else x), jnp.asarray(labels)
 
@@ -335,10 +348,229 @@ def port_off_dtype(model, precision: str) -> str | None:
     (bf16: bfloat16, an nnx layer's ``dtype``; unset, it computes in its parameters'), as "path
     (dtype)"; None when every one does. BatchNorm may normalise in float32 at bf16 (as
     resnet_flax does)."""
+    if isinstance(model, LinenPort):
+        return _linen_off_dtype(model, precision)
     want = jnp.bfloat16 if precision == "bf16" else jnp.float32
     for path, layer in _call_order(model):
         if isinstance(layer, (nnx.Conv, nnx.Linear)):
             dtype = jnp.dtype(layer.dtype or layer.param_dtype)
             if dtype != want:
                 return f"{path} ({dtype.name})"
+    return None
+
+
+# ----------------------------------------------------------------- someone else's linen port (verify)
+
+_LINEN_WEIGHTS = {"Conv": ("params", ("kernel", "bias")), "Dense": ("params", ("kernel", "bias")),
+                  "BatchNorm": ("params", ("scale", "bias"), "batch_stats", ("mean", "var"))}
+_TRAIN_ARGS = ("train", "training", "is_training")  # the keyword a linen ResNet's __call__ switches modes by
+
+
+@dataclasses.dataclass
+class LinenPort:
+    """A ``flax.linen.Module`` and the variables verify judges it with (``port_wrap``): plain
+    dicts of collections ('params', 'batch_stats', any other kept as it is), never the caller's."""
+
+    module: linen.Module
+    variables: dict
+    train_arg: str | None  # the keyword of its __call__ that selects train mode; None: it takes none
+    layers: list = dataclasses.field(default_factory=list)  # (path, kind, dtype) in call order
+    compiled: dict = dataclasses.field(default_factory=dict)  # what -> its jax.jit function (compiled once per shape)
+
+
+def port_wrap(model, size: int):
+    """What the port_* functions take for ``model``: an nnx module as it is; a
+    ``flax.linen.Module``, or a ``(module, variables)`` pair, as a ``LinenPort``. A module alone
+    gets the variables of ``init`` on a 1 x size x size x 3 batch (``PRNGKey(0)``; shapes only:
+    zeros, as verify overwrites every array); its layers' order is the order a forward calls
+    its Conv, BatchNorm and Dense modules (a dict through any jax transform is sorted by key)."""
+    if isinstance(model, tuple) and len(model) == 2 and isinstance(model[0], linen.Module):
+        module, variables = model
+    elif isinstance(model, linen.Module):
+        module, variables = (model.unbind() if model.scope is not None else (model, None))
+    else:
+        return model
+    train_arg = next((a for a in _TRAIN_ARGS if a in inspect.signature(module.__call__).parameters), None)
+    mode = {train_arg: False} if train_arg else {}
+    name = type(module).__name__
+    if variables is None:
+        x = jnp.zeros((1, size, size, 3), jnp.float32)
+        try:
+            shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), x, **mode))
+        except Exception as e:  # noqa: BLE001 (the port's own failure: one line)
+            raise ValueError(f"the linen {name} does not initialise on a 1x{size}x{size}x3 batch "
+                             f"({type(e).__name__}: {_one_line(e)})") from None
+        variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    port = LinenPort(module, _plain(variables), train_arg)
+    # The input's channels: 3, else the first that traces among the conv kernels' input widths
+    widths = [3, *sorted({v.shape[2] for _, v in _leaves(port.variables.get("params", {})) if v.ndim == 4} - {3})]
+    for channels in widths:
+        calls = []
+        try:
+            with linen.intercept_methods(functools.partial(_record, calls)):  # traced: nothing computed or compiled
+                jax.eval_shape(lambda v, x: module.apply(v, x, **mode), port.variables,
+                               jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32))
+            break
+        except Exception as e:  # noqa: BLE001 (not the input width, or the port's own failure: said below)
+            error = e
+    else:
+        raise ValueError(f"the linen {name}'s forward fails with its variables on a 1x{size}x{size}xC batch for every "
+                         f"C its convs take {widths} ({type(error).__name__}: {_one_line(error)})")
+    port.layers = calls
+    mapped = {(collection, *path, leaf) for collection, path, leaf, _ in _linen_entries(port)}
+    for collection in ("params", "batch_stats"):
+        for path, value in _leaves(port.variables.get(collection, {})):
+            if (collection, *path) not in mapped:
+                raise ValueError(f"{'/'.join((collection, *path))} {tuple(value.shape)} of the linen {name} belongs "
+                                 "to no nn.Conv, nn.BatchNorm or nn.Dense its forward calls: verify maps only those")
+    return port
+
+
+def _record(calls: list, call, args, kwargs, context):
+    """A linen method interceptor: each Conv, BatchNorm and Dense, as (path, kind, compute
+    dtype), the first time it is called."""
+    module = context.module
+    kind = next((k for k, cls in _linen_kinds().items() if isinstance(module, cls)), None)
+    if kind and context.method_name == "__call__" and module.path not in {c[0] for c in calls}:
+        calls.append((module.path, kind, getattr(module, "dtype", None) or getattr(module, "param_dtype", None)))
+    return call(*args, **kwargs)
+
+
+def _refusal(message: str) -> Exception:
+    """verify's one-line refusal (not the port's own failure, which verify words itself)."""
+    from shared.tools.verify import VerifyError
+
+    return VerifyError(message)
+
+
+def _linen_kinds() -> dict:
+    return {"Conv": linen.Conv, "BatchNorm": linen.BatchNorm, "Dense": linen.Dense}
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:200]
+
+
+def _plain(tree):
+    """Nested plain dicts (a FrozenDict or a checkpoint's mapping), new ones: the caller's are never written."""
+    return {k: _plain(v) for k, v in tree.items()} if hasattr(tree, "items") else tree
+
+
+def _leaves(tree, path=()):
+    for key, value in tree.items():
+        yield from (_leaves(value, (*path, key)) if hasattr(value, "items") else [((*path, key), value)])
+
+
+def _linen_entries(port: LinenPort) -> list[tuple[str, tuple, str, object]]:
+    """(collection, module path, leaf name, value) of every array, the layers in call order, each
+    layer's in torch's order (kernel, bias; BatchNorm scale, bias, mean, var)."""
+    out = []
+    for path, kind, _ in port.layers:
+        spec = _LINEN_WEIGHTS[kind]
+        for collection, names in zip(spec[::2], spec[1::2]):
+            node = port.variables.get(collection, {})
+            for key in path:
+                node = node.get(key, {})
+            out += [(collection, path, name, node[name]) for name in names if name in node]
+    return out
+
+
+def _to_torch(a: np.ndarray) -> np.ndarray:
+    """A linen kernel in torch's layout: HWIO -> OIHW, WIO -> OIW, (in, out) -> (out, in)."""
+    return a.transpose(3, 2, 0, 1) if a.ndim == 4 else a.transpose(2, 1, 0) if a.ndim == 3 else a.T
+
+
+def _from_torch(a: np.ndarray) -> np.ndarray:
+    return a.transpose(2, 3, 1, 0) if a.ndim == 4 else a.transpose(2, 1, 0) if a.ndim == 3 else a.T
+
+
+def _linen_arrays(port: LinenPort) -> list[tuple[str, tuple[int, ...]]]:
+    return [("/".join((c, *p, n)), _to_torch(np.broadcast_to(np.float32(0), v.shape)).shape)
+            for c, p, n, v in _linen_entries(port)]
+
+
+def _linen_load(port: LinenPort, arrays: list[np.ndarray]) -> None:
+    variables = _plain(port.variables)
+    for (collection, path, name, old), value in zip(_linen_entries(port), arrays, strict=True):
+        node = variables[collection]
+        for key in path:
+            node = node[key]
+        node[name] = jnp.asarray(_from_torch(np.asarray(value, np.float32)), old.dtype)
+    port.variables = variables
+
+
+def _linen_logits(out):
+    """A port's logits out of what its forward returns: an array, a tuple or list (the first), a
+    dict (its 'logits'), or an output object with ``.logits``."""
+    out = getattr(out, "logits", out)
+    if hasattr(out, "items"):
+        if "logits" not in out:
+            raise _refusal(f"PORT: its forward returns a dict with no 'logits' (keys {sorted(map(str, out))})")
+        return out["logits"]
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _linen_x(images_nhwc, layout):
+    x = np.asarray(images_nhwc, np.float32)
+    return jnp.asarray(x.transpose(0, 3, 1, 2) if layout == "NCHW" else x)
+
+
+def _linen_run(port: LinenPort, images_nhwc, layout: str, paths: frozenset = frozenset()):
+    """Eval-mode logits under jax.jit, and the first input of each layer at ``paths``."""
+    mode = {port.train_arg: False} if port.train_arg else {}
+
+    def forward(variables, x):
+        seen: dict = {}
+
+        def record(call, args, kwargs, context):
+            if context.method_name == "__call__" and context.module.path in paths:
+                seen.setdefault(context.module.path, args[0])
+            return call(*args, **kwargs)
+
+        with linen.intercept_methods(record):
+            return _linen_logits(port.module.apply(variables, x, **mode)), seen
+
+    run = port.compiled.setdefault(("eval", paths), jax.jit(forward))
+    with jax.default_matmul_precision("highest"):
+        return run(port.variables, _linen_x(images_nhwc, layout))
+
+
+def _linen_inputs(port: LinenPort, images_nhwc, layout: str, positions: list[int]) -> list[np.ndarray]:
+    entries = _linen_entries(port)
+    owners = [entries[p][1] for p in positions]
+    _, seen = _linen_run(port, images_nhwc, layout, frozenset(owners))
+    out = [np.asarray(seen[path], np.float32) for path in owners]
+    return [a.transpose(0, 2, 3, 1) if layout == "NCHW" and a.ndim == 4 else a for a in out]
+
+
+def _linen_train(port: LinenPort, images_nhwc, labels, layout: str):
+    if port.train_arg is None:
+        raise _refusal(f"--mode train: the linen {type(port.module).__name__}'s __call__ takes no "
+                         f"{', '.join(_TRAIN_ARGS)} argument: verify cannot switch its BatchNorms to batch statistics")
+    x, y = _linen_x(images_nhwc, layout), jnp.asarray(labels)
+    rest = {k: v for k, v in port.variables.items() if k != "params"}
+
+    def loss_fn(params):
+        out, updated = port.module.apply({"params": params, **rest}, x, **{port.train_arg: True},
+                                         mutable=["batch_stats"])
+        logp = jax.nn.log_softmax(_linen_logits(out).astype(jnp.float32))
+        return -jnp.take_along_axis(logp, y[:, None], axis=-1).mean(), (_linen_logits(out), updated)
+
+    with jax.default_matmul_precision("highest"):
+        (loss, (logits, updated)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(port.variables["params"])
+    values = {"params": grads, "batch_stats": updated.get("batch_stats", {})}
+    arrays = []
+    for collection, path, name, _ in _linen_entries(port):
+        node = values[collection]
+        for key in path:
+            node = node[key]
+        arrays.append(_to_torch(np.asarray(node[name], np.float32)))
+    return np.asarray(logits, np.float32), float(loss), arrays
+
+
+def _linen_off_dtype(port: LinenPort, precision: str) -> str | None:
+    want = jnp.bfloat16 if precision == "bf16" else jnp.float32
+    for path, kind, dtype in port.layers:
+        if kind != "BatchNorm" and jnp.dtype(dtype or jnp.float32) != want:
+            return f"{'/'.join(path)} ({jnp.dtype(dtype or jnp.float32).name})"
     return None
