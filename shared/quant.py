@@ -94,18 +94,23 @@ def _taps(layer: Blur) -> np.ndarray:
 
 def forward(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray, params: Params,
             dtype=np.float64, given: Mapping[str, np.ndarray] | None = None,
-            record: dict | None = None) -> np.ndarray:
+            record: dict | None = None, elided: frozenset[str] = frozenset()) -> np.ndarray:
     """The int8 model's logits, emulated: ``spec`` is the network the model was quantized from
     (BatchNorm folded), ``params`` its activation scales and zero points, ``dtype`` the
     arithmetic between the quantization points. ``record`` gets each point's value just
     before rounding, ``x / scale`` (NHWC); with ``given`` (the model's own integers, tensor -> NHWC array), each point is
     computed from the model's integers of the points before it ("teacher forcing": a rounding
     that differs is judged where it happens and never propagates). A point ``params`` lacks
-    raises ValueError naming it."""
+    raises ValueError naming it. ``elided``: points the runtime does not round (OpenVINO fuses a
+    conv's requantization into the residual add after it: docs/int8-bf16.md); they pass exactly."""
     reference.check_images(spec, images)
     w = {k: np.asarray(v, dtype) for k, v in weights.items()}
 
     def quantized(x, name):
+        if name in elided:  # not rounded, still saturated to the integer range
+            scale, zero_point, kind = params[name]
+            lo, hi = RANGES[kind]
+            return np.clip(x, (lo - zero_point) * np.asarray(scale, dtype), (hi - zero_point) * np.asarray(scale, dtype))
         if name not in params:
             raise ValueError(f"int8 oracle: the model has no quantization for tensor {name!r}, a point the "
                              "recipe quantizes (a conv or dense input, a conv or max pool output)")
@@ -189,15 +194,15 @@ def forward(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndar
 
 
 def oracle(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray,
-           params: Params) -> np.ndarray:
+           params: Params, elided: frozenset[str] = frozenset()) -> np.ndarray:
     """The emulated int8 logits, free-running from the images (what the model should compute,
     to the roundings; reported beside the verdict, not judged: one rounding that differs
     propagates)."""
-    return forward(spec, weights, images, params)
+    return forward(spec, weights, images, params, elided=elided)
 
 
 def judge(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray, params: Params,
-          ints: Mapping[str, np.ndarray], logits: np.ndarray) -> dict:
+          ints: Mapping[str, np.ndarray], logits: np.ndarray, elided: frozenset[str] = frozenset()) -> dict:
     """The int8 verdict on a model's integers at every quantization point (``ints``, NHWC) and
     its logits, each point computed from the model's own integers before it. An integer may
     differ from the exact oracle's only by one step and only where the exact ``x / scale`` lies
@@ -205,10 +210,10 @@ def judge(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndarra
     ``MARGIN`` x the largest distance (in steps) at which the float32 peer (the same points in
     float32: the QDQ graph run as written) lies from the exact ``r``. The logits, a float output,
     within the fp32 rule of that peer (``parity.fp32_budget``). Returns the figures, per-point
-    counts and ``fails`` (empty: pass)."""
+    counts and ``fails`` (empty: pass). ``elided``: as for ``forward``, named in the result."""
     exact, peer = {}, {}
-    ref = forward(spec, weights, images, params, given=ints, record=exact)
-    peer_logits = forward(spec, weights, images, params, dtype=np.float32, given=ints, record=peer)
+    ref = forward(spec, weights, images, params, given=ints, record=exact, elided=elided)
+    peer_logits = forward(spec, weights, images, params, dtype=np.float32, given=ints, record=peer, elided=elided)
     missing = [name for name in exact if name not in ints]
     fails = [f"the model's integers at {name} are missing" for name in missing]
     deviation = max(float(np.max(np.abs(peer[n] - t), initial=0)) for n, t in exact.items())  # in steps
@@ -243,4 +248,4 @@ def judge(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndarra
             "integers": total["size"], "peer_deviation": deviation, "tie_tolerance": tolerance,
             "from_tie": max((p["from_tie"] for p in points.values()), default=0.0),
             "logits_rel": logits_rel, "logits_budget": logits_budget, "first_diverging": first, "points": points,
-            "fails": fails}
+            "elided": sorted(elided), "fails": fails}

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from shared import spec as S
-from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS, PRECISIONS, QUANTIZED
+from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS, PRECISIONS, QUANTIZED, RUNTIMES
 from shared.tools.bench_plan import MODES, PEERS, Pair, Run, plan, unique_runs
 from shared.tools.jobs import Job, environment, launch, read_result, write_json
 from shared.tools.options import CliError, csv_choices as _csv, depths as _depths, positive as _positive
@@ -27,9 +27,9 @@ from shared.tools.options import CliError, csv_choices as _csv, depths as _depth
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="images/s and peak memory, ours beside each framework's reference")
     p.add_argument("--arch", choices=S.ARCHS, default="resnet50")
-    p.add_argument("--frameworks", type=_csv(FRAMEWORKS + QUANTIZED + PEERS), default=list(FRAMEWORKS),
+    p.add_argument("--frameworks", type=_csv(FRAMEWORKS + QUANTIZED + PEERS + RUNTIMES), default=list(FRAMEWORKS),
                    help=f"default: {','.join(FRAMEWORKS)}; {', '.join(QUANTIZED + PEERS)} (int8, beside torchvision "
-                        "fp32) when named; torch-int8: torch.ao's x86 int8 of torchvision's model")
+                        "fp32) and openvino when named; torch-int8: torch.ao's x86 int8 of torchvision's model")
     p.add_argument("--keras-backends", type=_csv(KERAS_BACKENDS), default=list(KERAS_BACKENDS))
     p.add_argument("--mode", type=_csv(MODES), default=list(MODES),
                    help="infer (eval-mode forward) and/or train (forward, backward, SGD momentum 0.9)")
@@ -51,6 +51,9 @@ def add_parser(sub) -> None:
     p.add_argument("--interleave", action="store_true",
                    help="ours and its reference in one process, timed iterations in turn: a fair ratio on a "
                         "busy machine (peak memory is then not separable)")
+    p.add_argument("--alternate", action="store_true",
+                   help="every run in a worker process of its own, all timed in turn (one iteration each, round "
+                        "after round): each ratio to torchvision fp32 within one run, no two runtimes in a process")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per measurement")
     p.add_argument("--json", help="write every figure to this file")
     p.add_argument("--plot", help="draw a bar chart to this .png (needs matplotlib)")
@@ -66,7 +69,7 @@ def command_line(args) -> str:
              "--device", args.device, "--iters", str(args.iters), "--warmup", str(args.warmup),
              "--seed", str(args.seed)]
     words += ["--compile"] * args.compile + ["--channels-last"] * args.channels_last + ["--interleave"] * args.interleave
-    words += ["--fold"] * getattr(args, "fold", False)
+    words += ["--fold"] * getattr(args, "fold", False) + ["--alternate"] * getattr(args, "alternate", False)
     if args.depths:
         words += ["--depths", ",".join(map(str, args.depths))]
     for opt in ("json", "plot", "markdown"):
@@ -142,7 +145,7 @@ def run_bench(args, progress=None, partial=None) -> dict:
                  getattr(args, "fold", False), args.arch)
     config = {k: getattr(args, k, False) for k in ("arch", "frameworks", "keras_backends", "mode", "precision", "batch",
                                                    "size", "device", "compile", "channels_last", "iters", "warmup",
-                                                   "seed", "depths", "interleave", "fold")}
+                                                   "seed", "depths", "interleave", "fold", "alternate")}
     head = {"command": command_line(args), "argv": sys.argv,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": machine(), "config": config}
@@ -153,6 +156,8 @@ def run_bench(args, progress=None, partial=None) -> dict:
         return {**head, "versions": versions, "rows": [_row(p, results) for p in pairs]}
 
     results = {}
+    if getattr(args, "alternate", False):
+        return _alternated(args, pairs, report, progress)
     with tempfile.TemporaryDirectory(prefix="resnet-parity-bench-") as tmp:
         for runs in _batches(pairs, args.interleave):
             if progress:
@@ -162,6 +167,30 @@ def run_bench(args, progress=None, partial=None) -> dict:
             if partial:
                 partial(report(results))
     return report(results)
+
+
+def _alternated(args, pairs: list[Pair], report, progress=None) -> dict:
+    """``--alternate``: every run of the plan in its own worker, timed in turn
+    (``shared.tools.bench_turns``); beside each row, each run's images/s as a ratio to the
+    torchvision (or timm) fp32 run of the same run (``anchor``)."""
+    from shared.tools.bench_turns import alternate
+
+    runs = unique_runs(pairs)
+    with tempfile.TemporaryDirectory(prefix="resnet-parity-bench-") as tmp:
+        jobs = [_job(run, args, Path(tmp) / f"{i}.json") for i, run in enumerate(runs)]
+        found = alternate(jobs, Path(tmp), args.iters, args.timeout, progress)
+    heads = [{"label": r.label, "style": r.style} for r in runs]
+    results = {(run,): {**head, "status": "error" if "error" in r else "ok", **r}
+               for run, head, r in zip(runs, heads, found)}
+    out = report(results)
+    anchor = next((results[(r,)] for r in runs if r.impl == "reference" and r.framework == "torch"
+                   and r.precision == "fp32" and results[(r,)]["status"] == "ok"), None)
+    if anchor:
+        rate = anchor["images_per_s"]["median"]
+        out["anchor"] = {"label": f"{anchor['label']} fp32", "images_per_s": rate,
+                         "ratios": {f"{r.label} {r.precision}": results[(r,)]["images_per_s"]["median"] / rate
+                                    for r in runs if results[(r,)]["status"] == "ok"}}
+    return out
 
 
 def _batches(pairs: list[Pair], interleave: bool) -> list[tuple[Run, ...]]:
@@ -183,7 +212,7 @@ def cmd_bench(args) -> int:
         except bench_report.PlotUnavailable as e:
             raise CliError(str(e)) from None
     total = len(_batches(plan(args.frameworks, args.keras_backends, args.mode, args.precision, args.device,
-                              args.fold, args.arch), args.interleave))
+                              args.fold, args.arch), args.interleave)) if not args.alternate else 1
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("bench", total=total)

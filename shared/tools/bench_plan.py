@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 
 from shared import spec as S
-from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS, QUANTIZED, REQUIRES, installed
+from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS, QUANTIZED, REQUIRES, RUNTIMES, installed
 
 MODES = ("infer", "train")
 # Targets beside onnx-int8 when named: torch's own int8 path, torch.ao's FX static quantization
@@ -42,7 +42,8 @@ class Run:
         name = {("torch", "ours"): "resnet_torch", ("torch", "reference"): self.peer,
                 ("keras", "ours"): "resnet_keras", ("keras", "reference"): "keras.applications",
                 ("flax", "ours"): "resnet_flax", ("onnx", "ours"): "onnxruntime",
-                ("onnx-int8", "ours"): "onnxruntime-int8", ("torch", "int8"): "torch.ao-int8"}[(self.framework, self.impl)]
+                ("onnx-int8", "ours"): "onnxruntime-int8", ("torch", "int8"): "torch.ao-int8",
+                ("openvino", "ours"): "openvino", ("openvino-int8", "ours"): "openvino-int8"}[(self.framework, self.impl)]
         name += "+fold" if self.fold else ""
         return f"{name}[{self.backend}]" if self.backend else name
 
@@ -92,7 +93,7 @@ def _pair(target: str, mode: str, precision: str, preset: S.Preset) -> Pair:
     ResNet50/101/152 and V2)."""
     framework, _, backend = target.partition("[")
     backend = backend.rstrip("]")
-    if framework in ("onnx", "onnx-int8", "torch", "torch-int8"):  # beside torchvision (or timm)
+    if framework in ("onnx", "onnx-int8", "torch", "torch-int8", *RUNTIMES, "openvino-int8"):  # beside torchvision (or timm)
         style = _style(preset, "torchvision")
         ours = Run(*(("torch", "int8") if framework in PEERS else (framework, "ours")), "", mode, precision, style)
         timm = _timm(preset) and framework not in PEERS
@@ -128,10 +129,10 @@ def plan(frameworks=FRAMEWORKS, keras_backends=KERAS_BACKENDS, modes=MODES, prec
                         pair.skipped = f"not installed: {', '.join(missing)}"
                     elif precision == "tf32" and device == "cpu":
                         pair.skipped = "skipped: tf32 is a GPU mode"
-                    elif mode == "train" and (folded or int8 or pair.ours.framework == "onnx"):
+                    elif mode == "train" and (folded or int8 or pair.ours.framework in ("onnx", *RUNTIMES)):
                         pair.skipped = "skipped: inference only"
-                    elif device == "gpu" and (int8 or pair.ours.framework == "onnx"):
-                        pair.skipped = f"skipped: {'torch.ao x86' if target in PEERS else 'onnxruntime'} runs on the CPU here"
+                    elif device == "gpu" and (int8 or pair.ours.framework in ("onnx", *RUNTIMES)):
+                        pair.skipped = f"skipped: {'torch.ao x86' if target in PEERS else pair.ours.label} runs on the CPU here"
                     elif target in PEERS and pair.reference is None:
                         pair.skipped = f"skipped: torchvision ships no {arch}"
                     elif device == "cpu" and (why := not_supported(target if int8 else pair.ours.framework, precision)):

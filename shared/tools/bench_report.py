@@ -112,9 +112,29 @@ def markdown(report: dict) -> str:
              f"Date: {report['date']}", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
     lines += ["| " + " | ".join(_cells(row, rich=False)) + " |" for row in report["rows"]]
+    lines += anchor_lines(report)
     if busy_warning(report):
         lines += ["", busy_warning(report)]
     return "\n".join(lines) + "\n"
+
+
+def anchor_lines(report: dict) -> list[str]:
+    """``bench --alternate``: every run's images/s as a ratio to the anchor of the same run, and
+    its per-iteration latency (median, p90)."""
+    anchor = report.get("anchor")
+    if not anchor:
+        return []
+    runs = {f"{run['label']} {r['precision']}": run for r in report["rows"] for run in (r["ours"], r["reference"])
+            if run and run.get("status") == "ok"}
+    lines = ["", f"Each run in its own worker process, timed in turn; images/s as a ratio to {anchor['label']} "
+                 f"({anchor['images_per_s']:,.1f} images/s) in the same run:", "",
+             "| run | images/s | x anchor | latency median (ms) | latency p90 (ms) |", "|---|---|---|---|---|"]
+    for name, ratio in anchor["ratios"].items():
+        run = runs[name]
+        lat = run.get("latency_s", {})
+        lines.append(f"| {name} | {run['images_per_s']['median']:,.1f} | {ratio:.2f} | "
+                     f"{lat.get('median', float('nan')) * 1e3:.1f} | {lat.get('p90', float('nan')) * 1e3:.1f} |")
+    return lines
 
 
 def busy_warning(report: dict) -> str:
@@ -142,6 +162,8 @@ def print_table(report: dict, console) -> None:
     for row in report["rows"]:
         table.add_row(*_cells(row, rich=True))
     console.print(table)
+    for line in anchor_lines(report):
+        console.print(line, markup=False)
     if busy_warning(report):
         console.print(f"[bold yellow]{busy_warning(report)}[/]")
     kinds = {r[s]["memory_kind"] for r in report["rows"] for s in ("ours", "reference")

@@ -527,22 +527,26 @@ def _judge_int8(t: Target, res: dict, spec: ResNetSpec, weights: dict, images: n
     and top-1 agreement with the fp32 function (the float64 reference of the unfolded network)."""
     from shared.fold import fold_batchnorm
     from shared.tools.adapters.onnx_int8 import read_integers, read_params
+    from shared.tools.adapters.openvino_int8 import read_elided
 
     if "error" in res:
         return Row(t.label, "error", detail=str(res["error"]))
     folded = (spec, weights) if spec.folded else fold_batchnorm(spec, weights)
-    params = read_params(res)
-    verdict = quant.judge(*folded, images, params, read_integers(res), res["logits"])
-    emulated = quant.oracle(*folded, images, params)
+    params, elided = read_params(res), read_elided(res)  # elided: points the runtime does not round
+    verdict = quant.judge(*folded, images, params, read_integers(res), res["logits"], elided)
+    emulated = quant.oracle(*folded, images, params, elided)
     cmp = parity.Comparison.of(res["logits"], oracle.logits)
     summary = (f"int8: {verdict['differ']:,} of {verdict['integers']:,} integers differ from the oracle's, "
                f"{verdict['unexplained']:,} away from a rounding tie (tolerance {verdict['tie_tolerance']:.1e} steps: "
                f"{quant.MARGIN:g}x the float32 peer's largest deviation); logits rel {verdict['logits_rel']:.2e} "
-               f"(budget {verdict['logits_budget']:.2e}); top-1 with fp32 {cmp.top1[0]}/{cmp.top1[1]}")
+               f"(budget {verdict['logits_budget']:.2e}); top-1 with fp32 {cmp.top1[0]}/{cmp.top1[1]}"
+               + (f"; {len(elided)} requantizations not rounded (fused into the residual add): "
+                  f"{', '.join(sorted(elided))}" if elided else ""))
     row = Row(t.label, "FAIL" if verdict["fails"] else "pass", cmp.rel, cmp.max_abs, cmp.top1, None,
               verdict["first_diverging"], "; ".join([*verdict["fails"], summary]))
     row.extra.update({k: verdict[k] for k in ("differ", "unexplained", "peer_differ", "integers", "peer_deviation",
-                                              "tie_tolerance", "from_tie", "logits_rel", "logits_budget")},
+                                              "tie_tolerance", "from_tie", "logits_rel", "logits_budget",
+                                              "elided")},
                      rel_vs_emulated=parity.rel_error(res["logits"], emulated),
                      top1_vs_emulated=parity.top1_agreement(res["logits"], emulated), points=verdict["points"])
     return row

@@ -62,7 +62,7 @@ def runtime_precisions(compiled) -> dict[str, list[str]]:
     return out
 
 
-def compile(model, precision: str = "fp32", threads: int | None = None):
+def compile_model(model, precision: str = "fp32", threads: int | None = None):
     """An OpenVINO CPU CompiledModel of ``model`` (an onnx ModelProto, a path, or an
     ``openvino.Model``) at ``precision``; ValueError where bf16 was asked and a convolution ran
     in another precision (no silent fp32)."""
@@ -103,7 +103,7 @@ def run_check(spec, weights, images, *, labels=None, device="cpu", precision="fp
     from shared.onnx_export import build_model
 
     with setup_precision(precision, device):
-        compiled = compile(build_model(spec, weights, trace=trace), precision)
+        compiled = compile_model(build_model(spec, weights, trace=trace), precision)
         values = outputs(compiled, compiled(_nchw(images)))
     return {("logits" if n == "output" else n): _nhwc(v).astype(np.float32) for n, v in values.items()}
 
@@ -113,7 +113,7 @@ def run_bench(job: Job, spec, weights) -> Step:
         raise ValueError(f"openvino: inference only, got mode {job.mode!r}")
     from shared.onnx_export import build_model
 
-    compiled = compile(build_model(spec, weights, layout="NCHW", image_size=job.size), job.precision)
+    compiled = compile_model(build_model(spec, weights, layout="NCHW", image_size=job.size), job.precision)
     request = compiled.create_infer_request()
     x = _nchw(job.inputs(spec)[0])
     kinds = runtime_precisions(compiled)
@@ -181,7 +181,7 @@ def _port_compiled(model, x: np.ndarray, precision: str = "fp32", names: list[st
     else:
         model = model.clone()
     model.reshape({model.inputs[0]: ov.PartialShape(list(x.shape))})
-    return compile(model, precision)
+    return compile_model(model, precision)
 
 
 def port_run(model, images_nhwc: np.ndarray, layout: str = "NCHW", precision: str = "fp32") -> np.ndarray:
