@@ -264,6 +264,15 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.nda
     return float(loss), dy / batch
 
 
+def soft_cross_entropy(logits: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray]:
+    """(mean softmax cross-entropy against soft ``targets`` (B, K), rows summing to 1, as label
+    smoothing makes them; its gradient with respect to the logits, ``(softmax - targets) / B``)."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    targets = np.asarray(targets, logits.dtype)
+    return float(-(targets * logp).sum(axis=1).mean()), (np.exp(logp) - targets) / logits.shape[0]
+
+
 @dataclasses.dataclass
 class Step:
     """One train-mode forward and backward pass on one device (or one data-parallel replica)."""
@@ -293,13 +302,14 @@ def relu_ties(peer: Step, full: Step, margin: float) -> list[tuple[str, tuple[in
 
 def step(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray, labels: np.ndarray,
          dtype=np.float64, variance_formula: str = "two_pass",
-         relu_flip: Mapping[str, np.ndarray] | None = None) -> Step:
+         relu_flip: Mapping[str, np.ndarray] | None = None, targets: np.ndarray | None = None) -> Step:
     """The train-mode forward pass, its loss and its backward pass (module docstring). BatchNorm
     running statistics get no gradient; their update is the caller's, from ``Step.stats``.
     ``variance_formula``: ``"two_pass"`` (the default, ``reference``'s ``x.var()``) or
     ``"one_pass"`` (``one_pass_moments``, a synchronized BatchNorm's): two legitimate float32
     peers, the same function in exact arithmetic. ``relu_flip``: ReLU name -> a boolean mask of its
-    input's shape, the units whose derivative is taken the other way (module docstring)."""
+    input's shape, the units whose derivative is taken the other way (module docstring).
+    ``targets``: (B, K) soft targets (``soft_cross_entropy``: label smoothing) instead of ``labels``."""
     refuse_training(spec, "backprop")
     if not (spec.include_top and spec.head()):
         raise ValueError("backprop: the loss needs a classifier head (include_top=True, pooling set)")
@@ -329,7 +339,10 @@ def step(spec: ResNetSpec, weights: Mapping[str, np.ndarray], images: np.ndarray
     for block in blocks:
         x = block.walk(x, chain, lambda _, main, shortcut: main + shortcut, scale)
     logits = chain(spec.head(), x)
-    loss, dy = cross_entropy(logits, labels.astype(int))
+    if targets is not None and np.shape(targets) != logits.shape:
+        raise ValueError(f"targets: expected shape {logits.shape}, got {np.shape(targets)}")
+    loss, dy = (cross_entropy(logits, labels.astype(int)) if targets is None
+                else soft_cross_entropy(logits, targets))
 
     grads: dict[str, np.ndarray] = {}
 
