@@ -177,19 +177,23 @@ def _first_block_candidates(spec: ResNetSpec, key: str, expected: tuple, got: tu
     if spec.block == "basic":
         if layer.endswith("_1_conv"):
             keep(width=o)
+        elif layer.endswith("_2_conv") and o % spec.width == 0:
+            keep(expansion=o // spec.width)
         return out
     if layer.endswith("_1_conv") and k == 1:  # the inner width: the width per group, else the width
-        if (64 * o) % (spec.width * spec.groups) == 0:
-            keep(width_per_group=64 * o // (spec.width * spec.groups))
+        if o % spec.groups == 0:  # every width per group torchvision's int() takes to this inner width
+            lo, hi = -(-64 * (o // spec.groups) // spec.width), -(-64 * (o // spec.groups + 1) // spec.width)
+            for wpg in range(lo, min(hi, lo + 32)):
+                keep(width_per_group=wpg)
         if (64 * o) % (spec.width_per_group * spec.groups) == 0:
             keep(width=64 * o // (spec.width_per_group * spec.groups))
         if spec.groups > 1 and (64 * o) % spec.width == 0:  # the groups are read at the 3x3 conv
             keep(groups=1, width_per_group=64 * o // spec.width)
     elif layer.endswith("_2_conv") and o == expected[0] and i and o % i == 0:  # the groups
         groups = o // i
-        inner = spec._inner_width(0)
-        if (64 * inner) % (spec.width * groups) == 0:
-            keep(groups=groups, width_per_group=64 * inner // (spec.width * groups))
+        lo, hi = -(-64 * i // spec.width), -(-64 * (i + 1) // spec.width)
+        for wpg in range(lo, min(hi, lo + 32)):
+            keep(groups=groups, width_per_group=wpg)
     elif layer.endswith("_3_conv"):  # the output: the expansion, else the width (the inner width kept)
         inner = spec._inner_width(0)
         if o % spec.width == 0:
@@ -201,14 +205,15 @@ def _first_block_candidates(spec: ResNetSpec, key: str, expected: tuple, got: tu
     return out
 
 
-def _first_block(spec: ResNetSpec, shapes: Shapes, at: int) -> _Fit:
-    """The first block's numbers read off the port, a guess at a time (depth-first over the
-    guesses ``_first_block_candidates`` offers, each kept only if it reads further)."""
-    best = None
+def _first_blocks(spec: ResNetSpec, shapes: Shapes, at: int) -> tuple[list[ResNetSpec], _Fit]:
+    """Every reading of the first block's numbers (depth-first over the guesses
+    ``_first_block_candidates`` offers where a reading stops short; torchvision's int() on the
+    inner width lets several agree on one block), and the furthest reading."""
+    best, found = None, []
     stack, seen = [spec.replace(depths=(1,))], set()
-    while stack:
+    while stack and len(seen) < 512:
         candidate = stack.pop()
-        if candidate in seen or len(seen) > 64:
+        if candidate in seen:
             continue
         seen.add(candidate)
         for entries in _orders(candidate.blocks()[0]):
@@ -217,11 +222,12 @@ def _first_block(spec: ResNetSpec, shapes: Shapes, at: int) -> _Fit:
             if best is None or fit.at > best.at:
                 best = fit
             if n == len(entries):
-                return fit
+                found.append(candidate)
+                break
             if at + n < len(shapes):
                 key, _, expected = entries[n]
                 stack.extend(reversed(_first_block_candidates(candidate, key, expected, shapes[at + n][1])))
-    return best
+    return found, best
 
 
 def _depths(spec: ResNetSpec, shapes: Shapes, at: int) -> _Fit:
@@ -236,7 +242,7 @@ def _depths(spec: ResNetSpec, shapes: Shapes, at: int) -> _Fit:
         n = _matched(shapes, at, entries)
         if n < len(entries):
             fit = _Fit(spec.replace(depths=tuple(depths) or (1,)), at + n, entries[n])
-            return fit if best is None or fit.at > best.at else best
+            return fit if best is None or fit.at >= best.at else best
         at, count = at + n, 1
         while True:
             entries = _block_entries(rest, shapes, at)
@@ -276,19 +282,20 @@ def _fit_numbers(template: ResNetSpec, shapes: Shapes) -> _Fit:
     if stem.expected is not None:
         return stem
     # the stem as read, whatever width the blocks turn out to have
-    block = _first_block(stem.spec.replace(stem_convs=stem.spec._stem_convs), shapes, stem.at)
-    if block.expected is not None:
-        return block
-    spec = block.spec
-    if spec.stem_convs == ((7, spec.width, 2),):
-        spec = spec.replace(stem_convs=None)
-    fit = _depths(spec, shapes, stem.at)
-    if fit.expected is None and fit.at == len(shapes):
-        order = canonical_order(fit.spec, shapes)
-        if [s for _, _, s in order] != [s for _, s in shapes]:  # the parts read apart disagree: no fit
-            n = _matched(shapes, 0, order)
-            return _Fit(fit.spec, n, order[n] if n < len(order) else None)
-    return fit
+    readings, best = _first_blocks(stem.spec.replace(stem_convs=stem.spec._stem_convs), shapes, stem.at)
+    for spec in readings:  # the first reading whose stages and head read the rest
+        if spec.stem_convs == ((7, spec.width, 2),):
+            spec = spec.replace(stem_convs=None)
+        fit = _depths(spec, shapes, stem.at)
+        if fit.expected is None and fit.at == len(shapes):
+            order = canonical_order(fit.spec, shapes)
+            if [s for _, _, s in order] == [s for _, s in shapes]:
+                return fit
+            n = _matched(shapes, 0, order)  # the parts read apart disagree: no fit
+            fit = _Fit(fit.spec, n, order[n] if n < len(order) else None)
+        if fit.at > best.at:
+            best = fit
+    return best
 
 
 def infer_specs(shapes: Shapes, arch: str | None = None, style: str | None = None) -> list[tuple[ResNetSpec, list]]:
