@@ -400,3 +400,34 @@ def test_keras_hubs_pre_activation_classifier_is_timms_resnetv2_50():
     verdict = V.verify(keras_hub.models.ResNetImageClassifier(backbone=backbone, num_classes=10), size=64)
     assert verdict.passed and (verdict.spec.arch, verdict.spec.style, verdict.spec.num_classes) == (
         "resnetv2_50", "timm", 10)
+
+
+FORK = str(PORTS / "torch_fork.py")
+
+
+def test_a_fork_no_preset_has_is_read_off_its_arrays_and_passes():
+    """#30: torchvision's own Bottleneck, 48 wide, depths 2-3-4-1, 1 channel, 10 classes."""
+    verdict = V.verify(f"{FORK}:ForkResNet", size=32)
+    assert verdict.passed and verdict.rel <= verdict.budget, str(verdict)
+    spec = verdict.spec
+    assert spec.arch is None and (spec.depths, spec.width, spec.image_channels, spec.num_classes) == (
+        (2, 3, 4, 1), 48, 1, 10)
+    assert str(verdict).startswith("torch port of a ResNet (bottleneck blocks, depths 2-3-4-1, width 48) "
+                                   "(torchvision style): logits rel")
+    broken = V.verify(f"{FORK}:ForkResNet(stride_on_1x1=True)", size=32)
+    assert not broken.passed and [d["mutants"] for d in broken.diagnosis] == [["stride_on"]]
+
+
+def test_torchvisions_own_classes_with_other_depths_and_timms_resnext101_32x4d():
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    fork = ResNet(Bottleneck, [2, 3, 4, 1], num_classes=10)
+    fork.conv1 = __import__("torch").nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    verdict = V.verify(fork, size=32, batch=1)
+    assert verdict.passed and verdict.spec.depths == (2, 3, 4, 1) and verdict.spec.image_channels == 1
+    timm = pytest.importorskip("timm")
+    from shared.tools.adapters import torch as fw
+
+    shapes = fw.port_arrays(timm.create_model("resnext101_32x4d", pretrained=False))
+    spec = V.infer_specs(shapes)[0][0]  # its structure only: judging a 101-layer net is the slow suite's
+    assert (spec.depths, spec.groups, spec.width_per_group, spec.arch) == ((3, 4, 23, 3), 32, 4, None)
