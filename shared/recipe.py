@@ -111,6 +111,14 @@ class Recipe:
     def replace(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **changes)
 
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> "Recipe":
+        tuples = {k: tuple(fields[k]) for k in ("betas", "milestones", "out_of_scope") if k in fields}
+        return cls(**{**fields, **tuples})
+
     # ------------------------------------------------------------------ the learning rate
 
     def lr_at(self, t: int) -> float:

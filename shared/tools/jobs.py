@@ -23,7 +23,7 @@ import numpy as np
 from shared import spec as S
 from shared import weights as W
 
-TASKS = ("check", "bench", "data_parallel")
+TASKS = ("check", "bench", "data_parallel", "fit")
 
 
 @dataclasses.dataclass

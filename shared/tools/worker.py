@@ -109,7 +109,17 @@ def run_data_parallel(job: Job) -> dict:
     return result
 
 
-TASKS = {"check": run_check, "bench": run_bench, "data_parallel": run_data_parallel}
+def run_fit(job: Job) -> dict:
+    """``check --mode fit``: ``job.engine``'s ``run(spec, weights, **job.options)`` (its
+    framework's optimizer and train step over a recipe's updates, shared.tools.check_fit)."""
+    module = importlib.import_module(job.engine)
+    spec, weights = job.model_inputs()
+    result = module.run(spec, weights, **job.options)
+    result["versions"] = np.array(json.dumps(module.versions()))
+    return result
+
+
+TASKS = {"check": run_check, "bench": run_bench, "data_parallel": run_data_parallel, "fit": run_fit}
 
 
 if __name__ == "__main__":

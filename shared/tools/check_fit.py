@@ -1,0 +1,262 @@
+"""``resnet-parity check --mode fit``: every installed framework (every Keras backend) trains
+the same recipe from the same weights on the same seeded batches, each with its own optimizer
+(``optimizer(recipe, model)``) and train step, and every update is judged against the float64
+trajectory of ``shared.trajectory``.
+
+Judged, after each update ``t``: every learnable weight and every running statistic (the
+framework's variance rule), tensor by tensor, and the loss of the update; at the end also the
+eval-mode logits on held-out images. Budgets, per quantity and per update, follow the project's
+rule (``parity.fp32_budget``: 4x a float32 peer's error, floor 1e-6) with the peer measured in
+the same run: the oracle's own arithmetic in float32 along its own trajectory
+(``trajectory.lockstep``), against the float64 trajectory that takes the peer's ReLU decisions
+(a pre-activation within rounding of 0 rounded the other way moves a small network's weights
+by 100x the rounding error at once: the budget is the rounding carried along the trajectory,
+not the ties the peer met). The loss budget is derived from the peer's logits error at that
+update (``loss_error_scale``'s bound: a scalar's own error is one random draw).
+
+A framework whose weights leave their budget at update ``s`` may have taken a ReLU tie the
+other way at an earlier update: the float64 trajectory with each of the nearest ties of the
+three updates before ``s`` flipped (``backprop.relu_ties``: within 4x the peer's largest error
+in its layer of 0; the 4 nearest of each update, then all of them) is recomputed from there,
+and the nearest that brings update ``s`` within budget becomes the oracle from then on (at most
+``MAX_FLIPS`` times). Else the framework fails, and ``--trace`` names the update and the weight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from shared import backprop, parity, recipe_mutants, reference, trajectory as T
+from shared import weights as W
+from shared.recipe import Recipe
+from shared.spec import ResNetSpec, is_statistic
+from shared.tools.adapter import VARIANCE, installed
+from shared.tools.check import Target, targets
+from shared.tools.jobs import Job, environment, launch, read_result
+
+DEFAULT_STEPS = 8
+# The default recipe: torchvision's newer recipe's conventions (momentum 0.9, coupled weight
+# decay with no decay on BatchNorm, a warmup from 1% into a cosine, label smoothing 0.1) at the
+# size of a check: a rate a batch of 8 trains stably with, and a weight decay large enough that
+# its form shows within a few updates.
+TIE_NEAREST, TIE_BACK, MAX_FLIPS = 4, 3, 4
+ENGINES = {"torch": "shared.tools.adapters.torch_fit", "keras": "shared.tools.adapters.keras_fit",
+           "flax": "shared.tools.adapters.flax_fit"}
+
+
+def check_recipe(steps: int = DEFAULT_STEPS) -> Recipe:
+    from shared.recipe import TORCHVISION_NEW
+
+    return TORCHVISION_NEW.window(steps).replace(
+        name=f"torchvision-new conventions, check size ({steps} updates)", lr=0.02, weight_decay=5e-3, batch_size=8)
+
+
+def recipe_for(name: str | None, steps: int, batch: int) -> Recipe:
+    """``--recipe``: None the check's default; a preset squeezed into the window
+    (``Recipe.window``), its rate scaled by ``batch / recipe.batch_size`` (the linear scaling
+    rule, as the Flax example scales its own): a published rate for 1024 images diverges on 8."""
+    from shared.recipe import preset
+
+    if name is None:
+        return check_recipe(steps)
+    r = preset(name).window(steps)
+    return r.replace(lr=r.lr * batch / r.batch_size, batch_size=batch)
+
+
+@dataclasses.dataclass
+class FitRow:
+    target: str
+    status: str  # "pass", "FAIL", "error", "not installed"
+    steps: list = dataclasses.field(default_factory=list)  # per update: {"loss", "loss_rel", "loss_budget", "weights", ...}
+    final: dict = dataclasses.field(default_factory=dict)
+    first_out: dict | None = None  # {"step", "weight", "rel", "budget"}
+    flips: list = dataclasses.field(default_factory=list)  # ReLU ties taken the framework's way
+    detail: str = ""
+
+
+@dataclasses.dataclass
+class FitReport:
+    config: dict
+    rows: list[FitRow]
+    oracle: dict  # losses, lrs, budgets per update
+    versions: dict
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status in ("pass", "not installed") for r in self.rows) and any(r.status == "pass" for r in self.rows)
+
+    def to_json(self) -> dict:
+        return {"config": self.config, "ok": self.ok, "rows": [dataclasses.asdict(r) for r in self.rows],
+                "oracle": self.oracle, "versions": self.versions}
+
+
+def loss_scale(peer_logits, logits, peer_loss: float, loss: float, targets) -> float:
+    """The relative loss error a port within the rule may show (shared.tools.check_dp's
+    ``loss_error_scale``, with soft targets): ``||g|| ||dz|| + MARGIN ||dz||^2 / (4B)`` over
+    |L|, ``dz`` the peer's logits error, ``g = (softmax - targets) / B``; at least the peer's own."""
+    z = np.asarray(logits, np.float64)
+    dz = np.linalg.norm(np.asarray(peer_logits, np.float64) - z)
+    _, g = backprop.soft_cross_entropy(z, targets)
+    first = float(np.linalg.norm(g)) * dz + parity.MARGIN * dz * dz / (4 * len(z))
+    return max(first, abs(peer_loss - loss)) / abs(loss)
+
+
+def _float32(state: dict) -> dict:
+    """A trajectory's state as a float32 model holds it (``reference.forward`` takes float32
+    weights; the forward itself runs in float64)."""
+    return {k: np.asarray(v, np.float32) for k, v in state.items()}
+
+
+class Oracle:
+    """The float64 trajectory, its float32 peer (shadowed) and the budgets of every update."""
+
+    def __init__(self, spec: ResNetSpec, recipe: Recipe, weights: dict, batches: list, heldout: np.ndarray):
+        self.spec, self.recipe, self.weights, self.batches = recipe.train_spec(spec), recipe, weights, batches
+        self.peer, shadow, _ = T.lockstep(spec, recipe, weights, batches)
+        self.f64 = T.run(spec, recipe, weights, batches, keep_steps=True)
+        self.steps = len(batches)
+        keys = sorted(self.f64.weights[0])
+        self.keys = keys
+        self.budget: list[dict] = [{}]  # per update t (1-based): key -> budget; "loss"; stats per rule
+        for t in range(1, self.steps + 1):
+            b = {k: parity.fp32_budget(parity.rel_error(self.peer.weights[t][k], shadow.weights[t][k])) for k in keys}
+            for rule in reference.VARIANCES:
+                b[rule] = {k: parity.fp32_budget(parity.rel_error(self.peer.stats[rule][t][k], v))
+                           for k, v in shadow.stats[rule][t].items()}
+            images, labels = batches[t - 1]
+            tg = recipe.targets(labels, self.spec.num_classes)
+            b["loss"] = parity.fp32_budget(loss_scale(self.peer.steps[t - 1].logits, shadow.steps[t - 1].logits,
+                                                      self.peer.losses[t - 1], shadow.losses[t - 1], tg))
+            self.budget.append(b)
+        self.heldout = heldout
+        self.heldout_budget = {}
+        for rule in reference.VARIANCES:
+            ref = reference.forward(self.spec, _float32(shadow.state(self.steps, rule)), heldout)
+            peer = reference.forward(self.spec, _float32(self.peer.state(self.steps, rule)), heldout, dtype=np.float32)
+            self.heldout_budget[rule] = parity.fp32_budget(parity.rel_error(peer, ref))
+
+    def logits(self, traj: T.Trajectory, rule: str) -> np.ndarray:
+        return reference.forward(self.spec, _float32(traj.state(self.steps, rule)), self.heldout)
+
+    def alternatives(self, traj: T.Trajectory, flips: dict, step: int):
+        """(update, unit, trajectory) with one more ReLU tie flipped at an update before ``step``."""
+        for u in range(max(0, step - TIE_BACK), step):
+            ties = backprop.relu_ties(self.peer.steps[u], traj.steps[u], parity.MARGIN)
+            picks = [[t] for t in ties[:TIE_NEAREST]] + ([ties] if len(ties) > 1 else [])
+            for units in picks:
+                masks = {n: m.copy() for n, m in flips.get(u, {}).items()}
+                for name, index, _ in units:
+                    masks.setdefault(name, np.zeros(traj.steps[u].relu_inputs[name].shape, bool))[index] ^= True
+                yield u, [f"{n}{list(i)}" for n, i, _ in units], {**flips, u: masks}
+
+
+def _errors(res: dict, traj: T.Trajectory, t: int, rule: str, keys) -> tuple[dict, dict]:
+    w = {k: parity.rel_error(res[f"w{t}/{k}"], traj.weights[t][k]) for k in keys}
+    s = {k: parity.rel_error(res[f"w{t}/{k}"], v) for k, v in traj.stats[rule][t].items()}
+    return w, s
+
+
+def _worst(errors: dict, budgets: dict) -> tuple[str, float]:
+    key = max(errors, key=lambda k: errors[k] / budgets[k])
+    return key, errors[key] / budgets[key]
+
+
+def judge(target: str, res: dict, oracle: Oracle, framework: str) -> FitRow:
+    if "error" in res:
+        return FitRow(target, "error", detail=str(res["error"]).splitlines()[-1] if str(res["error"]) else "")
+    rule = VARIANCE[framework]
+    row = FitRow(target, "pass")
+    traj, flips = oracle.f64, {}
+    t = 1
+    while t <= oracle.steps:
+        b = oracle.budget[t]
+        w, s = _errors(res, traj, t, rule, oracle.keys)
+        wk, wr = _worst(w, b)
+        sk, sr = _worst(s, b[rule])
+        loss_rel = abs(float(res["loss"][t - 1]) - traj.losses[t - 1]) / abs(traj.losses[t - 1])
+        if max(wr, sr, loss_rel / b["loss"]) > 1 and len(row.flips) < MAX_FLIPS:
+            best = None
+            for u, units, alt_flips in oracle.alternatives(traj, flips, t):
+                alt = T.run(oracle.spec, oracle.recipe, oracle.weights, oracle.batches, keep_steps=True,
+                            relu_flip=alt_flips, start=traj, from_step=u)
+                aw, a_s = _errors(res, alt, t, rule, oracle.keys)
+                ratio = max(_worst(aw, b)[1], _worst(a_s, b[rule])[1])
+                if ratio <= 1 and (best is None or ratio < best[0]):
+                    best = (ratio, u, units, alt, alt_flips)
+            if best is not None:
+                _, u, units, traj, flips = best
+                row.flips.append({"update": u, "units": units})
+                continue  # re-judge update t against the alternative
+        row.steps.append({"update": t, "lr": traj.lrs[t - 1], "loss": float(res["loss"][t - 1]),
+                          "loss_f64": traj.losses[t - 1], "loss_rel": loss_rel, "loss_budget": b["loss"],
+                          "weights_rel": w[wk], "weights_budget": b[wk], "weights_worst": wk, "weights_ratio": wr,
+                          "stats_rel": s[sk], "stats_budget": b[rule][sk], "stats_worst": sk, "stats_ratio": sr})
+        if row.first_out is None:
+            for what, ratio, key, err, budget in (("weight", wr, wk, w[wk], b[wk]), ("statistic", sr, sk, s[sk], b[rule][sk]),
+                                                  ("loss", loss_rel / b["loss"], "loss", loss_rel, b["loss"])):
+                if ratio > 1:
+                    row.first_out = {"update": t, "what": what, "key": key, "rel": err, "budget": budget}
+                    break
+        t += 1
+    logits = oracle.logits(traj, rule)
+    held = parity.rel_error(res["heldout"], logits)
+    last = row.steps[-1]
+    row.final = {"weights_rel": last["weights_rel"], "weights_budget": last["weights_budget"],
+                 "weights_worst": last["weights_worst"], "stats_rel": last["stats_rel"],
+                 "stats_budget": last["stats_budget"], "heldout_logits_rel": held,
+                 "heldout_logits_budget": oracle.heldout_budget[rule], "variance_rule": rule}
+    fails = []
+    if row.first_out:
+        f = row.first_out
+        fails.append(f"update {f['update']}: {f['what']} {f['key']} rel {f['rel']:.2e} > {f['budget']:.2e}")
+    if held > oracle.heldout_budget[rule]:
+        fails.append(f"held-out logits rel {held:.2e} > {oracle.heldout_budget[rule]:.2e}")
+    if fails:
+        row.status, row.detail = "FAIL", "; ".join(fails)
+    return row
+
+
+def check_fit(spec: ResNetSpec, weights: dict, recipe: Recipe, *, steps: int = DEFAULT_STEPS,
+              frameworks=("torch", "keras", "flax"), keras_backends=("tensorflow", "jax", "torch"), batch: int = 8,
+              size: int = 32, seed: int = 0, mutant: str = "", timeout: float = 900.0, progress=None) -> FitReport:
+    W.validate(spec, weights)
+    if mutant and mutant not in recipe_mutants.CATALOGUE:
+        raise ValueError(f"mutant: unknown {mutant!r}, expected one of {', '.join(recipe_mutants.CATALOGUE)}")
+    if not spec.include_top:
+        raise ValueError("--mode fit: the loss needs the classifier; got a spec without include_top")
+    batches = T.batches(spec, steps, batch, size, seed)
+    heldout = reference.random_images(spec, batch, size, seed + 10_000)
+    found, missing = targets([f for f in frameworks if f in ENGINES], keras_backends)
+    rows = [FitRow(t.label, "not installed") for t in missing]
+    if progress:
+        progress("float64 trajectory and its float32 peer")
+    oracle = Oracle(spec, recipe, weights, batches, heldout)
+    versions = {}
+    with tempfile.TemporaryDirectory(prefix="resnet-parity-fit-") as tmp:
+        work = Path(tmp)
+        np.savez(work / "batches.npz", images=np.stack([b[0] for b in batches]), labels=np.stack([b[1] for b in batches]))
+        np.save(work / "heldout.npy", heldout)
+        W.save(weights, work / "weights.safetensors")
+        for t in found:
+            if progress:
+                progress(f"training {t.label}")
+            out = work / f"{t.label.replace('[', '-').rstrip(']')}.npz"
+            job = Job("fit", t.framework, spec.to_dict(), str(out), weights=str(work / "weights.safetensors"),
+                      engine=ENGINES[t.framework],
+                      options={"batches": str(work / "batches.npz"), "heldout": str(work / "heldout.npy"),
+                               "recipe": recipe.to_dict(), "mutant": mutant})
+            why = launch([job], work, environment(backend=t.backend, device="cpu"), timeout)
+            res = read_result(out) or {"error": np.array(why or "the worker wrote nothing")}
+            if "versions" in res:
+                versions[t.label] = json.loads(str(res["versions"]))
+            rows.append(judge(t.label, res, oracle, t.framework))
+    config = dict(spec=spec.to_dict(), recipe=recipe.to_dict(), recipe_line=recipe.describe(), steps=steps,
+                  batch=batch, size=size, seed=seed, mutant=mutant)
+    oracle_json = {"losses": oracle.f64.losses, "lrs": oracle.f64.lrs, "peer_losses": [float(x) for x in oracle.peer.losses],
+                   "budgets": [{k: v for k, v in b.items() if not isinstance(v, dict)} for b in oracle.budget[1:]]}
+    return FitReport(config, rows, oracle_json, versions)
