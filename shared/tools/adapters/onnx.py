@@ -297,6 +297,26 @@ def port_load(model, arrays: list[np.ndarray]) -> None:
         while len(slot.node.input) <= slot.index:  # a bias the exporter left out
             slot.node.input.append("")
         slot.node.input[slot.index] = tensor.name
+    _prune(model.graph)
+
+
+def _prune(graph) -> None:
+    """Drop what the rewiring left unread: Identity, Cast and Constant nodes whose outputs no
+    node reads, then initializers no node reads (and their graph inputs, in an old file)."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {name for n in graph.node for name in n.input} | outputs
+        dead = [n for n in graph.node if n.op_type in (*_PASS, "Constant") and not set(n.output) & read]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    gone = [i for i in graph.initializer if i.name not in read]
+    for tensor in gone:
+        graph.initializer.remove(tensor)
+    gone = {t.name for t in gone}
+    for value in [i for i in graph.input if i.name in gone]:
+        graph.input.remove(value)
 
 
 def _run(model, images_nhwc: np.ndarray, layout: str, names: list[str] | None = None) -> list[np.ndarray]:
@@ -326,7 +346,7 @@ def _run(model, images_nhwc: np.ndarray, layout: str, names: list[str] | None = 
     graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
                         for n in dict.fromkeys(names) if n not in known)
     options = ort.SessionOptions()
-    options.log_severity_level = 3  # the initializers port_load replaced are unused: no warning per one
+    options.log_severity_level = 3  # onnxruntime's warnings on a user's graph are not verify's output
     sess = ort.InferenceSession(runnable.SerializeToString(), options, providers=["CPUExecutionProvider"])
     pad = -len(x) % step
     padded = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
