@@ -127,3 +127,19 @@ def no_mutant(framework: str, mutant: str):
         raise ValueError(f"mutant {mutant}: {framework} has no framework code to swap")
     yield
 
+
+
+def logits_of(out):
+    """A port's logits out of whatever its forward returns, read the same way in every framework
+    and mode: an array or tensor; an output object with ``.logits`` (Hugging Face's); a dict
+    (its ``"logits"``, else its one value); a tuple or list (the first)."""
+    out = getattr(out, "logits", out) if not isinstance(out, Mapping) else out
+    if isinstance(out, Mapping):
+        if "logits" in out:
+            out = out["logits"]
+        elif len(out) == 1:
+            out = next(iter(out.values()))
+        else:
+            raise ValueError(f"PORT: its forward returns a dict with keys {sorted(out)[:6]}: expected 'logits' "
+                             "or a single output")
+    return out[0] if isinstance(out, (tuple, list)) else out

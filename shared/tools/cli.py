@@ -110,6 +110,10 @@ def cmd_check(args) -> int:
     from shared.tools import check
 
     console = Console(width=None if sys.stdout.isatty() else 150)
+    if args.mode == "fit":  # a training recipe's trajectory: shared.tools.check_fit
+        from shared.tools import check_fit
+
+        return check_fit.cli(args, console, read_weights)
     if args.replicas is not None:  # bad --replicas fails before any weights are made
         from shared.tools import check_dp
 
@@ -361,10 +365,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--weights", help="a checkpoint: .safetensors (canonical or torchvision keys), torchvision "
                        ".pth/.pt, Keras .h5, .weights.h5 or .keras, an Orbax checkpoint directory, or a "
                        "shared.hub name (torchvision/resnet50.IMAGENET1K_V2)")
-    check.add_argument("--batch", type=int, default=4)
-    check.add_argument("--size", type=int, default=96)
+    check.add_argument("--batch", type=int, default=None, help="default 4 (fit: 8)")
+    check.add_argument("--size", type=int, default=None, help="default 96 (fit: 32)")
     check.add_argument("--seed", type=int, default=0)
-    check.add_argument("--mode", choices=("eval", "train"), default="eval")
+    check.add_argument("--mode", choices=("eval", "train", "fit"), default="eval",
+                       help="fit: train a recipe's updates in every framework, judged against the float64 trajectory")
+    check.add_argument("--recipe", default=None, help="with --mode fit: a shared.recipe preset (default: the check's own)")
+    check.add_argument("--steps", type=int, default=None, help="with --mode fit: updates (default 8)")
+    check.add_argument("--plot", default=None, metavar="FILE.png", help="with --mode fit: loss and error per update")
     check.add_argument("--replicas", type=int, default=None, metavar="N",
                        help="with --mode train: one data-parallel step on each framework's own engine over N CPU replicas")
     check.add_argument("--trace", action="store_true", help="compare every block; name the first that leaves its budget")
@@ -395,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--seed", type=int, default=0)
     verify.add_argument("--json", default=None, help="write the verdict, mapping and diagnosis here")
     verify.add_argument("--trace", action="store_true", help="name the first block out of budget")
+    verify.add_argument("--plot", default=None, metavar="FILE.png",
+                        help="with --trace: each traced activation's error against its budget, stem to head")
     verify.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="bf16 (torch ports): CPU autocast, judged against the emulated-bf16 reference")
     verify.add_argument("--mode", choices=("eval", "train"), default="eval",
@@ -434,6 +444,9 @@ def main(argv: list[str] | None = None) -> int:
         args.arch_given, args.style_given = args.arch is not None, args.style is not None
         args.arch = args.arch or "resnet50"
         args.style = args.style or S.PRESETS[args.arch].styles[0]
+        fit = args.mode == "fit"
+        args.batch = (8 if fit else 4) if args.batch is None else args.batch
+        args.size = (32 if fit else 96) if args.size is None else args.size
         if args.batch < 1 or args.size < 1:
             parser.error("--batch and --size must be >= 1")
     try:

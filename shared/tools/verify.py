@@ -47,6 +47,7 @@ import importlib
 import importlib.util
 import itertools
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -425,10 +426,26 @@ BUILT_IN = {
 }
 
 
-def verify(port: str, *, arch: str | None = None, style: str | None = None, layout: str | None = None,
+def verify(port, *, arch: str | None = None, style: str | None = None, layout: str | None = None,
            size: int = 64, batch: int = 2, seed: int = 0, trace_blocks: bool = False, mode: str = "eval",
            precision: str = "fp32") -> Verdict:
-    """The verdict on ``port`` (a PORT string or a model object; module docstring)."""
+    """The verdict on ``port``: a PORT string (module docstring), or the model object itself (a
+    ``torch.nn.Module``, ``keras.Model``, ``flax.nnx.Module``, ``flax.linen.Module`` or
+    ``(linen module, variables)``). ``verdict.passed``, ``verdict.diagnosis``, ``str(verdict)``
+    (the command's report). A port that cannot be judged raises ``VerifyError`` with one line
+    naming what verify met; nothing else escapes."""
+    try:
+        return _verify(port, arch=arch, style=style, layout=layout, size=size, batch=batch, seed=seed,
+                       trace_blocks=trace_blocks, mode=mode, precision=precision)
+    except VerifyError:
+        raise
+    except Exception as e:  # noqa: BLE001 (a construct of the port nobody foresaw: one line, never a traceback)
+        frame = traceback.extract_tb(e.__traceback__)[-1]
+        raise VerifyError(f"PORT: verify cannot read this port: {type(e).__name__}: {_one_line(e)} (at {frame.name}, "
+                          f"{Path(frame.filename).name}:{frame.lineno})") from None
+
+
+def _verify(port, *, arch, style, layout, size, batch, seed, trace_blocks, mode, precision) -> Verdict:
     if trace_blocks and mode == "train":
         raise VerifyError("--trace compares eval-mode activations block by block; not with --mode train")
     if precision == "bf16" and (trace_blocks or mode == "train"):
@@ -556,12 +573,58 @@ def report(verdict: Verdict) -> str:
     return line
 
 
+def plot_trace(verdict: Verdict, path: str) -> None:
+    """Each traced activation's error against its budget, stem to head, on a log scale, the
+    first out of budget marked: where the port leaves the spec (matplotlib; written whole or
+    not at all)."""
+    from shared.tools.bench_report import check_plot_available
+
+    check_plot_available()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from shared.weights import atomic_path
+
+    names = [t["block"] for t in verdict.trace]
+    rel = [max(t["rel"], 1e-12) if np.isfinite(t["rel"]) else np.nan for t in verdict.trace]
+    budget = [t["budget"] for t in verdict.trace]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(names) + 2), 4.2))
+    ax.semilogy(x, budget, "--", color="tab:gray", label="budget (4x the float32 reference's error)")
+    ax.semilogy(x, rel, "o-", color="tab:blue", label="the port's error against the float64 reference")
+    first = verdict.first_out_of_budget
+    if first:
+        i = names.index(first["block"])
+        ax.semilogy([i], [rel[i]], "o", color="tab:red", markersize=10, label=f"first out of budget: {names[i]}")
+    ax.set_xticks(x, names, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("relative error (max |diff| / max |ref|)")
+    ax.set_title(report(verdict).splitlines()[0][:110], fontsize=8)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
 def cli(args) -> int:
     from shared.tools.jobs import write_json
 
+    if getattr(args, "plot", None):
+        if not args.trace:
+            raise VerifyError("--plot draws the trace: add --trace")
+        from shared.tools.bench_report import PlotUnavailable, check_plot_available
+
+        try:
+            check_plot_available()
+        except PlotUnavailable as e:
+            raise VerifyError(str(e)) from None
     verdict = verify(args.port, arch=args.arch, style=args.style, layout=args.layout, size=args.size,
                      batch=args.batch, seed=args.seed, trace_blocks=args.trace, mode=args.mode, precision=args.precision)
     print(report(verdict))
     if args.json:
         write_json(args.json, verdict.to_json())
+    if getattr(args, "plot", None):
+        plot_trace(verdict, args.plot)
     return 0 if verdict.passed else 1

@@ -22,7 +22,7 @@ from resnet_keras.weights import variables, export_weights
 from shared.keras_h5 import KERAS_PARAM
 from shared import spec as S
 from shared.spec import is_statistic
-from shared.tools.adapter import tf32
+from shared.tools.adapter import logits_of, tf32
 from shared.tools.bench_timing import LEARNING_RATE, MOMENTUM, Step
 from shared.tools.jobs import Job
 
@@ -355,7 +355,7 @@ def port_run(model, images_nhwc: np.ndarray, layout: str = "NHWC", precision: st
     it computes in the dtype it was built with (``port_off_dtype`` says which: bf16 under Keras'
     mixed_bfloat16 policy), so ``precision`` changes nothing here."""
     x = np.asarray(images_nhwc, np.float32)
-    return _numpy(model(x.transpose(0, 3, 1, 2) if layout == "NCHW" else x, training=False))
+    return _numpy(logits_of(model(x.transpose(0, 3, 1, 2) if layout == "NCHW" else x, training=False)))
 
 
 def port_inputs(model, images_nhwc: np.ndarray, layout: str, positions: list[int]) -> list[np.ndarray]:

@@ -299,8 +299,19 @@ def inject(mutant: str):
 
 def port_arrays(module) -> list[tuple[str, tuple[int, ...]]]:
     """(name, shape) of every parameter and BatchNorm statistic of a ``torch.nn.Module``, in the
-    order its state_dict lists them (``num_batches_tracked`` left out: no weight)."""
-    return [(k, tuple(v.shape)) for k, v in module.state_dict().items() if not k.endswith("num_batches_tracked")]
+    order its state_dict lists them (``num_batches_tracked`` left out: no weight). A tensor
+    listed under two names (a module used twice: tied weights) is refused, naming both."""
+    seen, out = {}, []
+    for k, v in module.state_dict().items():
+        if k.endswith("num_batches_tracked"):
+            continue
+        key = (v.data_ptr(), tuple(v.shape), v.stride()) if v.numel() else (id(v),)
+        if key in seen:
+            raise ValueError(f"PORT: {k} {tuple(v.shape)} is the very tensor of {seen[key]} (a module used twice: "
+                             "tied weights); every layer of a ResNet has arrays of its own")
+        seen[key] = k
+        out.append((k, tuple(v.shape)))
+    return out
 
 
 def port_load(module, arrays: list[np.ndarray]) -> None:
@@ -325,10 +336,10 @@ def port_run(module, images_nhwc: np.ndarray, layout: str = "NCHW", precision: s
 
 
 def _logits(out) -> torch.Tensor:
-    """A port's logits out of what its forward returns: a tensor, a tuple or list (the first),
-    or an output object with ``.logits`` (Hugging Face's)."""
-    out = getattr(out, "logits", out)
-    return out[0] if isinstance(out, (tuple, list)) else out
+    """A port's logits out of what its forward returns (``adapter.logits_of``)."""
+    from shared.tools.adapter import logits_of
+
+    return logits_of(out)
 
 
 def port_inputs(module, images_nhwc: np.ndarray, layout: str, positions: list[int]) -> list[np.ndarray]:
