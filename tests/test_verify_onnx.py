@@ -155,6 +155,13 @@ def _rewritten(model, variant: str):
     elif variant == "flatten":
         reshape = next(n for n in nodes if n.op_type == "Reshape" and n.output[0] == x)
         nodes[nodes.index(reshape)] = helper.make_node("Flatten", [reshape.input[0]], [x], name="flatten", axis=1)
+    elif variant == "conv_1x1":  # timm's resnetv2 head: a Conv2d on the pooled (N, C, 1, 1) features, flattened
+        reshape = next(n for n in nodes if n.op_type == "Reshape" and n.output[0] == x)
+        stored.CopyFrom(numpy_helper.from_array(kernel[:, :, None, None], w))
+        nodes.remove(reshape)
+        nodes[nodes.index(gemm):nodes.index(gemm) + 1] = [
+            helper.make_node("Conv", [reshape.input[0], w, b], ["fc_conv"], name="fc/Conv", kernel_shape=[1, 1]),
+            helper.make_node("Flatten", ["fc_conv"], list(gemm.output), name="fc/Flatten", axis=1)]
     del graph.node[:]
     graph.node.extend(nodes)
     return copy
@@ -165,11 +172,13 @@ def default_model(files):
     return O.port_open(files["default"])
 
 
-@pytest.mark.parametrize("variant", ["gemm_transB0", "matmul_add", "matmul_add_bias_first", "flatten", "gemm_alpha2"])
+@pytest.mark.parametrize("variant", ["gemm_transB0", "matmul_add", "matmul_add_bias_first", "flatten", "conv_1x1",
+                                     "gemm_alpha2"])
 def test_classifiers_as_other_tools_write_them(default_model, judged, variant):
     """Gemm with an (in, out) kernel, MatMul + Add (the bias on either side), a Flatten instead
-    of the Reshape: read as the classifier's (out, in) kernel then its bias, and loaded
-    transposed where stored so; each passes. A Gemm with alpha 2 is read the same and fails."""
+    of the Reshape, a 1x1 Conv on the pooled features: read as the classifier's (out, in) kernel
+    then its bias, and loaded transposed or reshaped where stored so; each passes. A Gemm with
+    alpha 2 is read the same and fails."""
     weights, images, ref, budget = judged
     model = _rewritten(default_model, variant)
     shapes = O.port_arrays(model)

@@ -100,6 +100,7 @@ _SLOTS = {"Conv": ("weight", "bias"), "BatchNormalization": ("scale", "bias", "m
           "Gemm": ("weight", "bias"), "MatMul": ("weight",)}
 _PASS = ("Identity", "Cast")  # nodes between a stored weight and its use that change no value
 _LOADED = "resnet_parity_verify/"  # the initializers port_load writes
+_GLOBAL_POOLS = ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax")
 
 
 def _line(e: BaseException) -> str:
@@ -142,6 +143,12 @@ class _Slot:
     dtype: int  # the TensorProto element type the node receives
     transposed: bool  # stored (in, out): MatMul's B, Gemm's B without transB
     data: str  # the node's activation input (port_inputs)
+    squeezed: bool = False  # a classifier written as a 1x1 Conv on the pooled features: (out, in, 1, 1)
+
+    @property
+    def torch_shape(self) -> tuple[int, ...]:
+        shape = self.shape[::-1] if self.transposed else self.shape
+        return shape[:2] if self.squeezed else shape
 
 
 class _Graph:
@@ -243,14 +250,19 @@ def _slots(model) -> list[_Slot]:
                 name, dtype = graph.resolve(add.input[other])
                 out.append(_Slot(add, other, f"{label}.bias", name, tuple(graph.stored[name].dims), dtype, False,
                                  node.input[0]))
+    head = next((s for s in reversed(out) if s.name.endswith(".weight")), None)
+    pooled = getattr(graph.producer.get(head.data if head else ""), "op_type", None) in _GLOBAL_POOLS
+    if head and head.node.op_type == "Conv" and head.shape[2:] == (1, 1) and pooled:
+        head.squeezed = True  # timm's resnetv2 head: its fc is a Conv2d
     return out
 
 
 def port_arrays(model) -> list[tuple[str, tuple[int, ...]]]:
     """(node.role, torch-layout shape) of every weight input of an ONNX model, in graph order:
     a Conv's kernel (O, I, kh, kw) then its bias (O,) if it has one (every conv of a folded file
-    has), a BatchNormalization's scale, bias, mean, var, the classifier's (out, in) then its bias."""
-    return [(s.name, s.shape[::-1] if s.transposed else s.shape) for s in _slots(model)]
+    has), a BatchNormalization's scale, bias, mean, var, the classifier's (out, in) then its bias
+    (a Gemm's or MatMul's, or a 1x1 Conv's on the globally pooled features, as timm's resnetv2 has)."""
+    return [(s.name, s.torch_shape) for s in _slots(model)]
 
 
 def _untied(model, slots: list[_Slot]) -> None:
@@ -284,10 +296,9 @@ def port_load(model, arrays: list[np.ndarray]) -> None:
     stored = {i.name: i for i in model.graph.initializer}
     for k, (slot, value) in enumerate(zip(slots, arrays)):
         value = np.asarray(value)
-        expected = slot.shape[::-1] if slot.transposed else slot.shape
-        if value.shape != expected:
-            raise ValueError(f"port_load: {slot.name} is {expected}, got an array of {value.shape}")
-        value = value.T if slot.transposed else value
+        if value.shape != slot.torch_shape:
+            raise ValueError(f"port_load: {slot.name} is {slot.torch_shape}, got an array of {value.shape}")
+        value = (value.T if slot.transposed else value).reshape(slot.shape)
         tensor = numpy_helper.from_array(np.ascontiguousarray(value, helper.tensor_dtype_to_np_dtype(slot.dtype)),
                                          f"{_LOADED}{k}")
         if tensor.name in stored:
@@ -362,6 +373,6 @@ def port_run(model, images_nhwc: np.ndarray, layout: str = "NCHW") -> np.ndarray
 def port_inputs(model, images_nhwc: np.ndarray, layout: str, positions: list[int]) -> list[np.ndarray]:
     """The input (NHWC) of the node holding each weight of ``port_arrays`` at ``positions``
     (made extra graph outputs of an in-memory copy), for ``verify --trace``."""
-    slots = _slots(model)
-    out = _run(model, images_nhwc, layout, [slots[p].data for p in positions])
-    return [_nhwc(a) if layout == "NCHW" else a for a in out]
+    slots = [_slots(model)[p] for p in positions]
+    out = _run(model, images_nhwc, layout, [s.data for s in slots])
+    return [a.reshape(a.shape[:2]) if s.squeezed else _nhwc(a) if layout == "NCHW" else a for s, a in zip(slots, out)]
