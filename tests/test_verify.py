@@ -18,8 +18,10 @@ PORT = str(Path(__file__).parent / "ports" / "seed_resnet.py")
 
 def test_the_seed_articles_resnet50_passes(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "shared.tools.cli", "verify", f"{PORT}:ResNet50",
-                           "--json", str(tmp_path / "v.json")], capture_output=True, text=True, check=False)
+                           "--json", str(tmp_path / "v.json"), "--trace", "--plot", str(tmp_path / "trace.png")],
+                          capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "trace.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # --plot: the trace drawn
     assert "torch port of resnet50 (torchvision style)" in proc.stdout and proc.stdout.strip().endswith("pass")
     verdict = json.loads((tmp_path / "v.json").read_text())
     assert verdict["pass"] and verdict["rel"] <= verdict["budget"] and verdict["diagnosis"] == []
@@ -431,3 +433,13 @@ def test_torchvisions_own_classes_with_other_depths_and_timms_resnext101_32x4d()
     shapes = fw.port_arrays(timm.create_model("resnext101_32x4d", pretrained=False))
     spec = V.infer_specs(shapes)[0][0]  # its structure only: judging a 101-layer net is the slow suite's
     assert (spec.depths, spec.groups, spec.width_per_group, spec.arch) == ((3, 4, 23, 3), 32, 4, None)
+
+
+def test_the_pytest_example_in_the_docs_runs_as_a_users_test_suite(tmp_path):
+    """docs/verify.md's ``test_my_port.py`` block, run by pytest as a user's CI would run it."""
+    page = (Path(__file__).parents[1] / "docs" / "verify.md").read_text()
+    block = page.split("<!-- pytest-example -->", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "test_my_port.py").write_text(block)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_my_port.py"],
+                          cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and "2 passed" in proc.stdout, proc.stdout + proc.stderr
