@@ -1,6 +1,6 @@
 """#30: verify over odd-but-legal Keras constructs (torch's and Flax's:
 tests/test_verify_catalogue.py): a model nested in a Sequential behind a Lambda, a dict output, a
-layer without weights in front. Each passes, fails with a diagnosis, or is one line."""
+layer without weights in front: each passes (broken Keras ports are named in tests/test_verify.py)."""
 
 from pathlib import Path
 
@@ -27,15 +27,8 @@ def _dict_output():
     return keras.Model(inputs, {"logits": _inner()(keras.layers.Rescaling(1.0)(inputs))})
 
 
-def _broken_nested():
-    inner = V.load_port(f"{PORT}:ResNet18(input_shape=(32, 32, 3), classes=10, broken='eps')")
-    return keras.Sequential([keras.Input((32, 32, 3)), inner])
-
-
-@pytest.mark.parametrize("build, expected", [(_nested, "pass"), (_dict_output, "pass"),
-                                             (_broken_nested, "diagnosed: bn_epsilon")],
-                         ids=["Sequential(Lambda, functional model)", "dict output behind Rescaling",
-                              "a broken model nested"])
+@pytest.mark.parametrize("build, expected", [(_nested, "pass"), (_dict_output, "pass")],
+                         ids=["Sequential(Lambda, functional model)", "dict output behind Rescaling"])
 def test_keras_constructs(build, expected):
     try:
         verdict = V.verify(build(), size=32, batch=1)
