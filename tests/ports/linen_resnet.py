@@ -100,3 +100,15 @@ class ResNet(nn.Module):
 ResNet18 = partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=ResNetBlock)
 ResNet34 = partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=ResNetBlock)
 ResNet50 = partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BottleneckResNetBlock)
+
+
+def Restored(channels=1, num_classes=10, stage_sizes=(1, 1, 1, 1), num_filters=16):
+    """``(module, variables)``, as a user holds a linen model restored from a checkpoint: here a
+    small ResNet with ``channels`` input channels (the variables say so; the module alone cannot)
+    and variables of the right shapes, zeros (a checkpoint's values; verify overwrites them)."""
+    import jax
+    from flax.core import freeze
+
+    module = ResNet(stage_sizes=stage_sizes, block_cls=ResNetBlock, num_classes=num_classes, num_filters=num_filters)
+    shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, channels)), train=False))
+    return module, freeze(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))

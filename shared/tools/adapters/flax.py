@@ -20,7 +20,7 @@ from flax import linen, nnx
 from resnet_flax.model import ResNet
 from resnet_flax.weights import variables, load_weights
 from shared.spec import is_statistic
-from shared.tools.adapter import tf32
+from shared.tools.adapter import logits_of, tf32
 from shared.tools.bench_timing import LEARNING_RATE, MOMENTUM, Step
 from shared.tools.jobs import Job
 
@@ -300,7 +300,8 @@ def port_run(model, images_nhwc: np.ndarray, layout: str = "NHWC", precision: st
     x = np.asarray(images_nhwc, np.float32)
     model.eval()
     with jax.default_matmul_precision("highest"):
-        return np.asarray(model(jnp.asarray(x.transpose(0, 3, 1, 2) if layout == "NCHW" else x)), np.float32)
+        return np.asarray(logits_of(model(jnp.asarray(x.transpose(0, 3, 1, 2) if layout == "NCHW" else x))),
+                          np.float32)
 
 
 def port_inputs(model, images_nhwc: np.ndarray, layout: str, positions: list[int]) -> list[np.ndarray]:
@@ -327,7 +328,7 @@ def port_train(model, images_nhwc: np.ndarray, labels: np.ndarray, layout: str =
     x, y = jnp.asarray(x.transpose(0, 3, 1, 2) if layout == "NCHW" else x), jnp.asarray(labels)
 
     def loss_fn(m):
-        logits = m(x)
+        logits = logits_of(m(x))
         logp = jax.nn.log_softmax(logits.astype(jnp.float32))
         return -jnp.take_along_axis(logp, y[:, None], axis=-1).mean(), logits
 
@@ -499,17 +500,6 @@ def _linen_load(port: LinenPort, arrays: list[np.ndarray]) -> None:
     port.variables = variables
 
 
-def _linen_logits(out):
-    """A port's logits out of what its forward returns: an array, a tuple or list (the first), a
-    dict (its 'logits'), or an output object with ``.logits``."""
-    out = getattr(out, "logits", out)
-    if hasattr(out, "items"):
-        if "logits" not in out:
-            raise _refusal(f"PORT: its forward returns a dict with no 'logits' (keys {sorted(map(str, out))})")
-        return out["logits"]
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
 def _linen_x(images_nhwc, layout):
     x = np.asarray(images_nhwc, np.float32)
     return jnp.asarray(x.transpose(0, 3, 1, 2) if layout == "NCHW" else x)
@@ -528,7 +518,7 @@ def _linen_run(port: LinenPort, images_nhwc, layout: str, paths: frozenset = fro
             return call(*args, **kwargs)
 
         with linen.intercept_methods(record):
-            return _linen_logits(port.module.apply(variables, x, **mode)), seen
+            return logits_of(port.module.apply(variables, x, **mode)), seen
 
     run = port.compiled.setdefault(("eval", paths), jax.jit(forward))
     with jax.default_matmul_precision("highest"):
@@ -553,8 +543,9 @@ def _linen_train(port: LinenPort, images_nhwc, labels, layout: str):
     def loss_fn(params):
         out, updated = port.module.apply({"params": params, **rest}, x, **{port.train_arg: True},
                                          mutable=["batch_stats"])
-        logp = jax.nn.log_softmax(_linen_logits(out).astype(jnp.float32))
-        return -jnp.take_along_axis(logp, y[:, None], axis=-1).mean(), (_linen_logits(out), updated)
+        logits = logits_of(out)
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+        return -jnp.take_along_axis(logp, y[:, None], axis=-1).mean(), (logits, updated)
 
     with jax.default_matmul_precision("highest"):
         (loss, (logits, updated)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(port.variables["params"])
