@@ -67,7 +67,7 @@ def serve(job: Job) -> None:
         result = {"times_s": times, "first_call_s": first, "images_per_s": timing.images_per_s(job.batch),
                   "latency_s": _latency(times), "peak_memory_bytes": peak_rss_bytes(), "memory_kind": "peak RSS",
                   "device_name": prepared.device_name, "settings": {**precision, **prepared.settings},
-                  "versions": adapter.versions(), "loadavg_1m": loads, "process": "its own, timed in turn"}
+                  "versions": adapter.versions(), "loadavg_1m": loads, "pid": os.getpid()}
     except Exception as e:  # reported to the parent in its result
         result = {"error": f"{type(e).__name__}: {e}"}
         print(f"error {result['error']}", flush=True)
