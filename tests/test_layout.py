@@ -314,6 +314,7 @@ def test_a_stale_constructor_is_caught(tmp_path, monkeypatch):
 
 def test_three_packages_of_one_shape():
     """The same modules in each framework package, each with one job: api (the contract's entry
-    points), layers (one spec layer -> one native layer), model, weights, checkpoints."""
+    points), layers (one spec layer -> one native layer), model, weights, checkpoints, optim (a
+    shared.recipe's optimizer and train step)."""
     shapes = {package: sorted(p.stem for p in (ROOT / package).glob("*.py")) for package in ALLOWED}
-    assert all(shape == ["__init__", "api", "checkpoints", "layers", "model", "weights"] for shape in shapes.values()), shapes
+    assert all(shape == ["__init__", "api", "checkpoints", "layers", "model", "optim", "weights"] for shape in shapes.values()), shapes

@@ -171,7 +171,7 @@ def judge(target: str, res: dict, oracle: Oracle, framework: str) -> FitRow:
         return FitRow(target, "error", detail=str(res["error"]).splitlines()[-1] if str(res["error"]) else "")
     rule = VARIANCE[framework]
     row = FitRow(target, "pass")
-    traj, flips = oracle.f64, {}
+    traj, flips, searching = oracle.f64, {}, True
     t = 1
     while t <= oracle.steps:
         b = oracle.budget[t]
@@ -179,18 +179,21 @@ def judge(target: str, res: dict, oracle: Oracle, framework: str) -> FitRow:
         wk, wr = _worst(w, b)
         sk, sr = _worst(s, b[rule])
         loss_rel = abs(float(res["loss"][t - 1]) - traj.losses[t - 1]) / abs(traj.losses[t - 1])
-        if max(wr, sr, loss_rel / b["loss"]) > 1 and len(row.flips) < MAX_FLIPS:
-            best = None
+        if max(wr, sr, loss_rel / b["loss"]) > 1 and searching and len(row.flips) < MAX_FLIPS:
+            best, searching = None, False  # no tie explains it: the first update out of budget stands
             for u, units, alt_flips in oracle.alternatives(traj, flips, t):
-                alt = T.run(oracle.spec, oracle.recipe, oracle.weights, oracle.batches, keep_steps=True,
+                alt = T.run(oracle.spec, oracle.recipe, oracle.weights, oracle.batches[:t], keep_steps=True,
                             relu_flip=alt_flips, start=traj, from_step=u)
                 aw, a_s = _errors(res, alt, t, rule, oracle.keys)
                 ratio = max(_worst(aw, b)[1], _worst(a_s, b[rule])[1])
                 if ratio <= 1 and (best is None or ratio < best[0]):
                     best = (ratio, u, units, alt, alt_flips)
             if best is not None:
-                _, u, units, traj, flips = best
+                _, u, units, _, flips = best
+                traj = T.run(oracle.spec, oracle.recipe, oracle.weights, oracle.batches, keep_steps=True,
+                             relu_flip=flips, start=traj, from_step=u)
                 row.flips.append({"update": u, "units": units})
+                searching = True
                 continue  # re-judge update t against the alternative
         row.steps.append({"update": t, "lr": traj.lrs[t - 1], "loss": float(res["loss"][t - 1]),
                           "loss_f64": traj.losses[t - 1], "loss_rel": loss_rel, "loss_budget": b["loss"],
@@ -260,3 +263,90 @@ def check_fit(spec: ResNetSpec, weights: dict, recipe: Recipe, *, steps: int = D
     oracle_json = {"losses": oracle.f64.losses, "lrs": oracle.f64.lrs, "peer_losses": [float(x) for x in oracle.peer.losses],
                    "budgets": [{k: v for k, v in b.items() if not isinstance(v, dict)} for b in oracle.budget[1:]]}
     return FitReport(config, rows, oracle_json, versions)
+
+
+# ----------------------------------------------------------------------------------- command line
+
+def cli(args, console, read_weights) -> int:
+    """``check --mode fit``: the spec (default: the --arch's style at depths 1,1,1,1, width 8,
+    10 classes), the recipe, the run, a table per update, --json, --trace, --plot."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from shared import spec as S
+    from shared.tools.jobs import write_json
+
+    steps = args.steps or DEFAULT_STEPS
+    if steps < 1:
+        raise ValueError(f"--steps: at least 1 update, got {steps}")
+    if args.weights:
+        spec, weights = read_weights(args.weights, args.style if args.style_given else None)
+    else:
+        spec = S.preset(args.arch, args.style, num_classes=10).replace(depths=args.depths or (1, 1, 1, 1),
+                                                                      width=args.width or 8)
+        weights = reference.calibrated_weights(spec, seed=args.seed, size=args.size)
+    recipe = recipe_for(args.recipe, steps, args.batch)
+    report = check_fit(spec, weights, recipe, steps=steps, frameworks=args.frameworks, keras_backends=args.keras_backends,
+                       batch=args.batch, size=args.size, seed=args.seed,
+                       progress=lambda what: console.print(f"[dim]{escape(what)}[/]"))
+    table = Table(title=f"resnet-parity check --mode fit: {'x'.join(map(str, spec.depths))} ({spec.style}), width "
+                        f"{spec.width}, batch {args.batch} x {args.size}px, {steps} updates; {recipe.describe()}")
+    for col in ("framework", "final loss", "worst weight rel", "budget", "worst statistic rel", "budget",
+                "held-out logits rel", "budget", "ties followed", "result"):
+        table.add_column(col)
+    for r in report.rows:
+        f = r.final
+        cells = [escape(r.target), f"{r.steps[-1]['loss']:.6f}" if r.steps else "-"]
+        cells += [f"{f[k]:.2e}" if k in f else "-" for k in ("weights_rel", "weights_budget", "stats_rel", "stats_budget",
+                                                             "heldout_logits_rel", "heldout_logits_budget")]
+        verdict = {"pass": "[green]pass[/]", "FAIL": "[bold red]FAIL[/]", "error": "[red]error[/]",
+                   "not installed": "[dim]not installed[/]"}[r.status]
+        table.add_row(*cells, str(len(r.flips)), f"{verdict} {escape(r.detail)}".strip())
+    console.print(table)
+    console.print(f"float64 losses: {' '.join(f'{x:.4f}' for x in report.oracle['losses'])}; rates: "
+                  f"{' '.join(f'{x:.3g}' for x in report.oracle['lrs'])}")
+    if args.trace:
+        for r in report.rows:
+            if r.first_out:
+                f = r.first_out
+                console.print(f"{r.target}: first out of budget at update {f['update']}: {f['what']} {f['key']} "
+                              f"(rel {f['rel']:.2e} > {f['budget']:.2e})")
+    if args.json:
+        write_json(args.json, report.to_json())
+    if args.plot:
+        plot(report, args.plot)
+        console.print(f"wrote {args.plot}")
+    console.print("[bold green]all trajectories agree[/]" if report.ok else "[bold red]fit check failed[/]")
+    return 0 if report.ok else 1
+
+
+def plot(report: FitReport, path: str) -> None:
+    """Loss per update in each framework beside the float64 trajectory, and each update's worst
+    weight error against its budget (as a ratio: above 1 is out of budget), written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report.rows if r.steps]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    updates = range(1, len(report.oracle["losses"]) + 1)
+    top.plot(updates, report.oracle["losses"], "k-", lw=3, alpha=0.3, label="float64 trajectory")
+    for r in rows:
+        top.plot([s["update"] for s in r.steps], [s["loss"] for s in r.steps], marker=".", lw=1, label=r.target)
+        bottom.semilogy([s["update"] for s in r.steps], [max(s["weights_ratio"], s["stats_ratio"], 1e-6) for s in r.steps],
+                        marker=".", lw=1, label=r.target)
+    rates = top.twinx()
+    rates.step(updates, report.oracle["lrs"], "g:", where="mid", label="learning rate")
+    rates.set_ylabel("learning rate", color="g")
+    top.set_ylabel("loss of the update")
+    top.legend(fontsize=7, loc="upper left")
+    bottom.axhline(1.0, color="r", ls="--", label="budget")
+    bottom.set_ylabel("worst tensor error / its budget")
+    bottom.set_xlabel("update")
+    bottom.legend(fontsize=7)
+    top.set_title(report.config["recipe_line"], fontsize=8)
+    fig.tight_layout()
+    with W.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
