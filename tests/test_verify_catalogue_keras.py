@@ -36,3 +36,12 @@ def test_keras_constructs(build, expected):
         pytest.fail(f"one line where a verdict was expected: {e}")
     got = "pass" if verdict.passed else "diagnosed: " + ",".join(verdict.diagnosis[0]["mutants"]) if verdict.diagnosis else "fail"
     assert got == expected, str(verdict)
+
+
+def test_an_eca_kernel_held_flat_is_read():
+    """ECA's channel conv kernel as resnet_keras holds it, ``(k,)`` (torch's Conv1d: (1, 1, k))."""
+    from resnet_keras.model import keras_model
+    from shared.spec import preset
+
+    verdict = V.verify(keras_model(preset("ecaresnet26t", depths=(1, 1, 1, 1), num_classes=10)), size=32, batch=1)
+    assert verdict.passed and verdict.spec.attention == "eca" and verdict.spec.depths == (1, 1, 1, 1), str(verdict)

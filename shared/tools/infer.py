@@ -85,10 +85,19 @@ def canonical_order(spec: ResNetSpec, shapes: Shapes | None = None) -> list[Entr
     return out + _entries(spec.head())
 
 
+def same_shape(got: tuple, expected: tuple) -> bool:
+    """Whether a port's array of shape ``got`` is the canonical weight of torch-layout shape
+    ``expected``: equal, or ECA's channel conv kernel (torch's Conv1d ``(1, 1, k)``) held as
+    ``(k,)`` or as Keras' and Flax's Conv1D ``(k, 1, 1)``."""
+    if got == expected:
+        return True
+    return len(expected) == 3 and expected[:2] == (1, 1) and got in ((expected[2],), (expected[2], 1, 1))
+
+
 def _matched(shapes: Shapes, at: int, entries: list[Entry]) -> int:
     """How many of ``entries`` the port's arrays from ``at`` have."""
     n = 0
-    while n < len(entries) and at + n < len(shapes) and shapes[at + n][1] == entries[n][2]:
+    while n < len(entries) and at + n < len(shapes) and same_shape(shapes[at + n][1], entries[n][2]):
         n += 1
     return n
 
@@ -289,7 +298,7 @@ def _fit_numbers(template: ResNetSpec, shapes: Shapes) -> _Fit:
         fit = _depths(spec, shapes, stem.at)
         if fit.expected is None and fit.at == len(shapes):
             order = canonical_order(fit.spec, shapes)
-            if [s for _, _, s in order] == [s for _, s in shapes]:
+            if len(order) == len(shapes) and _matched(shapes, 0, order) == len(order):
                 return fit
             n = _matched(shapes, 0, order)  # the parts read apart disagree: no fit
             fit = _Fit(fit.spec, n, order[n] if n < len(order) else None)

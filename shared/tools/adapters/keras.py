@@ -347,7 +347,11 @@ def port_load(model, arrays: list[np.ndarray]) -> None:
     """Assign ``arrays`` (``port_arrays`` order, torch layouts) to the model's own variables."""
     for variable, value in zip(_port_variables(model), arrays, strict=True):
         value = np.asarray(value, np.float32)
-        variable.assign(value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T if value.ndim == 2 else value)
+        value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T if value.ndim == 2 else value
+        if value.ndim == 3:  # a Conv1D kernel (ECA's): torch's (out, in, k) -> (k, in, out)
+            value = value.transpose(2, 1, 0)
+        # ECA's kernel held flat, (k,)
+        variable.assign(value.reshape(variable.shape) if value.shape != tuple(variable.shape) else value)
 
 
 def port_run(model, images_nhwc: np.ndarray, layout: str = "NHWC", precision: str = "fp32") -> np.ndarray:
