@@ -25,6 +25,7 @@ and the nearest that brings update ``s`` within budget becomes the oracle from t
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import tempfile
 from pathlib import Path
@@ -36,7 +37,7 @@ from shared import weights as W
 from shared.recipe import Recipe
 from shared.spec import ResNetSpec, is_statistic
 from shared.tools.adapter import VARIANCE, installed
-from shared.tools.check import Target, targets
+from shared.tools.check import TIE_PAIRS, Target, targets
 from shared.tools.jobs import Job, environment, launch, read_result
 
 DEFAULT_STEPS = 8
@@ -143,11 +144,17 @@ class Oracle:
     def logits(self, traj: T.Trajectory, rule: str) -> np.ndarray:
         return reference.forward(self.spec, _float32(traj.state(self.steps, rule)), self.heldout)
 
-    def alternatives(self, traj: T.Trajectory, flips: dict, step: int):
-        """(update, unit, trajectory) with one more ReLU tie flipped at an update before ``step``."""
+    def alternatives(self, traj: T.Trajectory, flips: dict, step: int, pairs: bool = False):
+        """(update, units, ReLU flips) with more ReLU ties flipped at one update before ``step``:
+        each of the ``TIE_NEAREST`` nearest alone, then all of that update's at once; with
+        ``pairs``, every pair of the ``TIE_PAIRS`` nearest (the one-step rule's, for a pass no
+        single flip explains: a float32 pass rounds two of the nearest across 0 as easily as one)."""
         for u in range(max(0, step - TIE_BACK), step):
             ties = backprop.relu_ties(self.peer.steps[u], traj.steps[u], parity.MARGIN)
-            picks = [[t] for t in ties[:TIE_NEAREST]] + ([ties] if len(ties) > 1 else [])
+            if pairs:
+                picks = [list(p) for p in itertools.combinations(ties[:TIE_PAIRS], 2)]
+            else:
+                picks = [[t] for t in ties[:TIE_NEAREST]] + ([ties] if len(ties) > 1 else [])
             for units in picks:
                 masks = {n: m.copy() for n, m in flips.get(u, {}).items()}
                 for name, index, _ in units:
@@ -166,6 +173,20 @@ def _worst(errors: dict, budgets: dict) -> tuple[str, float]:
     return key, errors[key] / budgets[key]
 
 
+def _nearest(oracle: Oracle, res: dict, traj: T.Trajectory, flips: dict, t: int, rule: str, pairs: bool = False):
+    """(ratio, update, units, flips) of the alternative (``Oracle.alternatives``) that brings
+    update ``t``'s every weight and statistic within budget nearest, or None."""
+    b, best = oracle.budget[t], None
+    for u, units, alt_flips in oracle.alternatives(traj, flips, t, pairs):
+        alt = T.run(oracle.spec, oracle.recipe, oracle.weights, oracle.batches[:t], keep_steps=True,
+                    relu_flip=alt_flips, start=traj, from_step=u)
+        aw, a_s = _errors(res, alt, t, rule, oracle.keys)
+        ratio = max(_worst(aw, b)[1], _worst(a_s, b[rule])[1])
+        if ratio <= 1 and (best is None or ratio < best[0]):
+            best = (ratio, u, units, alt_flips)
+    return best
+
+
 def judge(target: str, res: dict, oracle: Oracle, framework: str) -> FitRow:
     if "error" in res:
         return FitRow(target, "error", detail=str(res["error"]).splitlines()[-1] if str(res["error"]) else "")
@@ -180,16 +201,10 @@ def judge(target: str, res: dict, oracle: Oracle, framework: str) -> FitRow:
         sk, sr = _worst(s, b[rule])
         loss_rel = abs(float(res["loss"][t - 1]) - traj.losses[t - 1]) / abs(traj.losses[t - 1])
         if max(wr, sr, loss_rel / b["loss"]) > 1 and searching and len(row.flips) < MAX_FLIPS:
-            best, searching = None, False  # no tie explains it: the first update out of budget stands
-            for u, units, alt_flips in oracle.alternatives(traj, flips, t):
-                alt = T.run(oracle.spec, oracle.recipe, oracle.weights, oracle.batches[:t], keep_steps=True,
-                            relu_flip=alt_flips, start=traj, from_step=u)
-                aw, a_s = _errors(res, alt, t, rule, oracle.keys)
-                ratio = max(_worst(aw, b)[1], _worst(a_s, b[rule])[1])
-                if ratio <= 1 and (best is None or ratio < best[0]):
-                    best = (ratio, u, units, alt, alt_flips)
+            searching = False  # no tie explains it: the first update out of budget stands
+            best = _nearest(oracle, res, traj, flips, t, rule) or _nearest(oracle, res, traj, flips, t, rule, pairs=True)
             if best is not None:
-                _, u, units, _, flips = best
+                _, u, units, flips = best
                 traj = T.run(oracle.spec, oracle.recipe, oracle.weights, oracle.batches, keep_steps=True,
                              relu_flip=flips, start=traj, from_step=u)
                 row.flips.append({"update": u, "units": units})
