@@ -265,6 +265,8 @@ CATALOGUE = {m.name: m for m in (
     Mutant("stride_block", "the other block of each stage downsamples (V1: the last, V2: the first)", "spec",
            excluded=_stride_block_excluded),
     Mutant("same_padding", "'SAME' padding on strided convs and the pool (odd pixel bottom/right)", "layers"),
+    Mutant("same_padding_flax", "'SAME' padding on the strided 3x3 convs and the stem pool, the stem conv padded "
+           "as the spec (the Flax ImageNet example's ResNet, flax#963: odd pixel bottom/right)", "layers"),
     Mutant("pool_zero_pad", "max pool padded with the other value (0 <-> -inf)", "layers", excluded=_pool_after_relu),
     Mutant("missing_relu", "the first block's last inner ReLU left out", "layers"),
     Mutant("shortcut_from_input", "V2's projection shortcut fed the raw block input, not the pre-activation",
@@ -351,6 +353,12 @@ def _same_padding(layer):
     return layer
 
 
+def _same_padding_after_stem(layer):
+    """The Flax ImageNet example's padding: its stem conv padded explicitly (as torchvision),
+    'SAME' on every strided layer after it."""
+    return layer if isinstance(layer, Conv) and layer.name.startswith("conv1_") else _same_padding(layer)
+
+
 def _drop_relu(block: Block) -> Block:
     """The last ReLU of the first block's main path (bottleneck and V2: ``_2_relu``, basic: ``_1_relu``)."""
     if block.stage == 0 and block.index == 0:
@@ -392,6 +400,7 @@ def mutate_spec(name: str, spec: ResNetSpec) -> ResNetSpec:
     layer_fn, block_fn = {
         "stride_on": (None, _move_stride),
         "same_padding": (_same_padding, None),
+        "same_padding_flax": (_same_padding_after_stem, None),
         "pool_zero_pad": (_pad_swapped, None),
         "missing_relu": (None, _drop_relu),
         "shortcut_from_input": (None, _shortcut_from_input),

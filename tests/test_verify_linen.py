@@ -31,8 +31,8 @@ def test_a_linen_resnet50_is_judged_and_the_flax_examples_padding_traced_to_the_
     names mapped to the canonical weight of its layer (the shortcut's ``conv_proj`` after the
     main path, as the example creates it). With the example's 'SAME' on the strided 3x3 convs and
     the stem pool (the stem conv padded 3, as torchvision) it fails, and the trace names the
-    stem (the pool) as where it first leaves the spec. It is not the spec's ``same_padding``
-    (TF's 'SAME' on every strided layer pads the 7x7 stem conv (2, 3) too)."""
+    stem (the pool) as where it first leaves the spec, and the diagnosis names
+    ``same_padding_flax``, not TF's ``same_padding`` (which pads the 7x7 stem conv (2, 3) too)."""
     verdict = V.verify(f"{PORT}:ResNet50(padding={padding!r})", size=32, trace_blocks=True)
     assert (verdict.framework, verdict.spec.arch, verdict.spec.style) == ("flax", "resnet50", "torchvision")
     assert sorted(verdict.mapping.values()) == sorted(preset("resnet50", "torchvision").param_shapes())
@@ -48,7 +48,7 @@ def test_a_linen_resnet50_is_judged_and_the_flax_examples_padding_traced_to_the_
     else:
         assert not verdict.passed and verdict.rel > 10 * verdict.budget
         assert first["block"] == "stem" and first["rel"] > 10 * first["budget"]
-        assert ["same_padding"] not in [d["mutants"] for d in verdict.diagnosis]
+        assert [d["mutants"] for d in verdict.diagnosis] == [["same_padding_flax"]]
 
 
 def test_train_mode_runs_linens_batch_statistics_and_momentum_rule():
