@@ -270,7 +270,8 @@ def test_a_conv_weight_computed_by_a_node_is_one_line(default_model, tmp_path, c
 def test_a_missing_data_file_is_one_line(files, tmp_path, capsys):
     alone = tmp_path / "alone.onnx"
     shutil.copy(files["default"], alone)  # without resnet18.onnx.data
-    _one_line_exit_2(capsys, alone, "keeps its tensor conv1.weight in the file resnet18.onnx.data, which is not beside it")
+    _one_line_exit_2(capsys, alone,
+                     "keeps its tensor conv1.weight in the file resnet18.onnx.data, which is not beside it")
 
 
 # ------------------------------------------------------------------ through verify (the folded spec)

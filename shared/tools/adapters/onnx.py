@@ -90,9 +90,13 @@ def run_bench(job: Job, spec, weights) -> Step:
 # An ONNX file as users export it: torch's default (dynamo) exporter writes ``.onnx`` + ``.onnx.data``
 # and folds every BatchNorm into its conv (a Conv with weight and bias, no BatchNormalization; a
 # bias that folded to 0 is left out); the old exporter with constant folding does the same; without
-# it the BatchNormalization nodes stay. The classifier is a Gemm (transB 0 or 1) or MatMul + Add,
-# after a Flatten or a Reshape. Exporters share equal tensors (one initializer, or Identity nodes
-# on it) and may reach a weight through Cast nodes.
+# it the BatchNormalization nodes stay. The classifier is a Gemm (transB 0 or 1), MatMul + Add or
+# a 1x1 Conv on the pooled features, after a Flatten or a Reshape. Exporters share equal tensors
+# (one initializer, or Identity nodes on it): port_load gives each weight its own (the sharing is
+# of values, not of layers). A weight reaches its node from an initializer or a Constant, directly
+# or through Identity/Cast; one a node computes (a Mul, a DequantizeLinear) is refused, naming it.
+# The files are read into memory and never written; port_run frees an input fixed to the
+# exporter's example size and feeds a fixed batch in chunks.
 
 # The weight inputs of each op, by input index (Conv W, B; BatchNormalization scale, B, mean, var;
 # Gemm B, C; MatMul B, whose bias is the Add after it).
