@@ -54,8 +54,9 @@ from resnet_flax.api import CONSTRUCTORS, features, predict
 from resnet_flax.checkpoints import read_checkpoint
 from resnet_flax.model import ResNet, build
 from resnet_flax.weights import export_weights, load_weights, variables
+from resnet_flax.optim import optimizer, train_step
 from shared.preprocess import preprocess_input
 from resnet_flax.api import decode_predictions, preprocess
 
-__all__ = ["ResNet", *CONSTRUCTORS, "build", "export_weights", "features", "load_weights", "predict",
-           "preprocess", "preprocess_input", "decode_predictions", "read_checkpoint", "variables"]
+__all__ = ["ResNet", *CONSTRUCTORS, "build", "export_weights", "features", "load_weights", "optimizer", "predict",
+           "preprocess", "preprocess_input", "decode_predictions", "read_checkpoint", "train_step", "variables"]

@@ -1,7 +1,7 @@
 """A ``shared.recipe.Recipe`` as an optax chain, and one training update under ``nnx.jit``.
 
-``optimizer(recipe, model)`` returns an ``optax.GradientTransformation`` (wrap it in
-``nnx.Optimizer(model, tx, wrt=nnx.Param)``, as ``train_step`` takes it):
+``optimizer(recipe, model)`` returns the ``nnx.Optimizer`` of ``model``'s ``nnx.Param``s that
+``train_step`` takes; its ``tx`` is ``transform(recipe, model)``, the optax chain:
 
 - SGD: ``optax.sgd`` (``optax.trace`` starts from zeros, so its first buffer is the gradient, as
   torch's). Coupled decay: ``add_decayed_weights`` *before* it (the gradient of an L2 term,
@@ -55,9 +55,10 @@ def decay_mask(recipe: Recipe, model):
     return mask
 
 
-def optimizer(recipe: Recipe, model) -> optax.GradientTransformation:
-    """The optax chain computing ``recipe`` on ``model``'s ``nnx.Param``s (module docstring)."""
-    lr, wd = schedule(recipe), recipe.weight_decay
+def transform(recipe: Recipe, model, rate=None) -> optax.GradientTransformation:
+    """The optax chain computing ``recipe`` on ``model``'s ``nnx.Param``s (module docstring);
+    ``rate``: another schedule of the count in place of the recipe's."""
+    lr, wd = rate or schedule(recipe), recipe.weight_decay
     decay = [optax.add_decayed_weights(wd, mask=decay_mask(recipe, model))] if wd else []
     coupled = recipe.decay == "coupled"
     if recipe.optimizer == "adamw":
@@ -71,6 +72,11 @@ def optimizer(recipe: Recipe, model) -> optax.GradientTransformation:
     if coupled:
         return optax.chain(*decay, *trace, optax.scale_by_learning_rate(lr))
     return optax.chain(*trace, *decay, optax.scale_by_learning_rate(lr))
+
+
+def optimizer(recipe: Recipe, model) -> nnx.Optimizer:
+    """``nnx.Optimizer(model, transform(recipe, model), wrt=nnx.Param)``: what ``train_step`` takes."""
+    return nnx.Optimizer(model, transform(recipe, model), wrt=nnx.Param)
 
 
 @nnx.jit
@@ -101,8 +107,7 @@ def targets(labels, classes: int, label_smoothing: float) -> jnp.ndarray:
 def train_step(model, optimizer: nnx.Optimizer, images, labels, recipe: Recipe) -> float:
     """One update under ``nnx.jit``: train-mode forward of NHWC ``images``, mean softmax
     cross-entropy against ``labels`` (class indices or soft targets (B, K)) with the recipe's
-    label smoothing, ``optimizer.update``. ``optimizer``: ``nnx.Optimizer(model,
-    optimizer(recipe, model), wrt=nnx.Param)``. Returns the loss."""
+    label smoothing, ``optimizer.update``. ``optimizer``: ``optimizer(recipe, model)``. Returns the loss."""
     model.train()
     y = targets(labels, model.spec.num_classes, recipe.label_smoothing)
     x = jnp.asarray(np.asarray(images, np.result_type(np.asarray(images).dtype, np.float32)))

@@ -59,7 +59,8 @@ from resnet_keras.api import CONSTRUCTORS, feature_extractor, features, predict,
 from resnet_keras.checkpoints import read_checkpoint
 from resnet_keras.model import build, keras_model, spec_of
 from resnet_keras.weights import export_weights, load_weights, variables
+from resnet_keras.optim import optimizer, train_step
 from resnet_keras.api import decode_predictions, preprocess
 
 __all__ = [*CONSTRUCTORS, "build", "export_weights", "feature_extractor", "features", "keras_model",
-           "load_weights", "predict", "preprocess", "preprocess_input", "decode_predictions", "read_checkpoint", "spec_of", "variables"]
+           "load_weights", "optimizer", "predict", "preprocess", "preprocess_input", "decode_predictions", "read_checkpoint", "spec_of", "train_step", "variables"]

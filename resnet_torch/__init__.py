@@ -62,10 +62,11 @@ from resnet_torch.api import CONSTRUCTORS, features, predict
 from resnet_torch.checkpoints import read_checkpoint
 from resnet_torch.model import ResidualBlock, ResNet, build
 from resnet_torch.weights import export_weights, load_weights, variables
+from resnet_torch.optim import optimizer, train_step
 from shared.preprocess import preprocess_input
 from resnet_torch.api import decode_predictions, preprocess
 
 __all__ = [
     *CONSTRUCTORS, "ResidualBlock", "ResNet", "build",
-    "export_weights", "features", "load_weights", "predict", "preprocess", "preprocess_input", "decode_predictions", "read_checkpoint", "variables",
+    "export_weights", "features", "load_weights", "optimizer", "predict", "preprocess", "preprocess_input", "decode_predictions", "read_checkpoint", "train_step", "variables",
 ]

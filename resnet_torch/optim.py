@@ -46,8 +46,9 @@ def param_groups(recipe: Recipe, model: torch.nn.Module) -> list[dict]:
             {"params": [p for k, p in params if not decayed[k]], "weight_decay": 0.0, "decayed": False}]
 
 
-def _decoupled(optimizer, args, kwargs):
-    """Decoupled weight decay before the step: ``w -= lr x wd x w`` on the decayed group."""
+def decoupled_decay(optimizer, args, kwargs):
+    """The step pre-hook of decoupled weight decay: ``w -= lr x wd x w`` on the decayed group
+    (``decoupled_weight_decay``) before the step."""
     with torch.no_grad():
         for group in optimizer.param_groups:
             if group["decayed"] and group["decoupled_weight_decay"]:
@@ -84,7 +85,7 @@ def optimizer(recipe: Recipe, model: torch.nn.Module):
         opt = torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, dampening=recipe.dampening,
                               nesterov=recipe.nesterov)
         if not coupled:
-            opt.register_step_pre_hook(_decoupled)
+            opt.register_step_pre_hook(decoupled_decay)
     else:
         adam = torch.optim.Adam if coupled else torch.optim.AdamW
         opt = adam(groups, lr=recipe.lr, betas=recipe.betas, eps=recipe.eps)

@@ -13,6 +13,8 @@ resnet_torch, resnet_keras and resnet_flax)::
     feats = features(model, images_nhwc)  # {"stem", "stage1", ...}: NHWC float32 numpy
     spec, weights = read_checkpoint(path_or_name)  # the core's formats and the package's own
     for key, native in variables(model): ...     # canonical key -> the model's own variable
+    opt = optimizer(recipe, model)        # a shared.recipe.Recipe as the framework's own optimizer
+    loss = train_step(model, opt, images_nhwc, labels, recipe)  # one update (docs/training.md)
 
 Here: the constructors' spec (Keras Applications' meaning of include_top, pooling and
 classifier_activation), the one input policy of ``predict`` and ``features``, and where each
@@ -33,7 +35,9 @@ from shared.spec import PRESETS, ResNetSpec, preset
 
 CONSTRUCTORS = tuple(p.constructor for p in PRESETS.values())
 CONTRACT = (*CONSTRUCTORS, "build", "load_weights", "export_weights", "predict", "features", "read_checkpoint",
-            "variables", "preprocess_input", "preprocess", "decode_predictions")
+            "variables", "preprocess_input", "preprocess", "decode_predictions",
+            # a shared.recipe.Recipe as the framework's own optimizer, and one training update with it
+            "optimizer", "train_step")
 # Applied to the logits after the classifier; "linear" and None both leave the logits.
 CLASSIFIER_ACTIVATIONS = (None, "linear", "softmax", "sigmoid")
 

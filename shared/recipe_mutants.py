@@ -31,6 +31,17 @@ def _lr_changes(r: Recipe) -> bool:
     return r.schedule != "constant"
 
 
+def _velocity(r: Recipe) -> bool:
+    """Whether the velocity form (the rate inside the buffer) differs from the recipe's: SGD with
+    momentum under a changing rate (Keras' SGD has no dampening: a dampened recipe has no such port)."""
+    return r.optimizer == "sgd" and r.momentum > 0 and not r.dampening and _lr_changes(r)
+
+
+def adam_eps_inside(r: Recipe, t: int) -> float:
+    """The epsilon beside ``sqrt(v_hat)`` that computes Keras' Adam at update ``t`` (from 0)."""
+    return r.eps / (1.0 - r.betas[1] ** (t + 1)) ** 0.5
+
+
 CATALOGUE = {m.name: m for m in (
     FitMutant("decoupled_decay", "weight decay decoupled (w -= lr wd w, Keras 3's) where the recipe couples it",
               "recipe", lambda r: r.weight_decay > 0 and r.decay == "coupled" and (r.momentum > 0 or r.optimizer != "sgd"),
@@ -41,7 +52,13 @@ CATALOGUE = {m.name: m for m in (
               "recipe", lambda r: r.weight_decay > 0 and r.decay_mask == "kernels_only",
               lambda r: r.replace(decay_mask="no_norm")),
     FitMutant("keras_momentum", "Keras' SGD velocity (v = m v - lr g; w += v): past gradients keep their old rate",
-              "code", lambda r: r.optimizer == "sgd" and r.momentum > 0 and _lr_changes(r)),
+              "code", lambda r: _velocity(r) and not r.nesterov),
+    FitMutant("nesterov_other_form", "Nesterov in the velocity form (v = m v - lr g; w += m v - lr g: Sutskever's, as "
+              "Keras and Caffe store it) where the recipe states torch's and optax's (w -= lr (g + m buf))",
+              "code", lambda r: _velocity(r) and r.nesterov),
+    FitMutant("adam_eps_inside", "Adam's epsilon inside the bias correction (Keras' Adam and AdamW: lr sqrt(1 - b2^t) / "
+              "(1 - b1^t) x m / (sqrt(v) + eps), i.e. eps / sqrt(1 - b2^t) beside sqrt(v_hat))", "code",
+              lambda r: r.optimizer == "adamw"),
     FitMutant("schedule_early", "the schedule one count early (evaluated at count + 1)", "code", _lr_changes),
     FitMutant("warmup_inside_cosine", "the cosine's length counted with the warmup inside it (optax's decay_steps "
               "read as Keras')", "recipe", lambda r: r.schedule == "warmup_cosine" and r.warmup > 0 and r.cosine > 1,

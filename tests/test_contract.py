@@ -35,6 +35,8 @@ DOCUMENTED = {  # the contract as the issue and the design write it
     "preprocess_input": "(x, *, style)",
     "preprocess": "(image_or_path, *, weights=None, style=None)",
     "decode_predictions": "(logits, top=5, **kwargs)",
+    "optimizer": "(recipe, model)",
+    "train_step": "(model, optimizer, images, labels, recipe)",
 }
 
 

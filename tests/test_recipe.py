@@ -148,7 +148,6 @@ OPTAX_SCRIPT = textwrap.dedent("""
     import jax
     jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp, numpy as np
-    from flax import nnx
     from shared import recipe as R, spec as S, trajectory as T, reference
     from resnet_flax import build, load_weights
     from resnet_flax.weights import variables
@@ -163,7 +162,7 @@ OPTAX_SCRIPT = textwrap.dedent("""
         model = load_weights(build(recipe.train_spec(SPEC)), weights)
         for key, v in variables(model):  # the model in float64, its values the float32 weights
             v.value = jnp.asarray(np.asarray(weights[key], np.float64))
-        opt = nnx.Optimizer(model, optimizer(recipe, model), wrt=nnx.Param)
+        opt = optimizer(recipe, model)
         losses = [train_step(model, opt, images.astype(np.float64), labels, recipe) for images, labels in batches]
         state = {k: np.asarray(v[...]).tolist() for k, v in variables(model)}
         out[name] = {"losses": losses, "state": state, "dtype": str(np.asarray(variables(model).__next__()[1][...]).dtype)}

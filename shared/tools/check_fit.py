@@ -239,6 +239,32 @@ def judge(target: str, res: dict, oracle: Oracle, framework: str) -> FitRow:
     return row
 
 
+def engine(package, make_optimizer, spec: ResNetSpec, weights: dict, *, batches: str, heldout: str, recipe: dict,
+           mutant: str = "") -> dict:
+    """The training loop of every fit engine (``shared.tools.adapters.*_fit``): ``package``
+    (resnet_torch, resnet_keras or resnet_flax) builds the model the port trains (the broken
+    port's spec), ``make_optimizer(recipe, model, mutant)`` the optimizer of the recipe the port
+    hands its framework, ``package.train_step`` runs each update on the port's batch and targets
+    (``shared.recipe_mutants``). Returns every weight and statistic after each update
+    (``w{t}/{key}``), the losses and the held-out eval logits."""
+    r = Recipe.from_dict(recipe)
+    used = recipe_mutants.recipe(mutant, r)
+    model = package.load_weights(package.build(recipe_mutants.train_spec(mutant, r.train_spec(spec))), weights)
+    opt = make_optimizer(used, model, mutant)
+    data = np.load(batches)
+    out: dict[str, np.ndarray] = {}
+    losses = []
+    for t, (images, labels) in enumerate(zip(data["images"], data["labels"]), start=1):
+        images, labels = recipe_mutants.batch(mutant, images, labels)
+        soft = recipe_mutants.targets(mutant, r, labels, spec.num_classes)
+        step_recipe = used if soft is None else used.replace(label_smoothing=0.0)  # smoothed in the targets
+        losses.append(package.train_step(model, opt, images, labels if soft is None else soft, step_recipe))
+        out.update({f"w{t}/{k}": v for k, v in package.export_weights(model).items()})
+    out["loss"] = np.asarray(losses)
+    out["heldout"] = package.predict(model, np.load(heldout))
+    return out
+
+
 def check_fit(spec: ResNetSpec, weights: dict, recipe: Recipe, *, steps: int = DEFAULT_STEPS,
               frameworks=("torch", "keras", "flax"), keras_backends=("tensorflow", "jax", "torch"), batch: int = 8,
               size: int = 32, seed: int = 0, mutant: str = "", timeout: float = 900.0, progress=None) -> FitReport:

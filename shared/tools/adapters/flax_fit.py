@@ -1,18 +1,18 @@
-"""``check --mode fit`` in Flax NNX: resnet_flax's optax ``optimizer`` in ``nnx.Optimizer`` and
-its jitted ``train_step`` over a recipe's updates, every weight and running statistic after each
-(shared.tools.check_fit), with the ``code`` ports of ``shared.recipe_mutants`` as optax code."""
+"""``check --mode fit`` in Flax NNX: resnet_flax's ``optimizer`` (an optax chain in
+``nnx.Optimizer``) and its jitted ``train_step`` in the loop of ``shared.tools.check_fit.engine``,
+with the ``code`` ports of ``shared.recipe_mutants`` as optax code."""
 
 from __future__ import annotations
 
 import jax
-import numpy as np
 import optax
 from flax import nnx
 
-from resnet_flax import build, export_weights, load_weights, predict
-from resnet_flax.optim import decay_mask, optimizer, schedule, train_step
+import resnet_flax
+from resnet_flax.optim import decay_mask, schedule, transform
 from shared import recipe_mutants as M
 from shared.recipe import Recipe
+from shared.tools.check_fit import engine
 
 
 def versions() -> dict:
@@ -21,36 +21,28 @@ def versions() -> dict:
     return {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__}
 
 
-def _optimizer(recipe: Recipe, model, mutant: str):
-    """resnet_flax's chain, or (``code`` ports, SGD recipes) the same chain with its rate
-    read one count early, or Keras' velocity (the rate inside the trace)."""
-    if mutant not in ("keras_momentum", "schedule_early"):
-        return optimizer(recipe, model)
-    rate = schedule(recipe)
-    decay = [optax.add_decayed_weights(recipe.weight_decay, mask=decay_mask(recipe, model))] if recipe.weight_decay else []
-    trace = optax.trace(decay=recipe.momentum, nesterov=recipe.nesterov)
-    if mutant == "keras_momentum":
-        return optax.chain(*decay, optax.scale_by_learning_rate(rate), trace)
-    early = optax.scale_by_learning_rate(lambda count: rate(count + 1))
-    if recipe.decay == "coupled":
-        return optax.chain(*decay, trace, early)
-    return optax.chain(trace, *decay, early)
+def _transform(recipe: Recipe, model, mutant: str) -> optax.GradientTransformation:
+    """resnet_flax's chain, or the ``code`` ports: the rate read one count early; the velocity
+    form (the rate inside the trace: ``scale_by_learning_rate`` before ``optax.trace``, the
+    decoupled decay scaled by the rate after it); Adam's epsilon inside the bias correction (an
+    epsilon schedule through ``optax.inject_hyperparams``)."""
+    rate, wd = schedule(recipe), recipe.weight_decay
+    mask = decay_mask(recipe, model)
+    coupled = [optax.add_decayed_weights(wd, mask=mask)] if wd and recipe.decay == "coupled" else []
+    if mutant in ("keras_momentum", "nesterov_other_form"):
+        decoupled = ([optax.add_decayed_weights(lambda count: -rate(count) * wd, mask=mask)]
+                     if wd and recipe.decay == "decoupled" else [])
+        return optax.chain(*coupled, optax.scale_by_learning_rate(rate),
+                           optax.trace(decay=recipe.momentum, nesterov=recipe.nesterov), *decoupled)
+    if mutant == "adam_eps_inside":
+        b1, b2 = recipe.betas
+        adam = optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
+            rate, b1=b1, b2=b2, eps=lambda count: M.adam_eps_inside(recipe, count),
+            weight_decay=0.0 if recipe.decay == "coupled" else wd, mask=mask)
+        return optax.chain(*coupled, adam)
+    return transform(recipe, model, (lambda count: rate(count + 1)) if mutant == "schedule_early" else None)
 
 
-def run(spec, weights, *, batches: str, heldout: str, recipe: dict, mutant: str = "") -> dict:
-    r = Recipe.from_dict(recipe)
-    used = M.recipe(mutant, r)
-    model = load_weights(build(M.train_spec(mutant, r.train_spec(spec))), weights)
-    opt = nnx.Optimizer(model, _optimizer(used, model, mutant), wrt=nnx.Param)
-    data = np.load(batches)
-    out: dict[str, np.ndarray] = {}
-    losses = []
-    for t, (images, labels) in enumerate(zip(data["images"], data["labels"]), start=1):
-        images, labels = M.batch(mutant, images, labels)
-        soft = M.targets(mutant, r, labels, spec.num_classes)
-        step_recipe = used if soft is None else used.replace(label_smoothing=0.0)
-        losses.append(train_step(model, opt, images, labels if soft is None else soft, step_recipe))
-        out.update({f"w{t}/{k}": v for k, v in export_weights(model).items()})
-    out["loss"] = np.asarray(losses)
-    out["heldout"] = predict(model, np.load(heldout))
-    return out
+def run(spec, weights, **options) -> dict:
+    return engine(resnet_flax, lambda r, model, mutant: nnx.Optimizer(model, _transform(r, model, mutant), wrt=nnx.Param),
+                  spec, weights, **options)

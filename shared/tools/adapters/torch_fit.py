@@ -1,16 +1,16 @@
-"""``check --mode fit`` in PyTorch: resnet_torch's ``optimizer`` and ``train_step`` over a
-recipe's updates, every weight and running statistic after each (shared.tools.check_fit), with
-the ``code`` ports of ``shared.recipe_mutants`` as torch code."""
+"""``check --mode fit`` in PyTorch: resnet_torch's ``optimizer`` and ``train_step`` in the loop
+of ``shared.tools.check_fit.engine``, with the ``code`` ports of ``shared.recipe_mutants`` as
+torch code."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from resnet_torch import build, export_weights, load_weights, predict
-from resnet_torch.optim import optimizer, train_step
+import resnet_torch
+from resnet_torch.optim import decoupled_decay, scheduler
 from shared import recipe_mutants as M
 from shared.recipe import Recipe
+from shared.tools.check_fit import engine
 
 
 def versions() -> dict:
@@ -18,10 +18,12 @@ def versions() -> dict:
 
 
 class _VelocitySGD(torch.optim.Optimizer):
-    """Keras' SGD (``keras_momentum``): v = m v - lr g; w += v, coupled decay in g."""
+    """Keras' SGD (``keras_momentum``, ``nesterov_other_form``): ``v = m v - lr g``, then
+    ``w += v`` (``w += m v - lr g`` with nesterov); the recipe's coupled decay in ``g`` and its
+    decoupled decay by resnet_torch's pre-hook, as its own SGD has them."""
 
-    def __init__(self, groups, lr, momentum):
-        super().__init__(groups, {"lr": lr, "momentum": momentum, "weight_decay": 0.0})
+    def __init__(self, groups, lr, momentum, nesterov):
+        super().__init__(groups, {"lr": lr, "momentum": momentum, "nesterov": nesterov})
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -30,36 +32,32 @@ class _VelocitySGD(torch.optim.Optimizer):
                 g = p.grad + group["weight_decay"] * p
                 v = self.state[p].setdefault("v", torch.zeros_like(p))
                 v.mul_(group["momentum"]).add_(g, alpha=-group["lr"])
-                p.add_(v)
+                p.add_(group["momentum"] * v - group["lr"] * g if group["nesterov"] else v)
 
 
 def _optimizer(recipe: Recipe, model, mutant: str):
-    opt, sched = optimizer(recipe, model)
-    if mutant == "keras_momentum":
-        groups = [{k: v for k, v in g.items() if k in ("params", "weight_decay")} for g in opt.param_groups]
-        opt = _VelocitySGD(groups, recipe.lr, recipe.momentum)
-        from resnet_torch.optim import scheduler
+    opt, sched = resnet_torch.optimizer(recipe, model)
+    if mutant in ("keras_momentum", "nesterov_other_form"):
+        groups = [{k: v for k, v in g.items() if k in ("params", "weight_decay", "decayed", "decoupled_weight_decay")}
+                  for g in opt.param_groups]
+        opt = _VelocitySGD(groups, recipe.lr, recipe.momentum, recipe.nesterov)
+        if recipe.decay == "decoupled":
+            opt.register_step_pre_hook(decoupled_decay)
         sched = scheduler(recipe, opt)
+    if mutant == "adam_eps_inside":  # Keras' form: eps / sqrt(1 - b2^t) beside torch's sqrt(v_hat)
+        steps = iter(range(1 << 62))
+
+        def eps_inside(optimizer, args, kwargs):
+            t = next(steps)
+            for group in optimizer.param_groups:
+                group["eps"] = M.adam_eps_inside(recipe, t)
+
+        opt.register_step_pre_hook(eps_inside)
     if mutant == "schedule_early":
         sched.step()  # stepped before the first update: torch warns of exactly this
     return opt, sched
 
 
-def run(spec, weights, *, batches: str, heldout: str, recipe: dict, mutant: str = "") -> dict:
+def run(spec, weights, **options) -> dict:
     torch.manual_seed(0)
-    r = Recipe.from_dict(recipe)
-    used = M.recipe(mutant, r)
-    model = load_weights(build(M.train_spec(mutant, r.train_spec(spec))), weights)
-    opt = _optimizer(used, model, mutant)
-    data = np.load(batches)
-    out: dict[str, np.ndarray] = {}
-    losses = []
-    for t, (images, labels) in enumerate(zip(data["images"], data["labels"]), start=1):
-        images, labels = M.batch(mutant, images, labels)
-        soft = M.targets(mutant, r, labels, spec.num_classes)
-        step_recipe = used if soft is None else used.replace(label_smoothing=0.0)
-        losses.append(train_step(model, opt, images, labels if soft is None else soft, step_recipe))
-        out.update({f"w{t}/{k}": v for k, v in export_weights(model).items()})
-    out["loss"] = np.asarray(losses)
-    out["heldout"] = predict(model, np.load(heldout))
-    return out
+    return engine(resnet_torch, _optimizer, spec, weights, **options)
