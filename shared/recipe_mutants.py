@@ -46,6 +46,10 @@ CATALOGUE = {m.name: m for m in (
     FitMutant("decoupled_decay", "weight decay decoupled (w -= lr wd w, Keras 3's) where the recipe couples it",
               "recipe", lambda r: r.weight_decay > 0 and r.decay == "coupled" and (r.momentum > 0 or r.optimizer != "sgd"),
               lambda r: r.replace(decay="decoupled")),
+    FitMutant("coupled_decay", "weight decay coupled (an L2 term's gradient, Adam's weight_decay: AdamW acting as "
+              "Adam + L2) where the recipe decouples it", "recipe",
+              lambda r: r.weight_decay > 0 and r.decay == "decoupled" and (r.momentum > 0 or r.optimizer != "sgd"),
+              lambda r: r.replace(decay="coupled")),
     FitMutant("decay_on_norm", "weight decay on BatchNorm's gamma and beta where the recipe excludes them",
               "recipe", lambda r: r.weight_decay > 0 and r.decay_mask != "all", lambda r: r.replace(decay_mask="all")),
     FitMutant("decay_on_bias", "weight decay on biases where the recipe decays kernels only",
