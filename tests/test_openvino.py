@@ -238,3 +238,10 @@ def test_verify_runs_onnx_and_ir_files_on_openvino(tmp_path):
         OV.port_arrays(OV.port_open(str(ir)))
     with pytest.raises(ValueError, match="no OpenVINO IR"):
         OV.port_open(str(tmp_path / "missing.xml"))
+    # the command: an .onnx file with --runtime openvino is judged end to end; an IR is one line
+    from shared.tools import verify
+
+    verdict = verify.verify(str(onnx_path), size=SIZE, runtime="openvino")
+    assert verdict.passed and verdict.framework == "openvino" and verdict.spec.depths == (1, 1, 1, 1), str(verdict)
+    with pytest.raises(verify.VerifyError, match="needs the ONNX file"):
+        verify.verify(str(ir), size=SIZE)

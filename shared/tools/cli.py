@@ -403,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--seed", type=int, default=0)
     verify.add_argument("--json", default=None, help="write the verdict, mapping and diagnosis here")
     verify.add_argument("--trace", action="store_true", help="name the first block out of budget")
+    verify.add_argument("--runtime", choices=("onnxruntime", "openvino"), default="onnxruntime",
+                        help="what runs an .onnx PORT (an OpenVINO IR .xml runs on OpenVINO)")
     verify.add_argument("--plot", default=None, metavar="FILE.png",
                         help="with --trace: each traced activation's error against its budget, stem to head")
     verify.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",

@@ -413,7 +413,8 @@ def _check_logits(logits: np.ndarray, expected: tuple[int, ...], shapes: list) -
                           f"{shapes[-1][1]} has {expected[-1]} classes: expected {expected}")
 
 
-LAYOUTS = {"torch": "NCHW", "keras": "NHWC", "flax": "NHWC", "onnx": "NCHW"}  # each framework's own
+LAYOUTS = {"torch": "NCHW", "keras": "NHWC", "flax": "NHWC", "onnx": "NCHW", "openvino": "NCHW"}  # each one's own
+RUNTIMES = {"onnxruntime": "onnx", "openvino": "openvino"}  # what runs an ONNX file: its adapter
 # How a Keras or Flax port computes in a precision (its compute dtype is fixed when it is built).
 BUILT_IN = {
     "keras": {"bf16": "verify builds a PORT under Keras' mixed_bfloat16 policy: pass it as PORT, not as a model "
@@ -428,15 +429,16 @@ BUILT_IN = {
 
 def verify(port, *, arch: str | None = None, style: str | None = None, layout: str | None = None,
            size: int = 64, batch: int = 2, seed: int = 0, trace_blocks: bool = False, mode: str = "eval",
-           precision: str = "fp32") -> Verdict:
+           precision: str = "fp32", runtime: str = "onnxruntime") -> Verdict:
     """The verdict on ``port``: a PORT string (module docstring), or the model object itself (a
     ``torch.nn.Module``, ``keras.Model``, ``flax.nnx.Module``, ``flax.linen.Module`` or
     ``(linen module, variables)``). ``verdict.passed``, ``verdict.diagnosis``, ``str(verdict)``
     (the command's report). A port that cannot be judged raises ``VerifyError`` with one line
-    naming what verify met; nothing else escapes."""
+    naming what verify met; nothing else escapes. ``runtime``: what runs an ``.onnx`` file,
+    onnxruntime or OpenVINO (an OpenVINO IR ``.xml`` always runs on OpenVINO)."""
     try:
         return _verify(port, arch=arch, style=style, layout=layout, size=size, batch=batch, seed=seed,
-                       trace_blocks=trace_blocks, mode=mode, precision=precision)
+                       trace_blocks=trace_blocks, mode=mode, precision=precision, runtime=runtime)
     except VerifyError:
         raise
     except Exception as e:  # noqa: BLE001 (a construct of the port nobody foresaw: one line, never a traceback)
@@ -445,13 +447,15 @@ def verify(port, *, arch: str | None = None, style: str | None = None, layout: s
                           f"{Path(frame.filename).name}:{frame.lineno})") from None
 
 
-def _verify(port, *, arch, style, layout, size, batch, seed, trace_blocks, mode, precision) -> Verdict:
+def _verify(port, *, arch, style, layout, size, batch, seed, trace_blocks, mode, precision, runtime) -> Verdict:
     if trace_blocks and mode == "train":
         raise VerifyError("--trace compares eval-mode activations block by block; not with --mode train")
     if precision == "bf16" and (trace_blocks or mode == "train"):
         raise VerifyError("--precision bf16: judges eval-mode logits only (no --trace, no --mode train)")
-    if isinstance(port, str) and port.endswith(".onnx"):
-        framework, model = "onnx", None
+    if runtime not in RUNTIMES:
+        raise VerifyError(f"--runtime: expected one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if isinstance(port, str) and port.endswith((".onnx", ".xml")):
+        framework, model = RUNTIMES["openvino" if port.endswith(".xml") else runtime], None
     else:
         model = port if not isinstance(port, str) else load_port(port, precision)
         # a PORT may return (module, variables): Flax linen's
@@ -465,8 +469,8 @@ def _verify(port, *, arch, style, layout, size, batch, seed, trace_blocks, mode,
     if mode == "train" and not hasattr(fw, "port_train"):
         raise VerifyError("--mode train: verify trains torch, Keras and Flax ports; an ONNX file only infers")
     if precision == "bf16" and framework == "onnx":
-        raise VerifyError("--precision bf16: torch, Keras and Flax ports; onnxruntime runs an ONNX file as it is "
-                          "(float32 here)")
+        raise VerifyError("--precision bf16: torch, Keras, Flax ports and OpenVINO (--runtime openvino); onnxruntime "
+                          "runs an ONNX file as it is (float32 here)")
     try:
         model = fw.port_open(port) if model is None else model
         shapes = fw.port_arrays(model)
@@ -621,7 +625,8 @@ def cli(args) -> int:
         except PlotUnavailable as e:
             raise VerifyError(str(e)) from None
     verdict = verify(args.port, arch=args.arch, style=args.style, layout=args.layout, size=args.size,
-                     batch=args.batch, seed=args.seed, trace_blocks=args.trace, mode=args.mode, precision=args.precision)
+                     batch=args.batch, seed=args.seed, trace_blocks=args.trace, mode=args.mode, precision=args.precision,
+                     runtime=args.runtime)
     print(report(verdict))
     if args.json:
         write_json(args.json, verdict.to_json())
