@@ -22,7 +22,9 @@ def test_the_seed_articles_resnet50_passes(tmp_path):
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "trace.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # --plot: the trace drawn
-    assert "torch port of resnet50 (torchvision style)" in proc.stdout and proc.stdout.strip().endswith("pass")
+    head, trace = proc.stdout.strip().splitlines()
+    assert head.startswith("torch port of resnet50 (torchvision style)") and head.endswith("pass")
+    assert trace == "every traced block within budget (17 traced)"
     verdict = json.loads((tmp_path / "v.json").read_text())
     assert verdict["pass"] and verdict["rel"] <= verdict["budget"] and verdict["diagnosis"] == []
     assert verdict["mapping"]["layer1.0.identity_downsample.0.weight"] == "conv2_block1_0_conv.kernel"
