@@ -421,7 +421,7 @@ BUILT_IN = {
                       "built before (or build it under keras.config.set_dtype_policy('mixed_bfloat16'))",
               "fp32": "it was built under a mixed policy: build it under keras.config.set_dtype_policy('float32'), "
                       "or judge it with --precision bf16"},
-    "flax": {"bf16": "an nnx port computes in the dtype its constructor gives its layers: build it with "
+    "flax": {"bf16": "a Flax port computes in the dtype its constructor gives its layers: build it with "
                      "dtype=bfloat16, e.g. PORT 'my_resnet.py:ResNet50(dtype=\"bfloat16\")'",
              "fp32": "judge it with --precision bf16, or build it with float32 layers"},
 }
@@ -502,7 +502,8 @@ def _verify(port, *, arch, style, layout, size, batch, seed, trace_blocks, mode,
     spec = verdict.spec
     if verdict is not judged[-1][0]:  # the chosen preset's weights back into the port, for the trace
         _load(fw, model, spec, order, seed, size, batch)
-    if trace_blocks or not (verdict.passed or verdict.diagnosis):  # no variant fits: where it diverges
+    # no variant fits: where it diverges (the trace's budgets are fp32's)
+    if trace_blocks or not (verdict.passed or verdict.diagnosis or precision != "fp32"):
         verdict.trace = trace(fw, model, spec, order, layout, seed, size, batch)
     return verdict
 
