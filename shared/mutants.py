@@ -308,6 +308,9 @@ CATALOGUE = {m.name: m for m in (
            "the checkpoint's dropped", "spec", excluded=_vd_excluded),
 )}
 # The family's ports (issue 29): tables of V1 runs made before them do not list them.
+# Conventions met in ports written outside the project after the V1 and block-kind catch tables
+# were recorded (2026-11-27): their own table, docs/results/mutants-cpu-ports.md.
+PORTS_FOUND = ("same_padding_flax",)
 FAMILY = ("avg_down_count_pad", "avg_down_floor", "avg_down_conv_first", "se_no_min", "se_hard_sigmoid",
           "eca_kernel", "eca_padding", "blur_unnormalised", "vd_first_shortcut")
 

@@ -125,7 +125,7 @@ KIND_SPECS = {
     "preact": S.preset_spec("keras", block="preact", depths=(2, 2), width=16, num_classes=10),
     "bottleneck-1-1": S.preset_spec("torchvision", **TINY),
 }
-COMMON = {"bn_epsilon", "stride_on", "same_padding", "missing_relu", "swapped_weights"}
+COMMON = {"bn_epsilon", "stride_on", "same_padding", "same_padding_flax", "missing_relu", "swapped_weights"}
 APPLIES_IN_EVAL = {
     # basic and resnext: moving the stride to a stage's last block would need a projection there
     "basic": COMMON,
@@ -274,8 +274,9 @@ def test_published_catch_table_of_each_block_kind(kind):
         applies = mutants.CATALOGUE[c["mutant"]].applies(spec, c["mode"], c["precision"])
         assert c["outcome"] == ("caught" if applies else "passes"), c
         counts[c["mutant"]][c["outcome"]] += 1
-    # this table predates the family's mutants (docs/results/mutants-cpu-family.md holds those)
-    assert set(counts) == set(mutants.CATALOGUE) - set(mutants.FAMILY) and all(
+    # this table predates the family's mutants (docs/results/mutants-cpu-family.md holds those) and
+    # the ports verify found (docs/results/mutants-cpu-ports.md: test_published_catch_table_of_the_ports_found)
+    assert set(counts) == set(mutants.CATALOGUE) - set(mutants.FAMILY) - set(mutants.PORTS_FOUND) and all(
         sum(n.values()) == len(runs) for n in counts.values())
     page = (root / "docs" / "results" / "mutants-cpu.md").read_text()
     header = next(line for line in page.splitlines() if line.startswith("| broken port | basic ("))
@@ -359,3 +360,27 @@ def test_relu_ties_window_is_the_layers_largest_float32_error():
     ties = backprop.relu_ties(peer, full, parity.MARGIN)
     assert [(name, index) for name, index, _ in ties] == [("r", (0,)), ("r", (2,))]
     assert [round(t[2], 6) for t in ties] == [0.25, 0.5]
+
+
+def test_published_catch_table_of_the_ports_found():
+    """docs/results/mutants-cpu-ports.json: the conventions verify met in ports written outside
+    the project (``mutants.PORTS_FOUND``: the Flax ImageNet example's padding) on every block
+    kind above, in torch, Keras (TensorFlow) and Flax, eval and train at fp32 and bf16: each cell
+    caught exactly where the port applies (recomputed from the spec), every unbroken run passing."""
+    import json
+    from pathlib import Path
+
+    doc = json.loads((Path(__file__).resolve().parents[1] / "docs" / "results" / "mutants-cpu-ports.json").read_text())
+    assert doc["ports"] == list(mutants.PORTS_FOUND) and [t["kind"] for t in doc["tables"]] == [
+        "basic", "resnext", "preact", "bottleneck"]
+    for table, spec in zip(doc["tables"], KIND_SPECS.values()):
+        assert S.ResNetSpec.from_dict(table["spec"]) == spec
+        assert table["targets"] == ["torch", "keras[tensorflow]", "flax"]
+        runs = {(t, m, p) for t in table["targets"] for m in ("eval", "train") for p in ("fp32", "bf16")}
+        assert {(c["target"], c["mode"], c["precision"]) for c in table["baseline"]} == runs
+        assert all(c["status"] == "pass" for c in table["baseline"]), table["kind"]
+        assert {(c["mutant"], c["target"], c["mode"], c["precision"]) for c in table["cells"]} == {
+            (n, *r) for n in mutants.PORTS_FOUND for r in runs}
+        for c in table["cells"]:
+            applies = mutants.CATALOGUE[c["mutant"]].applies(spec, c["mode"], c["precision"])
+            assert applies and c["catch"] == "caught" and c["status"] == "FAIL", c  # it changes every block kind here
