@@ -2,21 +2,20 @@
 
 PORT is ``FILE.py:NAME`` or ``package.module:NAME``, optionally ``NAME(k=v, ...)`` with literal
 keyword arguments: a class or function that returns the model (a ``torch.nn.Module``, a
-``keras.Model`` or a ``flax.nnx.Module``; the framework is read off its class), or a ``.onnx``
-file (run with onnxruntime, from memory). Then:
+``keras.Model``, a ``flax.nnx.Module``, a ``flax.linen.Module`` or ``(linen module, variables)``;
+the framework is read off its class), or an ``.onnx`` file (run with onnxruntime, or OpenVINO with
+``--runtime openvino``, from memory; BatchNorm folded into the convs or not). ``verify(model,
+...)`` takes the model object itself. Then:
 
 1. **Architecture.** The port's parameters and BatchNorm statistics, in its own order (torch:
    the state_dict's; Keras: the layer graph's, depth first; Flax: the order a traced forward calls
-   the layers; ONNX: the graph's), are read off the model (their names are not needed) and
-   compared, shape by shape and in torch layouts, with each preset's canonical weights in
-   torchvision's order, a block's projection shortcut before or after its main path as the port
-   lists it; every preset that fits every array is a candidate (``--arch`` imposes one). Several
-   fit where presets differ only in layers without weights (timm's resnet50c and resnet50d,
-   resnet50 and resnetblur50): each is judged in turn, the first that passes is the
-   architecture; when none does, each is diagnosed, nearest first, and the first a mutant
-   explains is reported (else the nearest).
-   A port that fits none is refused with one line naming the first array that no preset fits
-   and what the closest preset expects there.
+   the layers; ONNX: the graph's), are read off the model (their names are not needed) as
+   torch-layout shapes, and the architecture is read off them (``shared.tools.infer``): any
+   structure the spec expresses, presets first, each fitting spec judged in turn (several fit
+   where they differ only in layers without weights: timm's resnet50c and resnet50d); the first
+   that passes is the architecture; when none does, each is diagnosed, nearest first, and the
+   first a mutant explains is reported (else the nearest). A port no structure reads is refused
+   with one line naming its first array that none reads and what the nearest expects there.
 2. **Weight mapping.** Every array of the port maps to one canonical weight, by position
    (``--json`` shows the mapping).
 3. **Weights.** Seeded weights with calibrated BatchNorm (as ``check``) go into the port itself.
