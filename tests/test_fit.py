@@ -13,6 +13,7 @@ import pytest
 
 from shared import backprop, parity, recipe as R, recipe_mutants as M, reference, spec as S, trajectory as T
 from shared.tools import check_fit as C
+from test_recipe import one_torch_thread  # noqa: F401 (autouse: torch on one thread here)
 
 SPEC = S.preset("resnet50").replace(depths=(1, 1, 1, 1), width=8, num_classes=10)
 STEPS = 3

@@ -33,6 +33,22 @@ RECIPES = {  # each with a change of rate inside the window
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """torch on one thread while this module runs (restored after): on a 1,1,1,1 ResNet of width
+    8 its two threads' parallel regions spin against other processes on a loaded 2-core machine
+    (a 3-update fit run: 8 s instead of 0.3 s)."""
+    if "torch" not in sys.modules:
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def synthetic(spec, steps: int, seed: int = 0):
     """A tiny problem for an optimizer alone: ``spec``'s learnable weights and ``steps`` updates
     of seeded float32 gradients, each tensor at a scale of its own from 1e-9 to 1e-1 (Adam's
@@ -224,48 +240,3 @@ def test_oracle_matches_optax_in_float64(run):
             budget = max(4 * parity.rel_error(moved[key], want[key]), 1e-12)
             assert parity.rel_error(np.asarray(value), want[key]) <= budget, (name, key)
 
-
-OPTAX_CASES = ["adamw", "adam-l2", "flax-imagenet", "torchvision-new", "sgd-decoupled"]
-
-
-@pytest.mark.parametrize("name", OPTAX_CASES + ["broken: adam_eps_inside", "broken: nesterov_other_form"])
-def test_optax_chain_computes_the_recipe(name):
-    """resnet_flax's optax chain (``transform``: optax.adamw with its mask, Adam + an L2 term,
-    optax.sgd with the decay before or after the trace, optax's schedules) on the tiny problem of
-    ``synthetic``, against the float64 numpy update rule, per tensor within 4x the same
-    arithmetic's float32 error. Two of ``shared.recipe_mutants``' optax ports (Keras' Adam
-    epsilon, the velocity form of Nesterov) fail the same judgement."""
-    pytest.importorskip("optax")
-    import jax
-    import optax
-    from flax import nnx
-
-    from resnet_flax import build
-    from resnet_flax.layers import NATIVE_PARAM
-    from resnet_flax.optim import transform
-    from shared.tools.adapters.flax_fit import _transform
-
-    recipes = {**RECIPES, "sgd-decoupled": RECIPES["sgd-decoupled-dampened"].replace(dampening=0.0)}
-    mutant = name.removeprefix("broken: ") if name.startswith("broken") else ""
-    recipe = recipes[{"adam_eps_inside": "adamw", "nesterov_other_form": "flax-imagenet"}.get(mutant, name)]
-    spec = SPEC.replace(conv_bias=True)  # biases for the masks to tell apart
-    learn, grads = synthetic(spec, STEPS)
-    model = build(spec)
-    key_of = {(layer.name, NATIVE_PARAM[layer.kind][p]): f"{layer.name}.{p}" for layer in spec.layers() for p in layer.params}
-
-    def tree(values):
-        return jax.tree_util.tree_map_with_path(
-            lambda path, _: np.asarray(values[key_of[(path[0].key, path[1].key)]]), nnx.state(model, nnx.Param))
-
-    tx = _transform(recipe, model, mutant) if mutant else transform(recipe, model)
-    params, state = tree(learn), None
-    state = tx.init(params)
-    update = jax.jit(tx.update)
-    for g in grads:
-        updates, state = update(tree(g), state, params)
-        params = optax.apply_updates(params, updates)
-    got = {key_of[(path[0].key, path[1].key)]: np.asarray(v)
-           for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
-    want, budgets = optimizer_budgets(spec, recipe, learn, grads)
-    ratio = max(parity.rel_error(got[k], want[k]) / budgets[k] for k in want)
-    assert (ratio > 10) if mutant else (ratio <= 1), f"{name}: worst {ratio:.2f}x its budget"
