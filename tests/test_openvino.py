@@ -226,8 +226,10 @@ def test_verify_runs_onnx_and_ir_files_on_openvino(tmp_path):
     spec, weights, images = _case("resnet18", batch=3)
     onnx_path = to_onnx(spec, weights, tmp_path / "r.onnx", image_size=SIZE)
     ir, half = tmp_path / "r.xml", tmp_path / "half.xml"
-    ov.save_model(ov.convert_model(str(onnx_path)), str(ir), compress_to_fp16=False)
-    ov.save_model(ov.convert_model(str(onnx_path)), str(half))  # OpenVINO's default: float16 weights
+    # read_model, not convert_model: convert_model leaves numpy's OpenBLAS threads hung in this process
+    # (the next float64 matmul spins forever; openvino 2026.4, numpy 2.4's scipy-openblas)
+    ov.save_model(ov.Core().read_model(str(onnx_path)), str(ir), compress_to_fp16=False)
+    ov.save_model(ov.Core().read_model(str(onnx_path)), str(half))  # OpenVINO's default: float16 weights
     ref = reference.forward(spec, weights, images)
     budget = parity.fp32_budget(parity.rel_error(reference.forward(spec, weights, images, dtype=np.float32), ref))
     for path in (onnx_path, ir):
