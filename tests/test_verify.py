@@ -242,7 +242,7 @@ class _NoForward(__import__("torch").nn.Module):
     (lambda tmp: str(tmp / "junk.onnx"), "junk.onnx is no ONNX model"),
     (lambda tmp: (f"{PORT}:ResNet50", "--mode", "train", "--trace"), "--trace compares eval-mode activations"),
     (lambda tmp: (f"{PORT}:ResNet50", "--precision", "bf16", "--trace"), "--precision bf16: judges eval-mode logits"),
-    (lambda tmp: (str(tmp / "junk.onnx"), "--precision", "bf16"), "--precision bf16: torch, Keras and Flax ports"),
+    (lambda tmp: (str(tmp / "junk.onnx"), "--precision", "bf16"), "--precision bf16: torch, Keras, Flax ports and OpenVINO"),
     (lambda tmp: (str(tmp / "junk.onnx"), "--mode", "train"), "--mode train: verify trains torch, Keras and Flax"),
 ])
 def test_bad_input_gets_one_line_and_exit_2(tmp_path, capsys, monkeypatch, make, message):
@@ -384,7 +384,7 @@ def test_bf16_judges_a_flax_nnx_port_built_with_a_bfloat16_compute_dtype():
     model = V.load_port(f"{port}(dtype='bfloat16')")
     _bf16_passes_and_catches_a_moved_stride(model, f"{port}(broken='stride_conv2', dtype='bfloat16')",
                                             ("flax", "torchvision"))
-    with pytest.raises(V.VerifyError, match=r"layer conv1 \(float32\) does not compute in bfloat16; an nnx port "
+    with pytest.raises(V.VerifyError, match=r"layer conv1 \(float32\) does not compute in bfloat16; a Flax port "
                                             r"computes in the dtype its constructor gives its layers"):
         V.verify(port, size=32, precision="bf16")
     with pytest.raises(V.VerifyError, match=r"--precision fp32: the port's layer conv1 \(bfloat16\)"):
