@@ -135,7 +135,8 @@ def _one_line(e: BaseException) -> str:
 def framework_of(model) -> str:
     """Which framework a model object belongs to, read off its class hierarchy (nothing imported)."""
     modules = {c.__module__.split(".")[0] for c in type(model).__mro__}
-    for framework, roots in (("torch", {"torch"}), ("keras", {"keras", "tf_keras"}), ("flax", {"flax"})):
+    # Keras first: on its torch backend a keras.Model is a torch.nn.Module too
+    for framework, roots in (("keras", {"keras", "tf_keras"}), ("torch", {"torch"}), ("flax", {"flax"})):
         if modules & roots:
             return framework
     raise VerifyError(f"PORT: a {type(model).__module__}.{type(model).__name__} is no torch.nn.Module, "
