@@ -212,3 +212,14 @@ def test_the_results_index_names_every_result_page_and_file():
         assert data.resolve() in linked, data.name
     rows = [line for line in index.splitlines() if line.startswith("| 20")]
     assert rows and all(re.match(r"\| \d{4}-\d\d-\d\d \| [^|]+ \| [^|]+ \| .*\]\(", row) for row in rows)
+
+
+def test_the_fastest_path_line_comes_from_the_recorded_bench():
+    """The README's fastest-path figure is the quiet batch-1 run's ratio to torchvision fp32, and
+    that path is the fastest row of the run."""
+    run = json.loads((RESULTS / "bench-openvino-cpu-2026-12-07-resnet50-b1-quiet.json").read_text())
+    ratios = run["anchor"]["ratios"]
+    line = next(l for l in README.read_text().splitlines() if "fastest CPU path" in l)
+    m = re.search(r"OpenVINO int8 .* at ([\d.]+)x torchvision fp32", line)
+    assert m and float(m[1]) == round(ratios["openvino-int8 fp32"], 2), line
+    assert max(ratios, key=ratios.get) == "openvino-int8 fp32"
