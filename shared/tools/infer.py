@@ -143,7 +143,8 @@ def _stem(spec: ResNetSpec, shapes: Shapes) -> _Fit:
         layer = key.rpartition(".")[0]
         if got is None or len(got) != 4 or layer not in convs or key.endswith(".bias") or got[1:2] != expected[1:2]:
             return _Fit(spec, n, entries[n])
-        i, (k, width, stride) = convs.index(layer), (got[2], got[0], spec._stem_convs[convs.index(layer)][2])
+        i = convs.index(layer)
+        k, width, stride = got[2], got[0], spec._stem_convs[i][2]
         stem = list(spec._stem_convs)
         stem[i] = (k, width, stride)
         changed = spec.replace(stem_convs=tuple(stem))
@@ -298,10 +299,10 @@ def _fit_numbers(template: ResNetSpec, shapes: Shapes) -> _Fit:
         fit = _depths(spec, shapes, stem.at)
         if fit.expected is None and fit.at == len(shapes):
             order = canonical_order(fit.spec, shapes)
-            if len(order) == len(shapes) and _matched(shapes, 0, order) == len(order):
+            n = _matched(shapes, 0, order)
+            if n == len(order) == len(shapes):
                 return fit
-            n = _matched(shapes, 0, order)  # the parts read apart disagree: no fit
-            fit = _Fit(fit.spec, n, order[n] if n < len(order) else None)
+            fit = _Fit(fit.spec, n, order[n] if n < len(order) else None)  # the parts read apart disagree
         if fit.at > best.at:
             best = fit
     return best
@@ -319,7 +320,7 @@ def infer_specs(shapes: Shapes, arch: str | None = None, style: str | None = Non
         raise ArchitectureError(f"--arch: no preset {arch!r}; one of {', '.join(PRESETS)}")
     found, nearest = [], None
     for folded in (False, True):
-        for template in templates(None if arch is None else arch, style, folded):
+        for template in templates(arch, style, folded):
             fit = _fit(template, shapes)
             if fit.expected is None and fit.at == len(shapes):
                 if fit.spec not in [s for s, _ in found] and (arch is None or fit.spec.arch == arch):
