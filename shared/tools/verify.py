@@ -215,11 +215,14 @@ def _variant(names, spec, weights):
     return spec, weights
 
 
-@functools.lru_cache(maxsize=2)
 def _inputs(spec: ResNetSpec, seed: int, size: int, batch: int) -> tuple[dict, np.ndarray]:
     """The seeded calibrated weights and images a verdict on ``spec`` uses (as ``check``; a
-    folded spec's: the unfolded one's)."""
-    spec = _reference(spec)
+    folded spec's: the unfolded one's, computed once for both)."""
+    return _calibrated(_reference(spec), seed, size, batch)
+
+
+@functools.lru_cache(maxsize=2)
+def _calibrated(spec: ResNetSpec, seed: int, size: int, batch: int) -> tuple[dict, np.ndarray]:
     return reference.calibrated_weights(spec, seed=seed, size=size), reference.random_images(spec, batch, size, seed + 1)
 
 
