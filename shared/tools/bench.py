@@ -172,7 +172,8 @@ def run_bench(args, progress=None, partial=None) -> dict:
 def _alternated(args, pairs: list[Pair], report, progress=None) -> dict:
     """``--alternate``: every run of the plan in its own worker, timed in turn
     (``shared.tools.bench_turns``); beside each row, each run's images/s as a ratio to the
-    torchvision (or timm) fp32 run of the same run (``anchor``)."""
+    torchvision (or timm) fp32 run of the same run, or resnet_torch's where neither ships the
+    architecture (``anchor``)."""
     from shared.tools.bench_turns import alternate
 
     runs = unique_runs(pairs)
@@ -183,8 +184,10 @@ def _alternated(args, pairs: list[Pair], report, progress=None) -> dict:
     results = {(run,): {**head, "status": "error" if "error" in r else "ok", **r}
                for run, head, r in zip(runs, heads, found)}
     out = report(results)
-    anchor = next((results[(r,)] for r in runs if r.impl == "reference" and r.framework == "torch"
-                   and r.precision == "fp32" and results[(r,)]["status"] == "ok"), None)
+    fp32_torch = [r for r in runs if r.framework == "torch" and r.precision == "fp32" and r.impl != "int8"
+                  and results[(r,)]["status"] == "ok"]
+    # torchvision's (or timm's) model where it has one, else ours (e.g. ResNet-50 V2)
+    anchor = next((results[(r,)] for r in sorted(fp32_torch, key=lambda r: r.impl != "reference")), None)
     if anchor:
         rate = anchor["images_per_s"]["median"]
         out["anchor"] = {"label": f"{anchor['label']} fp32", "images_per_s": rate,
