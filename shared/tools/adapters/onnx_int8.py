@@ -34,12 +34,20 @@ QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMa
                  "MatMulInteger", "QLinearAdd", "DynamicQuantizeLinear"}
 
 
-@contextlib.contextmanager
-def setup_precision(precision: str, device: str):
-    """int8 on the CPU; ``precision`` is the float arithmetic around it: fp32 only."""
-    if device != "cpu" or precision != "fp32":
-        raise ValueError(f"onnxruntime int8: CPU with fp32 between the int8 ops only, got {device} {precision}")
-    yield {"int8": "QDQ, uint8 activations, int8 per-channel weights"}
+def int8_precision(runtime: str, settings: dict):
+    """The ``setup_precision`` of an int8 target run by ``runtime``: int8 on the CPU, and
+    ``precision`` is the float arithmetic around it: fp32 only."""
+    @contextlib.contextmanager
+    def setup_precision(precision: str, device: str):
+        """int8 on the CPU; ``precision`` is the float arithmetic around it: fp32 only."""
+        if device != "cpu" or precision != "fp32":
+            raise ValueError(f"{runtime} int8: CPU with fp32 between the int8 ops only, got {device} {precision}")
+        yield settings
+
+    return setup_precision
+
+
+setup_precision = int8_precision("onnxruntime", {"int8": "QDQ, uint8 activations, int8 per-channel weights"})
 
 
 def inject(mutant: str):
@@ -206,27 +214,40 @@ def read_integers(result: dict) -> dict[str, np.ndarray]:
     return {k[len("int8/"):]: v for k, v in result.items() if k.startswith("int8/")}
 
 
-def run_check(spec, weights, images, *, labels=None, device="cpu", precision="fp32", mode="eval", trace=False):
-    if mode != "eval" or trace:
-        raise ValueError(f"onnxruntime int8: eval-mode logits only, got mode {mode!r}{' with trace' if trace else ''}")
-    with setup_precision(precision, device):
-        return run_int8(spec, weights, images)
+def int8_check(runtime: str, setup, run):
+    """The ``run_check`` of an int8 target run by ``runtime``: eval mode, no trace (judged point by
+    point instead), ``run(spec, weights, images)`` inside ``setup(precision, device)``."""
+    def run_check(spec, weights, images, *, labels=None, device="cpu", precision="fp32", mode="eval", trace=False):
+        if mode != "eval" or trace:
+            raise ValueError(f"{runtime} int8: eval-mode logits only, got mode {mode!r}{' with trace' if trace else ''}")
+        with setup(precision, device):
+            return run(spec, weights, images)
+
+    return run_check
+
+
+run_check = int8_check("onnxruntime", setup_precision, run_int8)
+
+
+def bench_model(runtime: str, job: Job, spec, weights) -> tuple[object, np.ndarray, dict]:
+    """What an int8 target's ``run_bench`` times, run by ``runtime``: (the int8 model at
+    ``job.size``, the batch NCHW, the settings every int8 row records); train mode refused."""
+    if job.mode == "train":
+        raise ValueError(f"{runtime} int8: inference only, got mode {job.mode!r}")
+    _, _, model = build(spec, weights, job.size)
+    x = np.ascontiguousarray(np.asarray(job.inputs(spec)[0], np.float32).transpose(0, 3, 1, 2))
+    return model, x, {"layout": "NCHW", "static_image_size": job.size, "folded": True, "int8": "QDQ u8s8 per-channel"}
 
 
 def run_bench(job: Job, spec, weights) -> Step:
-    if job.mode == "train":
-        raise ValueError(f"onnxruntime int8: inference only, got mode {job.mode!r}")
     import onnx
 
-    _, _, model = build(spec, weights, job.size)
+    model, x, settings = bench_model("onnxruntime", job, spec, weights)
     with tempfile.TemporaryDirectory(prefix="resnet-parity-int8-") as tmp:  # which QDQ groups it fused
         sess = session(model, optimized=str(Path(tmp) / "optimized.onnx"))
         ops = collections.Counter(n.op_type for n in onnx.load_model(str(Path(tmp) / "optimized.onnx")).graph.node)
-    ops = dict(sorted(ops.items()))
-    x = np.ascontiguousarray(job.inputs(spec)[0].transpose(0, 3, 1, 2))
-    settings = {"layout": "NCHW", "static_image_size": job.size, "folded": True, "int8": "QDQ u8s8 per-channel",
-                "ops": list(OPS), "intra_op_num_threads": sess.get_session_options().intra_op_num_threads or "default",
-                "providers": sess.get_providers(), "graph_ops_after_optimisation": ops}
+    settings.update(ops=list(OPS), intra_op_num_threads=sess.get_session_options().intra_op_num_threads or "default",
+                    providers=sess.get_providers(), graph_ops_after_optimisation=dict(sorted(ops.items())))
     return Step(lambda: sess.run([onnx_export.OUTPUT], {onnx_export.INPUT: x}), lambda out: out, "cpu", settings)
 
 

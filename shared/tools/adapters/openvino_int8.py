@@ -22,8 +22,6 @@ unfuses, so its integers are the ones the plain model computes.
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 
 from shared import onnx_export
@@ -38,12 +36,8 @@ NAME = "openvino-int8"
 INTEGER_TYPES = ("u8", "i8")
 
 
-@contextlib.contextmanager
-def setup_precision(precision: str, device: str):
-    """int8 on the CPU; ``precision`` is the float arithmetic around it: fp32 only."""
-    if device != "cpu" or precision != "fp32":
-        raise ValueError(f"openvino int8: CPU with fp32 between the int8 ops only, got {device} {precision}")
-    yield {"int8": "the QDQ model of export --int8, unchanged", "INFERENCE_PRECISION_HINT": "f32"}
+setup_precision = onnx_int8.int8_precision(
+    "openvino", {"int8": "the QDQ model of export --int8, unchanged", "INFERENCE_PRECISION_HINT": "f32"})
 
 
 def inject(mutant: str):
@@ -148,24 +142,16 @@ def read_elided(result: dict) -> frozenset[str]:
     return frozenset(str(t) for t in np.atleast_1d(result.get("elided", np.array([], str))))
 
 
-def run_check(spec, weights, images, *, labels=None, device="cpu", precision="fp32", mode="eval", trace=False):
-    if mode != "eval" or trace:
-        raise ValueError(f"openvino int8: eval-mode logits only, got mode {mode!r}{' with trace' if trace else ''}")
-    with setup_precision(precision, device):
-        return run_int8(spec, weights, images)
+run_check = onnx_int8.int8_check("openvino", setup_precision, run_int8)
 
 
 def run_bench(job: Job, spec, weights) -> Step:
-    if job.mode == "train":
-        raise ValueError(f"openvino int8: inference only, got mode {job.mode!r}")
-    _, _, model = build(spec, weights, job.size)
+    model, x, settings = onnx_int8.bench_model("openvino", job, spec, weights)
     compiled = compile_model(model)
     request = compiled.create_infer_request()
-    x = _nchw(job.inputs(spec)[0])
     kinds = runtime_precisions(compiled)
-    settings = {"layout": "NCHW", "static_image_size": job.size, "folded": True, "int8": "QDQ u8s8 per-channel",
-                "INFERENCE_PRECISION_HINT": "f32",
-                "INFERENCE_NUM_THREADS": compiled.get_property("INFERENCE_NUM_THREADS") or "default",
-                "convolution_runtime_precisions": sorted(set(kinds.get("Convolution", []))),
-                "elided_requantizations": len(elided(compiled, model))}
+    settings.update({"INFERENCE_PRECISION_HINT": "f32",
+                     "INFERENCE_NUM_THREADS": compiled.get_property("INFERENCE_NUM_THREADS") or "default",
+                     "convolution_runtime_precisions": sorted(set(kinds.get("Convolution", []))),
+                     "elided_requantizations": len(elided(compiled, model))})
     return Step(lambda: request.infer({0: x}), lambda out: out, "cpu", settings)
