@@ -5,6 +5,11 @@ Every measurement (one model, one mode, one precision) runs in a fresh process
 (``shared.tools.worker``) so TensorFlow, JAX and PyTorch never share one, Keras gets its backend,
 and peak memory belongs to that model alone; this parent only plans, collects the JSON each
 worker writes, and reports. Missing frameworks are reported as not installed, not as failures.
+
+``--recipe NAME`` (a ``shared.recipe`` preset): the train rows train the recipe, ours by each
+package's ``optimizer(recipe, model)`` and ``train_step`` as a user of it would, the reference
+by the framework's own loop with its stock optimizer (``shared.tools.bench_plan``): does our
+recipe mapping cost throughput beside the loop a user of the framework writes?
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from shared import spec as S
+from shared import recipe as R, spec as S
 from shared.tools.adapter import KERAS_BACKENDS, NAMES as FRAMEWORKS, PRECISIONS, QUANTIZED, RUNTIMES
 from shared.tools.bench_plan import MODES, PEERS, Pair, Run, plan, unique_runs
 from shared.tools.jobs import Job, environment, launch, read_result, write_json
@@ -33,6 +38,9 @@ def add_parser(sub) -> None:
     p.add_argument("--keras-backends", type=_csv(KERAS_BACKENDS), default=list(KERAS_BACKENDS))
     p.add_argument("--mode", type=_csv(MODES), default=list(MODES),
                    help="infer (eval-mode forward) and/or train (forward, backward, SGD momentum 0.9)")
+    p.add_argument("--recipe", type=_recipe, default=None,
+                   help="train: a shared.recipe preset, ours by the package's optimizer and train_step beside the "
+                        "framework's own loop and stock optimizer (default: plain SGD momentum 0.9 on both sides)")
     p.add_argument("--precision", type=_csv(PRECISIONS), default=["fp32"],
                    help="fp32 (TF32 off on a GPU), tf32 (TF32 convolutions and matmuls), bf16 (autocast / "
                         "mixed): the meanings check gives them (shared.tools.adapter)")
@@ -61,6 +69,14 @@ def add_parser(sub) -> None:
     p.set_defaults(func=cmd_bench)
 
 
+def _recipe(name: str) -> str:
+    """``--recipe``: a preset's name (``shared.recipe.preset`` says which exist)."""
+    try:
+        return R.preset(name).name
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("recipe: ")) from None
+
+
 def command_line(args) -> str:
     """The command with every option spelt out: what reproduces this run."""
     words = ["resnet-parity", "bench", "--arch", args.arch, "--frameworks", ",".join(args.frameworks),
@@ -70,6 +86,8 @@ def command_line(args) -> str:
              "--seed", str(args.seed)]
     words += ["--compile"] * args.compile + ["--channels-last"] * args.channels_last + ["--interleave"] * args.interleave
     words += ["--fold"] * getattr(args, "fold", False) + ["--alternate"] * getattr(args, "alternate", False)
+    if getattr(args, "recipe", None):
+        words += ["--recipe", args.recipe]
     if args.depths:
         words += ["--depths", ",".join(map(str, args.depths))]
     for opt in ("json", "plot", "markdown"):
@@ -83,7 +101,13 @@ def _job(run: Run, args, out: Path) -> Job:
     return Job("bench", run.framework, spec.to_dict(), str(out), device=args.device, precision=run.precision,
                mode=run.mode, seed=args.seed, batch=args.batch, size=args.size, fold=run.fold, impl=run.impl,
                backend=run.backend, iters=args.iters, warmup=args.warmup, compile=args.compile,
-               channels_last=args.channels_last)
+               channels_last=args.channels_last,
+               options={"recipe": R.preset(run.recipe).to_dict()} if run.recipe else {})
+
+
+def _plan(args) -> list[Pair]:
+    return plan(args.frameworks, args.keras_backends, args.mode, args.precision, args.device,
+                getattr(args, "fold", False), args.arch, getattr(args, "recipe", None) or "", args.compile)
 
 
 def measure(run: Run, args, workdir: Path, timeout: float, partner: Run | None = None) -> dict:
@@ -121,6 +145,8 @@ def _result(pair: Pair, side: str, results: dict) -> dict | None:
 def _row(pair: Pair, results: dict) -> dict:
     row = {"target": pair.target, "mode": pair.mode, "precision": pair.precision, "status": pair.skipped or "ok",
            "ours": None, "reference": None, "ratio": None}
+    if pair.ours.recipe:
+        row["recipe"] = pair.ours.recipe
     for side in ("ours", "reference"):
         run = getattr(pair, side)
         if run is None or pair.skipped:
@@ -141,14 +167,18 @@ def run_bench(args, progress=None, partial=None) -> dict:
     ``partial(report)`` after each, with the runs still to come marked "not run"."""
     from shared.tools.bench_report import machine
 
-    pairs = plan(args.frameworks, args.keras_backends, args.mode, args.precision, args.device,
-                 getattr(args, "fold", False), args.arch)
+    pairs = _plan(args)
     config = {k: getattr(args, k, False) for k in ("arch", "frameworks", "keras_backends", "mode", "precision", "batch",
                                                    "size", "device", "compile", "channels_last", "iters", "warmup",
                                                    "seed", "depths", "interleave", "fold", "alternate")}
+    config["recipe"] = getattr(args, "recipe", None)
     head = {"command": command_line(args), "argv": sys.argv,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": machine(), "config": config}
+    if config["recipe"]:
+        recipe = R.preset(config["recipe"])
+        head["recipe"] = {"name": recipe.name, "source": recipe.source, "line": recipe.describe(),
+                          "fields": recipe.to_dict()}
 
     def report(results: dict) -> dict:
         found = [*results.values(), *(r["partner"] for r in results.values() if r.get("partner"))]
@@ -214,8 +244,7 @@ def cmd_bench(args) -> int:
             bench_report.check_plot_available()
         except bench_report.PlotUnavailable as e:
             raise CliError(str(e)) from None
-    total = len(_batches(plan(args.frameworks, args.keras_backends, args.mode, args.precision, args.device,
-                              args.fold, args.arch), args.interleave)) if not args.alternate else 1
+    total = len(_batches(_plan(args), args.interleave)) if not args.alternate else 1
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("bench", total=total)

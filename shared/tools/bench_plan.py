@@ -8,6 +8,12 @@ package, so its reference is keras.applications on the jax backend: the same run
 keras[jax]'s reference, measured once when both are asked for. An architecture a framework
 does not ship (torchvision has no V2, keras.applications no ResNet-18 or ResNeXt) runs without
 a reference, in the style it exists in.
+
+With ``bench --recipe NAME`` the train rows train a ``shared.recipe`` preset: ours by the
+package's own ``optimizer(recipe, model)`` and ``train_step``, the reference by the framework's
+own loop with its stock optimizer (torchvision's model and torch.optim, keras.applications' and
+keras.optimizers; resnet_flax's model and a plain optax optimizer under ``nnx.jit``, Flax
+shipping no model of its own).
 """
 
 from __future__ import annotations
@@ -36,12 +42,14 @@ class Run:
     style: str  # spec style: the reference's own
     fold: bool = False  # ours built from the BatchNorm-folded spec (shared.fold)
     peer: str = "torchvision"  # whose model a torch reference is: "torchvision" or "timm"
+    recipe: str = ""  # train: a shared.recipe preset (ours: its optimizer and train_step; reference: stock)
 
     @property
     def label(self) -> str:
         name = {("torch", "ours"): "resnet_torch", ("torch", "reference"): self.peer,
                 ("keras", "ours"): "resnet_keras", ("keras", "reference"): "keras.applications",
-                ("flax", "ours"): "resnet_flax", ("onnx", "ours"): "onnxruntime",
+                ("flax", "ours"): "resnet_flax", ("flax", "reference"): "resnet_flax+optax",
+                ("onnx", "ours"): "onnxruntime",
                 ("onnx-int8", "ours"): "onnxruntime-int8", ("torch", "int8"): "torch.ao-int8",
                 ("openvino", "ours"): "openvino", ("openvino-int8", "ours"): "openvino-int8"}[(self.framework, self.impl)]
         name += "+fold" if self.fold else ""
@@ -87,10 +95,11 @@ def _timm(preset: S.Preset) -> bool:
     return preset.peer.startswith("timm.") and preset.fields.get("block") != "preact"
 
 
-def _pair(target: str, mode: str, precision: str, preset: S.Preset) -> Pair:
+def _pair(target: str, mode: str, precision: str, preset: S.Preset, recipe: str = "") -> Pair:
     """Ours beside the framework's own model of this architecture, where the framework has one
     (torchvision: every torchvision preset; timm: its ``resnet.py`` family; keras.applications:
-    ResNet50/101/152 and V2)."""
+    ResNet50/101/152 and V2). A train pair with ``recipe``: both sides train it, and resnet_flax's
+    reference is its own model in Flax's stock loop."""
     framework, _, backend = target.partition("[")
     backend = backend.rstrip("]")
     if framework in ("onnx", "onnx-int8", "torch", "torch-int8", *RUNTIMES, "openvino-int8"):  # beside torchvision (or timm)
@@ -105,13 +114,19 @@ def _pair(target: str, mode: str, precision: str, preset: S.Preset) -> Pair:
         ours = Run(framework, "ours", backend if framework == "keras" else "", mode, precision, style)
         has_ref = preset.keras_applications and style == "keras"
         ref = Run("keras", "reference", backend or "jax", mode, precision, style) if has_ref else None
+    if recipe and mode == "train":
+        if framework == "flax":
+            ref = Run("flax", "reference", "", mode, precision, style)
+        ours, ref = (dataclasses.replace(r, recipe=recipe) if r else None for r in (ours, ref))
     return Pair(target, mode, precision, ours, ref)
 
 
 def plan(frameworks=FRAMEWORKS, keras_backends=KERAS_BACKENDS, modes=MODES, precisions=("fp32",),
-         device: str = "cpu", fold: bool = False, arch: str = "resnet50") -> list[Pair]:
+         device: str = "cpu", fold: bool = False, arch: str = "resnet50", recipe: str = "",
+         compile: bool = False) -> list[Pair]:
     """Every row, in table order; rows that cannot run say why in ``skipped``. ``fold`` adds,
-    after each target's row, one whose ours runs the BatchNorm-folded spec (same reference)."""
+    after each target's row, one whose ours runs the BatchNorm-folded spec (same reference).
+    ``recipe``: the train rows train this ``shared.recipe`` preset."""
     targets = []
     for fw in frameworks:
         targets += [f"keras[{b}]" for b in keras_backends] if fw == "keras" else [fw]
@@ -120,7 +135,7 @@ def plan(frameworks=FRAMEWORKS, keras_backends=KERAS_BACKENDS, modes=MODES, prec
         for mode in modes:
             for precision in precisions:
                 for folded in (False, True) if fold and target not in PEERS else (False,):
-                    pair = _pair(target, mode, precision, S.PRESETS[arch])
+                    pair = _pair(target, mode, precision, S.PRESETS[arch], recipe)
                     if folded:
                         pair = dataclasses.replace(pair, target=f"{target}+fold",
                                                    ours=dataclasses.replace(pair.ours, fold=True))
@@ -133,6 +148,9 @@ def plan(frameworks=FRAMEWORKS, keras_backends=KERAS_BACKENDS, modes=MODES, prec
                         pair.skipped = "skipped: inference only"
                     elif device == "gpu" and (int8 or pair.ours.framework in ("onnx", *RUNTIMES)):
                         pair.skipped = f"skipped: {'torch.ao x86' if target in PEERS else pair.ours.label} runs on the CPU here"
+                    elif pair.ours.recipe and compile and pair.ours.framework == "keras":
+                        pair.skipped = ("skipped: resnet_keras.train_step compiles with Keras' default jit_compile "
+                                        "(--compile would change the reference alone)")
                     elif target in PEERS and pair.reference is None:
                         pair.skipped = f"skipped: torchvision ships no {arch}"
                     elif device == "cpu" and (why := not_supported(target if int8 else pair.ours.framework, precision)):

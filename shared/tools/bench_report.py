@@ -112,10 +112,23 @@ def markdown(report: dict) -> str:
              f"Date: {report['date']}", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
     lines += ["| " + " | ".join(_cells(row, rich=False)) + " |" for row in report["rows"]]
+    lines += recipe_lines(report)
     lines += anchor_lines(report)
     if busy_warning(report):
         lines += ["", busy_warning(report)]
     return "\n".join(lines) + "\n"
+
+
+def recipe_lines(report: dict) -> list[str]:
+    """``bench --recipe``: the recipe the train rows train, and what trains it on each side."""
+    recipe = report.get("recipe")
+    if not recipe:
+        return []
+    return ["", f"Train rows: recipe {recipe['name']} ({recipe['line']}). Ours: each package's optimizer(recipe, model) "
+                "and train_step; reference: the framework's own loop with its stock optimizer (torchvision's model, "
+                "torch.optim and its scheduler, cross_entropy with label smoothing; keras.applications' model, "
+                "keras.optimizers and a stock schedule, train_on_batch; resnet_flax's model, a plain optax optimizer in "
+                "nnx.Optimizer, the Flax docs' nnx.jit step). Each run's settings in the JSON name its optimizer and step."]
 
 
 def anchor_lines(report: dict) -> list[str]:
@@ -154,15 +167,16 @@ def print_table(report: dict, console) -> None:
 
     cfg, m = report["config"], report["machine"]
     where = ", ".join(m.get("gpus", [])) if cfg["device"] == "gpu" else f"{m['cpu']}, {m['cpus_usable']} cores"
+    recipe = f", train: recipe {cfg['recipe']}" if cfg.get("recipe") else ""
     table = Table(title=(f"resnet-parity bench: {arch_label(cfg)}, {cfg['device']} ({where}), batch {cfg['batch']} x "
-                         f"{cfg['size']}px, images/s median (min-max) of {cfg['iters']} iterations after "
+                         f"{cfg['size']}px{recipe}, images/s median (min-max) of {cfg['iters']} iterations after "
                          f"{cfg['warmup']} warm-up"))
     for col in COLUMNS:
         table.add_column(col, justify="right" if "images" in col or "mem" in col or col == "ours/ref" else "left")
     for row in report["rows"]:
         table.add_row(*_cells(row, rich=True))
     console.print(table)
-    for line in anchor_lines(report):
+    for line in recipe_lines(report) + anchor_lines(report):
         console.print(line, markup=False)
     if busy_warning(report):
         console.print(f"[bold yellow]{busy_warning(report)}[/]")

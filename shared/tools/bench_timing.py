@@ -14,9 +14,18 @@ import sys
 import time
 from typing import Callable
 
-# A bench train step is one SGD update with momentum, the same in every framework.
+# A bench train step is one SGD update with momentum, the same in every framework; with
+# ``bench --recipe``, one update of the recipe (``recipe_of``).
 LEARNING_RATE = 0.01
 MOMENTUM = 0.9
+
+
+def recipe_of(job):
+    """The ``shared.recipe.Recipe`` a train job trains (``bench --recipe``), else None."""
+    from shared.recipe import Recipe
+
+    fields = job.options.get("recipe") if job.mode == "train" else None
+    return Recipe.from_dict(fields) if fields else None
 
 
 @dataclasses.dataclass

@@ -2,7 +2,8 @@
 under ``jax.jit`` (always: it is how Flax runs), bf16 as the model's compute dtype, training with
 optax SGD. ``bench`` uses the split/merge pattern so each step is one compiled call on the
 model's state, not a Python walk of the module graph. Flax ships no ResNet of its own: its bench
-reference is keras.applications on the jax backend (``shared.tools.bench_plan``).
+reference is keras.applications on the jax backend (``shared.tools.bench_plan``); with ``bench
+--recipe``, resnet_flax's ``optimizer`` and ``train_step`` beside our model in Flax's stock loop.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen, nnx
 
+import resnet_flax
 from resnet_flax.model import ResNet
 from resnet_flax.weights import variables, load_weights
 from shared.spec import is_statistic
 from shared.tools.adapter import logits_of, tf32
-from shared.tools.bench_timing import LEARNING_RATE, MOMENTUM, Step
+from shared.tools.bench_timing import LEARNING_RATE, MOMENTUM, Step, recipe_of
 from shared.tools.jobs import Job
 
 NAME = "flax"
@@ -116,17 +118,26 @@ def _train_step(graphdef):
     return jax.jit(step, donate_argnums=0)
 
 
+def _bench_model(job: Job, spec, weights) -> nnx.Module:
+    return load_weights(ResNet(spec, dtype=dtype(job.precision)), weights)
+
+
 def run_bench(job: Job, spec, weights) -> Step:
-    """One jitted eval-mode forward (infer), or one jitted optax SGD step (train)."""
+    """One jitted eval-mode forward (infer), or one jitted optax SGD step (train); with a
+    recipe (``bench --recipe``), one update of it (``recipe_step``)."""
     import optax
 
-    if job.impl != "ours":
+    recipe = recipe_of(job)
+    if job.impl != "ours" and not recipe:
         raise ValueError("flax: no Flax reference model ships as a package (bench pairs keras.applications[jax])")
-    model = load_weights(ResNet(spec, dtype=dtype(job.precision)), weights)
+    model = _bench_model(job, recipe.train_spec(spec) if recipe and job.impl == "ours" else spec, weights)
     images, labels = job.inputs(spec)
     x, y = jax.device_put(images), jax.device_put(labels)
+    trains = {}
 
-    if job.mode == "train":
+    if recipe:
+        step, trains = recipe_step(job, recipe, model, images, labels)
+    elif job.mode == "train":
         model.train()
         optimizer = nnx.Optimizer(model, optax.sgd(LEARNING_RATE, momentum=MOMENTUM), wrt=nnx.Param)
         graphdef, state = nnx.split((model, optimizer))
@@ -150,7 +161,61 @@ def run_bench(job: Job, spec, weights) -> Step:
     def peak():
         return (device.memory_stats() or {}).get("peak_bytes_in_use") if gpu else None
 
-    return Step(step, jax.block_until_ready, device.device_kind if gpu else "cpu", {"jit": True}, peak)
+    return Step(step, jax.block_until_ready, device.device_kind if gpu else "cpu", {"jit": True, **trains}, peak)
+
+
+@nnx.jit
+def _stock_update(model, optimizer, x, targets):
+    """The training step as the Flax docs write it (the MNIST tutorial's ``train_step``)."""
+    import optax
+
+    def loss_fn(model):
+        logits = model(x).astype(jnp.float32)
+        return optax.softmax_cross_entropy(logits, targets).mean()
+
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads)
+    return loss
+
+
+def recipe_step(job: Job, recipe, model, images: np.ndarray, labels: np.ndarray):
+    """(one update of ``recipe``, what trains it). Ours: ``resnet_flax.optimizer`` and
+    ``train_step``, as a user of the package trains. The reference: our model in Flax's stock
+    loop, ``nnx.Optimizer`` of a plain ``optax.sgd`` (the recipe's weight decay as
+    ``add_decayed_weights`` before it, on every parameter) or ``optax.adamw``, the recipe's
+    schedule as a stock optax schedule of updates, smoothed one-hot targets made once, and
+    ``_stock_update`` under ``nnx.jit``."""
+    import optax
+
+    if job.impl == "ours":
+        optimizer = resnet_flax.optimizer(recipe, model)
+
+        def step():
+            return resnet_flax.train_step(model, optimizer, images, labels, recipe)
+
+        return step, {"optimizer": "nnx.Optimizer(resnet_flax.transform)", "train_step": "resnet_flax.train_step"}
+    unit = recipe.unit
+    if recipe.schedule == "steps":
+        rate = optax.piecewise_constant_schedule(recipe.lr, {m * unit: recipe.gamma for m in recipe.milestones})
+    elif recipe.schedule == "warmup_cosine":
+        rate = optax.warmup_cosine_decay_schedule(recipe.lr * recipe.warmup_start, recipe.lr, recipe.warmup * unit,
+                                                  (recipe.warmup + recipe.cosine) * unit, recipe.lr_min)
+    else:
+        rate = recipe.lr
+    if recipe.optimizer == "sgd":
+        tx = optax.sgd(rate, momentum=recipe.momentum or None, nesterov=recipe.nesterov)
+        tx = optax.chain(optax.add_decayed_weights(recipe.weight_decay), tx) if recipe.weight_decay else tx
+    else:
+        tx = optax.adamw(rate, b1=recipe.betas[0], b2=recipe.betas[1], eps=recipe.eps, weight_decay=recipe.weight_decay)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    x = jax.device_put(images)
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, model.spec.num_classes), recipe.label_smoothing)
+    model.train()
+
+    def step():
+        return _stock_update(model, optimizer, x, targets)
+
+    return step, {"optimizer": f"nnx.Optimizer(optax.{recipe.optimizer})", "train_step": "nnx.jit (Flax docs)"}
 
 
 # ----------------------------------------------------------------- broken ports (shared.mutants)

@@ -17,13 +17,14 @@ import keras
 import numpy as np
 from keras import ops
 
+import resnet_keras
 from resnet_keras import build, keras_model, load_weights
 from resnet_keras.weights import variables, export_weights
 from shared.keras_h5 import KERAS_PARAM
 from shared import spec as S
 from shared.spec import is_statistic
 from shared.tools.adapter import logits_of, tf32
-from shared.tools.bench_timing import LEARNING_RATE, MOMENTUM, Step
+from shared.tools.bench_timing import LEARNING_RATE, MOMENTUM, Step, recipe_of
 from shared.tools.jobs import Job
 
 NAME = "keras"
@@ -218,28 +219,73 @@ def _device_name(device: str) -> str:
 
 
 def run_bench(job: Job, spec, weights) -> Step:
-    """One ``predict_on_batch`` (infer: BatchNorm in inference mode) or ``train_on_batch``."""
-    model = _bench_model(job, spec, weights)
+    """One ``predict_on_batch`` (infer: BatchNorm in inference mode) or ``train_on_batch``; with
+    a recipe (``bench --recipe``), one update of it (``recipe_step``)."""
+    recipe = recipe_of(job)
+    model = _bench_model(job, recipe.train_spec(spec) if recipe and job.impl == "ours" else spec, weights)
     jit = True if job.compile else "auto"
-    if job.mode == "train":
+    images, labels = job.inputs(spec)
+    trains = {}
+    if recipe:
+        step, trains = recipe_step(job, recipe, model, images, labels)
+    elif job.mode == "train":
         model.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE, momentum=MOMENTUM),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit)
-    else:
-        model.compile(jit_compile=jit)
-    images, labels = job.inputs(spec)
-    x, y = keras.ops.convert_to_tensor(images), keras.ops.convert_to_tensor(labels)
+        x, y = keras.ops.convert_to_tensor(images), keras.ops.convert_to_tensor(labels)
 
-    if job.mode == "train":
         def step():
             return model.train_on_batch(x, y)
     else:
+        model.compile(jit_compile=jit)
+        x = keras.ops.convert_to_tensor(images)
+
         def step():
             return model.predict_on_batch(x)
 
-    settings = {"jit_compile": model.jit_compile, "keras_backend": BACKEND}
+    settings = {"jit_compile": model.jit_compile, "keras_backend": BACKEND, **trains}
     # Both calls hand back numpy (or Python floats): the device work is done when they return.
     return Step(step, np.asarray, _device_name(job.device), settings,
                 _peak_memory if job.device == "gpu" else (lambda: None))
+
+
+def recipe_step(job: Job, recipe, model: keras.Model, images: np.ndarray, labels: np.ndarray):
+    """(one update of ``recipe``, what trains it). Ours: ``resnet_keras.optimizer`` and
+    ``train_step``, as a user of the package trains. The reference: Keras' own way, a stock
+    ``keras.optimizers.SGD`` (or ``AdamW``) with the recipe's ``weight_decay`` and its schedule
+    as a stock schedule of iterations, ``CategoricalCrossentropy(label_smoothing=)`` on one-hot
+    targets, ``train_on_batch``, compiled with the jit_compile every bench row uses."""
+    if job.impl == "ours":
+        optimizer = resnet_keras.optimizer(recipe, model)
+
+        def step():
+            return resnet_keras.train_step(model, optimizer, images, labels, recipe)
+
+        return step, {"optimizer": type(optimizer).__name__, "train_step": "resnet_keras.train_step"}
+    schedules, unit = keras.optimizers.schedules, recipe.unit
+    if recipe.schedule == "steps":
+        rate = schedules.PiecewiseConstantDecay([m * unit for m in recipe.milestones],
+                                                [recipe.lr * recipe.gamma**i for i in range(len(recipe.milestones) + 1)])
+    elif recipe.schedule == "warmup_cosine":
+        rate = schedules.CosineDecay(recipe.lr * (recipe.warmup_start if recipe.warmup else 1.0), recipe.cosine * unit,
+                                     alpha=recipe.lr_min / recipe.lr, warmup_target=recipe.lr if recipe.warmup else None,
+                                     warmup_steps=recipe.warmup * unit)
+    else:
+        rate = recipe.lr
+    if recipe.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(rate, momentum=recipe.momentum, nesterov=recipe.nesterov,
+                                         weight_decay=recipe.weight_decay or None)
+    else:
+        optimizer = keras.optimizers.AdamW(rate, beta_1=recipe.betas[0], beta_2=recipe.betas[1], epsilon=recipe.eps,
+                                           weight_decay=recipe.weight_decay)
+    model.compile(optimizer=optimizer, jit_compile=True if job.compile else "auto",
+                  loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=recipe.label_smoothing))
+    x = keras.ops.convert_to_tensor(images)
+    y = keras.ops.convert_to_tensor(np.eye(model.output_shape[-1], dtype=np.float32)[labels])
+
+    def step():
+        return model.train_on_batch(x, y)
+
+    return step, {"optimizer": type(optimizer).__name__, "train_step": "train_on_batch"}
 
 
 # ----------------------------------------------------------------- broken ports (shared.mutants)

@@ -17,11 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import resnet_torch
 from resnet_torch import build, load_weights
 from shared import interop, parity, reference
 from shared.spec import PRESETS, is_statistic
 from shared.tools.adapter import tf32
-from shared.tools.bench_timing import LEARNING_RATE, MOMENTUM, Step
+from shared.tools.bench_timing import LEARNING_RATE, MOMENTUM, Step, recipe_of
 from shared.tools.jobs import Job
 
 NAME = "torch"
@@ -143,7 +144,8 @@ def _bench_model(job: Job, spec, weights) -> torch.nn.Module:
 
 def run_bench(job: Job, spec, weights) -> Step:
     """One step: an eval-mode forward (infer), or forward, backward and SGD (train); with
-    ``job.impl == "int8"``, torch.ao's int8 torchvision model (``int8_bench``)."""
+    ``job.impl == "int8"``, torch.ao's int8 torchvision model (``int8_bench``); with a recipe
+    (``bench --recipe``), one update of it (``recipe_step``)."""
     if job.impl == "int8":
         return int8_bench(job, spec, weights)
     # Loaded on both sides: peak RSS then compares the models, not whether torchvision's (or
@@ -155,14 +157,19 @@ def run_bench(job: Job, spec, weights) -> Step:
 
     device = _device(job.device)
     layout = torch.channels_last if job.channels_last else torch.contiguous_format
-    model = _bench_model(job, spec, weights).to(device, memory_format=layout).train(job.mode == "train")
+    recipe = recipe_of(job)
+    built = recipe.train_spec(spec) if recipe and job.impl == "ours" else spec
+    model = _bench_model(job, built, weights).to(device, memory_format=layout).train(job.mode == "train")
     images, labels = job.inputs(spec)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).to(device, memory_format=layout)
     y = torch.from_numpy(labels).long().to(device)
     net = torch.compile(model) if job.compile else model
     cast = autocast(job.precision, device)
+    trains = {}
 
-    if job.mode == "train":
+    if recipe:
+        step, trains = recipe_step(job, recipe, model, net, x, y, cast)
+    elif job.mode == "train":
         optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
 
         def step():
@@ -185,9 +192,56 @@ def run_bench(job: Job, spec, weights) -> Step:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    settings = {"channels_last": job.channels_last, "compile": job.compile, "threads": torch.get_num_threads()}
+    settings = {"channels_last": job.channels_last, "compile": job.compile, "threads": torch.get_num_threads(),
+                **trains}
     peak = (lambda: torch.cuda.max_memory_allocated()) if device.type == "cuda" else (lambda: None)
     return Step(step, sync, name, settings, peak)
+
+
+def recipe_step(job: Job, recipe, model: torch.nn.Module, net, x: torch.Tensor, y: torch.Tensor, cast):
+    """(one update of ``recipe``, what trains it). Ours: ``resnet_torch.optimizer`` and
+    ``train_step``, as a user of the package trains. The reference: torch's own loop as
+    torchvision's references/classification/train.py writes it, stock ``torch.optim.SGD`` (or
+    ``AdamW``) over ``model.parameters()`` with the recipe's ``weight_decay``, ``cross_entropy``
+    with its label smoothing, its torch scheduler stepped every ``recipe.unit`` updates."""
+    if job.impl == "ours":
+        optimizer, labels = resnet_torch.optimizer(recipe, model), y.cpu().numpy()
+
+        def step():
+            with cast:
+                return resnet_torch.train_step(net, optimizer, x, labels, recipe)
+
+        return step, {"optimizer": type(optimizer[0]).__name__, "train_step": "resnet_torch.train_step"}
+    if recipe.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                    nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=recipe.betas, eps=recipe.eps,
+                                      weight_decay=recipe.weight_decay)
+    lr = torch.optim.lr_scheduler
+    if recipe.schedule == "steps":
+        scheduler = lr.MultiStepLR(optimizer, list(recipe.milestones), recipe.gamma)
+    elif recipe.schedule == "warmup_cosine":
+        scheduler = lr.CosineAnnealingLR(optimizer, T_max=recipe.cosine, eta_min=recipe.lr_min)
+        if recipe.warmup:  # LinearLR refuses a start factor of 0
+            warmup = lr.LinearLR(optimizer, start_factor=max(recipe.warmup_start, 1e-8), total_iters=recipe.warmup)
+            scheduler = lr.SequentialLR(optimizer, [warmup, scheduler], milestones=[recipe.warmup])
+    else:
+        scheduler = None  # a constant rate
+    updates = iter(range(1, 1 << 62))
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with cast:
+            logits = net(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
+        loss.backward()
+        optimizer.step()
+        if scheduler and next(updates) % recipe.unit == 0:
+            scheduler.step()
+        return loss
+
+    return step, {"optimizer": type(optimizer).__name__, "train_step": "torch loop (torchvision train.py)"}
 
 
 # ------------------------------------------------- torch's own int8 path (bench --frameworks torch-int8)
