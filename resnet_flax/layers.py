@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from shared import contract
-from shared.spec import BatchNorm, ChannelConv, Conv, Dense, _out_len
+from shared.spec import BatchNorm, ChannelConv, Conv, Dense, out_size
 
 _OVERRIDES = contract.LayerOverrides(nnx.BatchNorm)
 
@@ -156,7 +156,7 @@ def avg_pool(x, layer):
     with ``count_include_pad``."""
     t, b, l, r = layer.padding
     h, w = x.shape[1], x.shape[2]
-    ho, wo = _out_len(h, t, b, layer.size, layer), _out_len(w, l, r, layer.size, layer)
+    ho, wo = out_size(h, w, layer)
     extra_h = max(0, (ho - 1) * layer.stride + layer.size - (h + t + b))
     extra_w = max(0, (wo - 1) * layer.stride + layer.size - (w + l + r))
     padding = ((0, 0), (t, b + extra_h), (l, r + extra_w), (0, 0))

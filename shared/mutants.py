@@ -37,7 +37,7 @@ from typing import Callable
 import numpy as np
 
 from shared.spec import (SPATIAL, AvgPool, BatchNorm, Block, Blur, ChannelConv, Conv, Gate, GlobalPool, MaxPool,
-                         ReLU, ResNetSpec, _out_size)
+                         ReLU, ResNetSpec, out_size)
 from shared.weights import init
 
 MODES = ("eval", "train")
@@ -139,7 +139,7 @@ def _walk_sizes(spec: ResNetSpec, height: int, width: int, visit) -> None:
         for layer in layers:
             visit(layer, size)
             if isinstance(layer, SPATIAL):
-                size = _out_size(*size, layer)
+                size = out_size(*size, layer)
             elif isinstance(layer, GlobalPool):
                 size = (1, 1)
         return size

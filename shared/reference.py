@@ -13,7 +13,7 @@ import numpy as np
 
 from shared.fold import refuse_training
 from shared.spec import (AvgPool, BatchNorm, Blur, ChannelConv, Conv, Dense, Gate, GlobalPool, MaxPool, ReLU,
-                         ResNetSpec, _out_len)
+                         ResNetSpec, out_size)
 from shared.weights import DTYPE, init, randomize_batchnorm, validate
 
 
@@ -95,7 +95,7 @@ def avgpool(x: np.ndarray, layer: AvgPool) -> np.ndarray:
     the padded input (``count_include_pad``) or inside the input only."""
     t, b, l, r = layer.padding
     n, h, w, c = x.shape
-    ho, wo = _out_len(h, t, b, layer.size, layer), _out_len(w, l, r, layer.size, layer)
+    ho, wo = out_size(h, w, layer)
     # room for the last window: zeros past the padded input, never counted
     extra_h = max(0, (ho - 1) * layer.stride + layer.size - (h + t + b))
     extra_w = max(0, (wo - 1) * layer.stride + layer.size - (w + l + r))

@@ -534,7 +534,7 @@ class ResNetSpec:
         main_path = [*self.stem()] + [layer for block in self.blocks() for layer in block.main]
         for layer in main_path:
             if isinstance(layer, SPATIAL):
-                h, w = _out_size(h, w, layer)
+                h, w = out_size(h, w, layer)
         return (h, w, self.feature_channels)
 
     def check_input_size(self, height: int, width: int) -> None:
@@ -552,7 +552,7 @@ class ResNetSpec:
         def chain(layers, hw):
             for layer in layers:
                 if isinstance(layer, SPATIAL):
-                    hw = _out_size(*hw, layer)
+                    hw = out_size(*hw, layer)
             return hw
 
         size = chain(self.stem(), size)
@@ -822,7 +822,8 @@ def _present(*layers) -> tuple[Layer, ...]:
 SPATIAL = (Conv, MaxPool, AvgPool, Blur)  # the layers that change the height and width
 
 
-def _out_size(h: int, w: int, layer: Conv | MaxPool | AvgPool | Blur) -> tuple[int, int]:
+def out_size(h: int, w: int, layer: Conv | MaxPool | AvgPool | Blur) -> tuple[int, int]:
+    """(height, width) after ``layer``, as PyTorch computes them (its padding, stride, ceil_mode)."""
     k = layer.size if isinstance(layer, (MaxPool, AvgPool)) else layer.kernel_size
     t, b, l, r = layer.padding
     return _out_len(h, t, b, k, layer), _out_len(w, l, r, k, layer)

@@ -55,7 +55,7 @@ AVG_POOLS = [
 def test_avg_pool_is_pytorchs_rule(pool, size):
     x = _images((2, *size, 3))
     ours = layers.avg_pool(jnp.asarray(x), pool)
-    assert ours.shape[1:3] == S._out_size(*size, pool)
+    assert ours.shape[1:3] == S.out_size(*size, pool)
     err, budget = _layer_budget(ours, lambda a: reference.avgpool(a, pool), x)
     assert err <= budget, (err, budget)
 
