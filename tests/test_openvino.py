@@ -247,3 +247,56 @@ def test_verify_runs_onnx_and_ir_files_on_openvino(tmp_path):
     assert verdict.passed and verdict.framework == "openvino" and verdict.spec.depths == (1, 1, 1, 1), str(verdict)
     with pytest.raises(verify.VerifyError, match="needs the ONNX file"):
         verify.verify(str(ir), size=SIZE)
+
+
+def test_predict_runs_openvino_and_judges_openvino_int8_by_the_int8_rule(tmp_path):
+    """predict --frameworks openvino,openvino-int8 on a photo: OpenVINO's probabilities within
+    the budget of the float64 softmax computed here; the int8 target judged integer by integer
+    (it passes, its distance to the float64 logits the quantization's), and the same result with
+    one block output's integers moved two steps fails."""
+    import json
+
+    from PIL import Image
+
+    from shared import preprocess as pre, weights as W
+    from shared.tools import predict
+    from shared.tools.cli import main
+
+    spec = S.ResNetSpec(depths=(1, 1, 1, 1), width=8)  # 1000 classes: predict's head
+    weights = reference.calibrated_weights(spec, seed=1)
+    W.save(weights, tmp_path / "w.safetensors", spec=spec)
+    photo = tmp_path / "cat.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(photo)
+    args = ["predict", str(photo), "--weights", str(tmp_path / "w.safetensors"), "--style", "torchvision",
+            "--frameworks", "openvino,openvino-int8", "--top", "3", "--json", str(tmp_path / "out.json")]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "out.json").read_text())
+    x = pre.preprocess([str(photo)], style=pre.for_style("torchvision"))
+    ref = reference.forward(spec, weights, x)
+    budget = parity.fp32_budget(parity.rel_error(reference.forward(spec, weights, x, dtype=np.float32), ref))
+    probs = np.exp(ref - ref.max()) / np.exp(ref - ref.max()).sum()
+    for index, _, p in report["top"]["openvino"][0]:
+        assert abs(p - probs[0, index]) <= budget * np.linalg.norm(ref) / 2
+    row = report["int8"]["openvino-int8"]
+    assert row["pass"] and row["integers"] > 100_000 and row["unexplained"] == 0 and row["rel_vs_float64"] > 1e-3
+    assert list(report["frameworks"]) == ["openvino"] and "openvino-int8" in report["top"]
+    result = V.run_int8(spec, weights, x)
+    point = next(k for k in result if k.startswith("int8/") and k.endswith("block1_out"))
+    result[point] = np.clip(result[point].astype(np.int64) + 2, 0, 255).astype(result[point].dtype)
+    broken = predict.judge_int8(spec, weights, x, {"openvino-int8": result}, ref)["openvino-int8"]
+    assert not broken["pass"] and broken["unexplained"] > 0, broken["detail"]
+
+
+@pytest.mark.parametrize("command", ["check", "bench", "predict"])
+def test_a_target_named_with_a_precision_is_refused_in_one_line(command, capsys):
+    """bf16 is a precision, as for torch: ``--frameworks openvino --precision bf16``;
+    ``openvino-bf16`` says so (predict runs fp32 only)."""
+    from shared.tools.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([command, *(["cat.jpg", "--weights", "w"] if command == "predict" else []),
+              "--frameworks", "onnx,openvino-bf16"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "'openvino-bf16': bf16 is a precision, not a target: " + (
+        "this command runs fp32 only" if command == "predict" else "--frameworks openvino --precision bf16") in err

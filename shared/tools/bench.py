@@ -32,7 +32,8 @@ from shared.tools.options import CliError, csv_choices as _csv, depths as _depth
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="images/s and peak memory, ours beside each framework's reference")
     p.add_argument("--arch", choices=S.ARCHS, default="resnet50")
-    p.add_argument("--frameworks", type=_csv(FRAMEWORKS + QUANTIZED + PEERS + RUNTIMES), default=list(FRAMEWORKS),
+    p.add_argument("--frameworks", type=_csv(FRAMEWORKS + QUANTIZED + PEERS + RUNTIMES, PRECISIONS),
+                   default=list(FRAMEWORKS),
                    help=f"default: {','.join(FRAMEWORKS)}; {', '.join(QUANTIZED + PEERS)} (int8, beside torchvision "
                         "fp32) and openvino when named; torch-int8: torch.ao's x86 int8 of torchvision's model")
     p.add_argument("--keras-backends", type=_csv(KERAS_BACKENDS), default=list(KERAS_BACKENDS))

@@ -343,7 +343,9 @@ def add_predict_parser(sub) -> None:
                          help="a shared.hub name (its preprocessing is known) or a checkpoint file (needs --style)")
     predict.add_argument("--style", choices=S.STYLES, default=None,
                          help="the preprocessing (and conventions of a weights-only file) instead of the name's")
-    predict.add_argument("--frameworks", type=csv_choices(FRAMEWORKS), default=list(FRAMEWORKS))
+    predict.add_argument("--frameworks", type=csv_choices(FRAMEWORKS + QUANTIZED + RUNTIMES, precisions=("fp32",)),
+                         default=list(FRAMEWORKS), help=f"default: {','.join(FRAMEWORKS)}; {', '.join(QUANTIZED)} "
+                                                        f"(int8) and {', '.join(RUNTIMES)} only when named")
     predict.add_argument("--top", type=positive, default=5)
     predict.add_argument("--json", help="write every label, probability and budget to this file")
     predict.set_defaults(func=cmd_predict)
@@ -356,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="prove the frameworks compute the same function (default job)")
     check.add_argument("--arch", choices=S.ARCHS, default=None)
     check.add_argument("--style", choices=S.STYLES, default=None)
-    check.add_argument("--frameworks", type=csv_choices(FRAMEWORKS + QUANTIZED + RUNTIMES), default=list(FRAMEWORKS),
+    check.add_argument("--frameworks", type=csv_choices(FRAMEWORKS + QUANTIZED + RUNTIMES, PRECISIONS),
+                       default=list(FRAMEWORKS),
                        help=f"default: {','.join(FRAMEWORKS)}; {', '.join(QUANTIZED)} (int8) and "
                             f"{', '.join(RUNTIMES)} only when named")
     check.add_argument("--keras-backends", type=csv_choices(KERAS_BACKENDS), default=list(KERAS_BACKENDS))

@@ -6,16 +6,27 @@ from __future__ import annotations
 import argparse
 import json
 
+from shared.tools.adapter import PRECISIONS
+
 
 class CliError(Exception):
     """A one-line error for the user (exit code 2, no traceback)."""
 
 
-def csv_choices(choices):
-    """``a,b`` -> ["a", "b"], each one of ``choices``, repeats dropped; unknown or empty: an error."""
+def csv_choices(choices, precisions=None):
+    """``a,b`` -> ["a", "b"], each one of ``choices``, repeats dropped; unknown or empty: an error.
+    With ``precisions`` (the command's ``--precision`` choices) the choices are targets, and a
+    target named with a precision (``openvino-bf16``) is refused saying how to ask for it."""
     def parse(text: str) -> list[str]:
         items = [t.strip() for t in text.split(",") if t.strip()]
         bad = [t for t in items if t not in choices]
+        for t in bad if precisions is not None else ():
+            target, _, precision = t.rpartition("-")
+            if target in choices and precision in PRECISIONS:
+                raise argparse.ArgumentTypeError(
+                    f"{t!r}: {precision} is a precision, not a target: "
+                    + (f"--frameworks {target} --precision {precision}" if precision in precisions else
+                       f"this command runs {', '.join(precisions)} only"))
         if bad or not items:
             raise argparse.ArgumentTypeError(f"unknown {', '.join(map(repr, bad)) or 'empty list'}; "
                                              f"expected some of {', '.join(choices)}")

@@ -16,9 +16,17 @@ softmax is 1/2-Lipschitz in L2. Hence for every class |p_a - p_b| <= ||p_a - p_b
 <= 1/2 * 2 B ||z||_2 = B ||z||_2: the probability budget. It holds only where both logits are
 within B, so the verdict checks that too.
 
+An int8 target (``onnx-int8``, ``openvino-int8``: the QDQ model ``export --int8`` writes, at the
+photos' size) is judged as ``check`` judges it (``shared.quant``: every integer it rounds from its
+own integers before it, its logits by the fp32 rule of the emulated int8 model), not by B: its
+distance to the float64 logits is the quantization itself. Its top-k is shown beside the others,
+and its top-1 agreement with the float64 reference is reported, not judged; it takes no part in
+the probability differences.
+
 Exit 0 when at least one framework ran and none failed to (one not installed is left out), the
-logits lie within B, the frameworks' top-1 agree on every image and every probability difference
-lies within its budget; 1 otherwise; 2 on usage errors.
+logits lie within B, the float frameworks' top-1 agree on every image, every probability
+difference lies within its budget and every int8 target passes its check; 1 otherwise; 2 on
+usage errors.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from shared import parity, reference
 from shared import preprocess as pre
 from shared.spec import ResNetSpec
 from shared.tools import check
+from shared.tools.adapter import QUANTIZED
 from shared.tools.jobs import Job, stage, write_json
 from shared.tools.options import CliError
 
@@ -82,6 +91,20 @@ def judge(logits: dict[str, np.ndarray], ref: np.ndarray, peer: np.ndarray) -> d
     return {"frameworks": rows, "images": images, "ok": ok}
 
 
+def judge_int8(spec: ResNetSpec, weights: dict, images: np.ndarray, results: dict[str, dict],
+               ref: np.ndarray) -> dict[str, dict]:
+    """Each int8 target's worker result (integers, scales, logits) judged as ``check`` judges it;
+    beside the verdict, its logits' distance to and top-1 agreement with the float64 ``ref``."""
+    rows = {}
+    for label, res in results.items():
+        row = check._judge_int8(check.Target(label), res, spec, weights, images, check.Oracle(ref, 0.0, 0.0))
+        rows[label] = {"pass": row.status == "pass", "rel_vs_float64": row.rel, "top1_vs_float64": row.top1,
+                       "first_diverging": row.first_diverging, "detail": row.detail,
+                       **{k: row.extra[k] for k in ("integers", "differ", "unexplained", "logits_rel",
+                                                    "logits_budget", "elided") if k in row.extra}}
+    return rows
+
+
 def recipe(weights: str, style: str | None, spec: ResNetSpec | None = None) -> pre.Preprocessing:
     """``--style``'s recipe (V2's [-1, 1] for a pre-activation spec), else the weight set's;
     a file or a name without known preprocessing is refused, naming ``--style``."""
@@ -109,9 +132,10 @@ def decode(paths: list[str]) -> tuple[list, list[str]]:
 
 
 def run(spec: ResNetSpec, weights: dict, images: np.ndarray, frameworks, keras_backend: str,
-        timeout: float = 900.0, progress=None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        timeout: float = 900.0, progress=None, int8: dict | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """({target: logits}, {target: why it gave none}): each framework in a worker of its own, as
-    many at once as there are cores (each mostly imports its framework, on one core)."""
+    many at once as there are cores (each mostly imports its framework, on one core). ``int8``
+    (a dict) receives each int8 target's whole result, its integers and scales, for judging."""
     found, missing = check.targets(frameworks, [keras_backend])
     logits, failed = {}, {t.label: "not installed" for t in missing}
     with tempfile.TemporaryDirectory(prefix="resnet-parity-predict-") as tmp:
@@ -132,6 +156,8 @@ def run(spec: ResNetSpec, weights: dict, images: np.ndarray, frameworks, keras_b
             failed[t.label] = str(res["error"]).splitlines()[0]
         else:
             logits[t.label] = np.asarray(res["logits"], np.float64)
+            if t.framework in QUANTIZED and int8 is not None:
+                int8[t.label] = res
     return logits, failed
 
 
@@ -163,10 +189,15 @@ def cli(args, read_weights) -> int:
         ref = reference.forward(spec, weights, images)
         peer = reference.forward(spec, weights, images, dtype=np.float32)
         bar.update(task, description=f"running {', '.join(args.frameworks)}")
-        logits, failed = run(spec, weights, images, args.frameworks, backend,
+        quantized: dict = {}
+        logits, failed = run(spec, weights, images, args.frameworks, backend, int8=quantized,
                              progress=lambda label: bar.update(task, description=f"{label} done"))
-    verdict = judge(logits, ref, peer)
-    verdict["ok"] = verdict["ok"] and all(why == "not installed" for why in failed.values())
+        bar.update(task, description="judging")
+        verdict = judge({k: z for k, z in logits.items() if k not in quantized}, ref, peer)
+        verdict["int8"] = judge_int8(spec, weights, images, quantized, ref)
+    floats_ok = verdict["ok"] or not verdict["frameworks"] and bool(quantized)  # int8 targets alone
+    verdict["ok"] = floats_ok and all(r["pass"] for r in verdict["int8"].values()) and all(
+        why == "not installed" for why in failed.values())
     tops = {label: pre.decode_predictions(z, top=args.top, probabilities=False) for label, z in logits.items()}
     show(console, args.images, tops, verdict, failed)
     if args.json:
@@ -190,7 +221,7 @@ def show(console, paths, tops: dict, verdict: dict, failed: dict) -> None:
             table.add_row(str(k + 1), *[f"{escape(t[n][k][1])} {t[n][k][2]:.4f}" for t in tops.values()])
         console.print(table)
         im = verdict["images"][n]
-        if len(tops) > 1:
+        if len(verdict["frameworks"]) > 1:
             where = escape(f"{im['pair']}, {pre.imagenet_classes()[im['class']]}")
             console.print(f"top-1 {'agree' if im['top1_agree'] else '[bold red]DIFFER[/]'}; largest probability "
                           f"difference {im['max_prob_diff']:.2e} ({where}), budget {im['prob_budget']:.2e}: "
@@ -201,6 +232,8 @@ def show(console, paths, tops: dict, verdict: dict, failed: dict) -> None:
     for label, row in verdict["frameworks"].items():
         n = int(np.argmax(np.array(row["rel"]) / np.array(row["budget"])))
         summary.add_row(escape(label), f"{row['rel'][n]:.2e}", f"{row['budget'][n]:.2e}", mark[row["pass"]])
+    for label, row in verdict["int8"].items():
+        summary.add_row(escape(label), f"{row['rel_vs_float64']:.2e}", "int8 rule", f"{mark[row['pass']]} {escape(row['detail'])}")
     for label, why in failed.items():
         summary.add_row(escape(label), "-", "-", "[dim]not installed[/]" if why == "not installed" else
                         f"[red]error[/] {escape(why)}")
