@@ -9,6 +9,15 @@ and Flax with the biased one). ``Optimizer`` is the recipe's update rule in nump
 (``shared.recipe``'s module docstring states it); ``tests/test_recipe.py`` proves it against
 torch.optim and optax run in float64. In float32 the same arithmetic is the peer whose
 trajectory error sets ``check --mode fit``'s budgets.
+
+``Follow``: where a port's float32 arithmetic, not the recipe, decides an update. Adam's step
+``m_hat / (sqrt(v_hat) + eps)`` normalizes each element by its own history: an element whose
+gradient lies within rounding of 0 (within a few epsilon) steps by up to the whole rate either
+way, whichever side of 0 the rounding put it. ``run(..., follow=)`` lets the float64 trajectory
+take such an element the port's way: at an element whose update varies, over the gradient
+window the caller gives (the rounding a float32 pass may make), by more than ``spread``, the
+gradient in the window whose update is nearest the port's own weight change replaces the
+float64 gradient, and is carried through ``m`` and ``v`` from then on (``check_fit``'s rule).
 """
 
 from __future__ import annotations
@@ -23,6 +32,24 @@ from shared.recipe import Recipe
 from shared.spec import ResNetSpec, is_statistic
 
 
+@dataclasses.dataclass(frozen=True)
+class Follow:
+    """One tensor of a port at one update, for ``Optimizer.step``'s ``follow``: the gradient
+    window's half-width, the least spread of an element's update over that window (in weight
+    units) that makes it a tie, and the port's weights before and after the update."""
+
+    window: float
+    spread: float
+    before: np.ndarray
+    after: np.ndarray
+
+
+GRID = 17  # points across the window where an element's spread is read
+FINE = 1025  # points where the port's update is looked for, then bisected
+BISECT = 40
+FOLLOWED = 4  # the most Adam ties followed per update, nearest to 0 first (as check_fit's TIE_NEAREST)
+
+
 class Optimizer:
     """The recipe's update in numpy, in the dtype of the weights it is given."""
 
@@ -32,16 +59,28 @@ class Optimizer:
         self.decayed = dict(decayed)
         self.state: dict[str, dict] = {}
         self.t = 0  # updates done
+        self.followed: list[dict] = []  # per update followed: the Adam ties taken the port's way
 
-    def step(self, weights: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The weights after one update (``weights``: the learnable ones, a new dict)."""
+    def step(self, weights: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray],
+             follow: Mapping[str, Follow] | None = None, replay: dict | None = None) -> dict[str, np.ndarray]:
+        """The weights after one update (``weights``: the learnable ones, a new dict).
+        ``follow``: key -> the port's update of that tensor (module docstring; AdamW only: an
+        SGD update is linear in the gradient, its rounding the tensor's own). ``replay``: an
+        entry of ``followed`` from an earlier run of the same update, its gradients used as they were."""
         r, lr = self.recipe, self.lr(self.t)
+        decays = {key: r.weight_decay if self.decayed[key] else 0.0 for key in grads}
+        seen = {key: g + decays[key] * weights[key] if decays[key] and r.decay == "coupled" else g
+                for key, g in grads.items()}  # what the momentum or Adam sees
+        if replay is not None:
+            for e in replay["followed"]:
+                seen[e["key"]] = seen[e["key"]].copy()
+                seen[e["key"]].reshape(-1)[e["index"]] = e["g_port"]
+            self.followed.append(replay)
+        elif r.optimizer == "adamw" and follow and lr:
+            seen = self._follow(seen, grads, follow, lr, decays if r.decay == "decoupled" else {})
         out = {}
-        for key, g in grads.items():
-            w = weights[key]
-            decay = r.weight_decay if self.decayed[key] else 0.0
-            if decay and r.decay == "coupled":
-                g = g + decay * w
+        for key, g in seen.items():
+            w, decay = weights[key], decays[key]
             state = self.state.setdefault(key, {})
             step = self._sgd(state, g) if r.optimizer == "sgd" else self._adam(state, g)
             if decay and r.decay == "decoupled":
@@ -58,12 +97,92 @@ class Optimizer:
         state["buf"] = buf
         return g + r.momentum * buf if r.nesterov else buf
 
-    def _adam(self, state: dict, g: np.ndarray) -> np.ndarray:
+    def _adam_of(self, state: dict, g, index=None):
+        """Adam's step for gradient(s) ``g`` from ``state``, the state left as it is. ``index``:
+        the flat elements ``g``'s rows belong to, ``g`` with a trailing axis of candidates."""
+        m0, v0 = state.get("m", 0.0), state.get("v", 0.0)
+        if index is not None and np.ndim(m0):
+            m0, v0 = m0.reshape(-1)[index], v0.reshape(-1)[index]
+            if np.ndim(g) > 1:
+                m0, v0 = m0[:, None], v0[:, None]
+        return self._adam_at(m0, v0, g)
+
+    def _adam_at(self, m0, v0, g):
         (b1, b2), t = self.recipe.betas, self.t + 1
-        m = b1 * state.get("m", 0.0) + (1.0 - b1) * g
-        v = b2 * state.get("v", 0.0) + (1.0 - b2) * g * g
-        state.update(m=m, v=v)
+        m = b1 * m0 + (1.0 - b1) * g
+        v = b2 * v0 + (1.0 - b2) * g * g
         return (m / (1.0 - b1**t)) / (np.sqrt(v / (1.0 - b2**t)) + self.recipe.eps)
+
+    def _adam(self, state: dict, g: np.ndarray) -> np.ndarray:
+        (b1, b2) = self.recipe.betas
+        step = self._adam_of(state, g)
+        state.update(m=b1 * state.get("m", 0.0) + (1.0 - b1) * g, v=b2 * state.get("v", 0.0) + (1.0 - b2) * g * g)
+        return step
+
+    def _explain(self, m0: np.ndarray, v0: np.ndarray, g: np.ndarray, window: np.ndarray,
+                 target: np.ndarray) -> np.ndarray:
+        """Per element (Adam state ``m0``, ``v0``), the gradient in ``g +- window`` whose step is
+        nearest ``target``: the nearest of ``FINE`` points, bisected where the step crosses it."""
+        cand = g[:, None] + window[:, None] * np.linspace(-1.0, 1.0, FINE)
+        miss = self._adam_at(m0[:, None], v0[:, None], cand) - target[:, None]
+        rows = np.arange(g.size)
+        best = np.abs(miss).argmin(axis=1)
+        sign = np.sign(miss[rows, best])
+        left, right = np.clip(best - 1, 0, FINE - 1), np.clip(best + 1, 0, FINE - 1)
+        use_left = np.sign(miss[rows, left]) * sign < 0
+        use_right = ~use_left & (np.sign(miss[rows, right]) * sign < 0)
+        lo = np.where(use_left, cand[rows, left], cand[rows, best])
+        hi = np.where(use_left, cand[rows, best], np.where(use_right, cand[rows, right], cand[rows, best]))
+        lo_sign = np.sign(self._adam_at(m0, v0, lo) - target)
+        for _ in range(BISECT):
+            mid = 0.5 * (lo + hi)
+            same = np.sign(self._adam_at(m0, v0, mid) - target) == lo_sign
+            lo, hi = np.where(same, mid, lo), np.where(same, hi, mid)
+        return np.where(use_left | use_right, 0.5 * (lo + hi), cand[rows, best])
+
+    def _follow(self, seen: dict, grads: Mapping[str, np.ndarray], follow: Mapping[str, Follow], lr: float,
+                decoupled: Mapping[str, float]) -> dict:
+        """``seen`` (what Adam sees, per key) with the port's Adam ties followed: a tie is an
+        element whose step over ``seen +- window`` spreads by more than ``spread`` (a gradient
+        of exactly 0 has no rounding to spread: zero padding, a dead unit); the port took it the
+        other way where its own update (from its weights) differs from this one by more than
+        ``spread``. Of those, the ``FOLLOWED`` nearest to 0 (``|g| / window``) take the gradient
+        in the window whose step is nearest the port's (``_explain``); the others stay, and are
+        judged."""
+        taken, ties = [], 0
+        for key, f in follow.items():
+            g, state = seen[key].reshape(-1), self.state.get(key, {})
+            grid = g[:, None] + f.window * np.linspace(-1.0, 1.0, GRID)
+            steps = self._adam_of(state, grid, np.arange(g.size))
+            tie = (lr * (steps.max(axis=1) - steps.min(axis=1)) > f.spread) & (np.asarray(grads[key]).reshape(-1) != 0)
+            index = np.nonzero(tie)[0]
+            if not index.size:
+                continue
+            ties += index.size
+            before = np.asarray(f.before, np.float64).reshape(-1)[index]
+            after = np.asarray(f.after, np.float64).reshape(-1)[index]
+            target = (before * (1.0 - lr * decoupled.get(key, 0.0)) - after) / lr  # the port's Adam step
+            other = lr * np.abs(self._adam_of(state, g[index], index) - target) > f.spread
+            taken += [(abs(g[i]) / f.window, key, int(i), float(t)) for i, t in zip(index[other], target[other])]
+        taken.sort()
+        out, followed = dict(seen), []
+        if taken:
+            picked = taken[:FOLLOWED]  # the others: counted, not followed
+
+            def state(key, name):
+                return np.broadcast_to(self.state.get(key, {}).get(name, 0.0), seen[key].shape).reshape(-1)
+
+            m0, v0 = (np.array([state(k, n)[i] for _, k, i, _ in picked]) for n in ("m", "v"))
+            g = np.array([seen[k].reshape(-1)[i] for _, k, i, _ in picked])
+            target = np.array([t for *_, t in picked])
+            value = self._explain(m0, v0, g, np.array([follow[k].window for _, k, _, _ in picked]), target)
+            unexplained = lr * np.abs(self._adam_at(m0, v0, value) - target)
+            for (_, key, i, _), g0, v, u in zip(picked, g, value, unexplained):
+                followed.append({"key": key, "index": i, "g": float(g0), "g_port": float(v), "unexplained": float(u)})
+                out[key] = out[key].copy()
+                out[key].reshape(-1)[i] = v
+        self.followed.append({"update": self.t, "ties": ties, "other_way": len(taken), "followed": followed})
+        return out
 
 
 @dataclasses.dataclass
@@ -73,6 +192,7 @@ class Trajectory:
     weights: list[dict]  # learnable weights before update 0, then after each update
     stats: dict[str, list[dict]]  # variance rule -> running statistics before update 0, then after each
     steps: list = dataclasses.field(default_factory=list, repr=False)  # backprop.Step of each update (keep_steps)
+    followed: list = dataclasses.field(default_factory=list)  # Adam ties taken a port's way (run's follow)
 
     def state(self, t: int, rule: str) -> dict[str, np.ndarray]:
         """Every canonical weight (learnable and statistic) after ``t`` updates."""
@@ -82,13 +202,15 @@ class Trajectory:
 def run(spec: ResNetSpec, recipe: Recipe, weights: Mapping[str, np.ndarray],
         batches: Sequence[tuple[np.ndarray, np.ndarray]], *, dtype=np.float64, keep_steps: bool = False,
         relu_flip: Mapping[int, Mapping[str, np.ndarray]] | None = None, start: "Trajectory | None" = None,
-        from_step: int = 0, lr=None) -> Trajectory:
+        from_step: int = 0, lr=None, follow: Mapping[int, Mapping[str, Follow]] | None = None) -> Trajectory:
     """``len(batches)`` updates of ``recipe`` from ``weights`` (canonical, statistics included),
     in ``dtype``. ``relu_flip``: update index -> ``backprop.step``'s ``relu_flip`` for that
     update's pass (a ReLU tie taken the other way). ``start``/``from_step``: continue
     ``start`` (a trajectory of the same run) from its state after ``from_step`` updates, its
     optimizer state replayed, so only the later updates are recomputed. ``lr``: update index ->
-    rate, instead of ``recipe.lr_at`` (a rate rounded as a framework rounds it)."""
+    rate, instead of ``recipe.lr_at`` (a rate rounded as a framework rounds it). ``follow``:
+    update index -> ``Optimizer.step``'s ``follow`` (a port's Adam ties, module docstring);
+    ``Trajectory.followed`` lists the elements followed."""
     spec = recipe.train_spec(spec)
     decayed = recipe.decayed(spec)
     classes = spec.num_classes
@@ -96,7 +218,9 @@ def run(spec: ResNetSpec, recipe: Recipe, weights: Mapping[str, np.ndarray],
     running0 = {k: np.asarray(v, dtype) for k, v in weights.items() if is_statistic(k)}
     traj = Trajectory([], [], [learn], {rule: [running0] for rule in reference.VARIANCES})
     opt = Optimizer(recipe, decayed, lr)
-    flips = relu_flip or {}
+    opt.followed = traj.followed
+    flips, follows = relu_flip or {}, follow or {}
+    replayed = {f["update"]: f for f in start.followed} if start is not None and follow else {}
     for t, (images, labels) in enumerate(batches):
         if start is not None and t < from_step:  # replay: the same updates, the optimizer state rebuilt
             res = start.steps[t]
@@ -109,12 +233,14 @@ def run(spec: ResNetSpec, recipe: Recipe, weights: Mapping[str, np.ndarray],
         if keep_steps:
             traj.steps.append(res)
         if start is not None and t < from_step:
-            opt.step(traj.weights[-1], {k: np.asarray(g, dtype) for k, g in res.grads.items()})
+            opt.step(traj.weights[-1], {k: np.asarray(g, dtype) for k, g in res.grads.items()}, follows.get(t),
+                     replay=replayed.get(t))
             traj.weights.append(start.weights[t + 1])
             for rule in reference.VARIANCES:
                 traj.stats[rule].append(start.stats[rule][t + 1])
             continue
-        traj.weights.append(opt.step(traj.weights[-1], {k: np.asarray(g, dtype) for k, g in res.grads.items()}))
+        traj.weights.append(opt.step(traj.weights[-1], {k: np.asarray(g, dtype) for k, g in res.grads.items()},
+                                     follows.get(t)))
         for rule in reference.VARIANCES:
             updated = reference.running_update(spec, traj.stats[rule][-1], res.stats, rule)
             traj.stats[rule].append({k: np.asarray(v, dtype) for k, v in updated.items()})

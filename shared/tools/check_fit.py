@@ -77,6 +77,7 @@ class FitRow:
     final: dict = dataclasses.field(default_factory=dict)
     first_out: dict | None = None  # {"step", "weight", "rel", "budget"}
     flips: list = dataclasses.field(default_factory=list)  # ReLU ties taken the framework's way
+    adam_ties: list = dataclasses.field(default_factory=list)  # per update (1-based): Adam ties, those taken the other way
     detail: str = ""
 
 
@@ -134,12 +135,30 @@ class Oracle:
             b["loss"] = parity.fp32_budget(loss_scale(self.peer.steps[t - 1].logits, shadow.steps[t - 1].logits,
                                                       self.peer.losses[t - 1], shadow.losses[t - 1], tg))
             self.budget.append(b)
+        # Update u's gradient window per tensor: MARGIN x the peer's largest gradient error in it.
+        self.grad_window = [{k: parity.MARGIN * float(np.abs(np.asarray(p.grads[k], np.float64) - s.grads[k]).max())
+                             for k in keys} for p, s in zip(self.peer.steps, shadow.steps)]
         self.heldout = heldout
         self.heldout_budget = {}
         for rule in reference.VARIANCES:
             ref = reference.forward(self.spec, _float32(shadow.state(self.steps, rule)), heldout)
             peer = reference.forward(self.spec, _float32(self.peer.state(self.steps, rule)), heldout, dtype=np.float32)
             self.heldout_budget[rule] = parity.fp32_budget(parity.rel_error(peer, ref))
+
+    def follows(self, res: dict) -> dict:
+        """``trajectory.run``'s ``follow`` for the port whose arrays are ``res``: at every update
+        of an AdamW recipe, each tensor's gradient window (``grad_window``), its tie spread (the
+        peer's own error in the tensor, a ``MARGIN``-th of its budget, in weight units) and the
+        port's weights before and after. Empty for SGD (its update is linear in the gradient)."""
+        if self.recipe.optimizer != "adamw":
+            return {}
+        out = {}
+        for u in range(self.steps):
+            out[u] = {k: T.Follow(self.grad_window[u][k],
+                                  self.budget[u + 1][k] / parity.MARGIN * float(np.linalg.norm(self.f64.weights[u][k])),
+                                  self.weights[k] if u == 0 else res[f"w{u}/{k}"], res[f"w{u + 1}/{k}"])
+                      for k in self.keys}
+        return out
 
     def logits(self, traj: T.Trajectory, rule: str) -> np.ndarray:
         return reference.forward(self.spec, _float32(traj.state(self.steps, rule)), self.heldout)
@@ -162,6 +181,17 @@ class Oracle:
                 yield u, [f"{n}{list(i)}" for n, i, _ in units], {**flips, u: masks}
 
 
+def adam_ties(followed: list) -> list[dict]:
+    """``Trajectory.followed`` as the report lists it: per update (numbered from 1, as the
+    table's) where the port took an Adam tie the other way, the ties there, how many the port
+    took the other way, and those followed (``key[flat index]``, the float64 gradient and the
+    port's, from its weights)."""
+    return [{"update": f["update"] + 1, "ties": f["ties"], "other_way": f["other_way"],
+             "followed": [{"element": f"{e['key']}[{e['index']}]", "g": e["g"], "g_port": e["g_port"]}
+                          for e in f["followed"]]}
+            for f in followed if f["other_way"]]
+
+
 def _errors(res: dict, traj: T.Trajectory, t: int, rule: str, keys) -> tuple[dict, dict]:
     w = {k: parity.rel_error(res[f"w{t}/{k}"], traj.weights[t][k]) for k in keys}
     s = {k: parity.rel_error(res[f"w{t}/{k}"], v) for k, v in traj.stats[rule][t].items()}
@@ -173,13 +203,14 @@ def _worst(errors: dict, budgets: dict) -> tuple[str, float]:
     return key, errors[key] / budgets[key]
 
 
-def _nearest(oracle: Oracle, res: dict, traj: T.Trajectory, flips: dict, t: int, rule: str, pairs: bool = False):
+def _nearest(oracle: Oracle, res: dict, traj: T.Trajectory, flips: dict, t: int, rule: str, pairs: bool = False,
+             follows=None):
     """(ratio, update, units, flips) of the alternative (``Oracle.alternatives``) that brings
     update ``t``'s every weight and statistic within budget nearest, or None."""
     b, best = oracle.budget[t], None
     for u, units, alt_flips in oracle.alternatives(traj, flips, t, pairs):
         alt = T.run(oracle.spec, oracle.recipe, oracle.weights, oracle.batches[:t], keep_steps=True,
-                    relu_flip=alt_flips, start=traj, from_step=u)
+                    relu_flip=alt_flips, start=traj, from_step=u, follow=follows)
         aw, a_s = _errors(res, alt, t, rule, oracle.keys)
         ratio = max(_worst(aw, b)[1], _worst(a_s, b[rule])[1])
         if ratio <= 1 and (best is None or ratio < best[0]):
@@ -192,7 +223,10 @@ def judge(target: str, res: dict, oracle: Oracle, framework: str) -> FitRow:
         return FitRow(target, "error", detail=str(res["error"]).splitlines()[-1] if str(res["error"]) else "")
     rule = VARIANCE[framework]
     row = FitRow(target, "pass")
-    traj, flips, searching = oracle.f64, {}, True
+    follows = oracle.follows(res)
+    traj = oracle.f64 if not follows else T.run(oracle.spec, oracle.recipe, oracle.weights, oracle.batches,
+                                                 keep_steps=True, follow=follows)
+    flips, searching = {}, True
     t = 1
     while t <= oracle.steps:
         b = oracle.budget[t]
@@ -202,11 +236,12 @@ def judge(target: str, res: dict, oracle: Oracle, framework: str) -> FitRow:
         loss_rel = abs(float(res["loss"][t - 1]) - traj.losses[t - 1]) / abs(traj.losses[t - 1])
         if max(wr, sr, loss_rel / b["loss"]) > 1 and searching and len(row.flips) < MAX_FLIPS:
             searching = False  # no tie explains it: the first update out of budget stands
-            best = _nearest(oracle, res, traj, flips, t, rule) or _nearest(oracle, res, traj, flips, t, rule, pairs=True)
+            best = (_nearest(oracle, res, traj, flips, t, rule, follows=follows)
+                    or _nearest(oracle, res, traj, flips, t, rule, pairs=True, follows=follows))
             if best is not None:
                 _, u, units, flips = best
                 traj = T.run(oracle.spec, oracle.recipe, oracle.weights, oracle.batches, keep_steps=True,
-                             relu_flip=flips, start=traj, from_step=u)
+                             relu_flip=flips, start=traj, from_step=u, follow=follows)
                 row.flips.append({"update": u, "units": units})
                 searching = True
                 continue  # re-judge update t against the alternative
@@ -221,6 +256,7 @@ def judge(target: str, res: dict, oracle: Oracle, framework: str) -> FitRow:
                     row.first_out = {"update": t, "what": what, "key": key, "rel": err, "budget": budget}
                     break
         t += 1
+    row.adam_ties = adam_ties(traj.followed)
     logits = oracle.logits(traj, rule)
     held = parity.rel_error(res["heldout"], logits)
     last = row.steps[-1]
