@@ -300,3 +300,24 @@ def test_a_target_named_with_a_precision_is_refused_in_one_line(command, capsys)
     assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1
     assert "'openvino-bf16': bf16 is a precision, not a target: " + (
         "this command runs fp32 only" if command == "predict" else "--frameworks openvino --precision bf16") in err
+
+
+@needs_vnni
+def test_the_int8_profile_names_every_conv_of_the_spec_and_its_int8_kernel():
+    """openvino_profile groups OpenVINO's per-node counters by the spec's layer kinds: one
+    runtime conv per spec conv, each on an int8 kernel (no conv left in float32), every block's
+    residual add fused into a conv, each conv's time positive."""
+    from shared.tools.adapters import openvino_profile as P
+
+    spec, weights, _ = _case("resnet50")
+    found = P.openvino_int8(spec, weights, SIZE, [1, 2], iters=2)
+    convs = [layer for layer in spec.layers() if isinstance(layer, S.Conv)]
+    for batch in (1, 2):
+        kinds = found[batch]["kinds"]
+        conv_rows = {k: v for k, v in kinds.items() if k.startswith("conv ")}
+        assert sum(v["nodes"] for v in conv_rows.values()) == len(convs)
+        assert sum(v["nodes"] for k, v in conv_rows.items() if k.endswith("+ add")) == len(spec.blocks())
+        assert all(e.endswith("_I8") for v in conv_rows.values() for e in v["exec_types"]), conv_rows
+        assert kinds["conv stem 7x7/2"]["nodes"] == 1 and kinds["conv 3x3/2"]["nodes"] == 3
+        assert all(v["ms"] > 0 for v in conv_rows.values()) and found[batch]["wall_ms"] > 0
+    assert "| conv stem 7x7/2 |" in P.table(found)

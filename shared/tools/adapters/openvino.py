@@ -62,16 +62,16 @@ def runtime_precisions(compiled) -> dict[str, list[str]]:
     return out
 
 
-def compile_model(model, precision: str = "fp32", threads: int | None = None):
+def compile_model(model, precision: str = "fp32", threads: int | None = None, config: dict | None = None):
     """An OpenVINO CPU CompiledModel of ``model`` (an onnx ModelProto, a path, or an
-    ``openvino.Model``) at ``precision``; ValueError where bf16 was asked and a convolution ran
-    in another precision (no silent fp32)."""
+    ``openvino.Model``) at ``precision``, with further CPU properties ``config`` (``PERF_COUNT``);
+    ValueError where bf16 was asked and a convolution ran in another precision (no silent fp32)."""
     import openvino as ov
 
     core = ov.Core()
     if not isinstance(model, ov.Model):
         model = core.read_model(model.SerializeToString() if hasattr(model, "SerializeToString") else str(model))
-    config = {"INFERENCE_PRECISION_HINT": HINTS[precision]}
+    config = {**(config or {}), "INFERENCE_PRECISION_HINT": HINTS[precision]}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     compiled = core.compile_model(model, "CPU", config)
