@@ -185,7 +185,7 @@ def _bench_model(job: Job, spec, weights) -> keras.Model:
         return load_weights(keras_model(spec, input_shape=shape), weights)
     if spec.arch in APPLICATIONS:
         build = getattr(keras.applications, APPLICATIONS[spec.arch])
-    elif len(spec.depths) == 4 and spec.block == "bottleneck":  # a smaller network (tests)
+    elif spec.block == "bottleneck":  # a smaller network (tests)
         build = _custom_depth(spec.depths)
     else:
         raise ValueError(f"keras.applications has no ResNet with {spec.block} blocks and depths {spec.depths}")

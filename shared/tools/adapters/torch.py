@@ -239,7 +239,7 @@ def recipe_step(job: Job, recipe, model: torch.nn.Module, net, x: torch.Tensor, 
         optimizer.step()
         if scheduler and next(updates) % recipe.unit == 0:
             scheduler.step()
-        return loss
+        return loss.detach()
 
     return step, {"optimizer": type(optimizer).__name__, "train_step": "torch loop (torchvision train.py)"}
 
