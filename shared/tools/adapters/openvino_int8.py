@@ -33,7 +33,6 @@ from shared.tools.bench_timing import Step
 from shared.tools.jobs import Job
 
 NAME = "openvino-int8"
-INTEGER_TYPES = ("u8", "i8")
 
 
 setup_precision = onnx_int8.int8_precision(
@@ -77,18 +76,20 @@ def expose(model, points) -> tuple[object, dict[str, str]]:
 
 def elided(compiled, model) -> list[str]:
     """The quantized tensors OpenVINO does not round: a conv's output whose quantization the
-    runtime model fused, with a residual add, into a conv writing integers."""
+    runtime model fused, with a residual add and a quantization after it (the block output's,
+    or in a pre-activation network the next block's BatchNorm, ReLU and quantization), into one
+    conv. The conv then writes integers (or float32 that a reorder turns into them) and its own
+    rounding is gone; a conv fused with an add and no later quantization (the last block's, into
+    the global pool) keeps it."""
     adds = {n.name for n in model.graph.node if n.op_type == "Add"}
     points = {f"{t}_QuantizeLinear": t for t in _quantize_nodes(model)}
     found = []
     for op in compiled.get_runtime_model().get_ordered_ops():
         info = op.get_rt_info()
         fused = info["originalLayersNames"].astype(str).split(",")
-        if info["layerType"].astype(str) == "Convolution" and adds & set(fused) \
-                and info["outputPrecisions"].astype(str) in INTEGER_TYPES:
-            first = next((points[f] for f in fused if f in points), None)  # the conv's own output
-            if first is not None:
-                found.append(first)
+        quantized = [points[f] for f in fused if f in points]  # the conv's own output first
+        if info["layerType"].astype(str) == "Convolution" and adds & set(fused) and len(quantized) > 1:
+            found.append(quantized[0])
     return found
 
 
