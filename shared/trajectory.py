@@ -27,7 +27,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from shared import backprop, reference
+from shared import backprop, parity, reference
 from shared.recipe import Recipe
 from shared.spec import ResNetSpec, is_statistic
 
@@ -256,7 +256,9 @@ def lockstep(spec: ResNetSpec, recipe: Recipe, weights: Mapping[str, np.ndarray]
     peer's way (``backprop.step``'s ``relu_flip``). Without it one tie rounded the other way
     moves a small network's weights by 100x the rounding error at once, and a budget derived
     from the peer would be set by which ties it happened to meet; with it the peer's error
-    against the shadow is the rounding of its arithmetic alone, carried along the trajectory."""
+    against the shadow is the rounding of its arithmetic alone, carried along the trajectory.
+    Under AdamW the shadow takes the peer's Adam ties too (``Follow``: the peer's gradient
+    error as the window, the least budget's share as the spread; ``shadow.followed``)."""
     spec = recipe.train_spec(spec)
     peer = run(spec, recipe, weights, batches, dtype=np.float32, keep_steps=True)
     decayed = recipe.decayed(spec)
@@ -264,6 +266,7 @@ def lockstep(spec: ResNetSpec, recipe: Recipe, weights: Mapping[str, np.ndarray]
     running0 = {k: np.asarray(v, np.float64) for k, v in weights.items() if is_statistic(k)}
     shadow = Trajectory([], [], [learn], {rule: [running0] for rule in reference.VARIANCES})
     opt, flips = Optimizer(recipe, decayed), []
+    opt.followed = shadow.followed
     for t, (images, labels) in enumerate(batches):
         targets = recipe.targets(labels, spec.num_classes) if recipe.label_smoothing else None
         state = {**shadow.weights[-1], **shadow.stats["biased"][-1]}
@@ -276,7 +279,12 @@ def lockstep(spec: ResNetSpec, recipe: Recipe, weights: Mapping[str, np.ndarray]
         shadow.losses.append(res.loss)
         shadow.lrs.append(recipe.lr_at(t))
         shadow.steps.append(res)
-        shadow.weights.append(opt.step(shadow.weights[-1], res.grads))
+        follow = None
+        if recipe.optimizer == "adamw":  # the peer's Adam ties, as its ReLU decisions (the least spread: the floor's)
+            follow = {k: Follow(parity.MARGIN * float(np.abs(np.asarray(peer.steps[t].grads[k], np.float64) - g).max()),
+                                parity.FP32_FLOOR / parity.MARGIN * float(np.linalg.norm(shadow.weights[-1][k])),
+                                peer.weights[t][k], peer.weights[t + 1][k]) for k, g in res.grads.items()}
+        shadow.weights.append(opt.step(shadow.weights[-1], res.grads, follow))
         for rule in reference.VARIANCES:
             shadow.stats[rule].append(reference.running_update(spec, shadow.stats[rule][-1], res.stats, rule))
     return peer, shadow, flips

@@ -135,6 +135,7 @@ class Oracle:
             b["loss"] = parity.fp32_budget(loss_scale(self.peer.steps[t - 1].logits, shadow.steps[t - 1].logits,
                                                       self.peer.losses[t - 1], shadow.losses[t - 1], tg))
             self.budget.append(b)
+        self.peer_ties = adam_ties(shadow.followed)  # the peer's own, taken by its shadow
         # Update u's gradient window per tensor: MARGIN x the peer's largest gradient error in it.
         self.grad_window = [{k: parity.MARGIN * float(np.abs(np.asarray(p.grads[k], np.float64) - s.grads[k]).max())
                              for k in keys} for p, s in zip(self.peer.steps, shadow.steps)]
@@ -338,6 +339,7 @@ def check_fit(spec: ResNetSpec, weights: dict, recipe: Recipe, *, steps: int = D
     config = dict(spec=spec.to_dict(), recipe=recipe.to_dict(), recipe_line=recipe.describe(), steps=steps,
                   batch=batch, size=size, seed=seed, mutant=mutant)
     oracle_json = {"losses": oracle.f64.losses, "lrs": oracle.f64.lrs, "peer_losses": [float(x) for x in oracle.peer.losses],
+                   "peer_adam_ties": oracle.peer_ties,
                    "budgets": [{k: v for k, v in b.items() if not isinstance(v, dict)} for b in oracle.budget[1:]]}
     return FitReport(config, rows, oracle_json, versions)
 
