@@ -115,6 +115,24 @@ def test_lr_rule_matches_torch_schedulers():
     assert R.TORCHVISION_NEW.lr_at(0) == pytest.approx(0.005) and R.FLAX_IMAGENET.lr_at(0) == 0.0
 
 
+def test_convnext_preset_matches_its_source_schedule():
+    """``convnext-resnet50``'s rate of every update against facebookresearch/ConvNeXt's
+    utils.cosine_scheduler, written here from its source (np.linspace(0, lr, warmup) joined to
+    min_lr + (lr - min_lr) / 2 (1 + cos(pi i / n)) over the other n updates): the cosine equal
+    update for update, the warmup off by the one difference the preset states (linspace reaches
+    lr one update early: its k / (W - 1) against the recipe's k / W)."""
+    r = R.CONVNEXT_RESNET50
+    per_epoch, warmup = 1_281_167 // 4096, 20 * (1_281_167 // 4096)
+    n = 300 * per_epoch - warmup
+    source = np.concatenate([np.linspace(0.0, 4e-3, warmup),
+                             1e-6 + 0.5 * (4e-3 - 1e-6) * (1 + np.cos(np.pi * np.arange(n) / n))])
+    ours = np.array(r.lrs(300 * per_epoch))
+    np.testing.assert_allclose(ours[warmup:], source[warmup:], rtol=1e-12)
+    np.testing.assert_allclose(ours[:warmup] * warmup / (warmup - 1), source[:warmup], rtol=1e-12)
+    assert (r.optimizer, r.decay, r.decay_mask, r.weight_decay, r.label_smoothing, r.batch_size) == (
+        "adamw", "decoupled", "kernels_only", 0.05, 0.1, 4096)
+
+
 def test_window_keeps_a_change_of_rate():
     """A preset squeezed into a short window still changes its rate inside it."""
     for recipe in R.PRESETS.values():
