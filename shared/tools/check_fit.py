@@ -37,8 +37,8 @@ from shared import weights as W
 from shared.recipe import Recipe
 from shared.spec import ResNetSpec, is_statistic
 from shared.tools.adapter import VARIANCE, installed
-from shared.tools.check import TIE_PAIRS, Target, targets
-from shared.tools.jobs import Job, environment, launch, read_result
+from shared.tools.check import TIE_PAIRS, Target, run_jobs, targets
+from shared.tools.jobs import Job
 
 DEFAULT_STEPS = 8
 # The default recipe: torchvision's newer recipe's conventions (momentum 0.9, coupled weight
@@ -57,14 +57,34 @@ def check_recipe(steps: int = DEFAULT_STEPS) -> Recipe:
         name=f"torchvision-new conventions, check size ({steps} updates)", lr=0.02, weight_decay=5e-3, batch_size=8)
 
 
+# The check's own recipes, each a published recipe's conventions at the size of a check (rates
+# a batch of 8 trains stably with, decays large enough that their form shows within a few
+# updates): ``check`` (the default: torchvision-new's), ``check-flax-imagenet`` (the Flax
+# example's: nesterov, decay on kernels only, warmup from 0, BatchNorm momentum 0.1), and
+# ``check-adamw`` (the default with torch's AdamW in place of SGD, at ConvNeXt's decoupled decay
+# 0.05: epsilon 1e-8 outside the bias correction, decay not on BatchNorm). Between them every
+# broken port of shared.recipe_mutants applies somewhere.
+CHECK_RECIPES = ("check", "check-flax-imagenet", "check-adamw")
+
+
 def recipe_for(name: str | None, steps: int, batch: int) -> Recipe:
-    """``--recipe``: None the check's default; a preset squeezed into the window
+    """``--recipe``: None (or ``check``) the check's default; ``check-flax-imagenet`` and
+    ``check-adamw`` (``CHECK_RECIPES``); else a preset squeezed into the window
     (``Recipe.window``), its rate scaled by ``batch / recipe.batch_size`` (the linear scaling
     rule, as the Flax example scales its own): a published rate for 1024 images diverges on 8."""
-    from shared.recipe import preset
+    from shared.recipe import FLAX_IMAGENET, PRESETS, preset
 
-    if name is None:
+    if name in (None, "check"):
         return check_recipe(steps)
+    if name == "check-adamw":
+        return check_recipe(steps).replace(
+            name=f"check-adamw ({steps} updates)", optimizer="adamw", lr=1e-3, weight_decay=0.05, decay="decoupled",
+            source="the check's default with torch's AdamW, at convnext-resnet50's decoupled decay")
+    if name == "check-flax-imagenet":
+        return FLAX_IMAGENET.window(steps).replace(name=f"flax-imagenet conventions, check size ({steps} updates)",
+                                                   lr=0.02, weight_decay=5e-3, batch_size=8)
+    if name not in PRESETS:
+        raise ValueError(f"--recipe: unknown {name!r}, expected one of {', '.join([*CHECK_RECIPES, *PRESETS])}")
     r = preset(name).window(steps)
     return r.replace(lr=r.lr * batch / r.batch_size, batch_size=batch)
 
@@ -302,22 +322,18 @@ def engine(package, make_optimizer, spec: ResNetSpec, weights: dict, *, batches:
     return out
 
 
-def check_fit(spec: ResNetSpec, weights: dict, recipe: Recipe, *, steps: int = DEFAULT_STEPS,
-              frameworks=("torch", "keras", "flax"), keras_backends=("tensorflow", "jax", "torch"), batch: int = 8,
-              size: int = 32, seed: int = 0, mutant: str = "", timeout: float = 900.0, progress=None) -> FitReport:
-    W.validate(spec, weights)
-    if mutant and mutant not in recipe_mutants.CATALOGUE:
-        raise ValueError(f"mutant: unknown {mutant!r}, expected one of {', '.join(recipe_mutants.CATALOGUE)}")
-    if not spec.include_top:
-        raise ValueError("--mode fit: the loss needs the classifier; got a spec without include_top")
+def _train(spec: ResNetSpec, weights: dict, recipe: Recipe, ports: list[str], *, steps: int, frameworks,
+           keras_backends, batch: int, size: int, seed: int, timeout: float, progress=None):
+    """Every installed target trains ``recipe`` once per port of ``ports`` ("" the unbroken
+    one), the ports of a target in one worker; each judged. Returns (the oracle, the targets
+    found, those missing, {(target label, port): FitRow}, versions)."""
     batches = T.batches(spec, steps, batch, size, seed)
     heldout = reference.random_images(spec, batch, size, seed + 10_000)
     found, missing = targets([f for f in frameworks if f in ENGINES], keras_backends)
-    rows = [FitRow(t.label, "not installed") for t in missing]
     if progress:
-        progress("float64 trajectory and its float32 peer")
+        progress(f"float64 trajectory and its float32 peer: {recipe.name}")
     oracle = Oracle(spec, recipe, weights, batches, heldout)
-    versions = {}
+    rows, versions = {}, {}
     with tempfile.TemporaryDirectory(prefix="resnet-parity-fit-") as tmp:
         work = Path(tmp)
         np.savez(work / "batches.npz", images=np.stack([b[0] for b in batches]), labels=np.stack([b[1] for b in batches]))
@@ -325,23 +341,166 @@ def check_fit(spec: ResNetSpec, weights: dict, recipe: Recipe, *, steps: int = D
         W.save(weights, work / "weights.safetensors")
         for t in found:
             if progress:
-                progress(f"training {t.label}")
-            out = work / f"{t.label.replace('[', '-').rstrip(']')}.npz"
-            job = Job("fit", t.framework, spec.to_dict(), str(out), weights=str(work / "weights.safetensors"),
-                      engine=ENGINES[t.framework],
-                      options={"batches": str(work / "batches.npz"), "heldout": str(work / "heldout.npy"),
-                               "recipe": recipe.to_dict(), "mutant": mutant})
-            why = launch([job], work, environment(backend=t.backend, device="cpu"), timeout)
-            res = read_result(out) or {"error": np.array(why or "the worker wrote nothing")}
-            if "versions" in res:
-                versions[t.label] = json.loads(str(res["versions"]))
-            rows.append(judge(t.label, res, oracle, t.framework))
+                progress(f"training {t.label}" + (f": {len(ports)} ports" if len(ports) > 1 else ""))
+            label = t.label.replace("[", "-").rstrip("]")
+            jobs = [Job("fit", t.framework, spec.to_dict(), str(work / f"{label}-{port or 'clean'}.npz"),
+                        weights=str(work / "weights.safetensors"), engine=ENGINES[t.framework],
+                        options={"batches": str(work / "batches.npz"), "heldout": str(work / "heldout.npy"),
+                                 "recipe": recipe.to_dict(), "mutant": port}) for port in ports]
+            for port, res in zip(ports, run_jobs(t, jobs, work, timeout * len(ports))):
+                if "versions" in res:
+                    versions[t.label] = json.loads(str(res["versions"]))
+                rows[t.label, port] = judge(t.label, res, oracle, t.framework)
+    return oracle, found, missing, rows, versions
+
+
+def _validate(spec: ResNetSpec, weights: dict) -> None:
+    W.validate(spec, weights)
+    if not spec.include_top:
+        raise ValueError("--mode fit: the loss needs the classifier; got a spec without include_top")
+
+
+def check_fit(spec: ResNetSpec, weights: dict, recipe: Recipe, *, steps: int = DEFAULT_STEPS,
+              frameworks=("torch", "keras", "flax"), keras_backends=("tensorflow", "jax", "torch"), batch: int = 8,
+              size: int = 32, seed: int = 0, mutant: str = "", timeout: float = 900.0, progress=None) -> FitReport:
+    _validate(spec, weights)
+    if mutant and mutant not in recipe_mutants.CATALOGUE:
+        raise ValueError(f"mutant: unknown {mutant!r}, expected one of {', '.join(recipe_mutants.CATALOGUE)}")
+    oracle, found, missing, judged, versions = _train(
+        spec, weights, recipe, [mutant], steps=steps, frameworks=frameworks, keras_backends=keras_backends,
+        batch=batch, size=size, seed=seed, timeout=timeout, progress=progress)
+    rows = [FitRow(t.label, "not installed") for t in missing] + [judged[t.label, mutant] for t in found]
     config = dict(spec=spec.to_dict(), recipe=recipe.to_dict(), recipe_line=recipe.describe(), steps=steps,
                   batch=batch, size=size, seed=seed, mutant=mutant)
     oracle_json = {"losses": oracle.f64.losses, "lrs": oracle.f64.lrs, "peer_losses": [float(x) for x in oracle.peer.losses],
                    "peer_adam_ties": oracle.peer_ties,
                    "budgets": [{k: v for k, v in b.items() if not isinstance(v, dict)} for b in oracle.budget[1:]]}
     return FitReport(config, rows, oracle_json, versions)
+
+
+def outcome(applies: bool, status: str) -> str:
+    """A catch-table cell: caught / missed where the port changes the recipe's trajectory
+    (``FitMutant.applies``, from the recipe alone), passes / false alarm for the unbroken and the
+    harmless ports; error where it did not run."""
+    if status in ("error", "not installed"):
+        return "error"
+    if applies:
+        return "caught" if status == "FAIL" else "missed"
+    return "passes" if status == "pass" else "false alarm"
+
+
+def catch_table(spec: ResNetSpec, weights: dict, recipes: dict, *, steps: int = 3,
+                frameworks=("torch", "keras", "flax"), keras_backends=("tensorflow", "jax", "torch"), batch: int = 8,
+                size: int = 32, seed: int = 0, timeout: float = 900.0, progress=None) -> dict:
+    """``check --mode fit --mutants``: per recipe (name -> Recipe), the unbroken port, every
+    broken port of ``shared.recipe_mutants`` that applies to it, and the harmless ones, in every
+    target; each cell judged as ``check --mode fit`` judges (``outcome``)."""
+    _validate(spec, weights)
+    cells, versions, described, missing = [], {}, {}, set()
+    for name, recipe in recipes.items():
+        ports = ["", *[m for m, x in recipe_mutants.CATALOGUE.items() if x.applies(recipe)], *recipe_mutants.HARMLESS]
+        oracle, found, lost, rows, v = _train(spec, weights, recipe, ports, steps=steps, frameworks=frameworks,
+                                              keras_backends=keras_backends, batch=batch, size=size, seed=seed,
+                                              timeout=timeout, progress=progress)
+        versions.update(v)
+        missing |= {t.label for t in lost}
+        described[name] = {"line": recipe.describe(), "source": recipe.source, "recipe": recipe.to_dict(),
+                           "peer_adam_ties": oracle.peer_ties}
+        for t in found:
+            for port in ports:
+                row = rows[t.label, port]
+                applies = bool(port) and port not in recipe_mutants.HARMLESS
+                first = dict(row.first_out, ratio=row.first_out["rel"] / row.first_out["budget"]) if row.first_out else None
+                mutant = recipe_mutants.CATALOGUE.get(port)
+                cells.append({"recipe": name, "mutant": port or "(none)", "target": t.label, "applies": applies,
+                              "what": mutant.what if mutant else "the unbroken port", "how": mutant.how if mutant else "",
+                              "status": row.status, "outcome": outcome(applies, row.status), "first_out": first,
+                              "ratios": [max(x["weights_ratio"], x["stats_ratio"], x["loss_rel"] / x["loss_budget"])
+                                         for x in row.steps],
+                              "relu_ties": row.flips, "adam_ties": row.adam_ties, "detail": row.detail})
+    return {"spec": spec.to_dict(), "steps": steps, "batch": batch, "size": size, "seed": seed,
+            "targets": list(dict.fromkeys(c["target"] for c in cells)), "not_installed": sorted(missing),
+            "recipes": described, "cells": cells, "versions": versions,
+            "ok": all(c["outcome"] in ("caught", "passes") for c in cells)}
+
+
+def _ratio(r: float) -> str:
+    if r >= 1000:
+        mantissa, exponent = f"{r:.1e}".split("e")
+        return f"{mantissa}e{int(exponent)}x"
+    return f"{r:.0f}x" if r >= 100 else f"{r:.1f}x" if r >= 10 else f"{r:.2f}x"
+
+
+def _cell_text(c: dict) -> str:
+    if c["status"] == "pass":
+        text = "pass"
+    elif c["status"] == "FAIL":
+        f = c["first_out"]
+        text = f"{f['update']} ({_ratio(f['ratio'])})"
+        worst = max(range(len(c["ratios"])), key=lambda i: c["ratios"][i]) + 1
+        if worst != f["update"] and c["ratios"][worst - 1] > 4 * f["ratio"]:
+            text += f"; {_ratio(c['ratios'][worst - 1])} at {worst}"
+    else:
+        text = c["status"]
+    return text if c["outcome"] in ("caught", "passes") else f"**{text} ({c['outcome']})**"
+
+
+def catch_markdown(table: dict, command: str, machine: dict, date: str) -> str:
+    """The catch table as a results page: the command that wrote it, machine and versions, the
+    recipes, one row per port (a cell: the first update out of budget and by how much, the worst
+    tensor's error over its budget, per target), and the ties each passing run followed."""
+    spec = ResNetSpec.from_dict(table["spec"])
+    targets_ = table["targets"]
+    versions = "; ".join(f"{t}: " + ", ".join(f"{k} {v}" for k, v in table["versions"].get(t, {}).items()
+                                               if k != "keras_backend") for t in targets_)
+    cpu = f"{machine.get('cpu', '?')}, {machine.get('cpus_usable', '?')} cores"
+    lines = [f"# Broken training ports caught by `check --mode fit` ({', '.join(targets_)})", "",
+             "Back to the [index](README.md). Written by the command (rerun it to regenerate this page and its JSON):", "",
+             f"    {command}", "",
+             f"{date}, {cpu}, Python {machine.get('python', '?')}; {versions}. A {spec.style}-style "
+             f"{','.join(map(str, spec.depths))} network of width {spec.width}, {spec.num_classes} classes, batch "
+             f"{table['batch']} x {table['size']} px, seed {table['seed']}, {table['steps']} updates of each recipe:", ""]
+    for name, r in table["recipes"].items():
+        lines.append(f"- **{name}**: {r['line']}" + (f" ({r['source']})" if r["source"] else ""))
+    lines += ["", "Each broken port of `shared.recipe_mutants` that applies to a recipe (decided from the recipe "
+              "alone) is injected into each framework's own training and judged against the float64 trajectory "
+              "(docs/training.md states the rule). A cell, per target (" + " / ".join(targets_) + "): the first "
+              "update out of budget and by how much (the worst tensor's error over its budget; where a later "
+              "update is out by 4x more, that too), or pass. Rule and figures: [../training.md](../training.md).",
+              "", "| broken port | how | " + " | ".join(table["recipes"]) + " |",
+              "| --- | --- | " + " | ".join("---" for _ in table["recipes"]) + " |"]
+    by = {(c["recipe"], c["mutant"], c["target"]): c for c in table["cells"]}
+    for port in ["(none)", *recipe_mutants.CATALOGUE]:
+        if not any(k[1] == port for k in by):
+            continue
+        harmless = " (harmless)" if port in recipe_mutants.HARMLESS else ""
+        how = recipe_mutants.CATALOGUE[port].how if port in recipe_mutants.CATALOGUE else ""
+        cells = []
+        for name in table["recipes"]:
+            row = [by.get((name, port, t)) for t in targets_]
+            cells.append(" / ".join(_cell_text(c) if c else "-" for c in row) if any(row) else "does not apply")
+        lines.append(f"| {port if port == '(none)' else f'`{port}`'}{harmless} | {how} | " + " | ".join(cells) + " |")
+    applicable = [c for c in table["cells"] if c["applies"]]
+    others = [c for c in table["cells"] if not c["applies"]]
+    lines += ["", f"Caught {sum(c['outcome'] == 'caught' for c in applicable)} of {len(applicable)} applicable cells; "
+              f"{sum(c['outcome'] == 'passes' for c in others)} of {len(others)} unbroken and harmless runs pass"
+              + ("." if table["ok"] else ": see the bold cells."), "", "## Ties followed", "",
+              "ReLU ties (a pre-activation within rounding of 0) and Adam ties (a gradient element within rounding "
+              "of 0, whose AdamW step float32 arithmetic does not decide) the float64 oracle took a passing "
+              "run's way; the float32 peer's own Adam ties, which its shadow takes, first. Updates numbered from 1.", ""]
+    for name, r in table["recipes"].items():
+        for u in r["peer_adam_ties"]:
+            lines.append(f"- {name}, the float32 peer, update {u['update']}: "
+                         + ", ".join(f"`{e['element']}`" for e in u["followed"]))
+    for c in table["cells"]:
+        if c["status"] != "pass" or not (c["relu_ties"] or c["adam_ties"]):
+            continue
+        parts = [f"ReLU at update {f['update'] + 1}: " + ", ".join(f"`{x}`" for x in f["units"]) for f in c["relu_ties"]]
+        parts += [f"Adam at update {u['update']}: " + ", ".join(f"`{e['element']}`" for e in u["followed"])
+                  + (f" ({u['other_way']} taken the other way, {len(u['followed'])} followed)"
+                     if u["other_way"] > len(u["followed"]) else "") for u in c["adam_ties"]]
+        lines.append(f"- {c['recipe']}, {c['target']}, {c['mutant']}: " + "; ".join(parts))
+    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------------- command line
@@ -364,6 +523,10 @@ def cli(args, console, read_weights) -> int:
         spec = S.preset(args.arch, args.style, num_classes=10).replace(depths=args.depths or (1, 1, 1, 1),
                                                                       width=args.width or 8)
         weights = reference.calibrated_weights(spec, seed=args.seed, size=args.size)
+    if args.mutants:
+        return mutants_cli(args, spec, weights, steps, console)
+    if getattr(args, "markdown", None):
+        raise ValueError("--markdown: with --mutants (the catch table); a fit run writes --json and --plot")
     recipe = recipe_for(args.recipe, steps, args.batch)
     report = check_fit(spec, weights, recipe, steps=steps, frameworks=args.frameworks, keras_backends=args.keras_backends,
                        batch=args.batch, size=args.size, seed=args.seed,
@@ -397,6 +560,77 @@ def cli(args, console, read_weights) -> int:
         console.print(f"wrote {args.plot}")
     console.print("[bold green]all trajectories agree[/]" if report.ok else "[bold red]fit check failed[/]")
     return 0 if report.ok else 1
+
+
+def command_line(args, steps: int) -> str:
+    """The ``check --mode fit --mutants`` command ``args`` stand for (what the page says reruns it)."""
+    parts = ["resnet-parity check --mode fit --mutants"]
+    if args.weights:
+        parts.append(f"--weights {args.weights}")
+    for flag, given, value in (("--arch", args.arch_given, args.arch), ("--style", args.style_given, args.style)):
+        if given:
+            parts.append(f"{flag} {value}")
+    if args.depths:
+        parts.append(f"--depths {','.join(map(str, args.depths))}")
+    for flag, value, default in (("--width", args.width, None), ("--batch", args.batch, 8), ("--size", args.size, 32),
+                                 ("--seed", args.seed, 0)):
+        if value is not None and value != default:
+            parts.append(f"{flag} {value}")
+    if args.recipe:
+        parts.append(f"--recipe {args.recipe}")
+    parts.append(f"--steps {steps} --frameworks {','.join(f for f in args.frameworks if f in ENGINES)}")
+    if "keras" in args.frameworks:
+        parts.append(f"--keras-backends {','.join(args.keras_backends)}")
+    for flag, value in (("--json", args.json), ("--markdown", args.markdown)):
+        if value:
+            parts.append(f"{flag} {value}")
+    return " ".join(parts)
+
+
+def mutants_cli(args, spec: ResNetSpec, weights: dict, steps: int, console) -> int:
+    """``check --mode fit --mutants``: the catch table of every recipe of ``--recipe`` (a comma
+    list; default the check's own three), printed, ``--json``, ``--markdown``. Exit 0 only when
+    every applicable port is caught and every unbroken and harmless run passes."""
+    import datetime
+
+    from rich.markup import escape
+    from rich.table import Table
+
+    from shared.tools.bench_report import machine
+    from shared.tools.jobs import write_json
+
+    names = [n for n in (args.recipe or ",".join(CHECK_RECIPES)).split(",") if n]
+    recipes = {n: recipe_for(n, steps, args.batch) for n in names}
+    table = catch_table(spec, weights, recipes, steps=steps, frameworks=args.frameworks,
+                        keras_backends=args.keras_backends, batch=args.batch, size=args.size, seed=args.seed,
+                        progress=lambda what: console.print(f"[dim]{escape(what)}[/]"))
+    out = Table(title=f"resnet-parity check --mode fit --mutants: {steps} updates; a cell per target: "
+                      f"{' / '.join(table['targets'])}")
+    for col in ("broken port", *recipes):
+        out.add_column(col)
+    by = {(c["recipe"], c["mutant"], c["target"]): c for c in table["cells"]}
+    for port in ["(none)", *recipe_mutants.CATALOGUE]:
+        cells = [[by.get((n, port, t)) for t in table["targets"]] for n in recipes]
+        if any(any(row) for row in cells):
+            out.add_row(port, *[" / ".join(_cell_text(c).replace("**", "") if c else "-" for c in row) if any(row)
+                                else "does not apply" for row in cells])
+    console.print(out)
+    for c in table["cells"]:
+        if c["outcome"] not in ("caught", "passes"):
+            console.print(f"[red]{escape(c['recipe'])} {escape(c['mutant'])} {escape(c['target'])}: {c['outcome']} "
+                          f"{escape(c['detail'])}[/]")
+    applicable = [c for c in table["cells"] if c["applies"]]
+    console.print(f"caught {sum(c['outcome'] == 'caught' for c in applicable)} of {len(applicable)} applicable cells; "
+                  f"{sum(c['outcome'] == 'passes' for c in table['cells'] if not c['applies'])} of "
+                  f"{sum(not c['applies'] for c in table['cells'])} unbroken and harmless runs pass")
+    command, host = command_line(args, steps), machine()
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    if args.json:
+        write_json(args.json, {"command": command, "date": date, "machine": host, **table})
+    if args.markdown:
+        with W.atomic_path(args.markdown) as tmp:
+            tmp.write_text(catch_markdown(table, command, host, date))
+    return 0 if table["ok"] else 1
 
 
 def plot(report: FitReport, path: str) -> None:

@@ -373,7 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--seed", type=int, default=0)
     check.add_argument("--mode", choices=("eval", "train", "fit"), default="eval",
                        help="fit: train a recipe's updates in every framework, judged against the float64 trajectory")
-    check.add_argument("--recipe", default=None, help="with --mode fit: a shared.recipe preset (default: the check's own)")
+    check.add_argument("--recipe", default=None,
+                       help="with --mode fit: a shared.recipe preset, or the check's own: check (the default), "
+                            "check-flax-imagenet, check-adamw; with --mutants a comma list (default: those three)")
     check.add_argument("--steps", type=int, default=None, help="with --mode fit: updates (default 8)")
     check.add_argument("--plot", default=None, metavar="FILE.png", help="with --mode fit: loss and error per update")
     check.add_argument("--replicas", type=int, default=None, metavar="N",
@@ -388,7 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--mutant", choices=list(mutants.CATALOGUE), default=None,
                        help="inject one broken port (shared.mutants) into every framework: the check must fail")
     check.add_argument("--mutants", action="store_true",
-                       help="the catch table: every broken port x framework x eval/train x --mutant-precisions")
+                       help="the catch table: every broken port x framework x eval/train x --mutant-precisions; "
+                            "with --mode fit: every training port (shared.recipe_mutants) that applies x framework x recipe")
+    check.add_argument("--markdown", default=None, metavar="FILE.md",
+                       help="with --mode fit --mutants: write the catch table as a results page")
     check.add_argument("--mutant-precisions", type=csv_choices(PRECISIONS), default=["fp32", "bf16"])
     check.add_argument("--override", action="append", metavar="FRAMEWORK:FIELD=VALUE",
                        help="build one framework from a changed spec (proves a broken port is caught)")
