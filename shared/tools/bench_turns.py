@@ -8,7 +8,10 @@ The parent (``alternate``) starts the workers one after another and waits until 
 its model and run its warm-up iterations; then, round by round, it tells each worker in turn to
 time one iteration (``go``), waits for the time, and pauses ``PAUSE_S`` so that threads a
 runtime leaves spinning after a call (onnxruntime's, OpenMP's, TBB's) are idle before the next
-process's turn. ``end`` makes each worker report its figures as ``shared.tools.worker`` does.
+process's turn. Every other round takes the workers in reverse order, so no run always follows
+the same other: in plan order a reference always ran right after its own ours, and ours right
+after another framework's run, whose threads may still be winding down.
+``end`` makes each worker report its figures as ``shared.tools.worker`` does.
 
 The worker: ``python -m shared.tools.bench_turns JOB.json``, reading its turns on stdin.
 """
@@ -95,7 +98,7 @@ def alternate(jobs: list[Job], workdir: Path, iters: int, timeout: float, progre
         for round_ in range(iters):
             if progress:
                 progress(f"round {round_ + 1} of {iters}")
-            for proc in live:
+            for proc in live if round_ % 2 == 0 else live[::-1]:
                 proc.stdin.write(GO + "\n")
                 proc.stdin.flush()
                 proc.stdout.readline()
