@@ -11,34 +11,29 @@ import json
 import numpy as np
 import pytest
 
-from shared import backprop, parity, recipe as R, recipe_mutants as M, reference, spec as S, trajectory as T
+from shared import backprop, parity, recipe_mutants as M, reference, spec as S, trajectory as T
 from shared.tools import check_fit as C
 from test_recipe import one_torch_thread  # noqa: F401 (autouse: torch on one thread here)
 
 SPEC = S.preset("resnet50").replace(depths=(1, 1, 1, 1), width=8, num_classes=10)
 STEPS = 3
-# Three recipes at the size of a check, between them every convention a mutant reads the other
-# way: the check's default (torchvision-new's: momentum, coupled decay not on BatchNorm, warmup
-# from 1%, label smoothing); the Flax example's (nesterov, decay on kernels only, warmup from 0,
-# BatchNorm momentum 0.1); an AdamW one (decoupled decay not on BatchNorm, epsilon 1e-8).
-RECIPES = {
-    "default": C.check_recipe(STEPS),
-    "flax-imagenet": R.FLAX_IMAGENET.window(STEPS).replace(lr=0.02, weight_decay=5e-3, batch_size=8),
-    "adamw": R.Recipe("adamw (check size)", optimizer="adamw", lr=1e-3, weight_decay=0.05, decay="decoupled",
-                      decay_mask="no_norm", schedule="warmup_cosine", warmup=1, warmup_start=0.01, cosine=STEPS - 1,
-                      label_smoothing=0.1, batch_size=8),
-}
+# The check's own three recipes (``check_fit.CHECK_RECIPES``, the catch table's columns),
+# between them every convention a mutant reads the other way: the default (torchvision-new's:
+# momentum, coupled decay not on BatchNorm, warmup from 1%, label smoothing); the Flax example's
+# (nesterov, decay on kernels only, warmup from 0, BatchNorm momentum 0.1); the default with AdamW
+# (decoupled decay not on BatchNorm, epsilon 1e-8).
+RECIPES = {name: C.recipe_for(name, STEPS, 8) for name in C.CHECK_RECIPES}
 # The update each mutant that applies to a recipe is caught by (measured in torch,
 # docs/results/fit-mutants-cpu.md: the first update out of budget by 4x or more; decay_on_norm
 # leaves the default's budget at update 1 by 1.02x only, its decay moving the weights 1e-6 at the
 # warmup's 1% rate, and by 190x at update 2).
 CAUGHT_BY = {
-    "default": {"decoupled_decay": 2, "decay_on_norm": 2, "keras_momentum": 2, "schedule_early": 1,
-                "warmup_inside_cosine": 3, "bn_momentum_other_way": 1, "smoothing_wrong_classes": 1},
-    "flax-imagenet": {"decoupled_decay": 2, "decay_on_norm": 2, "decay_on_bias": 2, "nesterov_other_form": 2,
-                      "schedule_early": 1, "warmup_inside_cosine": 3, "bn_momentum_other_way": 1},
-    "adamw": {"coupled_decay": 1, "decay_on_norm": 2, "adam_eps_inside": 1, "schedule_early": 1,
+    "check": {"decoupled_decay": 2, "decay_on_norm": 2, "keras_momentum": 2, "schedule_early": 1,
               "warmup_inside_cosine": 3, "bn_momentum_other_way": 1, "smoothing_wrong_classes": 1},
+    "check-flax-imagenet": {"decoupled_decay": 2, "decay_on_norm": 2, "decay_on_bias": 2, "nesterov_other_form": 2,
+                            "schedule_early": 1, "warmup_inside_cosine": 3, "bn_momentum_other_way": 1},
+    "check-adamw": {"coupled_decay": 1, "decay_on_norm": 2, "adam_eps_inside": 1, "schedule_early": 1,
+                    "warmup_inside_cosine": 3, "bn_momentum_other_way": 1, "smoothing_wrong_classes": 1},
 }
 CASES = [(r, m) for r in RECIPES for m in sorted(CAUGHT_BY[r])]
 
@@ -70,7 +65,7 @@ def runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run(runs):
-    return runs("default")
+    return runs("check")
 
 
 def _torch(run, mutant=""):
@@ -188,7 +183,7 @@ def test_an_adam_tie_is_followed_a_step_no_gradient_explains_is_not(runs):
     and Flax take across) given the other sign passes, followed at update 1;
     the same element moved by 3x the rate the other way (Adam's first step is below the rate in
     magnitude: no gradient explains it) fails at update 1."""
-    weights, recipe, oracle, _ = runs("adamw")
+    weights, recipe, oracle, _ = runs("check-adamw")
     g = oracle.f64.steps[0].grads
 
     def above_eps(k):  # |g| at least epsilon: the other sign moves the step by over half the rate
@@ -224,6 +219,27 @@ def test_one_update_misses_the_decay_form():
         res = torch_fit.run(SPEC, weights, batches=str(Path(tmp) / "b.npz"), heldout=str(Path(tmp) / "h.npy"),
                             recipe=recipe.to_dict(), mutant="decoupled_decay")
     assert C.judge("torch", res, oracle, "torch").status == "pass"
+
+
+def test_recorded_catch_table_is_the_commands():
+    """docs/results/fit-mutants-cpu.md is what ``check --mode fit --mutants --markdown`` writes
+    from the figures of its JSON (the command it names regenerates both), and those figures say
+    what docs/training.md says: every applicable port caught by its update in ``CAUGHT_BY`` in
+    every framework, every unbroken and harmless run passing, the AdamW reorder included."""
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent.parent / "docs" / "results"
+    table = json.loads((folder / "fit-mutants-cpu.json").read_text())
+    assert (folder / "fit-mutants-cpu.md").read_text() == C.catch_markdown(table, table["command"], table["machine"],
+                                                                           table["date"])
+    assert table["ok"] and set(table["recipes"]) == set(CAUGHT_BY) and len(table["targets"]) >= 3
+    for c in table["cells"]:
+        if c["applies"]:
+            assert c["status"] == "FAIL" and c["first_out"]["update"] <= CAUGHT_BY[c["recipe"]][c["mutant"]], c
+        else:
+            assert c["status"] == "pass", c
+    assert {c["target"] for c in table["cells"] if c["recipe"] == "check-adamw" and c["mutant"] == "batch_order"} == set(
+        table["targets"])
 
 
 def test_cli_end_to_end(tmp_path):

@@ -27,6 +27,6 @@ def test_adamw_batch_order_passes(runs):
     """Each batch reversed under AdamW: before the rule Flax failed at update 1 (1.91x, one
     element of conv4_block1_2_conv.kernel 4.3x epsilon from 0 taken to the other sign, a step of
     the rate); with it every update is within budget."""
-    row = _flax(runs("adamw"), "batch_order")
+    row = _flax(runs("check-adamw"), "batch_order")
     assert row.status == "pass", row.detail
     assert all(s["weights_ratio"] <= 1 for s in row.steps)

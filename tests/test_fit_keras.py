@@ -19,7 +19,7 @@ def test_adamw_batch_order_passes(runs):
     sign, a step of the rate); with it every update is within budget."""
     from shared.tools.adapters import keras_fit
 
-    weights, recipe, oracle, folder = runs("adamw")
+    weights, recipe, oracle, folder = runs("check-adamw")
     res = keras_fit.run(SPEC, weights, batches=str(folder / "batches.npz"), heldout=str(folder / "heldout.npy"),
                         recipe=recipe.to_dict(), mutant="batch_order")
     row = C.judge("keras", res, oracle, "keras")

@@ -20,6 +20,34 @@ three updates before ``s`` flipped (``backprop.relu_ties``: within 4x the peer's
 in its layer of 0; the 4 nearest of each update, then all of them) is recomputed from there,
 and the nearest that brings update ``s`` within budget becomes the oracle from then on (at most
 ``MAX_FLIPS`` times). Else the framework fails, and ``--trace`` names the update and the weight.
+
+Adam ties (AdamW recipes). Adam's step ``m_hat / (sqrt(v_hat) + eps)`` normalizes each element
+by its own history, so a gradient element within rounding of 0 steps by up to the whole rate
+either way: float32 arithmetic does not decide it (a reversed batch put an element 4.3x epsilon
+from 0 on the other side in Keras and Flax: 1.9x the budget at once). The rule, per update and
+tensor: the gradient window is ``MARGIN`` x the float32 peer's largest gradient error in the
+tensor (``Oracle.grad_window``, the layer-wide window of the ReLU rule); an element is a tie
+where the recipe's update over its window (the rest of the optimizer state as the float64
+trajectory has it) spreads by more than the peer's own error in the tensor (a ``MARGIN``-th of
+its budget, times the tensor's norm); a gradient of exactly 0 (zero padding, a dead unit) has
+no rounding and is no tie. The port took a tie the other way where its own weight change,
+through the recipe's update, differs from the oracle's by more than that spread. Of those, the
+``trajectory.FOLLOWED`` (4) nearest to 0 (``|g| / window``) at each update are followed: the
+float64 oracle takes the gradient in the window whose update is nearest the port's (Adam's step
+is a known function of the gradient given ``m`` and ``v``), and carries it through ``m`` and
+``v`` from then on (``trajectory.Follow``, ``Oracle.follows``). Every other element is judged as
+it is: a port whose update at a tie no gradient in the window explains keeps the difference
+(Adam's first step is below the rate in magnitude), and a port that moves many ties (Keras'
+epsilon inside the bias correction moves some 70 at update 1, and every small gradient besides)
+is judged on all but 4 of them. The float32 peer's own Adam ties are taken by its float64
+shadow, as its ReLU decisions are, so they do not set the budgets (``trajectory.lockstep``).
+SGD has no such ties: its update is linear in the gradient. ``--json`` lists, per framework and
+update, the ties there, how many the port took the other way and the elements followed
+(``FitRow.adam_ties``); the oracle's ``peer_adam_ties`` the peer's.
+
+``--mutants``: every broken training port of ``shared.recipe_mutants`` that applies to each
+recipe of ``--recipe`` (a comma list; default the check's own three, ``CHECK_RECIPES``), the
+unbroken and the harmless ones, in every target; ``--json``, ``--markdown`` (``catch_table``).
 """
 
 from __future__ import annotations
