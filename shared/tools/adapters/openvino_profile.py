@@ -2,14 +2,17 @@
 ``get_profiling_info``) on the very QDQ model ``export --int8`` writes, grouped by layer kind
 (the stem, 1x1 and 3x3 convs, strided or grouped, a conv with the residual add fused, the max
 pool, reorders, the global pool, the dense layer), per image, at each batch asked; and, for the
-bench's peer, torch.ao's int8 model of torchvision (``torch.int8_bench``'s) by torch.profiler op.
+bench's torch rows (torch.ao's int8 model of torchvision, ``torch.int8_bench``'s, and the
+torchvision fp32 anchor, channels_last), torch.profiler by op.
 
-    python -m shared.tools.adapters.openvino_profile --arch resnet50 --size 224 --batch 1,8
-    python -m shared.tools.adapters.openvino_profile --arch resnet50 --size 224 --batch 1,8 --runtime torch.ao
+    python -m shared.tools.adapters.openvino_profile --arch resnet50 --batch 1,8 [--threads 1]
+    python -m shared.tools.adapters.openvino_profile --arch resnet50 --batch 1,8 --runtime torch.ao
+    python -m shared.tools.adapters.openvino_profile --arch resnet50 --batch 8 --sweep
 
-Each runtime in a process of its own (runtimes sharing a process disturb each other). The
-counters add up to a little less than the wall time (the gaps between nodes); a node's time is
-the median over the iterations.
+Each runtime in a process of its own (runtimes sharing a process disturb each other); the
+batches run in turn. On a shared machine every figure is the *least* over the runs (the median
+would measure the neighbours), and beside the wall time is the process's CPU time: on one
+thread (``--threads 1``) it is the work itself, whatever the load.
 """
 
 from __future__ import annotations
@@ -51,53 +54,57 @@ def kinds(compiled, spec: S.ResNetSpec) -> dict[str, str]:
     return out
 
 
-def _timed(request, x, names: dict, walls: list, times: dict, execs: dict) -> None:
-    """One run of ``x``: its wall time, each executed node's time (ms) and kernel."""
-    start = time.perf_counter()
-    request.infer({0: x})
-    walls.append(time.perf_counter() - start)
-    for node in request.get_profiling_info():
-        if node.status == node.Status.EXECUTED:
-            times[node.node_name].append(node.real_time.total_seconds() * 1e3)
-            execs[names.get(node.node_name, node.node_type)].add(node.exec_type)
+class Runs:
+    """One batch's runs: wall and process CPU time of each, and each node's (or op's) time (ms)."""
 
+    def __init__(self, names: dict | None = None):
+        self.names, self.clock = names if names is not None else {}, []
+        self.times, self.execs = collections.defaultdict(list), collections.defaultdict(set)
 
-def grouped(names: dict, walls: list, times: dict, execs: dict) -> dict:
-    """{"wall_ms", "kinds": {kind: {"ms", "nodes", "exec_types"}}}: each node's *least* time over
-    the runs, summed by kind (on a shared machine the least is the time uncontended; the median
-    would measure the neighbours), and the least wall time."""
-    out: dict[str, dict] = {}
-    for node, ms in times.items():
-        row = out.setdefault(names.get(node, "other"), {"ms": 0.0, "nodes": 0})
-        row["ms"] += float(np.min(ms))
-        row["nodes"] += 1
-    for kind, row in out.items():
-        row["exec_types"] = sorted(execs[kind])
-    return {"wall_ms": float(np.min(walls)) * 1e3, "kinds": dict(sorted(out.items(), key=lambda kv: -kv[1]["ms"]))}
+    def timed(self, run) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        run()
+        self.clock.append((time.perf_counter() - wall, time.process_time() - cpu))
+
+    def grouped(self) -> dict:
+        """{"wall_ms", "cpu_ms", "kinds": {kind: {"ms", "nodes", "exec_types"}}}: each node's least
+        time over the runs, summed by kind; the least wall and CPU times."""
+        out: dict[str, dict] = {}
+        for node, ms in self.times.items():
+            kind = self.names.get(node, "other")
+            row = out.setdefault(kind, {"ms": 0.0, "nodes": 0, "exec_types": sorted(self.execs[kind])})
+            row["ms"] += float(np.min(ms))
+            row["nodes"] += 1
+        walls, cpus = zip(*self.clock)
+        return {"wall_ms": min(walls) * 1e3, "cpu_ms": min(cpus) * 1e3,
+                "kinds": dict(sorted(out.items(), key=lambda kv: -kv[1]["ms"]))}
 
 
 def openvino_int8(spec: S.ResNetSpec, weights: dict, size: int, batches: list[int], iters: int,
                   config: dict | None = None) -> dict:
-    """Per batch, ``grouped`` for the openvino-int8 target's model (``export --int8``'s, as the
-    bench builds it; a static shape each, as the bench compiles) on seeded images, compiled
-    with ``PERF_COUNT`` (and ``config``), the batches run in turn, ``iters`` rounds."""
+    """{batch: ``Runs.grouped``} of the openvino-int8 target's model (``export --int8``'s, as the
+    bench builds it; a static shape each, as the bench compiles) on seeded images, compiled with
+    ``PERF_COUNT`` (and ``config``), the batches in turn, ``iters`` rounds."""
     import openvino as ov
 
     fspec, _, model = onnx_int8.build(spec, weights, size)
-    core, runs = ov.Core(), {}
+    found = {}
     for batch in batches:
-        ir = core.read_model(model.SerializeToString())
+        ir = ov.Core().read_model(model.SerializeToString())
         ir.reshape({ir.inputs[0]: ov.PartialShape([batch, spec.image_channels, size, size])})
         compiled = compile_model(ir, config={"PERF_COUNT": True, **(config or {})})
         x = np.random.default_rng(0).standard_normal((batch, spec.image_channels, size, size)).astype(np.float32)
         request = compiled.create_infer_request()
         request.infer({0: x})  # warm up
-        runs[batch] = (request, x, kinds(compiled, fspec), [], collections.defaultdict(list),
-                       collections.defaultdict(set))
+        found[batch] = (lambda request=request, x=x: request.infer({0: x}), request, Runs(kinds(compiled, fspec)))
     for _ in range(iters):
-        for request, x, *found in runs.values():
-            _timed(request, x, *found)
-    return {batch: grouped(*found) for batch, (_, _, *found) in runs.items()}
+        for run, request, runs in found.values():
+            runs.timed(run)
+            for node in request.get_profiling_info():
+                if node.status == node.Status.EXECUTED:
+                    runs.times[node.node_name].append(node.real_time.total_seconds() * 1e3)
+                    runs.execs[runs.names.get(node.node_name, node.node_type)].add(node.exec_type)
+    return {batch: runs.grouped() for batch, (_, _, runs) in found.items()}
 
 
 # CPU properties a deployment might set; none changes what is computed (the sweep checks the logits).
@@ -111,9 +118,10 @@ SETTINGS = {
 
 
 def sweep(spec: S.ResNetSpec, weights: dict, size: int, batch: int, iters: int) -> dict:
-    """images/s (least and median batch time over ``iters`` rounds, the settings in turn) of the
-    openvino-int8 model at ``batch`` under each of ``SETTINGS``; with 2 streams the batch is run
-    as two half batches at once (``AsyncInferQueue``). ``same_logits``: bit-equal to the default's."""
+    """images/s (from the least and the median batch time over ``iters`` rounds, the settings in
+    turn) and the least process CPU time an image of the openvino-int8 model at ``batch`` under
+    each of ``SETTINGS``; with 2 streams the batch runs as two half batches at once
+    (``AsyncInferQueue``). ``same_logits``: bit-equal to the default's."""
     import openvino as ov
 
     _, _, model = onnx_int8.build(spec, weights, size)
@@ -134,52 +142,47 @@ def sweep(spec: S.ResNetSpec, weights: dict, size: int, batch: int, iters: int) 
             queue.wait_all()
             return np.concatenate(logits)
 
-        runs[name] = (run, run(), [])
+        runs[name] = (run, run(), Runs())
     for _ in range(iters):
-        for run, _, times in runs.values():
-            start = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - start)
+        for run, _, clock in runs.values():
+            clock.timed(run)
     base = runs["default (LATENCY)"][1]
-    return {name: {"images_per_s_best": batch / min(times), "images_per_s_median": batch / float(np.median(times)),
-                   "same_logits": bool(np.array_equal(out, base)), "config": SETTINGS[name]}
-            for name, (_, out, times) in runs.items()}
+    out = {}
+    for name, (_, logits, clock) in runs.items():
+        walls, cpus = zip(*clock.clock)
+        out[name] = {"images_per_s_best": batch / min(walls), "images_per_s_median": batch / float(np.median(walls)),
+                     "cpu_ms_per_image": min(cpus) * 1e3 / batch, "same_logits": bool(np.array_equal(logits, base)),
+                     "config": SETTINGS[name]}
+    return out
 
 
-def torch_ao(spec: S.ResNetSpec, weights: dict, size: int, batches: list[int], iters: int) -> dict:
-    """Per batch, torch.ao's int8 model of torchvision's (the torch-int8 bench row's, channels_last)
-    by torch.profiler op, self CPU time, as ``grouped`` takes it (the least over the runs;
-    the batches in turn): {"wall_ms", "kinds": {op: {"ms", "nodes": calls a run}}}."""
+def torch_run(spec: S.ResNetSpec, weights: dict, size: int, batches: list[int], iters: int,
+              impl: str = "int8") -> dict:
+    """{batch: ``Runs.grouped``} by torch.profiler op (self CPU time) of the bench's torch rows:
+    ``impl="int8"`` torch.ao's int8 model of torchvision's, ``"reference"`` torchvision fp32,
+    channels_last, the batches in turn, ``iters`` rounds."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     from shared.tools.adapters import torch as T
     from shared.tools.jobs import Job
 
-    steps, found = {}, {}
+    found = {}
     for batch in batches:
-        job = Job("bench", "torch", spec.to_dict(), "", batch=batch, size=size, impl="int8", mode="infer",
+        job = Job("bench", "torch", spec.to_dict(), "", batch=batch, size=size, impl=impl, mode="infer",
                   channels_last=True)
-        steps[batch] = T.int8_bench(job, spec, weights).step
-        steps[batch]()  # warm up
-        found[batch] = ({}, [], collections.defaultdict(list), collections.defaultdict(set))
+        step = T.run_bench(job, spec, weights).step
+        step()  # warm up
+        found[batch] = (step, Runs())
     for _ in range(iters):
-        for batch, step in steps.items():
-            names, walls, times, _ = found[batch]
+        for step, runs in found.values():
             with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-                start = time.perf_counter()
-                step()
-                walls.append(time.perf_counter() - start)
+                runs.timed(step)
             for event in prof.key_averages():
                 if event.self_cpu_time_total > 0:
-                    times[event.key].append(event.self_cpu_time_total / 1e3)
-                    names[event.key] = event.key
-    out = {}
-    for batch, (names, walls, times, execs) in found.items():
-        out[batch] = grouped(names, walls, times, execs)
-        for op, row in out[batch]["kinds"].items():
-            row.pop("exec_types")
-    return out
+                    runs.times[event.key].append(event.self_cpu_time_total / 1e3)
+                    runs.names[event.key] = event.key
+    return {batch: runs.grouped() for batch, (_, runs) in found.items()}
 
 
 def table(found: dict) -> str:
@@ -199,46 +202,61 @@ def table(found: dict) -> str:
         ratios = [f"{per_image[b].get(kind, 0) / per_image[batches[0]][kind]:.2f}" if per_image[batches[0]].get(kind)
                   else "-" for b in batches[1:]]
         lines.append(f"| {kind} | " + " | ".join(cells + ratios) + " |")
-    walls = [f"{found[b]['wall_ms'] / b:.2f}" for b in batches]
-    lines.append("| **wall** | " + " | ".join(walls) + " | " +
-                 " | ".join(f"{found[b]['wall_ms'] / b / (found[batches[0]]['wall_ms'] / batches[0]):.2f}"
-                            for b in batches[1:]) + " |")
+    for clock in ("wall_ms", "cpu_ms"):
+        first = found[batches[0]][clock] / batches[0]
+        lines.append(f"| **{clock[:-3]} (least)** | " + " | ".join(f"{found[b][clock] / b:.2f}" for b in batches) + " | "
+                     + " | ".join(f"{found[b][clock] / b / first:.2f}" for b in batches[1:]) + " |")
     return "\n".join(lines)
 
 
+RUNTIMES = {"openvino": "OpenVINO int8", "torch.ao": "torch.ao int8", "torchvision": "torchvision fp32"}
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shared.tools.adapters.openvino_profile", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m shared.tools.adapters.openvino_profile",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=S.ARCHS, default="resnet50")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", default="1,8", help="batches, comma-separated")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0, help="the weights' (W.init), as bench's")
-    parser.add_argument("--runtime", choices=("openvino", "torch.ao"), default="openvino")
-    parser.add_argument("--sweep", action="store_true", help="images/s at the last batch under each of SETTINGS")
-    parser.add_argument("--config", default="{}", help='OpenVINO properties as JSON, e.g. \'{"ENABLE_CPU_PINNING": false}\'')
+    parser.add_argument("--runtime", choices=list(RUNTIMES), default="openvino",
+                        help="openvino: the openvino-int8 target; torch.ao, torchvision: the bench's torch rows")
+    parser.add_argument("--threads", type=int, default=None, help="threads (default: the runtime's, all cores)")
+    parser.add_argument("--sweep", action="store_true", help="OpenVINO: images/s at the last batch under each of SETTINGS")
+    parser.add_argument("--config", default="{}", help='further OpenVINO properties as JSON ({"ENABLE_CPU_PINNING": false})')
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     spec = S.preset(args.arch)
     weights, batches = W.init(spec, seed=args.seed), [int(b) for b in args.batch.split(",")]
+    config = {**json.loads(args.config), **({"INFERENCE_NUM_THREADS": args.threads} if args.threads else {})}
+    if args.runtime != "openvino" and args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.sweep:
         found = sweep(spec, weights, args.size, batches[-1], args.iters)
         for name, row in found.items():
-            print(f"{name}: {row['images_per_s_best']:.1f} images/s best, {row['images_per_s_median']:.1f} median; "
-                  f"logits {'bit-equal to' if row['same_logits'] else 'DIFFER from'} the default's")
+            print(f"{name}: {row['images_per_s_best']:.1f} images/s best, {row['images_per_s_median']:.1f} median, "
+                  f"CPU {row['cpu_ms_per_image']:.2f} ms an image (least); logits "
+                  f"{'bit-equal to' if row['same_logits'] else 'DIFFER from'} the default's")
     elif args.runtime == "openvino":
-        found = openvino_int8(spec, weights, args.size, batches, args.iters, json.loads(args.config))
+        found = openvino_int8(spec, weights, args.size, batches, args.iters, config)
     else:
-        found = torch_ao(spec, weights, args.size, batches, args.iters)
+        found = torch_run(spec, weights, args.size, batches, args.iters, "int8" if args.runtime == "torch.ao" else "reference")
     load = os.getloadavg()
     if not args.sweep:
         print(table(found))
-    print(f"{args.runtime} int8, {args.arch} {args.size} px, {args.iters} iterations; load average "
-          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"{RUNTIMES[args.runtime]}, {args.arch} {args.size} px, {args.threads or 'default'} threads, {args.iters} "
+          f"rounds; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     if args.json:
         from shared.tools.jobs import write_json
 
-        write_json(args.json, {"runtime": args.runtime, "arch": args.arch, "size": args.size, "iters": args.iters,
-                               "config": json.loads(args.config), "loadavg": load, "profile": found})
+        write_json(args.json, {"runtime": RUNTIMES[args.runtime], "arch": args.arch, "size": args.size,
+                               "iters": args.iters, "threads": args.threads, "config": config, "sweep": args.sweep,
+                               "loadavg": load, "command": "python -m shared.tools.adapters.openvino_profile "
+                               + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+                               "profile": found})
     return 0
 
 
