@@ -291,7 +291,7 @@ def check(spec: ResNetSpec, weights: dict, *, frameworks=FRAMEWORKS, keras_backe
             if progress:
                 progress(t.label)
             fields = {**run_spec.to_dict(), **(overrides or {}).get(t.framework, {})}
-            traced = trace and t.framework not in QUANTIZED  # int8: judged point by point (_judge_int8)
+            traced = trace and t.framework not in QUANTIZED  # int8: judged point by point (judge_int8)
             jobs = [_job(t, files, fields, device, p, mode, traced and p == precision, mutant, f"{t.label}-{p}")
                     for p in dict.fromkeys((precision, "fp32"))]
             done = run_jobs(t, jobs, Path(tmp), timeout)
@@ -301,7 +301,7 @@ def check(spec: ResNetSpec, weights: dict, *, frameworks=FRAMEWORKS, keras_backe
 
     for t in found:
         if t.framework in QUANTIZED:
-            rows.append(_judge_int8(t, results[t.label], run_spec, run_weights, images, oracle))
+            rows.append(judge_int8(t, results[t.label], run_spec, run_weights, images, oracle))
         else:
             rows.append(_judge(t, results[t.label], structure.get(t.label), oracle, mode, precision, trace))
 
@@ -520,7 +520,7 @@ def _int8_targets(found: list, note: str, mode: str, device: str, precision: str
     return [t for t in found if t.framework not in QUANTIZED], note
 
 
-def _judge_int8(t: Target, res: dict, spec: ResNetSpec, weights: dict, images: np.ndarray, oracle: Oracle) -> Row:
+def judge_int8(t: Target, res: dict, spec: ResNetSpec, weights: dict, images: np.ndarray, oracle: Oracle) -> Row:
     """An int8 row: the model's integers at every quantization point and its logits against
     ``shared.quant.judge`` (each point from the model's own integers before it), with the
     scales and zero points the worker read from the model; beside the verdict, the distance

@@ -97,7 +97,7 @@ def judge_int8(spec: ResNetSpec, weights: dict, images: np.ndarray, results: dic
     beside the verdict, its logits' distance to and top-1 agreement with the float64 ``ref``."""
     rows = {}
     for label, res in results.items():
-        row = check._judge_int8(check.Target(label), res, spec, weights, images, check.Oracle(ref, 0.0, 0.0))
+        row = check.judge_int8(check.Target(label), res, spec, weights, images, check.Oracle(ref, 0.0, 0.0))
         rows[label] = {"pass": row.status == "pass", "rel_vs_float64": row.rel, "top1_vs_float64": row.top1,
                        "first_diverging": row.first_diverging, "detail": row.detail,
                        **{k: row.extra[k] for k in ("integers", "differ", "unexplained", "logits_rel",
