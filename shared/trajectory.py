@@ -60,6 +60,7 @@ class Optimizer:
         self.state: dict[str, dict] = {}
         self.t = 0  # updates done
         self.followed: list[dict] = []  # per update followed: the Adam ties taken the port's way
+        self.pending: dict = {}  # key -> (gradient, window) of the update before, at rate 0
 
     def step(self, weights: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray],
              follow: Mapping[str, Follow] | None = None, replay: dict | None = None) -> dict[str, np.ndarray]:
@@ -73,11 +74,14 @@ class Optimizer:
                 for key, g in grads.items()}  # what the momentum or Adam sees
         if replay is not None:
             for e in replay["followed"]:
-                seen[e["key"]] = seen[e["key"]].copy()
-                seen[e["key"]].reshape(-1)[e["index"]] = e["g_port"]
+                self._set(seen, e)
             self.followed.append(replay)
         elif r.optimizer == "adamw" and follow and lr:
             seen = self._follow(seen, grads, follow, lr, decays if r.decay == "decoupled" else {})
+        # An update at rate 0 moves no weight, so it shows nothing of the port's gradient, yet
+        # Adam's m and v take it in: the next update's ties re-choose it in its own window.
+        self.pending = ({k: (np.array(seen[k], np.float64).reshape(-1), follow[k].window) for k in follow}
+                        if r.optimizer == "adamw" and follow and not lr else {})
         out = {}
         for key, g in seen.items():
             w, decay = weights[key], decays[key]
@@ -119,6 +123,18 @@ class Optimizer:
         state.update(m=b1 * state.get("m", 0.0) + (1.0 - b1) * g, v=b2 * state.get("v", 0.0) + (1.0 - b2) * g * g)
         return step
 
+    def _set(self, seen: dict, e: dict) -> None:
+        """Apply one followed element ``e`` (``_follow``'s record): its gradient in ``seen``
+        and, where the update before had rate 0, that update's gradient in Adam's state."""
+        seen[e["key"]] = np.array(seen[e["key"]])
+        seen[e["key"]].reshape(-1)[e["index"]] = e["g_port"]
+        if "g_before_port" in e:
+            (b1, b2), state = self.recipe.betas, self.state[e["key"]]
+            state["m"], state["v"] = np.array(state["m"]), np.array(state["v"])
+            old, new = e["g_before"], e["g_before_port"]
+            state["m"].reshape(-1)[e["index"]] += (1.0 - b1) * (new - old)
+            state["v"].reshape(-1)[e["index"]] += (1.0 - b2) * (new * new - old * old)
+
     def _explain(self, m0: np.ndarray, v0: np.ndarray, g: np.ndarray, window: np.ndarray,
                  target: np.ndarray) -> np.ndarray:
         """Per element (Adam state ``m0``, ``v0``), the gradient in ``g +- window`` whose step is
@@ -140,20 +156,41 @@ class Optimizer:
             lo, hi = np.where(same, mid, lo), np.where(same, hi, mid)
         return np.where(use_left | use_right, 0.5 * (lo + hi), cand[rows, best])
 
+    def _history(self, key: str, index: np.ndarray, before: np.ndarray | None = None):
+        """Adam's ``m`` and ``v`` at the flat elements ``index`` (as arrays); with ``before``
+        (candidates for the pending rate-0 update's gradient, a trailing axis), the state each
+        would have left instead of the pending gradient."""
+        state, (b1, b2) = self.state.get(key, {}), self.recipe.betas
+        m0 = np.broadcast_to(state.get("m", 0.0), self.shapes[key]).reshape(-1)[index]
+        v0 = np.broadcast_to(state.get("v", 0.0), self.shapes[key]).reshape(-1)[index]
+        if before is None:
+            return m0, v0
+        old = self.pending[key][0][index][:, None]
+        return (m0[:, None] + (1.0 - b1) * (before - old), v0[:, None] + (1.0 - b2) * (before * before - old * old))
+
     def _follow(self, seen: dict, grads: Mapping[str, np.ndarray], follow: Mapping[str, Follow], lr: float,
                 decoupled: Mapping[str, float]) -> dict:
         """``seen`` (what Adam sees, per key) with the port's Adam ties followed: a tie is an
-        element whose step over ``seen +- window`` spreads by more than ``spread`` (a gradient
+        element whose step over ``seen +- window`` (and, after an update at rate 0, over that
+        update's gradient window too: ``pending``) spreads by more than ``spread`` (a gradient
         of exactly 0 has no rounding to spread: zero padding, a dead unit); the port took it the
         other way where its own update (from its weights) differs from this one by more than
-        ``spread``. Of those, the ``FOLLOWED`` nearest to 0 (``|g| / window``) take the gradient
-        in the window whose step is nearest the port's (``_explain``); the others stay, and are
-        judged."""
+        ``spread``. Of those, the ``FOLLOWED`` nearest to 0 (``|g| / window``) take the
+        gradient(s) in the window(s) whose step is nearest the port's (``_explain``); the others
+        stay, and are judged."""
+        self.shapes = {k: np.shape(v) for k, v in seen.items()}
         taken, ties = [], 0
+        line = np.linspace(-1.0, 1.0, GRID)
         for key, f in follow.items():
-            g, state = seen[key].reshape(-1), self.state.get(key, {})
-            grid = g[:, None] + f.window * np.linspace(-1.0, 1.0, GRID)
-            steps = self._adam_of(state, grid, np.arange(g.size))
+            g = np.asarray(seen[key], np.float64).reshape(-1)
+            every = np.arange(g.size)
+            grid = g[:, None] + f.window * line
+            if key in self.pending:  # (element, gradient before, gradient now)
+                base, window = self.pending[key]
+                m0, v0 = self._history(key, every, base[:, None] + window * line[::4])
+                steps = self._adam_at(m0[:, :, None], v0[:, :, None], grid[:, None, :]).reshape(g.size, -1)
+            else:
+                steps = self._adam_at(*(x[:, None] for x in self._history(key, every)), grid)
             tie = (lr * (steps.max(axis=1) - steps.min(axis=1)) > f.spread) & (np.asarray(grads[key]).reshape(-1) != 0)
             index = np.nonzero(tie)[0]
             if not index.size:
@@ -162,25 +199,32 @@ class Optimizer:
             before = np.asarray(f.before, np.float64).reshape(-1)[index]
             after = np.asarray(f.after, np.float64).reshape(-1)[index]
             target = (before * (1.0 - lr * decoupled.get(key, 0.0)) - after) / lr  # the port's Adam step
-            other = lr * np.abs(self._adam_of(state, g[index], index) - target) > f.spread
+            other = lr * np.abs(self._adam_at(*self._history(key, index), g[index]) - target) > f.spread
             taken += [(abs(g[i]) / f.window, key, int(i), float(t)) for i, t in zip(index[other], target[other])]
         taken.sort()
         out, followed = dict(seen), []
-        if taken:
-            picked = taken[:FOLLOWED]  # the others: counted, not followed
-
-            def state(key, name):
-                return np.broadcast_to(self.state.get(key, {}).get(name, 0.0), seen[key].shape).reshape(-1)
-
-            m0, v0 = (np.array([state(k, n)[i] for _, k, i, _ in picked]) for n in ("m", "v"))
-            g = np.array([seen[k].reshape(-1)[i] for _, k, i, _ in picked])
-            target = np.array([t for *_, t in picked])
-            value = self._explain(m0, v0, g, np.array([follow[k].window for _, k, _, _ in picked]), target)
-            unexplained = lr * np.abs(self._adam_at(m0, v0, value) - target)
-            for (_, key, i, _), g0, v, u in zip(picked, g, value, unexplained):
-                followed.append({"key": key, "index": i, "g": float(g0), "g_port": float(v), "unexplained": float(u)})
-                out[key] = out[key].copy()
-                out[key].reshape(-1)[i] = v
+        for _, key, i, target in taken[:FOLLOWED]:  # the others: counted, not followed
+            g0 = float(np.asarray(seen[key]).reshape(-1)[i])
+            e = {"key": key, "index": i, "g": g0}
+            index = np.array([i])
+            if key in self.pending:  # each candidate gradient before, the best gradient now
+                base, window = self.pending[key]
+                prior = base[i] + window * np.linspace(-1.0, 1.0, FINE // 8 + 1)
+                m0, v0 = (x[0] for x in self._history(key, index, prior[None, :]))
+                now = self._explain(m0, v0, np.full(prior.size, g0), np.full(prior.size, follow[key].window),
+                                    np.full(prior.size, target))
+                miss = np.abs(self._adam_at(m0, v0, now) - target)
+                exact = miss <= miss.min() + 1e-9 * abs(target)  # of the exact ones, the nearest to the float64's
+                pick = int(np.argmin(np.where(exact, np.abs(prior - base[i]), np.inf)))
+                e.update(g_port=float(now[pick]), g_before=float(base[i]), g_before_port=float(prior[pick]),
+                         unexplained=float(lr * miss[pick]))
+            else:
+                m0, v0 = self._history(key, index)
+                value = self._explain(m0, v0, np.array([g0]), np.array([follow[key].window]), np.array([target]))
+                e.update(g_port=float(value[0]),
+                         unexplained=float(lr * abs(self._adam_at(m0, v0, value)[0] - target)))
+            self._set(out, e)
+            followed.append(e)
         self.followed.append({"update": self.t, "ties": ties, "other_way": len(taken), "followed": followed})
         return out
 
