@@ -571,7 +571,9 @@ def cli(args, console, read_weights) -> int:
                                                              "heldout_logits_rel", "heldout_logits_budget")]
         verdict = {"pass": "[green]pass[/]", "FAIL": "[bold red]FAIL[/]", "error": "[red]error[/]",
                    "not installed": "[dim]not installed[/]"}[r.status]
-        table.add_row(*cells, str(len(r.flips)), f"{verdict} {escape(r.detail)}".strip())
+        adam = sum(len(u["followed"]) for u in r.adam_ties)
+        ties = f"{len(r.flips)} ReLU" + (f", {adam} Adam" if recipe.optimizer == "adamw" else "")
+        table.add_row(*cells, ties, f"{verdict} {escape(r.detail)}".strip())
     console.print(table)
     console.print(f"float64 losses: {' '.join(f'{x:.4f}' for x in report.oracle['losses'])}; rates: "
                   f"{' '.join(f'{x:.3g}' for x in report.oracle['lrs'])}")
