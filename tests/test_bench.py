@@ -168,6 +168,16 @@ def test_interleaved_rows_pair_each_side_with_its_own_figures(monkeypatch):
         ("resnet_keras[jax]", "keras.applications[jax]", 1.5), ("resnet_flax", "keras.applications[jax]", 1.5)]
 
 
+def test_paired_ratio_cancels_load_that_hits_both_sides_of_a_round():
+    """Seconds per iteration of two equally fast models, timed in turn: rounds 1 and 2 slowed
+    3x for both, round 3 for ours alone. The medians' ratio reads ours as 3x slower; round by
+    round, ours/ref is 1 in four rounds of five."""
+    ours, ref = [3.0, 3.0, 3.0, 1.0, 1.0], [3.0, 3.0, 1.0, 1.0, 1.0]
+    assert bench.paired(ours, ref) == {"median": 1.0, "min": pytest.approx(1 / 3), "max": 1.0, "rounds": 5}
+    row = {"target": "torch", "mode": "train", "precision": "fp32", "paired": bench.paired(ours, ref)}
+    assert bench_report.paired_lines({"rows": [row]})[-1] == "| torch | train | fp32 | 1.000 (0.333-1.000) | 5 |"
+
+
 @pytest.fixture(scope="module")
 def tiny_bench(tmp_path_factory):
     """One real run: resnet_torch beside torchvision at 32 px, infer and train, flax hidden."""

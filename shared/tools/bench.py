@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import datetime
 import shlex
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -143,7 +144,7 @@ def _result(pair: Pair, side: str, results: dict) -> dict | None:
     return results.get((getattr(pair, side),))
 
 
-def _row(pair: Pair, results: dict) -> dict:
+def _row(pair: Pair, results: dict, in_turn: bool = False) -> dict:
     row = {"target": pair.target, "mode": pair.mode, "precision": pair.precision, "status": pair.skipped or "ok",
            "ours": None, "reference": None, "ratio": None}
     if pair.ours.recipe:
@@ -160,7 +161,17 @@ def _row(pair: Pair, results: dict) -> dict:
     ours, ref = row["ours"], row["reference"]
     if ours and ref and ours["status"] == ref["status"] == "ok":
         row["ratio"] = ours["images_per_s"]["median"] / ref["images_per_s"]["median"]
+        if in_turn and len(ours.get("times_s", ())) == len(ref.get("times_s", ())) > 0:
+            row["paired"] = paired(ours["times_s"], ref["times_s"])
     return row
+
+
+def paired(ours_s: list[float], ref_s: list[float]) -> dict:
+    """Ours' images/s over its reference's, round by round (timed next to each other, with
+    ``--interleave`` or ``--alternate``): the median and range of the rounds' ratios, which a
+    burst of background load hitting one round shifts less than it shifts one side's median."""
+    ratios = sorted(r / o for o, r in zip(ours_s, ref_s))
+    return {"median": statistics.median(ratios), "min": ratios[0], "max": ratios[-1], "rounds": len(ratios)}
 
 
 def run_bench(args, progress=None, partial=None) -> dict:
@@ -184,7 +195,8 @@ def run_bench(args, progress=None, partial=None) -> dict:
     def report(results: dict) -> dict:
         found = [*results.values(), *(r["partner"] for r in results.values() if r.get("partner"))]
         versions = {r["label"]: r["versions"] for r in found if r.get("versions")}
-        return {**head, "versions": versions, "rows": [_row(p, results) for p in pairs]}
+        in_turn = args.interleave or getattr(args, "alternate", False)
+        return {**head, "versions": versions, "rows": [_row(p, results, in_turn) for p in pairs]}
 
     results = {}
     if getattr(args, "alternate", False):

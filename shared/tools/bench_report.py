@@ -112,7 +112,7 @@ def markdown(report: dict) -> str:
              f"Date: {report['date']}", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
     lines += ["| " + " | ".join(_cells(row, rich=False)) + " |" for row in report["rows"]]
-    lines += recipe_lines(report)
+    lines += recipe_lines(report) + paired_lines(report)
     lines += anchor_lines(report)
     if busy_warning(report):
         lines += ["", busy_warning(report)]
@@ -129,6 +129,21 @@ def recipe_lines(report: dict) -> list[str]:
                 "torch.optim and its scheduler, cross_entropy with label smoothing; keras.applications' model, "
                 "keras.optimizers and a stock schedule, train_on_batch; resnet_flax's model, a plain optax optimizer in "
                 "nnx.Optimizer, the Flax docs' nnx.jit step). Each run's settings in the JSON name its optimizer and step."]
+
+
+def paired_lines(report: dict) -> list[str]:
+    """``--interleave``, ``--alternate``: each row's ours/ref round by round (median, range)."""
+    rows = [r for r in report["rows"] if r.get("paired")]
+    if not rows:
+        return []
+    lines = ["", "ours/ref round by round (each round's two iterations timed next to each other): median (min-max) "
+                 "of the rounds' ratios:", "", "| framework | mode | precision | ours/ref paired | rounds |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        p = r["paired"]
+        lines.append(f"| {r['target']} | {r['mode']} | {r['precision']} | {p['median']:.3f} ({p['min']:.3f}-"
+                     f"{p['max']:.3f}) | {p['rounds']} |")
+    return lines
 
 
 def anchor_lines(report: dict) -> list[str]:
@@ -176,7 +191,7 @@ def print_table(report: dict, console) -> None:
     for row in report["rows"]:
         table.add_row(*_cells(row, rich=True))
     console.print(table)
-    for line in recipe_lines(report) + anchor_lines(report):
+    for line in recipe_lines(report) + paired_lines(report) + anchor_lines(report):
         console.print(line, markup=False)
     if busy_warning(report):
         console.print(f"[bold yellow]{busy_warning(report)}[/]")
