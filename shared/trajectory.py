@@ -17,7 +17,10 @@ way, whichever side of 0 the rounding put it. ``run(..., follow=)`` lets the flo
 take such an element the port's way: at an element whose update varies, over the gradient
 window the caller gives (the rounding a float32 pass may make), by more than ``spread``, the
 gradient in the window whose update is nearest the port's own weight change replaces the
-float64 gradient, and is carried through ``m`` and ``v`` from then on (``check_fit``'s rule).
+float64 gradient, and is carried through ``m`` and ``v`` from then on, for at most
+``FOLLOWED`` elements an update, those nearest to 0 of the ones the port took the other way;
+after an update at rate 0, whose gradient no weight shows, that gradient is chosen in its own
+window too (``check_fit``'s rule).
 """
 
 from __future__ import annotations

@@ -39,8 +39,12 @@ is a known function of the gradient given ``m`` and ``v``), and carries it throu
 it is: a port whose update at a tie no gradient in the window explains keeps the difference
 (Adam's first step is below the rate in magnitude), and a port that moves many ties (Keras'
 epsilon inside the bias correction moves some 70 at update 1, and every small gradient besides)
-is judged on all but 4 of them. The float32 peer's own Adam ties are taken by its float64
-shadow, as its ReLU decisions are, so they do not set the budgets (``trajectory.lockstep``).
+is judged on all but 4 of them. An update at rate 0 (a warmup from 0) moves no weight, so it
+shows nothing of the port's gradient, yet ``m`` and ``v`` take it in: at the next update a
+tie's window covers that gradient too, and the oracle takes the pair whose step is the port's
+(of the exact ones, the nearest the float64 gradients). The float32 peer's own Adam ties are
+taken by its float64 shadow, as its ReLU decisions are, so they do not set the budgets
+(``trajectory.lockstep``).
 SGD has no such ties: its update is linear in the gradient. ``--json`` lists, per framework and
 update, the ties there, how many the port took the other way and the elements followed
 (``FitRow.adam_ties``); the oracle's ``peer_adam_ties`` the peer's.
@@ -63,9 +67,9 @@ import numpy as np
 from shared import backprop, parity, recipe_mutants, reference, trajectory as T
 from shared import weights as W
 from shared.recipe import Recipe
-from shared.spec import ResNetSpec, is_statistic
+from shared.spec import ResNetSpec
 from shared.tools.adapter import VARIANCE, installed
-from shared.tools.check import TIE_PAIRS, Target, run_jobs, targets
+from shared.tools.check import TIE_PAIRS, run_jobs, targets
 from shared.tools.jobs import Job
 
 DEFAULT_STEPS = 8
