@@ -68,7 +68,7 @@ from shared import backprop, parity, recipe_mutants, reference, trajectory as T
 from shared import weights as W
 from shared.recipe import Recipe
 from shared.spec import ResNetSpec
-from shared.tools.adapter import VARIANCE, installed
+from shared.tools.adapter import VARIANCE
 from shared.tools.check import TIE_PAIRS, run_jobs, targets
 from shared.tools.jobs import Job
 
