@@ -153,10 +153,10 @@ def test_a_pair_of_ties_is_followed_a_far_unit_is_not(run):
     assert row.status == "FAIL" and row.first_out["update"] == STEPS, row.detail
 
 
-def _adam_port(oracle, recipe, weights, u: int, key: str, index: int, g) -> T.Trajectory:
-    """The float64 trajectory of a port whose gradient at flat ``index`` of ``key`` is ``g`` at
-    update ``u`` (0-based), built step by step here (``backprop.step`` and the numpy update rule,
-    no ``Follow``): what a float32 pass that rounds that element there does."""
+def _adam_port(oracle, recipe, weights, changes: dict, key: str, index: int) -> T.Trajectory:
+    """The float64 trajectory of a port whose gradient at flat ``index`` of ``key`` is
+    ``changes[u]`` at update ``u`` (0-based), built step by step here (``backprop.step`` and the
+    numpy update rule, no ``Follow``): what a float32 pass that rounds that element there does."""
     spec = recipe.train_spec(SPEC)
     opt = T.Optimizer(recipe, recipe.decayed(spec))
     learn = {k: np.asarray(v, np.float64) for k, v in weights.items() if not S.is_statistic(k)}
@@ -166,9 +166,9 @@ def _adam_port(oracle, recipe, weights, u: int, key: str, index: int, g) -> T.Tr
         res = backprop.step(spec, {**traj.weights[-1], **traj.stats["biased"][-1]}, images, labels,
                             targets=recipe.targets(labels, spec.num_classes))
         grads = dict(res.grads)
-        if t == u:
+        if t in changes:
             grads[key] = grads[key].copy()
-            grads[key].reshape(-1)[index] = g
+            grads[key].reshape(-1)[index] = changes[t]
         traj.losses.append(res.loss)
         traj.weights.append(opt.step(traj.weights[-1], grads))
         for rule in reference.VARIANCES:
@@ -193,7 +193,7 @@ def test_an_adam_tie_is_followed_a_step_no_gradient_explains_is_not(runs):
     index = int(np.argmin(above_eps(key)))
     g0 = float(g[key].reshape(-1)[index])
     assert abs(g0) < oracle.grad_window[0][key]  # a tie: the window holds 0
-    port = _port(oracle, _adam_port(oracle, recipe, weights, 0, key, index, -g0))
+    port = _port(oracle, _adam_port(oracle, recipe, weights, {0: -g0}, key, index))
     row = C.judge("tie", port, oracle, "torch")
     assert row.status == "pass", row.detail
     assert f"{key}[{index}]" in [e["element"] for e in row.adam_ties[0]["followed"]] and row.adam_ties[0]["update"] == 1
@@ -202,6 +202,29 @@ def test_an_adam_tie_is_followed_a_step_no_gradient_explains_is_not(runs):
         port[f"w{t}/{key}"].reshape(-1)[index] -= np.float32(3 * lr * np.sign(g0))
     row = C.judge("unexplained", port, oracle, "torch")
     assert row.status == "FAIL" and row.first_out["update"] == 1 and row.first_out["key"] == key, row.detail
+
+
+def test_after_a_rate_of_0_the_hidden_gradient_is_followed_too():
+    """convnext-resnet50's first update runs at rate 0: it moves no weight, yet Adam's m and v
+    take in its gradient. conv1_bn.beta[4]'s float64 gradient is ~1e-16; a port whose rounding
+    puts the same noise n (half the smaller window, far above epsilon) there at both updates
+    steps by the whole rate at update 2, where the update-2 gradient alone reaches 0.74 of it:
+    it passes only with the rate-0 gradient chosen in its window too (followed at update 2). The
+    same element moved by 3x the rate there fails at update 2."""
+    weights, recipe, _, oracle = _oracle(2, C.recipe_for("convnext-resnet50", 2, 8))
+    assert recipe.lr_at(0) == 0 < recipe.lr_at(1)
+    key = "conv1_bn.beta"
+    index = int(np.argmin(np.abs(oracle.f64.steps[0].grads[key])))
+    n = 0.5 * min(oracle.grad_window[0][key], oracle.grad_window[1][key])
+    assert n > 10 * recipe.eps
+    port = _port(oracle, _adam_port(oracle, recipe, weights, {0: n, 1: n}, key, index))
+    row = C.judge("noise", port, oracle, "torch")
+    assert row.status == "pass", row.detail
+    followed = {e["element"]: e for u in row.adam_ties if u["update"] == 2 for e in u["followed"]}
+    assert followed[f"{key}[{index}]"]["g_port"] > 0
+    port[f"w2/{key}"].reshape(-1)[index] -= np.float32(3 * recipe.lr_at(1))
+    row = C.judge("unexplained", port, oracle, "torch")
+    assert row.status == "FAIL" and row.first_out["update"] == 2 and row.first_out["key"] == key, row.detail
 
 
 def test_one_update_misses_the_decay_form():
