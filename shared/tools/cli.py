@@ -114,6 +114,8 @@ def cmd_check(args) -> int:
         from shared.tools import check_fit
 
         return check_fit.cli(args, console, read_weights)
+    if args.markdown:
+        raise CliError("--markdown: with --mode fit --mutants (the training catch table)")
     if args.replicas is not None:  # bad --replicas fails before any weights are made
         from shared.tools import check_dp
 
