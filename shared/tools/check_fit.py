@@ -549,6 +549,8 @@ def cli(args, console, read_weights) -> int:
     steps = args.steps or DEFAULT_STEPS
     if steps < 1:
         raise ValueError(f"--steps: at least 1 update, got {steps}")
+    if args.markdown and not args.mutants:
+        raise ValueError("--markdown: with --mutants (the catch table); a fit run writes --json and --plot")
     if args.weights:
         spec, weights = read_weights(args.weights, args.style if args.style_given else None)
     else:
@@ -557,8 +559,6 @@ def cli(args, console, read_weights) -> int:
         weights = reference.calibrated_weights(spec, seed=args.seed, size=args.size)
     if args.mutants:
         return mutants_cli(args, spec, weights, steps, console)
-    if getattr(args, "markdown", None):
-        raise ValueError("--markdown: with --mutants (the catch table); a fit run writes --json and --plot")
     recipe = recipe_for(args.recipe, steps, args.batch)
     report = check_fit(spec, weights, recipe, steps=steps, frameworks=args.frameworks, keras_backends=args.keras_backends,
                        batch=args.batch, size=args.size, seed=args.seed,
