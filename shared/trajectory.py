@@ -104,17 +104,8 @@ class Optimizer:
         state["buf"] = buf
         return g + r.momentum * buf if r.nesterov else buf
 
-    def _adam_of(self, state: dict, g, index=None):
-        """Adam's step for gradient(s) ``g`` from ``state``, the state left as it is. ``index``:
-        the flat elements ``g``'s rows belong to, ``g`` with a trailing axis of candidates."""
-        m0, v0 = state.get("m", 0.0), state.get("v", 0.0)
-        if index is not None and np.ndim(m0):
-            m0, v0 = m0.reshape(-1)[index], v0.reshape(-1)[index]
-            if np.ndim(g) > 1:
-                m0, v0 = m0[:, None], v0[:, None]
-        return self._adam_at(m0, v0, g)
-
     def _adam_at(self, m0, v0, g):
+        """Adam's step at this update for gradient(s) ``g`` from the state ``m0``, ``v0``."""
         (b1, b2), t = self.recipe.betas, self.t + 1
         m = b1 * m0 + (1.0 - b1) * g
         v = b2 * v0 + (1.0 - b2) * g * g
@@ -122,8 +113,9 @@ class Optimizer:
 
     def _adam(self, state: dict, g: np.ndarray) -> np.ndarray:
         (b1, b2) = self.recipe.betas
-        step = self._adam_of(state, g)
-        state.update(m=b1 * state.get("m", 0.0) + (1.0 - b1) * g, v=b2 * state.get("v", 0.0) + (1.0 - b2) * g * g)
+        m0, v0 = state.get("m", 0.0), state.get("v", 0.0)
+        step = self._adam_at(m0, v0, g)
+        state.update(m=b1 * m0 + (1.0 - b1) * g, v=b2 * v0 + (1.0 - b2) * g * g)
         return step
 
     def _set(self, seen: dict, e: dict) -> None:
