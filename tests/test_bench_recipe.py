@@ -145,3 +145,28 @@ def test_torch_reference_takes_the_recipes_first_update(torch_bench):
     kernels = [k for k, v in start.items() if k.endswith("weight") and v.ndim > 1]
     assert len(kernels) > 5
     assert [k for k in kernels if not same_update(start[k], ours.state_dict()[k].numpy(), theirs[k].numpy())] == []
+
+
+def test_the_training_page_figures_come_from_the_recorded_runs():
+    """docs/training.md's throughput table against the two recorded runs' JSON: images/s, the
+    medians' ratio, the per-round pairs (the first run's computed from its times)."""
+    import json
+    import re
+    from pathlib import Path
+
+    from shared.tools import bench
+
+    docs = Path(__file__).parent.parent / "docs"
+    rerun, first = (json.loads((docs / "results" / f"bench-fit-cpu-2026-12-07-resnet50-b8{s}.json").read_text())
+                    for s in ("-rerun", ""))
+    section = (docs / "training.md").read_text().split("## Training throughput")[1]
+    table = {m[0]: m[1:] for m in re.findall(r"^\| (\S+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \(([\d.]+)-"
+                                             r"([\d.]+)\) \| ([\d.]+) / ([\d.]+) \|$", section, re.M)}
+    assert set(table) == {r["target"] for r in rerun["rows"]} == {"torch", "keras[tensorflow]", "keras[jax]", "flax"}
+    for row, old in zip(rerun["rows"], first["rows"]):
+        assert rerun["recipe"]["name"] == first["recipe"]["name"] == "torchvision-new"
+        old_paired = bench.paired(old["ours"]["times_s"], old["reference"]["times_s"])["median"]
+        p = row["paired"]
+        figures = (row["ours"]["images_per_s"]["median"], row["reference"]["images_per_s"]["median"], row["ratio"],
+                   p["median"], p["min"], p["max"], old["ratio"], old_paired)
+        assert table[row["target"]] == (f"{figures[0]:.1f}", f"{figures[1]:.1f}", *(f"{f:.3f}" for f in figures[2:]))
