@@ -73,6 +73,9 @@ def test_unknown_recipe_is_one_line_naming_the_presets(capsys):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("resnet-parity bench: error: argument --recipe: unknown 'torchvision-newest'")
     assert all(name in err for name in R.PRESETS)
+    assert main(["bench", "--mode", "infer", "--recipe", "torchvision-new"]) == 2
+    assert capsys.readouterr().err.strip() == ("resnet-parity bench: error: --recipe: times training; --mode infer has "
+                                               "no train rows (add train)")
 
 
 # ------------------------------------------------------------------ torch: what each side trains

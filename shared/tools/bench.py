@@ -252,6 +252,8 @@ def cmd_bench(args) -> int:
 
     from shared.tools import bench_report
 
+    if args.recipe and "train" not in args.mode:
+        raise CliError(f"--recipe: times training; --mode {','.join(args.mode)} has no train rows (add train)")
     if args.plot:
         try:
             bench_report.check_plot_available()
