@@ -112,9 +112,9 @@ def train_step(model: torch.nn.Module, optimizer, images, labels, recipe: Recipe
         np.ascontiguousarray(np.asarray(images, np.float32).transpose(0, 3, 1, 2)))
     model.train()
     opt.zero_grad(set_to_none=True)
-    logits = model(x)
+    logits = model(x.to(next(model.parameters()).device))  # numpy batches arrive on the CPU
     logits = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()  # autocast: the loss in float32
-    y = _targets(labels, logits.shape[-1])
+    y = _targets(labels, logits.shape[-1]).to(logits.device)
     loss = F.cross_entropy(logits, y.to(logits.dtype) if y.is_floating_point() else y,
                            label_smoothing=recipe.label_smoothing)
     loss.backward()

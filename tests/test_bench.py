@@ -168,6 +168,35 @@ def test_interleaved_rows_pair_each_side_with_its_own_figures(monkeypatch):
         ("resnet_keras[jax]", "keras.applications[jax]", 1.5), ("resnet_flax", "keras.applications[jax]", 1.5)]
 
 
+def _fake_alternate(monkeypatch, rates):
+    """``bench_turns.alternate`` giving each job ``rates[(impl, mode, precision)]`` images/s."""
+    from shared.tools import bench_turns
+
+    def fake(jobs, workdir, iters, timeout, progress=None):
+        return [{"images_per_s": {"median": rates[(job.impl, job.mode, job.precision)]},
+                 "times_s": [1.0]} for job in jobs]
+
+    monkeypatch.setattr(bench_turns, "alternate", fake)
+
+
+def test_alternate_ratios_are_to_torchvision_fp32_of_the_first_mode(monkeypatch):
+    """--alternate: every run as a ratio to torchvision fp32 of the same run, within the plan's
+    first mode only (a train and an infer image/s do not compare); resnet_torch fp32 is the
+    anchor where torchvision ships no such model (ResNet-50 V2)."""
+    monkeypatch.setattr(bench_plan, "installed", lambda m: True)
+    rates = {("ours", "infer", "fp32"): 30.0, ("reference", "infer", "fp32"): 20.0,
+             ("ours", "train", "fp32"): 3.0, ("reference", "train", "fp32"): 2.0}
+    _fake_alternate(monkeypatch, rates)
+    args = build_parser().parse_args([*TINY, "--frameworks", "torch", "--mode", "infer,train", "--alternate"])
+    anchor = bench.run_bench(args)["anchor"]
+    assert anchor["label"] == "torchvision fp32 infer" and anchor["images_per_s"] == 20.0
+    assert anchor["ratios"] == {"resnet_torch fp32": 1.5, "torchvision fp32": 1.0}
+    args = build_parser().parse_args([*TINY, "--frameworks", "torch", "--mode", "infer", "--alternate",
+                                      "--arch", "resnet50v2"])
+    anchor = bench.run_bench(args)["anchor"]
+    assert anchor["label"] == "resnet_torch fp32" and anchor["ratios"] == {"resnet_torch fp32": 1.0}
+
+
 def test_paired_ratio_cancels_load_that_hits_both_sides_of_a_round():
     """Seconds per iteration of two equally fast models, timed in turn: rounds 1 and 2 slowed
     3x for both, round 3 for ours alone. The medians' ratio reads ours as 3x slower; round by

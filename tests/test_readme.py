@@ -223,3 +223,22 @@ def test_the_fastest_path_line_comes_from_the_recorded_bench():
     m = re.search(r"OpenVINO int8 .* at ([\d.]+)x torchvision fp32", line)
     assert m and float(m[1]) == round(ratios["openvino-int8 fp32"], 2), line
     assert max(ratios, key=ratios.get) == "openvino-int8 fp32"
+
+
+def test_every_command_line_example_parses():
+    """Each ``resnet-parity`` line of the README's command-line block is one the CLI's parser
+    takes (an option renamed or removed would leave the README wrong); a misspelt option is
+    refused, so the test can fail."""
+    import shlex
+
+    from shared.tools.cli import build_parser
+
+    section = README.read_text().split("## Command line", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    lines = [shlex.split(line, comments=True) for line in section.splitlines()]
+    commands = [words[1:] for words in lines if words and words[0] == "resnet-parity"]
+    assert len(commands) >= 15
+    parser = build_parser()
+    for words in commands:
+        parser.parse_args(words)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["check", "--mode", "fit", "--recipes", "check-adamw"])

@@ -227,15 +227,18 @@ def _alternated(args, pairs: list[Pair], report, progress=None) -> dict:
     results = {(run,): {**head, "status": "error" if "error" in r else "ok", **r}
                for run, head, r in zip(runs, heads, found)}
     out = report(results)
+    # Ratios within the first mode of the plan (an infer and a train image/s do not compare).
+    mode = runs[0].mode if runs else None
     fp32_torch = [r for r in runs if r.framework == "torch" and r.precision == "fp32" and r.impl != "int8"
-                  and results[(r,)]["status"] == "ok"]
+                  and r.mode == mode and results[(r,)]["status"] == "ok"]
     # torchvision's (or timm's) model where it has one, else ours (e.g. ResNet-50 V2)
     anchor = next((results[(r,)] for r in sorted(fp32_torch, key=lambda r: r.impl != "reference")), None)
     if anchor:
         rate = anchor["images_per_s"]["median"]
-        out["anchor"] = {"label": f"{anchor['label']} fp32", "images_per_s": rate,
+        in_mode = f" {mode}" if len({r.mode for r in runs}) > 1 else ""
+        out["anchor"] = {"label": f"{anchor['label']} fp32{in_mode}", "images_per_s": rate,
                          "ratios": {f"{r.label} {r.precision}": results[(r,)]["images_per_s"]["median"] / rate
-                                    for r in runs if results[(r,)]["status"] == "ok"}}
+                                    for r in runs if r.mode == mode and results[(r,)]["status"] == "ok"}}
     return out
 
 

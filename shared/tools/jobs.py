@@ -60,7 +60,7 @@ class Job:
     replicas: int = 1
     lr: float = 0.0
     momentum: float = 0.0
-    options: dict = dataclasses.field(default_factory=dict)  # engine options (sync_bn)
+    options: dict = dataclasses.field(default_factory=dict)  # what the worker passes on: engine options (sync_bn), bench --recipe
 
     def __post_init__(self):
         if self.task not in TASKS:
