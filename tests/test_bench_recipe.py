@@ -173,3 +173,6 @@ def test_the_training_page_figures_come_from_the_recorded_runs():
         figures = (row["ours"]["images_per_s"]["median"], row["reference"]["images_per_s"]["median"], row["ratio"],
                    p["median"], p["min"], p["max"], old["ratio"], old_paired)
         assert table[row["target"]] == (f"{figures[0]:.1f}", f"{figures[1]:.1f}", *(f"{f:.3f}" for f in figures[2:]))
+    third = json.loads((docs / "results" / "bench-fit-cpu-2026-12-07-resnet50-b8-third.json").read_text())
+    line = ", ".join(f"{r['target']} {r['ratio']:.3f} / {r['paired']['median']:.3f}" for r in third["rows"])
+    assert f"ours/ref (medians / round by round): {line}." in " ".join(section.split())
