@@ -35,6 +35,17 @@ def same_update(start, ours, theirs) -> bool:
         np.linalg.norm(start))
 
 
+def bench_steps(adapter, job: Job, spec, weights, steps: int):
+    """The adapter's bench step of ``job`` run ``steps`` times: (the model it built, the losses,
+    the run's settings)."""
+    built, real = [], adapter._bench_model
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(adapter, "_bench_model", lambda *a: built.append(real(*a)) or built[-1])
+        prepared = adapter.run_bench(job, spec, weights)
+    losses = [float(np.asarray(getattr(loss, "detach", lambda: loss)())) for loss in (prepared.step() for _ in range(steps))]
+    return built[0], losses, prepared.settings
+
+
 def test_plan_trains_the_recipe_on_train_rows_only(monkeypatch):
     monkeypatch.setattr(bench_plan, "installed", lambda m: True)
     pairs = bench_plan.plan(("torch", "keras", "flax"), ("jax",), ("infer", "train"), recipe="torchvision-new")
@@ -98,13 +109,7 @@ def torch_bench():
 
     def run(impl: str, recipe: R.Recipe | None, steps: int):
         job = dataclasses.replace(base, impl=impl, options={"recipe": recipe.to_dict()} if recipe else {})
-        built = []
-        real = adapter._bench_model
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(adapter, "_bench_model", lambda *a: built.append(real(*a)) or built[-1])
-            prepared = adapter.run_bench(job, spec, weights)
-        losses = [float(getattr(loss, "detach", lambda: loss)()) for loss in (prepared.step() for _ in range(steps))]
-        return built[0], losses, prepared.settings
+        return bench_steps(adapter, job, spec, weights, steps)
 
     yield spec, weights, images, labels, run
     torch.set_num_threads(threads)

@@ -13,7 +13,7 @@ import pytest
 
 from shared import spec as S
 from shared.tools.jobs import Job
-from test_bench_recipe import RECIPE, STEPS, same_update
+from test_bench_recipe import RECIPE, STEPS, bench_steps, same_update
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +35,8 @@ def flax_bench():
     images, labels = base.inputs(spec)
 
     def run(impl: str, steps: int):
-        built, real = [], adapter._bench_model
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(adapter, "_bench_model", lambda *a: built.append(real(*a)) or built[-1])
-            prepared = adapter.run_bench(dataclasses.replace(base, impl=impl), spec, weights)
-        losses = [float(np.asarray(prepared.step())) for _ in range(steps)]
-        return _arrays(built[0]), losses, prepared.settings
+        model, losses, settings = bench_steps(adapter, dataclasses.replace(base, impl=impl), spec, weights, steps)
+        return _arrays(model), losses, settings
 
     model = resnet_flax.load_weights(resnet_flax.build(RECIPE.train_spec(spec)), weights)
     optimizer = resnet_flax.optimizer(RECIPE, model)

@@ -13,7 +13,7 @@ import pytest
 
 from shared import spec as S
 from shared.tools.jobs import Job
-from test_bench_recipe import RECIPE, STEPS, same_update
+from test_bench_recipe import RECIPE, STEPS, bench_steps, same_update
 
 pytestmark = pytest.mark.keras
 keras = pytest.importorskip("keras")
@@ -34,12 +34,8 @@ def keras_bench():
     images, labels = base.inputs(spec)
 
     def run(impl: str, steps: int):
-        built, real = [], adapter._bench_model
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(adapter, "_bench_model", lambda *a: built.append(real(*a)) or built[-1])
-            prepared = adapter.run_bench(dataclasses.replace(base, impl=impl), spec, weights)
-        losses = [float(np.asarray(prepared.step())) for _ in range(steps)]
-        return built[0], losses, prepared.settings
+        model, losses, settings = bench_steps(adapter, dataclasses.replace(base, impl=impl), spec, weights, steps)
+        return model, losses, settings
 
     model = resnet_keras.load_weights(resnet_keras.keras_model(RECIPE.train_spec(spec), input_shape=(32, 32, 3)),
                                       weights)
