@@ -244,18 +244,20 @@ def test_one_update_misses_the_decay_form():
     assert C.judge("torch", res, oracle, "torch").status == "pass"
 
 
-def test_recorded_catch_table_is_the_commands():
-    """docs/results/fit-mutants-cpu.md is what ``check --mode fit --mutants --markdown`` writes
-    from the figures of its JSON (the command it names regenerates both), and those figures say
-    what docs/training.md says: every applicable port caught by its update in ``CAUGHT_BY`` in
-    every framework, every unbroken and harmless run passing, the AdamW reorder included."""
+@pytest.mark.parametrize("page, targets", [("fit-mutants-cpu", 3), ("fit-mutants-cpu-keras-jax-torch", 2)])
+def test_recorded_catch_table_is_the_commands(page, targets):
+    """docs/results/fit-mutants-cpu.md (torch, keras[tensorflow], flax) and the table on Keras'
+    jax and torch backends are what ``check --mode fit --mutants --markdown`` writes from the
+    figures of their JSON (the command each names regenerates both), and those figures say what
+    docs/training.md says: every applicable port caught by its update in ``CAUGHT_BY`` in every
+    framework, every unbroken and harmless run passing, the AdamW reorder included."""
     from pathlib import Path
 
     folder = Path(__file__).resolve().parent.parent / "docs" / "results"
-    table = json.loads((folder / "fit-mutants-cpu.json").read_text())
-    assert (folder / "fit-mutants-cpu.md").read_text() == C.catch_markdown(table, table["command"], table["machine"],
-                                                                           table["date"])
-    assert table["ok"] and set(table["recipes"]) == set(CAUGHT_BY) and len(table["targets"]) >= 3
+    table = json.loads((folder / f"{page}.json").read_text())
+    assert (folder / f"{page}.md").read_text() == C.catch_markdown(table, table["command"], table["machine"],
+                                                                   table["date"])
+    assert table["ok"] and set(table["recipes"]) == set(CAUGHT_BY) and len(table["targets"]) == targets
     for c in table["cells"]:
         if c["applies"]:
             assert c["status"] == "FAIL" and c["first_out"]["update"] <= CAUGHT_BY[c["recipe"]][c["mutant"]], c
