@@ -104,19 +104,21 @@ class Optimizer:
         state["buf"] = buf
         return g + r.momentum * buf if r.nesterov else buf
 
+    def _moments(self, m0, v0, g):
+        """Adam's ``m`` and ``v`` after gradient(s) ``g`` from ``m0``, ``v0``."""
+        b1, b2 = self.recipe.betas
+        return b1 * m0 + (1.0 - b1) * g, b2 * v0 + (1.0 - b2) * g * g
+
     def _adam_at(self, m0, v0, g):
         """Adam's step at this update for gradient(s) ``g`` from the state ``m0``, ``v0``."""
         (b1, b2), t = self.recipe.betas, self.t + 1
-        m = b1 * m0 + (1.0 - b1) * g
-        v = b2 * v0 + (1.0 - b2) * g * g
+        m, v = self._moments(m0, v0, g)
         return (m / (1.0 - b1**t)) / (np.sqrt(v / (1.0 - b2**t)) + self.recipe.eps)
 
     def _adam(self, state: dict, g: np.ndarray) -> np.ndarray:
-        (b1, b2) = self.recipe.betas
         m0, v0 = state.get("m", 0.0), state.get("v", 0.0)
-        step = self._adam_at(m0, v0, g)
-        state.update(m=b1 * m0 + (1.0 - b1) * g, v=b2 * v0 + (1.0 - b2) * g * g)
-        return step
+        state["m"], state["v"] = self._moments(m0, v0, g)
+        return self._adam_at(m0, v0, g)
 
     def _set(self, seen: dict, e: dict) -> None:
         """Apply one followed element ``e`` (``_follow``'s record): its gradient in ``seen``
