@@ -47,6 +47,12 @@ class Follow:
     after: np.ndarray
 
 
+def gradient_window(peer_grad, grad) -> float:
+    """The half-width of an Adam tie's gradient window in one tensor: ``MARGIN`` x the float32
+    peer's largest gradient error there (the layer-wide window of the ReLU rule)."""
+    return parity.MARGIN * float(np.abs(np.asarray(peer_grad, np.float64) - grad).max())
+
+
 GRID = 17  # points across the window where an element's spread is read
 FINE = 1025  # points where the port's update is looked for, then bisected
 BISECT = 40
@@ -322,7 +328,7 @@ def lockstep(spec: ResNetSpec, recipe: Recipe, weights: Mapping[str, np.ndarray]
         shadow.steps.append(res)
         follow = None
         if recipe.optimizer == "adamw":  # the peer's Adam ties, as its ReLU decisions (the least spread: the floor's)
-            follow = {k: Follow(parity.MARGIN * float(np.abs(np.asarray(peer.steps[t].grads[k], np.float64) - g).max()),
+            follow = {k: Follow(gradient_window(peer.steps[t].grads[k], g),
                                 parity.FP32_FLOOR / parity.MARGIN * float(np.linalg.norm(shadow.weights[-1][k])),
                                 peer.weights[t][k], peer.weights[t + 1][k]) for k, g in res.grads.items()}
         shadow.weights.append(opt.step(shadow.weights[-1], res.grads, follow))

@@ -189,8 +189,8 @@ class Oracle:
             self.budget.append(b)
         self.peer_ties = adam_ties(shadow.followed)  # the peer's own, taken by its shadow
         # Update u's gradient window per tensor: MARGIN x the peer's largest gradient error in it.
-        self.grad_window = [{k: parity.MARGIN * float(np.abs(np.asarray(p.grads[k], np.float64) - s.grads[k]).max())
-                             for k in keys} for p, s in zip(self.peer.steps, shadow.steps)]
+        self.grad_window = [{k: T.gradient_window(p.grads[k], s.grads[k]) for k in keys}
+                            for p, s in zip(self.peer.steps, shadow.steps)]
         self.heldout = heldout
         self.heldout_budget = {}
         for rule in reference.VARIANCES:
